@@ -1,0 +1,1 @@
+"""Pure numerics: signal features, bearing kinematics, sensor models, the fleet simulator."""
