@@ -1,0 +1,102 @@
+"""Sensor imperfections as vectorised functions: each corrupts clean data the way real sensors do.
+
+Used by the simulator and tests to inject faults with known ground truth; the matching
+estimators (which recover offset and gain) live beside them so calibration can be checked
+against what was injected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "offset_gain",
+    "gain_drift",
+    "stuck",
+    "dropout",
+    "spikes",
+    "clock_skew",
+    "estimate_offset_gain",
+]
+
+F64 = NDArray[np.float64]
+
+
+def offset_gain(values: F64, offset: float = 0.0, gain: float = 1.0) -> F64:
+    """A miscalibrated sensor: ``gain * true + offset``.
+
+    >>> offset_gain(np.array([1.0, 2.0]), offset=0.5, gain=2.0).tolist()
+    [2.5, 4.5]
+    """
+    return gain * np.asarray(values, dtype=np.float64) + offset
+
+
+def gain_drift(values: F64, t_s: F64, start_s: float, rate_per_day: float) -> F64:
+    """Gain that drifts linearly from 1 after ``start_s``, e.g. +0.02 per day for +2 %/day.
+
+    >>> gain_drift(np.ones(3), np.array([0.0, 86400.0, 172800.0]), 0.0, 0.02).round(3).tolist()
+    [1.0, 1.02, 1.04]
+    """
+    t = np.asarray(t_s, dtype=np.float64)
+    gain = 1.0 + rate_per_day * np.clip(t - start_s, 0.0, None) / 86400.0
+    return np.asarray(values, dtype=np.float64) * gain
+
+
+def stuck(values: F64, t_s: F64, start_s: float) -> F64:
+    """The sensor freezes at the last value before ``start_s`` (or its first value).
+
+    >>> stuck(np.array([1.0, 2.0, 3.0, 4.0]), np.arange(4.0), 2.0).tolist()
+    [1.0, 2.0, 2.0, 2.0]
+    """
+    out = np.array(values, dtype=np.float64, copy=True)
+    t = np.asarray(t_s, dtype=np.float64)
+    frozen = t >= start_s
+    if frozen.any():
+        first = int(np.argmax(frozen))
+        out[frozen] = out[first - 1] if first > 0 else out[0]
+    return out
+
+
+def dropout(values: F64, fraction: float, rng: np.random.Generator) -> F64:
+    """Replace a random ``fraction`` of the readings with NaN (lost samples)."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    out[rng.random(out.shape) < fraction] = np.nan
+    return out
+
+
+def spikes(values: F64, fraction: float, height: float, rng: np.random.Generator) -> F64:
+    """Add isolated spikes of ``±height`` to a random ``fraction`` of the readings."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    hit = rng.random(out.shape) < fraction
+    out[hit] += height * rng.choice([-1.0, 1.0], size=int(hit.sum()))
+    return out
+
+
+def clock_skew(ts_us: NDArray[np.int64], skew_ppm: float, offset_us: int = 0) -> NDArray[np.int64]:
+    """A clock that runs fast by ``skew_ppm`` parts per million and is off by ``offset_us``.
+
+    >>> clock_skew(np.array([0, 1_000_000], dtype=np.int64), skew_ppm=100).tolist()
+    [0, 1000100]
+    """
+    ts = np.asarray(ts_us, dtype=np.int64)
+    elapsed = ts - ts[0] if ts.size else ts
+    return ts + offset_us + np.round(elapsed * skew_ppm * 1e-6).astype(np.int64)
+
+
+def estimate_offset_gain(measured: F64, reference: F64) -> tuple[float, float]:
+    """Least-squares ``(offset, gain)`` with ``measured ≈ gain * reference + offset``.
+
+    Invert with ``(measured - offset) / gain``.  NaNs are ignored.
+
+    >>> ref = np.linspace(0, 10, 50)
+    >>> o, g = estimate_offset_gain(offset_gain(ref, 1.5, 1.02), ref)
+    >>> round(o, 6), round(g, 6)
+    (1.5, 1.02)
+    """
+    m, r = np.asarray(measured, np.float64), np.asarray(reference, np.float64)
+    ok = np.isfinite(m) & np.isfinite(r)
+    if ok.sum() < 2 or np.ptp(r[ok]) == 0:
+        raise ValueError("need at least two distinct finite reference values to fit offset and gain")
+    gain, offset = np.polyfit(r[ok], m[ok], 1)
+    return float(offset), float(gain)

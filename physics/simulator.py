@@ -1,0 +1,259 @@
+"""A deterministic fleet of rotating machines (motor-driven pumps) with injectable faults.
+
+Each machine has a drive-end accelerometer sampled at kHz rates (delivered as frames) and slow
+process sensors (bearing temperature, discharge pressure, motor current, shaft speed).  Bearing
+defects are simulated physically: an impulse at every pass of a rolling element over the
+defect excites a structural resonance that rings down, the impulse rate follows the bearing's
+defect frequency at the current shaft speed, and the amplitude grows with degradation until
+failure, so the remaining useful life (RUL) is known exactly.
+
+Chunk ``k`` of machine ``m`` is a pure function of ``(seed, m, k)``: any chunk can be
+regenerated on its own, which is what a resumable stream source needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.signal import oaconvolve
+
+from physics.bearing import SKF_6205, BearingGeometry, defect_orders
+from physics.sensor_models import gain_drift, offset_gain, stuck
+
+__all__ = ["MachineSpec", "Fault", "Chunk", "FleetSimulator", "default_fleet", "SCALAR_RATES_HZ"]
+
+BearingFaultKind = Literal["outer_race", "inner_race", "ball"]
+SensorFaultKind = Literal["sensor_offset", "sensor_gain_drift", "sensor_stuck"]
+
+SCALAR_RATES_HZ: dict[str, float] = {
+    "bearing_temp": 1.0,
+    "discharge_pressure": 10.0,
+    "motor_current": 10.0,
+    "shaft_speed": 10.0,
+}
+"""Process sensors of every simulated machine and their sample rates."""
+
+VIBRATION_SENSOR = "vib_de"
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """One simulated machine."""
+
+    asset_id: str
+    rpm: float = 1797.0
+    bearing: BearingGeometry = SKF_6205
+    resonance_hz: float = 3200.0
+    vib_rate_hz: float = 12_000.0
+    noise_g: float = 0.04
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault injected at ``start_s`` seconds after the simulation start.
+
+    Bearing faults grow from nothing to failure over ``time_to_failure_s``; sensor faults
+    change what ``sensor_id`` reports (``magnitude`` is the offset in sensor units, or the
+    gain drift per day).
+    """
+
+    asset_id: str
+    kind: BearingFaultKind | SensorFaultKind
+    start_s: float
+    time_to_failure_s: float = 6 * 3600.0
+    sensor_id: str | None = None
+    magnitude: float = 0.0
+
+    @property
+    def is_bearing(self) -> bool:
+        return self.kind in ("outer_race", "inner_race", "ball")
+
+    def severity(self, t_s: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        """Degradation from 0 (healthy) to 1 (failed), convex in time like real spalls."""
+        u = np.clip((np.asarray(t_s, np.float64) - self.start_s) / self.time_to_failure_s, 0, 1)
+        return np.expm1(3.0 * u) / math.expm1(3.0)
+
+
+@dataclass
+class Chunk:
+    """``duration_s`` seconds of one machine's telemetry starting at ``start_us``."""
+
+    asset_id: str
+    index: int
+    start_us: int
+    duration_s: float
+    scalars: dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]] = field(default_factory=dict)
+    frames: list[tuple[str, int, float, NDArray[np.float32]]] = field(default_factory=list)
+
+
+class FleetSimulator:
+    """Generates telemetry chunks for a fleet, deterministically from ``seed``."""
+
+    def __init__(
+        self,
+        machines: list[MachineSpec],
+        faults: list[Fault] | None = None,
+        *,
+        seed: int = 0,
+        start_us: int = 1_767_225_600_000_000,  # 2026-01-01T00:00:00Z
+        chunk_s: float = 1.0,
+    ):
+        ids = [m.asset_id for m in machines]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"asset ids must be unique, got {ids}")
+        self.machines = {m.asset_id: m for m in machines}
+        self.faults = list(faults or [])
+        unknown = {f.asset_id for f in self.faults} - set(ids)
+        if unknown:
+            raise ValueError(f"faults name unknown asset(s) {sorted(unknown)}")
+        self.seed, self.start_us, self.chunk_s = seed, start_us, chunk_s
+
+    @property
+    def asset_ids(self) -> list[str]:
+        return list(self.machines)
+
+    # -- operating point -----------------------------------------------------------------
+    def load(self, asset_index: int, t_s: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Load fraction: a level that changes every 20 minutes, deterministic from the seed."""
+        segment = np.floor(t_s / 1200.0).astype(np.int64)
+        levels = (np.sin(segment * 12.9898 + asset_index * 78.233 + self.seed) * 43758.5453) % 1.0
+        return 0.4 + 0.5 * levels
+
+    def _bearing_severity(self, asset_id: str, t_s: NDArray[np.float64]) -> NDArray[np.float64]:
+        out = np.zeros_like(t_s)
+        for f in self.faults:
+            if f.asset_id == asset_id and f.is_bearing:
+                out = np.maximum(out, f.severity(t_s))
+        return out
+
+    # -- one chunk -----------------------------------------------------------------------
+    def chunk(self, asset_id: str, index: int) -> Chunk:
+        m = self.machines[asset_id]
+        a = self.asset_ids.index(asset_id)
+        rng = np.random.default_rng([self.seed, a, index])
+        t0 = index * self.chunk_s
+        chunk = Chunk(asset_id, index, self.start_us + round(t0 * 1e6), self.chunk_s)
+        mid = np.array([t0 + self.chunk_s / 2])
+        load = float(self.load(a, mid)[0])
+        severity = float(self._bearing_severity(asset_id, mid)[0])
+        rpm = m.rpm * (1.0 - 0.015 * (load - 0.4))  # induction motor slip grows with load
+
+        for sensor_id, rate in SCALAR_RATES_HZ.items():
+            n = max(1, round(self.chunk_s * rate))
+            t = t0 + np.arange(n) / rate
+            ts = self.start_us + np.round(t * 1e6).astype(np.int64)
+            lt = self.load(a, t)
+            speed = m.rpm * (1.0 - 0.015 * (lt - 0.4)) * (1 + 0.001 * np.sin(2 * np.pi * t / 97))
+            sev = self._bearing_severity(asset_id, t)
+            if sensor_id == "shaft_speed":
+                v = speed + rng.normal(0, 1.5, n)
+            elif sensor_id == "motor_current":
+                v = 8.0 + 30.0 * lt * (speed / m.rpm) + 2.0 * sev + rng.normal(0, 0.15, n)
+            elif sensor_id == "discharge_pressure":
+                v = 6.0 * (speed / m.rpm) ** 2 * (0.7 + 0.3 * lt) + rng.normal(0, 0.02, n)
+            else:  # bearing_temp: ambient + load heating + friction heating of a failing bearing
+                v = 30.0 + 25.0 * lt + 20.0 * sev + 0.5 * np.sin(2 * np.pi * t / 3600) + rng.normal(0, 0.1, n)
+            chunk.scalars[sensor_id] = (ts, self._sensor_faults(asset_id, sensor_id, t, v))
+
+        samples = self._vibration(m, rng, t0, rpm, severity)
+        chunk.frames.append((VIBRATION_SENSOR, chunk.start_us, m.vib_rate_hz, samples))
+        return chunk
+
+    def _sensor_faults(
+        self, asset_id: str, sensor_id: str, t: NDArray[np.float64], v: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        for f in self.faults:
+            if f.asset_id != asset_id or f.sensor_id != sensor_id:
+                continue
+            if f.kind == "sensor_offset":
+                v = np.where(t >= f.start_s, offset_gain(v, offset=f.magnitude), v)
+            elif f.kind == "sensor_gain_drift":
+                v = gain_drift(v, t, f.start_s, f.magnitude)
+            elif f.kind == "sensor_stuck":
+                v = stuck(v, t, f.start_s)
+        return v
+
+    def _vibration(
+        self, m: MachineSpec, rng: np.random.Generator, t0: float, rpm: float, severity: float
+    ) -> NDArray[np.float32]:
+        n = round(self.chunk_s * m.vib_rate_hz)
+        t = t0 + np.arange(n) / m.vib_rate_hz
+        f_shaft = rpm / 60.0
+        x = 0.05 * np.sin(2 * np.pi * f_shaft * t) + 0.02 * np.sin(4 * np.pi * f_shaft * t + 0.3)
+        x += rng.normal(0.0, m.noise_g, n)
+        for f in self.faults:
+            if f.asset_id == m.asset_id and f.is_bearing and severity > 0:
+                x += self._defect_response(m, f, rng, t, f_shaft, float(f.severity(t[n // 2])))
+        return x.astype(np.float32)
+
+    @staticmethod
+    def _defect_response(
+        m: MachineSpec,
+        f: Fault,
+        rng: np.random.Generator,
+        t: NDArray[np.float64],
+        f_shaft: float,
+        severity: float,
+    ) -> NDArray[np.float64]:
+        """Impulses at the defect frequency, each ringing the structural resonance down."""
+        orders = defect_orders(m.bearing)
+        rate = {"outer_race": orders.bpfo, "inner_race": orders.bpfi, "ball": 2 * orders.bsf}[
+            f.kind
+        ] * f_shaft
+        period = 1.0 / rate
+        first = math.ceil(t[0] / period)
+        k = np.arange(first, first + int((t[-1] - t[0]) / period) + 1)
+        times = k * period + rng.normal(0.0, 0.01 * period, k.size)  # slip jitter
+        idx = np.round((times - t[0]) * m.vib_rate_hz).astype(np.int64)
+        keep = (idx >= 0) & (idx < t.size)
+        amp = np.full(k.size, 1.5 * severity + 0.05)
+        if f.kind == "inner_race":  # the defect rotates through the load zone once per rev
+            amp *= 0.6 + 0.4 * np.cos(2 * np.pi * f_shaft * times)
+        elif f.kind == "ball":  # the ball carries the defect around with the cage
+            amp *= 0.6 + 0.4 * np.cos(2 * np.pi * orders.ftf * f_shaft * times)
+        train = np.zeros(t.size)
+        np.add.at(train, idx[keep], amp[keep])
+        tau = np.arange(int(0.004 * m.vib_rate_hz)) / m.vib_rate_hz
+        ring = np.exp(-tau / 0.0006) * np.sin(2 * np.pi * m.resonance_hz * tau)
+        return oaconvolve(train, ring)[: t.size]
+
+    # -- ground truth --------------------------------------------------------------------
+    def ground_truth(self) -> list[dict[str, object]]:
+        """The injected faults as ``maintenance_events`` rows (onset and, for bearings, failure)."""
+        rows: list[dict[str, object]] = []
+        for f in self.faults:
+            component = f"bearing_{f.kind}" if f.is_bearing else f"{f.sensor_id}_sensor"
+            onset = self.start_us + round(f.start_s * 1e6)
+            rows.append(
+                dict(asset_id=f.asset_id, ts=onset, kind="fault_injected", component=component,
+                     detail=f"{f.kind} magnitude={f.magnitude}", source="simulator")
+            )
+            if f.is_bearing:
+                rows.append(
+                    dict(asset_id=f.asset_id, ts=onset + round(f.time_to_failure_s * 1e6),
+                         kind="failure", component=component, detail=f"{f.kind} spall",
+                         source="simulator")
+                )
+        return rows
+
+    def rul_s(self, asset_id: str, t_s: float) -> float | None:
+        """Seconds until the earliest bearing failure of ``asset_id`` (None if none is coming)."""
+        ends = [f.start_s + f.time_to_failure_s for f in self.faults if f.asset_id == asset_id and f.is_bearing]
+        return min(ends) - t_s if ends else None
+
+
+def default_fleet(n_machines: int = 3, seed: int = 0, start_us: int | None = None) -> FleetSimulator:
+    """The demo fleet: ``pump-01`` healthy, ``pump-02`` develops an outer-race defect after
+    10 minutes (failing after 2 hours), ``pump-03`` an inner-race defect after 20 minutes."""
+    machines = [MachineSpec(f"pump-{i + 1:02d}", rpm=1797.0 - 25.0 * (i % 3)) for i in range(n_machines)]
+    faults = [
+        Fault("pump-02", "outer_race", start_s=600, time_to_failure_s=7200),
+        Fault("pump-03", "inner_race", start_s=1200, time_to_failure_s=7200),
+    ]
+    faults = [f for f in faults if f.asset_id in {m.asset_id for m in machines}]
+    kwargs = {} if start_us is None else {"start_us": start_us}
+    return FleetSimulator(machines, faults, seed=seed, **kwargs)
