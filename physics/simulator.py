@@ -116,6 +116,13 @@ class FleetSimulator:
     def asset_ids(self) -> list[str]:
         return list(self.machines)
 
+    def starting_at(self, start_us: int) -> FleetSimulator:
+        """The same fleet and faults with the simulation clock starting at ``start_us``."""
+        if start_us == self.start_us:
+            return self
+        return FleetSimulator(list(self.machines.values()), self.faults, seed=self.seed,
+                              start_us=start_us, chunk_s=self.chunk_s)
+
     # -- operating point -----------------------------------------------------------------
     def load(self, asset_index: int, t_s: NDArray[np.float64]) -> NDArray[np.float64]:
         """Load fraction: a level that changes every 20 minutes, deterministic from the seed."""

@@ -1,0 +1,1 @@
+"""The data plane: Bytewax sources, the telemetry dataflow, Delta sinks."""

@@ -1,0 +1,226 @@
+"""The telemetry dataflow: raw messages in; readings, features, frames and dead letters out.
+
+Run it with ``python -m bytewax.run bytewax_flows.telemetry:flow`` (the live simulator, lake
+from ``PLANTPULSE_LAKE``) or build a variant with ``get_flow(source, lake_uri)``.
+
+Every input message ends in exactly one place per value: accepted rows in ``readings`` (scalar
+sensors) or ``features``/``frames`` (vibration frames), rejected ones in ``dead_letter`` with a
+reason code.  Work is per message on NumPy arrays, never per sample in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import bytewax.operators as op
+import numpy as np
+import pyarrow as pa
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+
+from bytewax_flows.payloads import Frame, Message, PayloadError, ScalarBatch, decode
+from bytewax_flows.sinks import DeltaSink, SinkRows
+from bytewax_flows.sources import SimulatorSource, now_us
+from expectations.checks import OK, frame_problem, order_reasons, scalar_reasons
+from expectations.contracts import SENSORS
+from lake import Settings, TableSpec, table_spec
+from physics.features import time_domain
+from physics.registry import FEATURE_VERSION, feature_names
+from physics.simulator import default_fleet
+
+__all__ = ["get_flow", "flow", "Rejected", "parse", "AssetState", "validate", "rejected_rows"]
+
+log = logging.getLogger(__name__)
+
+FRAME_KEEP_EVERY = int(os.environ.get("PLANTPULSE_FRAME_KEEP_EVERY", "60"))
+"""Keep one accepted vibration frame in this many in ``frames`` (the rest live on as features)."""
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A whole message that cannot be used, with its dead-letter reason."""
+
+    msg: Message
+    reason: str
+    detail: str
+    asset_id: str | None = None
+    sensor_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    msg: Message
+    body: ScalarBatch | Frame
+
+    @property
+    def asset_id(self) -> str:
+        return self.body.asset_id
+
+
+def parse(msg: Message) -> Parsed | Rejected:
+    """Decode the payload and look its sensor up in the contracts."""
+    try:
+        body = decode(msg.payload)
+    except PayloadError as exc:
+        return Rejected(msg, exc.reason, exc.detail, exc.asset_id, exc.sensor_id)
+    contract = SENSORS.get(body.sensor_id)
+    if contract is None:
+        return Rejected(msg, "unknown_sensor", f"sensor {body.sensor_id!r} has no contract",
+                        body.asset_id, body.sensor_id)
+    if contract.frames != isinstance(body, Frame):
+        kind = "frames" if contract.frames else "scalar readings"
+        return Rejected(msg, "wrong_type", f"sensor {body.sensor_id!r} sends {kind}", body.asset_id, body.sensor_id)
+    return Parsed(msg, body)
+
+
+@dataclass
+class AssetState:
+    """Per asset: the newest accepted timestamp of each sensor, and frames seen per sensor."""
+
+    last_ts: dict[str, int] = field(default_factory=dict)
+    frames_seen: dict[str, int] = field(default_factory=dict)
+
+
+def _table(spec: TableSpec, columns: dict[str, Any]) -> pa.Table:
+    schema = spec.input_schema
+    return pa.table({f.name: pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
+                     else columns[f.name] for f in schema}, schema=schema)
+
+
+def _repeat(value: Any, n: int, type_: pa.DataType) -> pa.Array:
+    return pa.repeat(pa.scalar(value, type_), n)
+
+
+def rejected_rows(msg: Message, items: list[tuple[bytes, str, str]], asset_id: str | None,
+                  sensor_id: str | None) -> SinkRows:
+    """``dead_letter`` rows for one message: ``(raw, reason, detail)`` per rejected input."""
+    n = len(items)
+    spec = table_spec("dead_letter")
+    rows = _table(spec, {
+        "received_ts": _repeat(msg.received_us, n, spec.schema.field("received_ts").type),
+        "source": _repeat(msg.source, n, pa.string()),
+        "raw": [r for r, _, _ in items],
+        "reason": [c for _, c, _ in items],
+        "detail": [d for _, _, d in items],
+        "asset_id": _repeat(asset_id, n, pa.string()),
+        "sensor_id": _repeat(sensor_id, n, pa.string()),
+    })
+    return SinkRows("dead_letter", msg.source, msg.offset, rows)
+
+
+def dead_letter(rej: Rejected) -> list[tuple[str, SinkRows]]:
+    rows = rejected_rows(rej.msg, [(rej.msg.payload, rej.reason, rej.detail)], rej.asset_id, rej.sensor_id)
+    return [("dead_letter", rows)]
+
+
+def _scalar_rows(p: Parsed, b: ScalarBatch, state: AssetState) -> list[SinkRows]:
+    contract = SENSORS[b.sensor_id]
+    reasons = scalar_reasons(contract, b.values)
+    valid = reasons == OK
+    reasons[valid] = order_reasons(b.ts_us[valid], state.last_ts.get(b.sensor_id))
+    accept = reasons == OK
+    out: list[SinkRows] = []
+    n = int(accept.sum())
+    if n:
+        state.last_ts[b.sensor_id] = int(b.ts_us[accept][-1])
+        spec = table_spec("readings")
+        values = b.values[accept]
+        ts_type = spec.schema.field("ts").type
+        rows = _table(spec, {
+            "asset_id": _repeat(b.asset_id, n, pa.string()),
+            "sensor_id": _repeat(b.sensor_id, n, pa.string()),
+            "ts": pa.array(b.ts_us[accept]).cast(ts_type),
+            "value": values,
+            "raw_value": values,
+            "quality": _repeat("good", n, pa.string()),
+            "ingest_ts": _repeat(now_us(), n, ts_type),
+        })
+        out.append(SinkRows("readings", p.msg.source, p.msg.offset, rows))
+    if n < b.values.size:
+        bad = np.flatnonzero(~accept)
+        items = [
+            (json.dumps({"asset_id": b.asset_id, "sensor_id": b.sensor_id, "ts": int(b.ts_us[i]),
+                         "value": float(b.values[i]) if np.isfinite(b.values[i]) else None}).encode(),
+             str(reasons[i]), _detail(str(reasons[i]), b.values[i], contract.low, contract.high))
+            for i in bad
+        ]
+        out.append(rejected_rows(p.msg, items, b.asset_id, b.sensor_id))
+    return out
+
+
+def _detail(reason: str, value: float, low: float, high: float) -> str:
+    if reason == "out_of_range":
+        return f"value {value:.6g} outside [{low:g}, {high:g}]"
+    if reason == "non_finite":
+        return "value is null, NaN or infinite"
+    return {"duplicate": "timestamp already accepted for this sensor",
+            "out_of_order": "timestamp older than the newest accepted for this sensor"}.get(reason, reason)
+
+
+def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
+    contract = SENSORS[f.sensor_id]
+    problem = frame_problem(contract, f.sample_rate_hz, f.samples)
+    if problem is None:
+        order = order_reasons(np.array([f.ts_start_us]), state.last_ts.get(f.sensor_id))[0]
+        if order != OK:
+            problem = (str(order), _detail(str(order), 0.0, 0.0, 0.0))
+    if problem is not None:
+        return [rejected_rows(p.msg, [(p.msg.payload, *problem)], f.asset_id, f.sensor_id)]
+    state.last_ts[f.sensor_id] = f.ts_start_us
+    seen = state.frames_seen.get(f.sensor_id, 0)
+    state.frames_seen[f.sensor_id] = seen + 1
+    n = f.samples.size
+    window_end = f.ts_start_us + round(n / f.sample_rate_hz * 1e6)
+    feats = time_domain(f.samples[None, :])
+    spec = table_spec("features")
+    ts_type = spec.schema.field("window_start").type
+    columns: dict[str, Any] = {
+        "asset_id": [f.asset_id], "sensor_id": [f.sensor_id],
+        "window_start": pa.array([f.ts_start_us]).cast(ts_type),
+        "window_end": pa.array([window_end]).cast(ts_type),
+        "feature_version": [FEATURE_VERSION], "n_samples": [n],
+    }
+    columns.update({name: [float(feats[name][0]) if name in feats else None] for name in feature_names()})
+    out = [SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns))]
+    if seen % FRAME_KEEP_EVERY == 0:
+        fspec = table_spec("frames")
+        frame = _table(fspec, {
+            "asset_id": [f.asset_id], "sensor_id": [f.sensor_id],
+            "ts_start": pa.array([f.ts_start_us]).cast(ts_type),
+            "sample_rate_hz": [f.sample_rate_hz], "n_samples": [n],
+            "samples": pa.FixedSizeListArray.from_arrays(pa.array(f.samples), n).cast(pa.list_(pa.float32())),
+            "retained_because": ["sampled"],
+        })
+        out.append(SinkRows("frames", p.msg.source, p.msg.offset, frame))
+    return out
+
+
+def validate(state: AssetState | None, p: Parsed) -> tuple[AssetState, list[SinkRows]]:
+    """Check one parsed message against its contract and the asset's history; build its rows."""
+    state = state or AssetState()
+    if isinstance(p.body, ScalarBatch):
+        return state, _scalar_rows(p, p.body, state)
+    return state, _frame_rows(p, p.body, state)
+
+
+def get_flow(source: Source[Message] | None = None, lake_uri: str | None = None) -> Dataflow:
+    """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake."""
+    lake_uri = lake_uri or Settings.from_env().lake_uri
+    source = source or SimulatorSource(default_fleet(), live=True)
+    flow = Dataflow("telemetry")
+    msgs = op.input("source", flow, source)  # Message
+    parsed = op.map("parse", msgs, parse)  # Parsed | Rejected
+    split = op.branch("accepted", parsed, lambda x: isinstance(x, Parsed))
+    rejected = op.flat_map("reject", split.falses, dead_letter)  # (table, SinkRows)
+    keyed = op.key_on("by_asset", split.trues, lambda p: p.asset_id)  # (asset_id, Parsed)
+    checked = op.stateful_map("validate", keyed, validate)  # (asset_id, [SinkRows])
+    rows = op.flat_map("rows", checked, lambda kv: [(r.table, r) for r in kv[1]])  # (table, SinkRows)
+    op.output("lake", op.merge("all_rows", rows, rejected), DeltaSink(lake_uri))
+    return flow
+
+
+flow = get_flow()

@@ -1,0 +1,1 @@
+"""Sensor contracts declared once: stream checks and Great Expectations suites from them."""

@@ -1,0 +1,93 @@
+"""Vectorised validity checks derived from the sensor contracts, for the stream.
+
+Each check returns one reason code per reading (``OK`` for a valid one) so that a batch is
+split into accepted rows and dead letters in a few NumPy operations, never a Python loop per
+sample.  Reason codes are the ``dead_letter.reason`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from expectations.contracts import SensorContract
+
+__all__ = ["REASONS", "OK", "scalar_reasons", "frame_problem", "order_reasons"]
+
+REASONS: dict[str, str] = {
+    "ok": "valid",
+    "malformed": "payload could not be parsed (not JSON / bad binary header / missing field)",
+    "oversized": "payload larger than the maximum message size",
+    "wrong_type": "a field has the wrong type (e.g. a string where a number belongs)",
+    "unknown_sensor": "sensor_id is not declared in the sensor contracts",
+    "non_finite": "value is NaN, infinite or null",
+    "out_of_range": "value outside the sensor's physical range",
+    "bad_timestamp": "timestamp missing, unparsable or outside the plausible range",
+    "duplicate": "same sensor and timestamp as a reading already accepted",
+    "out_of_order": "timestamp earlier than one already accepted for this sensor",
+    "late": "later than the watermark's allowed lateness",
+    "bad_sample_rate": "frame sample rate differs from the sensor's contract",
+    "empty_frame": "frame with no samples",
+}
+OK = "ok"
+
+_CODES = np.array(list(REASONS), dtype=object)
+_IDX = {r: i for i, r in enumerate(REASONS)}
+
+
+def scalar_reasons(contract: SensorContract, values: NDArray[np.float64]) -> NDArray[np.object_]:
+    """Reason code per value: non-finite, outside the physical range, else ``ok``.
+
+    >>> from expectations.contracts import contract_for
+    >>> scalar_reasons(contract_for("bearing_temp"), np.array([20.0, np.nan, 900.0])).tolist()
+    ['ok', 'non_finite', 'out_of_range']
+    """
+    codes = np.zeros(values.shape, dtype=np.int8)
+    finite = np.isfinite(values)
+    codes[~finite] = _IDX["non_finite"]
+    with np.errstate(invalid="ignore"):
+        codes[finite & ((values < contract.low) | (values > contract.high))] = _IDX["out_of_range"]
+    return _CODES[codes]
+
+
+def order_reasons(ts_us: NDArray[np.int64], last_ts_us: int | None) -> NDArray[np.object_]:
+    """Per timestamp: ``duplicate`` if equal to the newest accepted so far, ``out_of_order`` if
+    earlier, else ``ok``.  ``last_ts_us`` is the newest timestamp accepted before this batch.
+
+    >>> order_reasons(np.array([5, 6, 6, 4, 7]), last_ts_us=5).tolist()
+    ['duplicate', 'ok', 'duplicate', 'out_of_order', 'ok']
+    """
+    if ts_us.size == 0:
+        return np.array([], dtype=object)
+    start = np.iinfo(np.int64).min if last_ts_us is None else last_ts_us
+    newest_before = np.maximum.accumulate(np.concatenate(([start], ts_us[:-1])))
+    codes = np.zeros(ts_us.shape, dtype=np.int8)
+    codes[ts_us == newest_before] = _IDX["duplicate"]
+    codes[ts_us < newest_before] = _IDX["out_of_order"]
+    return _CODES[codes]
+
+
+def frame_problem(
+    contract: SensorContract, sample_rate_hz: float, samples: NDArray[np.floating]
+) -> tuple[str, str] | None:
+    """``(reason, detail)`` if a whole frame must be rejected, else None.
+
+    >>> from expectations.contracts import contract_for
+    >>> c = contract_for("vib_de")
+    >>> frame_problem(c, 12_000.0, np.zeros(10, np.float32)) is None
+    True
+    >>> frame_problem(c, 8_000.0, np.zeros(10, np.float32))[0]
+    'bad_sample_rate'
+    """
+    if samples.size == 0:
+        return "empty_frame", "frame has no samples"
+    expected = contract.sample_rate_hz
+    if not abs(sample_rate_hz - expected) <= contract.rate_tolerance * expected:
+        return "bad_sample_rate", f"sample rate {sample_rate_hz} Hz, contract says {expected} Hz"
+    finite = np.isfinite(samples)
+    if not finite.all():
+        return "non_finite", f"{int((~finite).sum())} of {samples.size} samples are NaN/inf"
+    peak = float(np.abs(samples).max())
+    if peak > max(abs(contract.low), abs(contract.high)):
+        return "out_of_range", f"peak {peak:.3g} {contract.unit} outside [{contract.low}, {contract.high}]"
+    return None
