@@ -58,7 +58,7 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
                 buf.since = now
             buf.items.append(item)
             buf.n_rows += item.rows.num_rows
-        for table, buf in self.buffers.items():
+        for table, buf in list(self.buffers.items()):
             if buf.n_rows >= self.max_rows or (buf.items and now - buf.since >= self.max_age_s):
                 self._flush(table)
 

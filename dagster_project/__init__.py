@@ -1,0 +1,1 @@
+"""The control plane: Dagster assets, checks, sensors, schedules and resources."""

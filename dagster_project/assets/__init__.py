@@ -1,0 +1,1 @@
+"""Assets of the control plane, one module per domain."""

@@ -1,0 +1,1 @@
+"""The ``plantpulse`` command line."""

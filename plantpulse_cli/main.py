@@ -1,0 +1,46 @@
+"""Entry point of the ``plantpulse`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lake import LakeError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="plantpulse", description="PlantPulse predictive-maintenance pipeline")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the Dagster UI + daemon and a streaming worker (what `make run` does)")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=3000)
+    up.add_argument("--no-ui", action="store_true", help="only the streaming worker")
+    up.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    sql = sub.add_parser("sql", help="run a read-only SQL query over the lake's tables")
+    sql.add_argument("query")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "up":
+            from plantpulse_cli.up import up
+
+            return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration)
+        if args.command == "sql":
+            from lake import Lake
+            from lake.sql import query
+
+            print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
+            return 0
+    except LakeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""``plantpulse up``: the Dagster webserver and daemon plus one streaming worker, on localhost.
+
+Each service runs as a child process in its own session; Ctrl-C (or SIGTERM) stops them all,
+and if one dies the others are stopped too, so nothing is left running in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lake import Lake, Settings
+
+log = logging.getLogger(__name__)
+
+DAGSTER_YAML = """\
+# written by `plantpulse up`: local instance, no telemetry (this machine may be offline)
+telemetry:
+  enabled: false
+"""
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, env: dict[str, str], log_dir: Path) -> None:
+        out = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
+        self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        except ProcessLookupError:
+            pass
+
+
+def prepare(settings: Settings) -> None:
+    """Create the state directory, the Dagster instance and the lake's tables."""
+    Path(settings.dagster_home).mkdir(parents=True, exist_ok=True)
+    yaml = Path(settings.dagster_home) / "dagster.yaml"
+    if not yaml.exists():
+        yaml.write_text(DAGSTER_YAML)
+    Lake(settings.lake_uri).create_tables()
+
+
+def services(host: str, port: int, ui: bool = True) -> list[Service]:
+    py, code = sys.executable, ["-m", "dagster_project.definitions"]
+    bin_dir = Path(py).parent
+    out = [Service("stream", [py, "-m", "bytewax.run", "bytewax_flows.telemetry:flow"])]
+    if ui:
+        out += [
+            Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *code]),
+            Service("dagster-webserver", [str(bin_dir / "dagster-webserver"), *code, "-h", host, "-p", str(port)]),
+        ]
+    return out
+
+
+def up(host: str = "127.0.0.1", port: int = 3000, ui: bool = True, duration_s: float | None = None) -> int:
+    """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
+    settings = Settings.from_env()
+    prepare(settings)
+    env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+    log_dir = Path(settings.home) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running = services(host, port, ui)
+    stop = {"now": False}
+
+    def _stop(signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        for svc in running:
+            svc.start(env, log_dir)
+            log.info("started %s (pid %s)", svc.name, svc.proc.pid if svc.proc else "?")
+        print(f"PlantPulse is up. Dagster UI: http://{host}:{port}  lake: {settings.lake_uri}")
+        print(f"Logs in {log_dir}. Press Ctrl-C to stop.")
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        while not stop["now"] and (deadline is None or time.monotonic() < deadline):
+            dead = [s for s in running if s.proc is not None and s.proc.poll() is not None]
+            if dead:
+                for s in dead:
+                    print(f"error: {s.name} exited with code {s.proc.returncode if s.proc else '?'};"
+                          f" see {log_dir / (s.name + '.log')}", file=sys.stderr)
+                code = 1
+                break
+            time.sleep(0.5)
+    finally:
+        print("stopping ...")
+        for svc in reversed(running):
+            svc.stop()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    return code
