@@ -32,7 +32,7 @@ from physics.features import time_domain
 from physics.registry import FEATURE_VERSION, feature_names
 from physics.simulator import default_fleet
 
-__all__ = ["get_flow", "flow", "Rejected", "parse", "AssetState", "validate", "rejected_rows"]
+__all__ = ["get_flow", "build_flow", "flow", "Rejected", "parse", "AssetState", "validate", "rejected_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,12 @@ def validate(state: AssetState | None, p: Parsed) -> tuple[AssetState, list[Sink
 
 def get_flow(source: Source[Message] | None = None, lake_uri: str | None = None) -> Dataflow:
     """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake."""
-    lake_uri = lake_uri or Settings.from_env().lake_uri
     source = source or SimulatorSource(default_fleet(), live=True)
+    return build_flow(source, DeltaSink(lake_uri or Settings.from_env().lake_uri))
+
+
+def build_flow(source: Source[Message], sink: DeltaSink) -> Dataflow:
+    """The telemetry dataflow between an explicit source and sink."""
     flow = Dataflow("telemetry")
     msgs = op.input("source", flow, source)  # Message
     parsed = op.map("parse", msgs, parse)  # Parsed | Rejected
@@ -219,7 +223,7 @@ def get_flow(source: Source[Message] | None = None, lake_uri: str | None = None)
     keyed = op.key_on("by_asset", split.trues, lambda p: p.asset_id)  # (asset_id, Parsed)
     checked = op.stateful_map("validate", keyed, validate)  # (asset_id, [SinkRows])
     rows = op.flat_map("rows", checked, lambda kv: [(r.table, r) for r in kv[1]])  # (table, SinkRows)
-    op.output("lake", op.merge("all_rows", rows, rejected), DeltaSink(lake_uri))
+    op.output("lake", op.merge("all_rows", rows, rejected), sink)
     return flow
 
 
