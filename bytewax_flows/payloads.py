@@ -72,7 +72,9 @@ class Frame:
 class PayloadError(ValueError):
     """A payload that cannot be decoded; ``reason`` is a dead-letter reason code."""
 
-    def __init__(self, reason: str, detail: str, asset_id: str | None = None, sensor_id: str | None = None):
+    def __init__(
+        self, reason: str, detail: str, asset_id: str | None = None, sensor_id: str | None = None
+    ):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
         self.asset_id, self.sensor_id = asset_id, sensor_id
@@ -81,14 +83,26 @@ class PayloadError(ValueError):
 def encode_scalars(asset_id: str, sensor_id: str, ts_us: Any, values: Any) -> bytes:
     """JSON batch payload for one sensor.  NaN/inf are sent as null (JSON has neither)."""
     vals = [v if np.isfinite(v) else None for v in np.asarray(values, np.float64).tolist()]
-    body = {"asset_id": asset_id, "sensor_id": sensor_id, "ts": np.asarray(ts_us, np.int64).tolist(), "value": vals}
+    body = {
+        "asset_id": asset_id,
+        "sensor_id": sensor_id,
+        "ts": np.asarray(ts_us, np.int64).tolist(),
+        "value": vals,
+    }
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def encode_frame(asset_id: str, sensor_id: str, ts_start_us: int, sample_rate_hz: float, samples: Any) -> bytes:
+def encode_frame(
+    asset_id: str, sensor_id: str, ts_start_us: int, sample_rate_hz: float, samples: Any
+) -> bytes:
     a, s = asset_id.encode(), sensor_id.encode()
     data = np.ascontiguousarray(samples, dtype="<f4")
-    return _HEADER.pack(FRAME_MAGIC, len(a), len(s), ts_start_us, sample_rate_hz, data.size) + a + s + data.tobytes()
+    return (
+        _HEADER.pack(FRAME_MAGIC, len(a), len(s), ts_start_us, sample_rate_hz, data.size)
+        + a
+        + s
+        + data.tobytes()
+    )
 
 
 def decode(payload: bytes) -> ScalarBatch | Frame:
@@ -106,7 +120,9 @@ def _decode_frame(payload: bytes) -> Frame:
     _, la, ls, ts, rate, n = _HEADER.unpack_from(payload)
     end_ids = _HEADER.size + la + ls
     if len(payload) != end_ids + 4 * n:
-        raise PayloadError("malformed", f"frame length {len(payload)} does not match header ({n} samples)")
+        raise PayloadError(
+            "malformed", f"frame length {len(payload)} does not match header ({n} samples)"
+        )
     try:
         asset_id = payload[_HEADER.size : _HEADER.size + la].decode()
         sensor_id = payload[_HEADER.size + la : end_ids].decode()
@@ -115,7 +131,9 @@ def _decode_frame(payload: bytes) -> Frame:
     if not asset_id or not sensor_id:
         raise PayloadError("malformed", "frame without asset_id or sensor_id")
     if not _TS_MIN <= ts < _TS_MAX:
-        raise PayloadError("bad_timestamp", f"frame start {ts} us is outside 1990..2100", asset_id, sensor_id)
+        raise PayloadError(
+            "bad_timestamp", f"frame start {ts} us is outside 1990..2100", asset_id, sensor_id
+        )
     samples = np.frombuffer(payload, dtype="<f4", count=n, offset=end_ids)
     return Frame(asset_id, sensor_id, ts, rate, samples)
 
@@ -129,18 +147,31 @@ def _decode_json(payload: bytes) -> ScalarBatch:
         raise PayloadError("malformed", f"expected a JSON object, got {type(body).__name__}")
     missing = [k for k in ("asset_id", "sensor_id", "ts", "value") if k not in body]
     if missing:
-        raise PayloadError("malformed", f"missing field(s) {', '.join(missing)}",
-                           _str_or_none(body.get("asset_id")), _str_or_none(body.get("sensor_id")))
+        raise PayloadError(
+            "malformed",
+            f"missing field(s) {', '.join(missing)}",
+            _str_or_none(body.get("asset_id")),
+            _str_or_none(body.get("sensor_id")),
+        )
     asset_id, sensor_id = body["asset_id"], body["sensor_id"]
     if not (isinstance(asset_id, str) and asset_id and isinstance(sensor_id, str) and sensor_id):
         raise PayloadError("wrong_type", "asset_id and sensor_id must be non-empty strings")
     ts, value = body["ts"], body["value"]
     if isinstance(ts, list) != isinstance(value, list):
-        raise PayloadError("malformed", "ts and value must both be lists or both scalars", asset_id, sensor_id)
+        raise PayloadError(
+            "malformed", "ts and value must both be lists or both scalars", asset_id, sensor_id
+        )
     ts_l, val_l = (ts, value) if isinstance(ts, list) else ([ts], [value])
     if len(ts_l) != len(val_l):
-        raise PayloadError("malformed", f"{len(ts_l)} timestamps but {len(val_l)} values", asset_id, sensor_id)
-    return ScalarBatch(asset_id, sensor_id, _timestamps(ts_l, asset_id, sensor_id), _values(val_l, asset_id, sensor_id))
+        raise PayloadError(
+            "malformed", f"{len(ts_l)} timestamps but {len(val_l)} values", asset_id, sensor_id
+        )
+    return ScalarBatch(
+        asset_id,
+        sensor_id,
+        _timestamps(ts_l, asset_id, sensor_id),
+        _values(val_l, asset_id, sensor_id),
+    )
 
 
 def _str_or_none(x: Any) -> str | None:
@@ -157,10 +188,17 @@ def _timestamps(ts: list[Any], asset_id: str, sensor_id: str) -> NDArray[np.int6
             parsed = pd.to_datetime(pd.Series(ts, dtype=object), utc=True, format="mixed")
             out = parsed.to_numpy(dtype="datetime64[us]").astype(np.int64)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise PayloadError("bad_timestamp", f"unusable timestamp: {exc}", asset_id, sensor_id) from None
+        raise PayloadError(
+            "bad_timestamp", f"unusable timestamp: {exc}", asset_id, sensor_id
+        ) from None
     bad = (out < _TS_MIN) | (out >= _TS_MAX)
     if bad.any():
-        raise PayloadError("bad_timestamp", f"{int(bad.sum())} timestamp(s) outside 1990..2100", asset_id, sensor_id)
+        raise PayloadError(
+            "bad_timestamp",
+            f"{int(bad.sum())} timestamp(s) outside 1990..2100",
+            asset_id,
+            sensor_id,
+        )
     return out
 
 

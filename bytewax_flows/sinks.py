@@ -102,8 +102,14 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
 class DeltaSink(FixedPartitionedSink[SinkRows, None]):
     """Writes ``(table, SinkRows)`` items to the lake; one partition per table."""
 
-    def __init__(self, lake_uri: str, *, flow_id: str = "telemetry", max_rows: int = 200_000,
-                 max_age_s: float = 1.0):
+    def __init__(
+        self,
+        lake_uri: str,
+        *,
+        flow_id: str = "telemetry",
+        max_rows: int = 200_000,
+        max_age_s: float = 1.0,
+    ):
         self.lake_uri, self.flow_id = lake_uri, flow_id
         self.max_rows, self.max_age_s = max_rows, max_age_s
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -29,19 +29,35 @@ class SimPosition(NamedTuple):
 
 
 class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
-    def __init__(self, sim: FleetSimulator, asset_id: str, position: SimPosition,
-                 n_chunks: int | None, speed: float | None, live: bool):
+    def __init__(
+        self,
+        sim: FleetSimulator,
+        asset_id: str,
+        position: SimPosition,
+        n_chunks: int | None,
+        speed: float | None,
+        live: bool,
+    ):
         self.sim = sim.starting_at(position.start_us)
         self.asset_id, self.source = asset_id, f"sim:{asset_id}"
-        self.next_chunk, self.n_chunks, self.speed, self.live = position.next_chunk, n_chunks, speed, live
+        self.next_chunk, self.n_chunks, self.speed, self.live = (
+            position.next_chunk,
+            n_chunks,
+            speed,
+            live,
+        )
         self._paced_from = (time.time(), position.next_chunk)
 
     def next_batch(self) -> list[Message]:
         if self.n_chunks is not None and self.next_chunk >= self.n_chunks:
             raise StopIteration()
         chunk = self.sim.chunk(self.asset_id, self.next_chunk)
-        payloads = [encode_scalars(chunk.asset_id, sid, ts, v) for sid, (ts, v) in chunk.scalars.items()]
-        payloads += [encode_frame(chunk.asset_id, sid, t0, rate, x) for sid, t0, rate, x in chunk.frames]
+        payloads = [
+            encode_scalars(chunk.asset_id, sid, ts, v) for sid, (ts, v) in chunk.scalars.items()
+        ]
+        payloads += [
+            encode_frame(chunk.asset_id, sid, t0, rate, x) for sid, t0, rate, x in chunk.frames
+        ]
         base, received = self.next_chunk * MESSAGES_PER_CHUNK, now_us()
         self.next_chunk += 1
         return [Message(self.source, base + j, received, p) for j, p in enumerate(payloads)]
@@ -54,7 +70,7 @@ class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
             due = wall0 + (self.next_chunk - chunk0) * self.sim.chunk_s / self.speed
         else:
             return None
-        return datetime.fromtimestamp(due, tz=timezone.utc)
+        return datetime.fromtimestamp(due, tz=UTC)
 
     def snapshot(self) -> SimPosition:
         return SimPosition(self.sim.start_us, self.next_chunk)
@@ -69,8 +85,14 @@ class SimulatorSource(FixedPartitionedSource[Message, SimPosition]):
     possible.  ``n_chunks`` bounds the run (None: forever).
     """
 
-    def __init__(self, sim: FleetSimulator, *, live: bool = False, speed: float | None = None,
-                 n_chunks: int | None = None):
+    def __init__(
+        self,
+        sim: FleetSimulator,
+        *,
+        live: bool = False,
+        speed: float | None = None,
+        n_chunks: int | None = None,
+    ):
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
         self.sim, self.live, self.speed, self.n_chunks = sim, live, speed, n_chunks
@@ -78,9 +100,13 @@ class SimulatorSource(FixedPartitionedSource[Message, SimPosition]):
     def list_parts(self) -> list[str]:
         return [f"sim:{a}" for a in self.sim.asset_ids]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: SimPosition | None) -> _SimPartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: SimPosition | None
+    ) -> _SimPartition:
         if resume_state is None:
             start = (now_us() // 1_000_000) * 1_000_000 if self.live else self.sim.start_us
             resume_state = SimPosition(start, 0)
         asset_id = for_part.removeprefix("sim:")
-        return _SimPartition(self.sim, asset_id, SimPosition(*resume_state), self.n_chunks, self.speed, self.live)
+        return _SimPartition(
+            self.sim, asset_id, SimPosition(*resume_state), self.n_chunks, self.speed, self.live
+        )

@@ -32,7 +32,16 @@ from physics.features import time_domain
 from physics.registry import FEATURE_VERSION, feature_names
 from physics.simulator import default_fleet
 
-__all__ = ["get_flow", "build_flow", "flow", "Rejected", "parse", "AssetState", "validate", "rejected_rows"]
+__all__ = [
+    "get_flow",
+    "build_flow",
+    "flow",
+    "Rejected",
+    "parse",
+    "AssetState",
+    "validate",
+    "rejected_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +78,22 @@ def parse(msg: Message) -> Parsed | Rejected:
         return Rejected(msg, exc.reason, exc.detail, exc.asset_id, exc.sensor_id)
     contract = SENSORS.get(body.sensor_id)
     if contract is None:
-        return Rejected(msg, "unknown_sensor", f"sensor {body.sensor_id!r} has no contract",
-                        body.asset_id, body.sensor_id)
+        return Rejected(
+            msg,
+            "unknown_sensor",
+            f"sensor {body.sensor_id!r} has no contract",
+            body.asset_id,
+            body.sensor_id,
+        )
     if contract.frames != isinstance(body, Frame):
         kind = "frames" if contract.frames else "scalar readings"
-        return Rejected(msg, "wrong_type", f"sensor {body.sensor_id!r} sends {kind}", body.asset_id, body.sensor_id)
+        return Rejected(
+            msg,
+            "wrong_type",
+            f"sensor {body.sensor_id!r} sends {kind}",
+            body.asset_id,
+            body.sensor_id,
+        )
     return Parsed(msg, body)
 
 
@@ -87,33 +107,46 @@ class AssetState:
 
 def _table(spec: TableSpec, columns: dict[str, Any]) -> pa.Table:
     schema = spec.input_schema
-    return pa.table({f.name: pa.array(columns[f.name], f.type) if not isinstance(columns[f.name], pa.Array)
-                     else columns[f.name] for f in schema}, schema=schema)
+    return pa.table(
+        {
+            f.name: pa.array(columns[f.name], f.type)
+            if not isinstance(columns[f.name], pa.Array)
+            else columns[f.name]
+            for f in schema
+        },
+        schema=schema,
+    )
 
 
 def _repeat(value: Any, n: int, type_: pa.DataType) -> pa.Array:
     return pa.repeat(pa.scalar(value, type_), n)
 
 
-def rejected_rows(msg: Message, items: list[tuple[bytes, str, str]], asset_id: str | None,
-                  sensor_id: str | None) -> SinkRows:
+def rejected_rows(
+    msg: Message, items: list[tuple[bytes, str, str]], asset_id: str | None, sensor_id: str | None
+) -> SinkRows:
     """``dead_letter`` rows for one message: ``(raw, reason, detail)`` per rejected input."""
     n = len(items)
     spec = table_spec("dead_letter")
-    rows = _table(spec, {
-        "received_ts": _repeat(msg.received_us, n, spec.schema.field("received_ts").type),
-        "source": _repeat(msg.source, n, pa.string()),
-        "raw": [r for r, _, _ in items],
-        "reason": [c for _, c, _ in items],
-        "detail": [d for _, _, d in items],
-        "asset_id": _repeat(asset_id, n, pa.string()),
-        "sensor_id": _repeat(sensor_id, n, pa.string()),
-    })
+    rows = _table(
+        spec,
+        {
+            "received_ts": _repeat(msg.received_us, n, spec.schema.field("received_ts").type),
+            "source": _repeat(msg.source, n, pa.string()),
+            "raw": [r for r, _, _ in items],
+            "reason": [c for _, c, _ in items],
+            "detail": [d for _, _, d in items],
+            "asset_id": _repeat(asset_id, n, pa.string()),
+            "sensor_id": _repeat(sensor_id, n, pa.string()),
+        },
+    )
     return SinkRows("dead_letter", msg.source, msg.offset, rows)
 
 
 def dead_letter(rej: Rejected) -> list[tuple[str, SinkRows]]:
-    rows = rejected_rows(rej.msg, [(rej.msg.payload, rej.reason, rej.detail)], rej.asset_id, rej.sensor_id)
+    rows = rejected_rows(
+        rej.msg, [(rej.msg.payload, rej.reason, rej.detail)], rej.asset_id, rej.sensor_id
+    )
     return [("dead_letter", rows)]
 
 
@@ -130,22 +163,34 @@ def _scalar_rows(p: Parsed, b: ScalarBatch, state: AssetState) -> list[SinkRows]
         spec = table_spec("readings")
         values = b.values[accept]
         ts_type = spec.schema.field("ts").type
-        rows = _table(spec, {
-            "asset_id": _repeat(b.asset_id, n, pa.string()),
-            "sensor_id": _repeat(b.sensor_id, n, pa.string()),
-            "ts": pa.array(b.ts_us[accept]).cast(ts_type),
-            "value": values,
-            "raw_value": values,
-            "quality": _repeat("good", n, pa.string()),
-            "ingest_ts": _repeat(now_us(), n, ts_type),
-        })
+        rows = _table(
+            spec,
+            {
+                "asset_id": _repeat(b.asset_id, n, pa.string()),
+                "sensor_id": _repeat(b.sensor_id, n, pa.string()),
+                "ts": pa.array(b.ts_us[accept]).cast(ts_type),
+                "value": values,
+                "raw_value": values,
+                "quality": _repeat("good", n, pa.string()),
+                "ingest_ts": _repeat(now_us(), n, ts_type),
+            },
+        )
         out.append(SinkRows("readings", p.msg.source, p.msg.offset, rows))
     if n < b.values.size:
         bad = np.flatnonzero(~accept)
         items = [
-            (json.dumps({"asset_id": b.asset_id, "sensor_id": b.sensor_id, "ts": int(b.ts_us[i]),
-                         "value": float(b.values[i]) if np.isfinite(b.values[i]) else None}).encode(),
-             str(reasons[i]), _detail(str(reasons[i]), b.values[i], contract.low, contract.high))
+            (
+                json.dumps(
+                    {
+                        "asset_id": b.asset_id,
+                        "sensor_id": b.sensor_id,
+                        "ts": int(b.ts_us[i]),
+                        "value": float(b.values[i]) if np.isfinite(b.values[i]) else None,
+                    }
+                ).encode(),
+                str(reasons[i]),
+                _detail(str(reasons[i]), b.values[i], contract.low, contract.high),
+            )
             for i in bad
         ]
         out.append(rejected_rows(p.msg, items, b.asset_id, b.sensor_id))
@@ -157,8 +202,10 @@ def _detail(reason: str, value: float, low: float, high: float) -> str:
         return f"value {value:.6g} outside [{low:g}, {high:g}]"
     if reason == "non_finite":
         return "value is null, NaN or infinite"
-    return {"duplicate": "timestamp already accepted for this sensor",
-            "out_of_order": "timestamp older than the newest accepted for this sensor"}.get(reason, reason)
+    return {
+        "duplicate": "timestamp already accepted for this sensor",
+        "out_of_order": "timestamp older than the newest accepted for this sensor",
+    }.get(reason, reason)
 
 
 def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
@@ -179,22 +226,33 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     spec = table_spec("features")
     ts_type = spec.schema.field("window_start").type
     columns: dict[str, Any] = {
-        "asset_id": [f.asset_id], "sensor_id": [f.sensor_id],
+        "asset_id": [f.asset_id],
+        "sensor_id": [f.sensor_id],
         "window_start": pa.array([f.ts_start_us]).cast(ts_type),
         "window_end": pa.array([window_end]).cast(ts_type),
-        "feature_version": [FEATURE_VERSION], "n_samples": [n],
+        "feature_version": [FEATURE_VERSION],
+        "n_samples": [n],
     }
-    columns.update({name: [float(feats[name][0]) if name in feats else None] for name in feature_names()})
+    columns.update(
+        {name: [float(feats[name][0]) if name in feats else None] for name in feature_names()}
+    )
     out = [SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns))]
     if seen % FRAME_KEEP_EVERY == 0:
         fspec = table_spec("frames")
-        frame = _table(fspec, {
-            "asset_id": [f.asset_id], "sensor_id": [f.sensor_id],
-            "ts_start": pa.array([f.ts_start_us]).cast(ts_type),
-            "sample_rate_hz": [f.sample_rate_hz], "n_samples": [n],
-            "samples": pa.FixedSizeListArray.from_arrays(pa.array(f.samples), n).cast(pa.list_(pa.float32())),
-            "retained_because": ["sampled"],
-        })
+        frame = _table(
+            fspec,
+            {
+                "asset_id": [f.asset_id],
+                "sensor_id": [f.sensor_id],
+                "ts_start": pa.array([f.ts_start_us]).cast(ts_type),
+                "sample_rate_hz": [f.sample_rate_hz],
+                "n_samples": [n],
+                "samples": pa.FixedSizeListArray.from_arrays(pa.array(f.samples), n).cast(
+                    pa.list_(pa.float32())
+                ),
+                "retained_because": ["sampled"],
+            },
+        )
         out.append(SinkRows("frames", p.msg.source, p.msg.offset, frame))
     return out
 
@@ -222,7 +280,9 @@ def build_flow(source: Source[Message], sink: DeltaSink) -> Dataflow:
     rejected = op.flat_map("reject", split.falses, dead_letter)  # (table, SinkRows)
     keyed = op.key_on("by_asset", split.trues, lambda p: p.asset_id)  # (asset_id, Parsed)
     checked = op.stateful_map("validate", keyed, validate)  # (asset_id, [SinkRows])
-    rows = op.flat_map("rows", checked, lambda kv: [(r.table, r) for r in kv[1]])  # (table, SinkRows)
+    rows = op.flat_map(
+        "rows", checked, lambda kv: [(r.table, r) for r in kv[1]]
+    )  # (table, SinkRows)
     op.output("lake", op.merge("all_rows", rows, rejected), sink)
     return flow
 

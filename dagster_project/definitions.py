@@ -7,9 +7,7 @@ import dagster as dg
 from dagster_project.assets.readings import readings, sensor_daily_stats
 from dagster_project.resources import default_resources
 
-daily_profile_job = dg.define_asset_job(
-    "daily_sensor_profile", selection=[sensor_daily_stats], partitions_def=sensor_daily_stats.partitions_def
-)
+daily_profile_job = dg.define_asset_job("daily_sensor_profile", selection=[sensor_daily_stats])
 
 defs = dg.Definitions(
     assets=[readings, sensor_daily_stats],

@@ -45,8 +45,12 @@ def default_resources(settings: Settings | None = None) -> dict[str, dg.Configur
     """Resources for the local deployment, from ``PLANTPULSE_*`` / ``MLFLOW_*`` variables."""
     s = settings or Settings.from_env()
     if s.mlflow_tracking_uri.startswith("sqlite:///"):
-        Path(s.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        Path(s.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+            parents=True, exist_ok=True
+        )
     return {
         "lake": LakeResource(uri=s.lake_uri),
-        "mlflow": MLflowResource(tracking_uri=s.mlflow_tracking_uri, artifact_root=s.mlflow_artifact_root),
+        "mlflow": MLflowResource(
+            tracking_uri=s.mlflow_tracking_uri, artifact_root=s.mlflow_artifact_root
+        ),
     }

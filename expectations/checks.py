@@ -89,5 +89,8 @@ def frame_problem(
         return "non_finite", f"{int((~finite).sum())} of {samples.size} samples are NaN/inf"
     peak = float(np.abs(samples).max())
     if peak > max(abs(contract.low), abs(contract.high)):
-        return "out_of_range", f"peak {peak:.3g} {contract.unit} outside [{contract.low}, {contract.high}]"
+        return (
+            "out_of_range",
+            f"peak {peak:.3g} {contract.unit} outside [{contract.low}, {contract.high}]",
+        )
     return None

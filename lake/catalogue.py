@@ -159,9 +159,7 @@ _TABLES: tuple[TableSpec, ...] = (
                 _f("summary", pa.string(), doc="what is wrong, in words"),
                 _f(
                     "top_features",
-                    pa.list_(
-                        pa.struct([("feature", pa.string()), ("contribution", pa.float64())])
-                    ),
+                    pa.list_(pa.struct([("feature", pa.string()), ("contribution", pa.float64())])),
                     doc="features that contributed most (SHAP)",
                 ),
                 _DATE,

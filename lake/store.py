@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
@@ -59,7 +60,9 @@ def _to_arrow(data: Any) -> pa.Table:
 def _cast_column(spec: TableSpec, field: pa.Field, column: pa.ChunkedArray) -> pa.ChunkedArray:
     where = f"table {spec.name!r}, column {field.name!r}"
     if column.null_count and not field.nullable:
-        raise SchemaMismatchError(f"{where}: {column.null_count} null value(s) in a required column")
+        raise SchemaMismatchError(
+            f"{where}: {column.null_count} null value(s) in a required column"
+        )
     if column.type == field.type:
         return column
     try:
@@ -204,7 +207,9 @@ class Lake:
             app_id, version = idempotency_key
             done = self.committed_version(name, app_id)
             if done is not None and done >= version:
-                log.info("skip replayed batch %s v%d for %s (committed v%d)", app_id, version, name, done)
+                log.info(
+                    "skip replayed batch %s v%d for %s (committed v%d)", app_id, version, name, done
+                )
                 return False
             txns[app_id] = version
         if table.num_rows == 0 and not txns:
@@ -261,8 +266,15 @@ class Lake:
         if version is None:
             dt = self.table(name)
         else:
-            dt = DeltaTable(self.table_uri(name), version=version, storage_options=self.storage_options)
-        return dt.to_pyarrow_dataset()
+            dt = DeltaTable(
+                self.table_uri(name), version=version, storage_options=self.storage_options
+            )
+        if is_remote_uri(self.uri):
+            return dt.to_pyarrow_dataset()
+        # Locally, Arrow's own filesystem: with deltalake's Rust-backed handler, Arrow's scan
+        # threads can outlive it and abort the interpreter at exit (delta-rs #2184, arrow #34314).
+        local = pafs.SubTreeFileSystem(self.table_uri(name), pafs.LocalFileSystem())
+        return dt.to_pyarrow_dataset(filesystem=local)
 
     def read_arrow(
         self,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["BearingGeometry", "DefectFrequencies", "SKF_6205", "defect_orders", "defect_frequencies"]
+__all__ = [
+    "BearingGeometry",
+    "DefectFrequencies",
+    "SKF_6205",
+    "defect_orders",
+    "defect_frequencies",
+]
 
 
 @dataclass(frozen=True)

@@ -37,4 +37,10 @@ def time_domain(frames: NDArray[np.floating]) -> dict[str, NDArray[np.float64]]:
         skew = np.mean(centred**3, axis=1) / safe_var**1.5
         kurt = np.mean(centred**4, axis=1) / safe_var**2 - 3.0
         crest = np.where(rms > 0, peak / rms, np.nan)
-    return {"vib_rms": rms, "vib_peak": peak, "vib_crest": crest, "vib_kurtosis": kurt, "vib_skewness": skew}
+    return {
+        "vib_rms": rms,
+        "vib_peak": peak,
+        "vib_crest": crest,
+        "vib_kurtosis": kurt,
+        "vib_skewness": skew,
+    }

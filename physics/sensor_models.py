@@ -97,6 +97,8 @@ def estimate_offset_gain(measured: F64, reference: F64) -> tuple[float, float]:
     m, r = np.asarray(measured, np.float64), np.asarray(reference, np.float64)
     ok = np.isfinite(m) & np.isfinite(r)
     if ok.sum() < 2 or np.ptp(r[ok]) == 0:
-        raise ValueError("need at least two distinct finite reference values to fit offset and gain")
+        raise ValueError(
+            "need at least two distinct finite reference values to fit offset and gain"
+        )
     gain, offset = np.polyfit(r[ok], m[ok], 1)
     return float(offset), float(gain)

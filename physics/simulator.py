@@ -120,8 +120,13 @@ class FleetSimulator:
         """The same fleet and faults with the simulation clock starting at ``start_us``."""
         if start_us == self.start_us:
             return self
-        return FleetSimulator(list(self.machines.values()), self.faults, seed=self.seed,
-                              start_us=start_us, chunk_s=self.chunk_s)
+        return FleetSimulator(
+            list(self.machines.values()),
+            self.faults,
+            seed=self.seed,
+            start_us=start_us,
+            chunk_s=self.chunk_s,
+        )
 
     # -- operating point -----------------------------------------------------------------
     def load(self, asset_index: int, t_s: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -163,7 +168,13 @@ class FleetSimulator:
             elif sensor_id == "discharge_pressure":
                 v = 6.0 * (speed / m.rpm) ** 2 * (0.7 + 0.3 * lt) + rng.normal(0, 0.02, n)
             else:  # bearing_temp: ambient + load heating + friction heating of a failing bearing
-                v = 30.0 + 25.0 * lt + 20.0 * sev + 0.5 * np.sin(2 * np.pi * t / 3600) + rng.normal(0, 0.1, n)
+                v = (
+                    30.0
+                    + 25.0 * lt
+                    + 20.0 * sev
+                    + 0.5 * np.sin(2 * np.pi * t / 3600)
+                    + rng.normal(0, 0.1, n)
+                )
             chunk.scalars[sensor_id] = (ts, self._sensor_faults(asset_id, sensor_id, t, v))
 
         samples = self._vibration(m, rng, t0, rpm, severity)
@@ -236,27 +247,46 @@ class FleetSimulator:
             component = f"bearing_{f.kind}" if f.is_bearing else f"{f.sensor_id}_sensor"
             onset = self.start_us + round(f.start_s * 1e6)
             rows.append(
-                dict(asset_id=f.asset_id, ts=onset, kind="fault_injected", component=component,
-                     detail=f"{f.kind} magnitude={f.magnitude}", source="simulator")
+                dict(
+                    asset_id=f.asset_id,
+                    ts=onset,
+                    kind="fault_injected",
+                    component=component,
+                    detail=f"{f.kind} magnitude={f.magnitude}",
+                    source="simulator",
+                )
             )
             if f.is_bearing:
                 rows.append(
-                    dict(asset_id=f.asset_id, ts=onset + round(f.time_to_failure_s * 1e6),
-                         kind="failure", component=component, detail=f"{f.kind} spall",
-                         source="simulator")
+                    dict(
+                        asset_id=f.asset_id,
+                        ts=onset + round(f.time_to_failure_s * 1e6),
+                        kind="failure",
+                        component=component,
+                        detail=f"{f.kind} spall",
+                        source="simulator",
+                    )
                 )
         return rows
 
     def rul_s(self, asset_id: str, t_s: float) -> float | None:
         """Seconds until the earliest bearing failure of ``asset_id`` (None if none is coming)."""
-        ends = [f.start_s + f.time_to_failure_s for f in self.faults if f.asset_id == asset_id and f.is_bearing]
+        ends = [
+            f.start_s + f.time_to_failure_s
+            for f in self.faults
+            if f.asset_id == asset_id and f.is_bearing
+        ]
         return min(ends) - t_s if ends else None
 
 
-def default_fleet(n_machines: int = 3, seed: int = 0, start_us: int | None = None) -> FleetSimulator:
+def default_fleet(
+    n_machines: int = 3, seed: int = 0, start_us: int | None = None
+) -> FleetSimulator:
     """The demo fleet: ``pump-01`` healthy, ``pump-02`` develops an outer-race defect after
     10 minutes (failing after 2 hours), ``pump-03`` an inner-race defect after 20 minutes."""
-    machines = [MachineSpec(f"pump-{i + 1:02d}", rpm=1797.0 - 25.0 * (i % 3)) for i in range(n_machines)]
+    machines = [
+        MachineSpec(f"pump-{i + 1:02d}", rpm=1797.0 - 25.0 * (i % 3)) for i in range(n_machines)
+    ]
     faults = [
         Fault("pump-02", "outer_race", start_s=600, time_to_failure_s=7200),
         Fault("pump-03", "inner_race", start_s=1200, time_to_failure_s=7200),

@@ -10,9 +10,13 @@ from lake import LakeError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="plantpulse", description="PlantPulse predictive-maintenance pipeline")
+    p = argparse.ArgumentParser(
+        prog="plantpulse", description="PlantPulse predictive-maintenance pipeline"
+    )
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run the Dagster UI + daemon and a streaming worker (what `make run` does)")
+    up = sub.add_parser(
+        "up", help="run the Dagster UI + daemon and a streaming worker (what `make run` does)"
+    )
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=3000)
     up.add_argument("--no-ui", action="store_true", help="only the streaming worker")
@@ -24,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.command == "up":
             from plantpulse_cli.up import up

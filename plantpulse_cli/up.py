@@ -34,8 +34,9 @@ class Service:
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         out = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
-        self.proc = subprocess.Popen(self.argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -66,12 +67,17 @@ def services(host: str, port: int, ui: bool = True) -> list[Service]:
     if ui:
         out += [
             Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *code]),
-            Service("dagster-webserver", [str(bin_dir / "dagster-webserver"), *code, "-h", host, "-p", str(port)]),
+            Service(
+                "dagster-webserver",
+                [str(bin_dir / "dagster-webserver"), *code, "-h", host, "-p", str(port)],
+            ),
         ]
     return out
 
 
-def up(host: str = "127.0.0.1", port: int = 3000, ui: bool = True, duration_s: float | None = None) -> int:
+def up(
+    host: str = "127.0.0.1", port: int = 3000, ui: bool = True, duration_s: float | None = None
+) -> int:
     """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
     settings = Settings.from_env()
     prepare(settings)
@@ -97,8 +103,11 @@ def up(host: str = "127.0.0.1", port: int = 3000, ui: bool = True, duration_s: f
             dead = [s for s in running if s.proc is not None and s.proc.poll() is not None]
             if dead:
                 for s in dead:
-                    print(f"error: {s.name} exited with code {s.proc.returncode if s.proc else '?'};"
-                          f" see {log_dir / (s.name + '.log')}", file=sys.stderr)
+                    print(
+                        f"error: {s.name} exited with code {s.proc.returncode if s.proc else '?'};"
+                        f" see {log_dir / (s.name + '.log')}",
+                        file=sys.stderr,
+                    )
                 code = 1
                 break
             time.sleep(0.5)

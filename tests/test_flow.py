@@ -12,7 +12,7 @@ import pytest
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
-from bytewax_flows.payloads import Message, encode_frame, encode_scalars
+from bytewax_flows.payloads import Message, encode_frame
 from bytewax_flows.sinks import DeltaSink
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import build_flow, get_flow
@@ -52,22 +52,48 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     messages = [
         msg(0, b"{not json"),  # malformed
         msg(1, reading("oil_colour", t, 1.0)),  # unknown sensor
-        msg(2, reading("bearing_temp", [t, t + 1_000_000, t + 2_000_000, t + 3_000_000],
-                       [40.0, 900.0, None, 41.0])),  # ok, out_of_range, non_finite, ok
-        msg(3, reading("bearing_temp", [t + 3_000_000, t + 1_500_000, t + 4_000_000], [42.0, 43.0, 44.0])),
+        msg(
+            2,
+            reading(
+                "bearing_temp",
+                [t, t + 1_000_000, t + 2_000_000, t + 3_000_000],
+                [40.0, 900.0, None, 41.0],
+            ),
+        ),  # ok, out_of_range, non_finite, ok
+        msg(
+            3,
+            reading(
+                "bearing_temp", [t + 3_000_000, t + 1_500_000, t + 4_000_000], [42.0, 43.0, 44.0]
+            ),
+        ),
         msg(4, reading("bearing_temp", t + 5_000_000, "warm")),  # wrong type
         msg(5, encode_frame("pump-01", "vib_de", t, 8_000.0, np.zeros(100))),  # wrong rate
         msg(6, encode_frame("pump-01", "vib_de", t, 12_000.0, np.full(100, np.nan))),  # NaN frame
         msg(7, encode_frame("pump-01", "vib_de", t, 12_000.0, np.zeros(0))),  # empty
-        msg(8, encode_frame("pump-01", "vib_de", t, 12_000.0, np.random.default_rng(0).normal(size=1200))),
-        msg(9, encode_frame("pump-01", "vib_de", t, 12_000.0, np.ones(1200))),  # same start: duplicate
+        msg(
+            8,
+            encode_frame(
+                "pump-01", "vib_de", t, 12_000.0, np.random.default_rng(0).normal(size=1200)
+            ),
+        ),
+        msg(
+            9, encode_frame("pump-01", "vib_de", t, 12_000.0, np.ones(1200))
+        ),  # same start: duplicate
         msg(10, reading("vib_de", t, 1.0)),  # scalar reading for a frame sensor
     ]
     run(lake, messages)
     reasons = dead(lake)["reason"].value_counts().to_dict()
-    assert reasons == {"malformed": 1, "unknown_sensor": 1, "out_of_range": 1, "non_finite": 2,
-                       "duplicate": 2, "out_of_order": 1, "wrong_type": 2, "bad_sample_rate": 1,
-                       "empty_frame": 1}
+    assert reasons == {
+        "malformed": 1,
+        "unknown_sensor": 1,
+        "out_of_range": 1,
+        "non_finite": 2,
+        "duplicate": 2,
+        "out_of_order": 1,
+        "wrong_type": 2,
+        "bad_sample_rate": 1,
+        "empty_frame": 1,
+    }
     readings = lake.read("readings").sort_values("ts")
     assert readings["value"].tolist() == [40.0, 41.0, 44.0]
     features = lake.read("features")
@@ -115,8 +141,14 @@ def test_crash_and_resume_matches_an_uninterrupted_run(tmp_path: Path, epoch_s: 
     """The sink commits eagerly (before the epoch's snapshot), so a resume re-sends rows that are
     already in Delta; the offset-keyed commits must drop exactly those."""
     t = T0_US
-    bodies: list[bytes | dict] = [reading("motor_current", [t + i * 1_000_000 + k * 100_000 for k in range(10)],
-                                          [20.0 + k for k in range(10)]) for i in range(30)]
+    bodies: list[bytes | dict] = [
+        reading(
+            "motor_current",
+            [t + i * 1_000_000 + k * 100_000 for k in range(10)],
+            [20.0 + k for k in range(10)],
+        )
+        for i in range(30)
+    ]
     bodies.insert(12, b"bad")
     messages = [msg(i, body) for i, body in enumerate(bodies)]
 
@@ -129,10 +161,16 @@ def test_crash_and_resume_matches_an_uninterrupted_run(tmp_path: Path, epoch_s: 
     init_db_dir(recovery, 1)
     config = RecoveryConfig(str(recovery))
     with_abort = [*messages[:20], TestingSource.ABORT(), *messages[20:]]
+
     # the first execution stops abruptly at ABORT, as a killed worker would
     def execute() -> None:
-        run_main(build_flow(TestingSource(with_abort, batch_size=3), DeltaSink(crashed.uri, max_age_s=0.0)),
-                 epoch_interval=timedelta(seconds=epoch_s), recovery_config=config)
+        run_main(
+            build_flow(
+                TestingSource(with_abort, batch_size=3), DeltaSink(crashed.uri, max_age_s=0.0)
+            ),
+            epoch_interval=timedelta(seconds=epoch_s),
+            recovery_config=config,
+        )
 
     execute()
     partial = crashed.count("readings")
@@ -140,8 +178,11 @@ def test_crash_and_resume_matches_an_uninterrupted_run(tmp_path: Path, epoch_s: 
     execute()
 
     for table in ("readings", "dead_letter"):
-        cols = ["asset_id", "sensor_id", "ts", "value"] if table == "readings" else ["source", "raw", "reason"]
+        cols = (
+            ["asset_id", "sensor_id", "ts", "value"]
+            if table == "readings"
+            else ["source", "raw", "reason"]
+        )
         a = reference.read(table, columns=cols).sort_values(cols[:3]).reset_index(drop=True)
         b = crashed.read(table, columns=cols).sort_values(cols[:3]).reset_index(drop=True)
         pd.testing.assert_frame_equal(a, b)
-

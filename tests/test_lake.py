@@ -16,8 +16,19 @@ from tests.conftest import T0_US, readings_rows
 
 
 def test_every_design_table_is_declared_with_a_utc_microsecond_schema():
-    design = {"readings", "frames", "dead_letter", "features", "scores", "alerts", "drift_events",
-              "validation_results", "calibration", "maintenance_events", "model_decisions"}
+    design = {
+        "readings",
+        "frames",
+        "dead_letter",
+        "features",
+        "scores",
+        "alerts",
+        "drift_events",
+        "validation_results",
+        "calibration",
+        "maintenance_events",
+        "model_decisions",
+    }
     assert design <= set(TABLES)
     for spec in TABLES.values():
         for field in spec.schema:
@@ -28,13 +39,18 @@ def test_every_design_table_is_declared_with_a_utc_microsecond_schema():
 
 
 def test_round_trip_derives_the_date_partition(lake: Lake):
-    assert lake.append("readings", readings_rows(3, t0_us=T0_US - 1_000_000))  # 23:59:59 the day before
+    assert lake.append(
+        "readings", readings_rows(3, t0_us=T0_US - 1_000_000)
+    )  # 23:59:59 the day before
     df = lake.read("readings").sort_values("ts")
     assert len(df) == 3
     assert df["date"].tolist() == [dt.date(2025, 12, 31), dt.date(2026, 1, 1), dt.date(2026, 1, 1)]
     assert df["value"].tolist() == [40.0, 41.0, 42.0]
     assert str(df["ts"].dtype) == "datetime64[us, UTC]"
-    assert sorted(p["date"] for p in lake.table("readings").partitions()) == ["2025-12-31", "2026-01-01"]
+    assert sorted(p["date"] for p in lake.table("readings").partitions()) == [
+        "2025-12-31",
+        "2026-01-01",
+    ]
 
 
 def test_replayed_batch_with_same_idempotency_key_adds_no_rows(lake: Lake):
@@ -52,7 +68,9 @@ def test_replayed_batch_with_same_idempotency_key_adds_no_rows(lake: Lake):
 def test_wrong_type_names_table_and_column(lake: Lake):
     bad = readings_rows(2)
     bad["value"] = ["hot", "cold"]
-    with pytest.raises(SchemaMismatchError, match="table 'readings', column 'value': expected double"):
+    with pytest.raises(
+        SchemaMismatchError, match="table 'readings', column 'value': expected double"
+    ):
         lake.append("readings", bad)
     assert not lake.exists("readings")
 
@@ -73,7 +91,9 @@ def test_missing_extra_and_null_columns_are_named(lake: Lake):
 
 def test_naive_and_nanosecond_timestamps_are_conformed_to_utc_us(lake: Lake):
     rows = readings_rows(2)
-    rows["ts"] = pd.to_datetime(["2026-01-01 00:00:00.000001999", "2026-01-01 00:00:01.000000000"])  # naive, ns
+    rows["ts"] = pd.to_datetime(
+        ["2026-01-01 00:00:00.000001999", "2026-01-01 00:00:01.000000000"]
+    )  # naive, ns
     lake.append("readings", rows)
     assert lake.read("readings")["ts"].min() == pd.Timestamp("2026-01-01 00:00:00.000001", tz="UTC")
 
@@ -102,8 +122,13 @@ def test_reading_a_missing_table_gives_empty_typed_result(lake: Lake):
 def test_filters_columns_and_time_travel(lake: Lake):
     lake.append("readings", readings_rows(3, asset_id="pump-01"))
     lake.append("readings", readings_rows(2, asset_id="pump-02"))
-    got = lake.read("readings", filters=[("asset_id", "=", "pump-02")], columns=["asset_id", "value"])
-    assert got["asset_id"].tolist() == ["pump-02", "pump-02"] and list(got.columns) == ["asset_id", "value"]
+    got = lake.read(
+        "readings", filters=[("asset_id", "=", "pump-02")], columns=["asset_id", "value"]
+    )
+    assert got["asset_id"].tolist() == ["pump-02", "pump-02"] and list(got.columns) == [
+        "asset_id",
+        "value",
+    ]
     assert lake.read_arrow("readings", version=1).num_rows == 3  # version 0 is the empty table
     with pytest.raises(LakeError, match="no column"):
         lake.read("readings", columns=["nope"])
@@ -112,9 +137,19 @@ def test_filters_columns_and_time_travel(lake: Lake):
 def test_replace_partition_reruns_are_safe_and_touch_only_that_day(lake: Lake):
     def stats(day: str, n: int) -> pd.DataFrame:
         ts = pd.Timestamp(day, tz="UTC")
-        return pd.DataFrame({"date": [dt.date.fromisoformat(day)] * n, "asset_id": [f"a{i}" for i in range(n)],
-                             "sensor_id": "s", "n_readings": 1, "mean": 1.0, "min": 1.0, "max": 1.0,
-                             "first_ts": ts, "last_ts": ts})
+        return pd.DataFrame(
+            {
+                "date": [dt.date.fromisoformat(day)] * n,
+                "asset_id": [f"a{i}" for i in range(n)],
+                "sensor_id": "s",
+                "n_readings": 1,
+                "mean": 1.0,
+                "min": 1.0,
+                "max": 1.0,
+                "first_ts": ts,
+                "last_ts": ts,
+            }
+        )
 
     lake.replace_partition("sensor_daily_stats", stats("2026-01-01", 2), date="2026-01-01")
     lake.replace_partition("sensor_daily_stats", stats("2026-01-02", 3), date="2026-01-02")
@@ -128,7 +163,9 @@ def test_replace_partition_reruns_are_safe_and_touch_only_that_day(lake: Lake):
 
 def test_sql_reads_every_table_and_cannot_write_or_escape(lake: Lake, tmp_path: Path):
     lake.append("readings", readings_rows(5))
-    result = query(lake, "select asset_id, count(*) as n, max(value) as top from readings group by asset_id")
+    result = query(
+        lake, "select asset_id, count(*) as n, max(value) as top from readings group by asset_id"
+    )
     assert result.to_pylist() == [{"asset_id": "pump-01", "n": 5, "top": 44.0}]
     assert query(lake, "select count(*) as n from alerts").to_pylist() == [{"n": 0}]
     target = tmp_path / "leak.parquet"
@@ -146,5 +183,7 @@ def test_settings_default_under_state_dir_and_are_overridable(tmp_path: Path):
     assert s.lake_uri == str(tmp_path / "lake")
     assert s.mlflow_tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     assert s.dagster_home == str(tmp_path / "dagster")
-    s2 = Settings.from_env({"PLANTPULSE_HOME": str(tmp_path), "PLANTPULSE_LAKE": "s3://bucket/lake"})
+    s2 = Settings.from_env(
+        {"PLANTPULSE_HOME": str(tmp_path), "PLANTPULSE_LAKE": "s3://bucket/lake"}
+    )
     assert s2.lake_uri == "s3://bucket/lake"

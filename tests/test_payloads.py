@@ -29,8 +29,14 @@ def test_scalar_batch_round_trip_with_nan_as_null():
 
 
 def test_single_reading_with_iso_timestamp():
-    payload = json.dumps({"asset_id": "a", "sensor_id": "bearing_temp", "ts": "2026-01-01T01:00:00+01:00",
-                          "value": 3}).encode()
+    payload = json.dumps(
+        {
+            "asset_id": "a",
+            "sensor_id": "bearing_temp",
+            "ts": "2026-01-01T01:00:00+01:00",
+            "value": 3,
+        }
+    ).encode()
     got = decode(payload)
     assert got.ts_us.tolist() == [T0_US] and got.values.tolist() == [3.0]
 
@@ -53,8 +59,14 @@ def test_frame_round_trip_is_float32_and_exact():
         (b'{"asset_id": "a", "sensor_id": "s", "ts": [1, 2], "value": [1]}', "malformed"),
         (b'{"asset_id": "a", "sensor_id": "s", "ts": [1767225600000000], "value": 1}', "malformed"),
         (b'{"asset_id": 7, "sensor_id": "s", "ts": 1767225600000000, "value": 1}', "wrong_type"),
-        (b'{"asset_id": "a", "sensor_id": "s", "ts": 1767225600000000, "value": "12"}', "wrong_type"),
-        (b'{"asset_id": "a", "sensor_id": "s", "ts": 1767225600000000, "value": true}', "wrong_type"),
+        (
+            b'{"asset_id": "a", "sensor_id": "s", "ts": 1767225600000000, "value": "12"}',
+            "wrong_type",
+        ),
+        (
+            b'{"asset_id": "a", "sensor_id": "s", "ts": 1767225600000000, "value": true}',
+            "wrong_type",
+        ),
         (b'{"asset_id": "a", "sensor_id": "s", "ts": 12, "value": 1}', "bad_timestamp"),
         (b'{"asset_id": "a", "sensor_id": "s", "ts": "yesterday", "value": 1}', "bad_timestamp"),
         (b'{"asset_id": "a", "sensor_id": "s", "ts": 1.5, "value": 1}', "bad_timestamp"),

@@ -37,25 +37,37 @@ def contract_violations(daily: pd.DataFrame) -> pd.DataFrame:
     kinds={"delta", "duckdb"},
     owners=["team:data-engineering"],
     check_specs=[
-        dg.AssetCheckSpec("readings_within_contract", asset="sensor_daily_stats", blocking=True,
-                          description="Every sensor in the day's readings is declared and stays "
-                          "inside its physical range (the stream should have rejected the rest)."),
-        dg.AssetCheckSpec("every_asset_reports", asset="sensor_daily_stats",
-                          description="The day has readings at all."),
+        dg.AssetCheckSpec(
+            "readings_within_contract",
+            asset="sensor_daily_stats",
+            blocking=True,
+            description="Every sensor in the day's readings is declared and stays "
+            "inside its physical range (the stream should have rejected the rest).",
+        ),
+        dg.AssetCheckSpec(
+            "every_asset_reports",
+            asset="sensor_daily_stats",
+            description="The day has readings at all.",
+        ),
     ],
 )
-def sensor_daily_stats(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+def sensor_daily_stats(
+    context: dg.AssetExecutionContext, lake: LakeResource
+) -> dg.MaterializeResult:
     """Daily profile of every sensor's accepted readings: count, mean, min, max, first and last
     timestamp. Rebuilding a day replaces exactly that day's partition, so reruns are safe."""
     day = context.partition_key
     store = lake.lake()
-    daily = query(store, f"""
+    daily = query(
+        store,
+        f"""
         select cast('{day}' as date) as date, asset_id, sensor_id, count(*) as n_readings,
                avg(value) as mean, min(value) as min, max(value) as max,
                min(ts) as first_ts, max(ts) as last_ts
         from readings where date = cast('{day}' as date)
         group by asset_id, sensor_id order by asset_id, sensor_id
-    """).to_pandas()
+    """,
+    ).to_pandas()
     store.replace_partition("sensor_daily_stats", daily, date=day)
     bad = contract_violations(daily)
     n_rows = int(daily["n_readings"].sum()) if len(daily) else 0
@@ -63,7 +75,9 @@ def sensor_daily_stats(context: dg.AssetExecutionContext, lake: LakeResource) ->
         metadata={
             "row_count": dg.MetadataValue.int(len(daily)),
             "readings": dg.MetadataValue.int(n_rows),
-            "preview": dg.MetadataValue.md(daily.head(20).to_markdown(index=False) if len(daily) else "_no readings_"),
+            "preview": dg.MetadataValue.md(
+                daily.head(20).to_markdown(index=False) if len(daily) else "_no readings_"
+            ),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -72,15 +86,21 @@ def sensor_daily_stats(context: dg.AssetExecutionContext, lake: LakeResource) ->
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata={
                     "violations": dg.MetadataValue.int(len(bad)),
-                    "details": dg.MetadataValue.md(bad.to_markdown(index=False) if len(bad) else "none"),
+                    "details": dg.MetadataValue.md(
+                        bad.to_markdown(index=False) if len(bad) else "none"
+                    ),
                 },
             ),
             dg.AssetCheckResult(
                 check_name="every_asset_reports",
                 passed=n_rows > 0,
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"readings": dg.MetadataValue.int(n_rows),
-                          "assets": dg.MetadataValue.int(daily["asset_id"].nunique() if len(daily) else 0)},
+                metadata={
+                    "readings": dg.MetadataValue.int(n_rows),
+                    "assets": dg.MetadataValue.int(
+                        daily["asset_id"].nunique() if len(daily) else 0
+                    ),
+                },
             ),
         ],
     )
