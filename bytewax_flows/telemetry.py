@@ -28,7 +28,8 @@ from bytewax_flows.sources import SimulatorSource, now_us
 from expectations.checks import OK, frame_problem, order_reasons, scalar_reasons
 from expectations.contracts import SENSORS
 from lake import Settings, TableSpec, table_spec
-from physics.features import time_domain
+from physics.bearing import SKF_6205
+from physics.features import vibration_features
 from physics.registry import FEATURE_VERSION, feature_names
 from physics.simulator import default_fleet
 
@@ -103,6 +104,7 @@ class AssetState:
 
     last_ts: dict[str, int] = field(default_factory=dict)
     frames_seen: dict[str, int] = field(default_factory=dict)
+    shaft_rpm: float = float("nan")  # newest accepted shaft_speed reading
 
 
 def _table(spec: TableSpec, columns: dict[str, Any]) -> pa.Table:
@@ -160,6 +162,8 @@ def _scalar_rows(p: Parsed, b: ScalarBatch, state: AssetState) -> list[SinkRows]
     n = int(accept.sum())
     if n:
         state.last_ts[b.sensor_id] = int(b.ts_us[accept][-1])
+        if b.sensor_id == "shaft_speed":
+            state.shaft_rpm = float(b.values[accept][-1])
         spec = table_spec("readings")
         values = b.values[accept]
         ts_type = spec.schema.field("ts").type
@@ -222,7 +226,7 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     state.frames_seen[f.sensor_id] = seen + 1
     n = f.samples.size
     window_end = f.ts_start_us + round(n / f.sample_rate_hz * 1e6)
-    feats = time_domain(f.samples[None, :])
+    feats = vibration_features(f.samples[None, :], f.sample_rate_hz, state.shaft_rpm, SKF_6205)
     spec = table_spec("features")
     ts_type = spec.schema.field("window_start").type
     columns: dict[str, Any] = {

@@ -28,6 +28,7 @@ REASONS: dict[str, str] = {
     "late": "later than the watermark's allowed lateness",
     "bad_sample_rate": "frame sample rate differs from the sensor's contract",
     "empty_frame": "frame with no samples",
+    "short_frame": "frame shorter than the sensor's minimum for spectral features",
 }
 OK = "ok"
 
@@ -74,13 +75,20 @@ def frame_problem(
 
     >>> from expectations.contracts import contract_for
     >>> c = contract_for("vib_de")
-    >>> frame_problem(c, 12_000.0, np.zeros(10, np.float32)) is None
+    >>> frame_problem(c, 12_000.0, np.zeros(2048, np.float32)) is None
     True
+    >>> frame_problem(c, 12_000.0, np.zeros(10, np.float32))[0]
+    'short_frame'
     >>> frame_problem(c, 8_000.0, np.zeros(10, np.float32))[0]
     'bad_sample_rate'
     """
     if samples.size == 0:
         return "empty_frame", "frame has no samples"
+    if samples.size < contract.min_frame_samples:
+        return (
+            "short_frame",
+            f"{samples.size} samples, contract needs >= {contract.min_frame_samples}",
+        )
     expected = contract.sample_rate_hz
     if not abs(sample_rate_hz - expected) <= contract.rate_tolerance * expected:
         return "bad_sample_rate", f"sample rate {sample_rate_hz} Hz, contract says {expected} Hz"

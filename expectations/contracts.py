@@ -36,6 +36,7 @@ class SensorContract:
     max_gap_s: float = 10.0
     max_null_rate: float = 0.01
     max_rate_of_change: float | None = None
+    min_frame_samples: int = 1
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -93,6 +94,7 @@ _CONTRACTS = (
         12_000.0,
         frames=True,
         max_gap_s=5.0,
+        min_frame_samples=1024,
         description="drive-end accelerometer",
     ),
 )

@@ -2,7 +2,7 @@
 
 The stream and training read feature columns from here, and every ``features`` row carries the
 ``FEATURE_VERSION`` that produced it, so a model trained on version N is never silently scored
-with version N+1 (the scorer compares the model's recorded version with this one).
+with version N+1: ``check_compatible`` refuses, naming both versions.
 
 Bump ``FEATURE_VERSION`` whenever a feature is added, removed, renamed or computed differently.
 """
@@ -11,9 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FEATURE_VERSION", "FeatureSpec", "FEATURES", "feature_names", "feature_spec"]
+from physics.features import ENVELOPE_ORDERS, HARMONICS, N_SPECTRAL_BANDS
 
-FEATURE_VERSION = 1
+__all__ = [
+    "FEATURE_VERSION",
+    "FeatureSpec",
+    "FEATURES",
+    "feature_names",
+    "feature_spec",
+    "check_compatible",
+    "FeatureVersionError",
+]
+
+FEATURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -26,20 +36,64 @@ class FeatureSpec:
     description: str
 
 
+class FeatureVersionError(ValueError):
+    """A model and the data it is asked to score were built with different feature versions."""
+
+
+def _envelope_specs() -> list[FeatureSpec]:
+    out = []
+    for order in ENVELOPE_ORDERS:
+        for h in range(1, (1 if order in ("ftf", "shaft") else HARMONICS) + 1):
+            out.append(
+                FeatureSpec(
+                    f"env_{order}_{h}",
+                    "1",
+                    "vibration",
+                    f"envelope spectrum at {h}x {order.upper()} (shaft orders), over the median level",
+                )
+            )
+    return out
+
+
 FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("vib_rms", "g", "vibration", "root mean square of the acceleration frame"),
     FeatureSpec("vib_peak", "g", "vibration", "largest absolute acceleration in the frame"),
     FeatureSpec("vib_crest", "1", "vibration", "crest factor: peak / RMS"),
     FeatureSpec("vib_kurtosis", "1", "vibration", "excess kurtosis (0 for Gaussian noise)"),
     FeatureSpec("vib_skewness", "1", "vibration", "skewness of the acceleration"),
+    *[
+        FeatureSpec(
+            f"vib_band_{b}",
+            "1",
+            "vibration",
+            f"share of power in spectral band {b} of {N_SPECTRAL_BANDS}",
+        )
+        for b in range(N_SPECTRAL_BANDS)
+    ],
+    FeatureSpec(
+        "sk_max", "1", "vibration", "largest spectral kurtosis (impulsiveness of the best band)"
+    ),
+    FeatureSpec(
+        "demod_centre_hz",
+        "Hz",
+        "vibration",
+        "centre of the demodulation band chosen by spectral kurtosis",
+    ),
+    *_envelope_specs(),
+    FeatureSpec(
+        "vib_speed_ok",
+        "1",
+        "vibration",
+        "1 if shaft speed was known, else 0 (envelope features NaN)",
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FEATURES}
 
 
-def feature_names() -> list[str]:
-    """Names of the current feature columns, in table order."""
-    return [f.name for f in FEATURES]
+def feature_names(source: str | None = None) -> list[str]:
+    """Names of the current feature columns, in table order (optionally of one source)."""
+    return [f.name for f in FEATURES if source is None or f.source == source]
 
 
 def feature_spec(name: str) -> FeatureSpec:
@@ -48,3 +102,22 @@ def feature_spec(name: str) -> FeatureSpec:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown feature {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def check_compatible(
+    model_feature_version: int, data_feature_version: int = FEATURE_VERSION
+) -> None:
+    """Refuse to score data of one feature version with a model trained on another.
+
+    >>> check_compatible(FEATURE_VERSION)
+    >>> try:
+    ...     check_compatible(1, 2)
+    ... except FeatureVersionError as err:
+    ...     print(err)
+    model was trained on feature_version 1 but the data has feature_version 2; retrain the model or recompute the features
+    """
+    if int(model_feature_version) != int(data_feature_version):
+        raise FeatureVersionError(
+            f"model was trained on feature_version {model_feature_version} but the data has "
+            f"feature_version {data_feature_version}; retrain the model or recompute the features"
+        )

@@ -67,19 +67,20 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
             ),
         ),
         msg(4, reading("bearing_temp", t + 5_000_000, "warm")),  # wrong type
-        msg(5, encode_frame("pump-01", "vib_de", t, 8_000.0, np.zeros(100))),  # wrong rate
-        msg(6, encode_frame("pump-01", "vib_de", t, 12_000.0, np.full(100, np.nan))),  # NaN frame
+        msg(5, encode_frame("pump-01", "vib_de", t, 8_000.0, np.zeros(2048))),  # wrong rate
+        msg(6, encode_frame("pump-01", "vib_de", t, 12_000.0, np.full(2048, np.nan))),  # NaN
         msg(7, encode_frame("pump-01", "vib_de", t, 12_000.0, np.zeros(0))),  # empty
         msg(
             8,
             encode_frame(
-                "pump-01", "vib_de", t, 12_000.0, np.random.default_rng(0).normal(size=1200)
+                "pump-01", "vib_de", t, 12_000.0, np.random.default_rng(0).normal(size=2048)
             ),
         ),
         msg(
-            9, encode_frame("pump-01", "vib_de", t, 12_000.0, np.ones(1200))
+            9, encode_frame("pump-01", "vib_de", t, 12_000.0, np.ones(2048))
         ),  # same start: duplicate
         msg(10, reading("vib_de", t, 1.0)),  # scalar reading for a frame sensor
+        msg(11, encode_frame("pump-01", "vib_de", t + 10**6, 12_000.0, np.zeros(100))),  # too short
     ]
     run(lake, messages)
     reasons = dead(lake)["reason"].value_counts().to_dict()
@@ -93,13 +94,14 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
         "wrong_type": 2,
         "bad_sample_rate": 1,
         "empty_frame": 1,
+        "short_frame": 1,
     }
     readings = lake.read("readings").sort_values("ts")
     assert readings["value"].tolist() == [40.0, 41.0, 44.0]
     features = lake.read("features")
     assert len(features) == 1 and features["vib_rms"].iloc[0] == pytest.approx(1.0, abs=0.1)
     assert lake.count("frames") == 1  # the first accepted frame is kept as a sample
-    total_inputs = 1 + 1 + 4 + 3 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages
+    total_inputs = 1 + 1 + 4 + 3 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages
     assert len(readings) + len(features) + len(dead(lake)) == total_inputs
 
 

@@ -106,5 +106,5 @@ def test_constant_frame_has_undefined_shape_statistics_not_zero():
     assert (
         f["vib_rms"][0] == 2.0 and np.isnan(f["vib_kurtosis"][0]) and np.isnan(f["vib_skewness"][0])
     )
-    with pytest.raises(ValueError, match="no samples"):
+    with pytest.raises(ValueError, match="with samples"):
         time_domain(np.zeros((1, 0)))
