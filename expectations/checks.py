@@ -79,7 +79,7 @@ def frame_problem(
     True
     >>> frame_problem(c, 12_000.0, np.zeros(10, np.float32))[0]
     'short_frame'
-    >>> frame_problem(c, 8_000.0, np.zeros(10, np.float32))[0]
+    >>> frame_problem(c, 8_000.0, np.zeros(2048, np.float32))[0]
     'bad_sample_rate'
     """
     if samples.size == 0:
