@@ -173,3 +173,67 @@ class HealthIndicator:
     def transform(self, sensors: pd.DataFrame) -> pd.Series:
         cols = list(self.signs)
         return (sensors[cols] * pd.Series(self.signs)).mean(axis=1)
+
+
+CMAPSS_INFORMATIVE = [
+    "s2",
+    "s3",
+    "s4",
+    "s7",
+    "s8",
+    "s9",
+    "s11",
+    "s12",
+    "s13",
+    "s14",
+    "s15",
+    "s17",
+    "s20",
+    "s21",
+]
+"""C-MAPSS sensors that change with degradation (the others are constant in FD001)."""
+
+
+@dataclass
+class ProcessFeatureBuilder:
+    """Process features of run-to-failure trajectories, fitted on training assets only.
+
+    ``fit`` learns the regime statistics and the health indicator's signs from the training
+    rows; ``transform`` gives, per row: the regime-normalised sensors, their rolling level,
+    slope and std over ``window`` steps (computed per asset, incrementally-identical), the
+    health indicator and its slope, and the step count.
+    """
+
+    sensors: list[str] = field(default_factory=lambda: list(CMAPSS_INFORMATIVE))
+    settings: list[str] = field(default_factory=lambda: ["setting1", "setting2", "setting3"])
+    window: int = 30
+    asset: str = "unit"
+    step: str = "cycle"
+    normaliser: RegimeNormaliser = field(default_factory=RegimeNormaliser)
+    health: HealthIndicator = field(default_factory=HealthIndicator)
+
+    def fit(self, df: pd.DataFrame, rul: F64) -> ProcessFeatureBuilder:
+        self.normaliser = RegimeNormaliser().fit(df[self.settings], df[self.sensors])
+        z = self.normaliser.transform(df[self.settings], df[self.sensors])
+        self.health = HealthIndicator().fit(z, np.asarray(rul, dtype=np.float64))
+        return self
+
+    def transform(self, df: pd.DataFrame) -> pd.DataFrame:
+        df = df.sort_values([self.asset, self.step])
+        z = self.normaliser.transform(df[self.settings], df[self.sensors])
+        z["hi"] = self.health.transform(z)
+        out = {f"z_{c}": z[c].to_numpy() for c in z.columns}
+        assets = df[self.asset].to_numpy()
+        starts = np.flatnonzero(np.r_[True, assets[1:] != assets[:-1]])
+        bounds = list(zip(starts, np.r_[starts[1:], len(df)], strict=True))
+        for col in z.columns:
+            values = z[col].to_numpy()
+            stats = {k: np.empty(len(df)) for k in ("level", "slope", "std")}
+            for lo, hi in bounds:
+                s = rolling_window_stats(np.empty(0), values[lo:hi], self.window)
+                for k in stats:
+                    stats[k][lo:hi] = s[k]
+            for k, v in stats.items():
+                out[f"{k}_{col}"] = v
+        out[self.step] = df[self.step].to_numpy(np.float64)
+        return pd.DataFrame(out, index=df.index)

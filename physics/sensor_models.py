@@ -18,6 +18,11 @@ __all__ = [
     "spikes",
     "clock_skew",
     "estimate_offset_gain",
+    "estimate_gain_drift",
+    "stuck_runs",
+    "dropout_fraction",
+    "spike_mask",
+    "estimate_clock_skew",
 ]
 
 F64 = NDArray[np.float64]
@@ -102,3 +107,83 @@ def estimate_offset_gain(measured: F64, reference: F64) -> tuple[float, float]:
         )
     gain, offset = np.polyfit(r[ok], m[ok], 1)
     return float(offset), float(gain)
+
+
+def estimate_gain_drift(measured: F64, reference: F64, t_s: F64) -> float:
+    """Gain drift per day: the slope of ``measured / reference`` over time (ratio 1 = healthy).
+
+    >>> t = np.linspace(0, 86400, 200); ref = 50 + np.sin(t / 5000)
+    >>> round(estimate_gain_drift(gain_drift(ref, t, 0.0, 0.02), ref, t), 4)
+    0.02
+    """
+    m, r, t = (np.asarray(a, np.float64) for a in (measured, reference, t_s))
+    ok = np.isfinite(m) & np.isfinite(r) & np.isfinite(t) & (np.abs(r) > 1e-12)
+    if ok.sum() < 2 or np.ptp(t[ok]) == 0:
+        raise ValueError("need at least two readings at different times to estimate a drift")
+    slope, _ = np.polyfit(t[ok] / 86400.0, m[ok] / r[ok], 1)
+    return float(slope)
+
+
+def stuck_runs(values: F64, min_run: int) -> NDArray[np.bool_]:
+    """True for readings inside a run of at least ``min_run`` identical consecutive values.
+
+    >>> stuck_runs(np.array([1.0, 2.0, 2.0, 2.0, 3.0]), 3).tolist()
+    [False, True, True, True, False]
+    """
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return np.zeros(0, dtype=bool)
+    change = np.r_[True, v[1:] != v[:-1]]
+    run_id = np.cumsum(change)
+    lengths = np.bincount(run_id)
+    return lengths[run_id] >= min_run
+
+
+def dropout_fraction(values: F64, expected: int | None = None) -> float:
+    """Share of readings lost: NaN values, plus readings missing against ``expected``.
+
+    >>> dropout_fraction(np.array([1.0, np.nan, 3.0, 4.0]), expected=5)
+    0.4
+    """
+    v = np.asarray(values, np.float64)
+    total = max(expected or v.size, v.size)
+    return float((np.isnan(v).sum() + (total - v.size)) / total) if total else 0.0
+
+
+def spike_mask(values: F64, window: int = 11, n_sigmas: float = 6.0) -> NDArray[np.bool_]:
+    """Hampel filter: True where a value is more than ``n_sigmas`` robust standard deviations
+    (1.4826 * MAD) from the median of its centred ``window``.
+
+    >>> x = np.zeros(50); x[20] = 10.0
+    >>> np.flatnonzero(spike_mask(x + np.sin(np.arange(50) / 3) * 0.1)).tolist()
+    [20]
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    v = np.asarray(values, np.float64)
+    half = window // 2
+    padded = np.pad(v, half, mode="edge")
+    win = sliding_window_view(padded, window)
+    median = np.nanmedian(win, axis=1)
+    mad = 1.4826 * np.nanmedian(np.abs(win - median[:, None]), axis=1)
+    scale = np.maximum(mad, 1e-9 * np.maximum(np.abs(median), 1.0))
+    return np.abs(v - median) > n_sigmas * scale
+
+
+def estimate_clock_skew(
+    ts_us: NDArray[np.int64], reference_us: NDArray[np.int64]
+) -> tuple[float, float]:
+    """``(skew_ppm, offset_us)`` of a sensor clock against reference times of the same events.
+
+    >>> ref = np.arange(0, 3_600_000_000, 1_000_000, dtype=np.int64)
+    >>> ppm, off = estimate_clock_skew(clock_skew(ref, 50.0, 2_000), ref)
+    >>> round(ppm, 3), round(off)
+    (50.0, 2000)
+    """
+    ts, ref = np.asarray(ts_us, np.float64), np.asarray(reference_us, np.float64)
+    if ts.size < 2 or np.ptp(ref) == 0:
+        raise ValueError(
+            "need at least two events at different reference times to estimate clock skew"
+        )
+    slope, intercept = np.polyfit(ref - ref[0], ts - ref[0], 1)
+    return float((slope - 1.0) * 1e6), float(intercept)

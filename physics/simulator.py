@@ -22,12 +22,19 @@ from numpy.typing import NDArray
 from scipy.signal import oaconvolve
 
 from physics.bearing import SKF_6205, BearingGeometry, defect_orders
-from physics.sensor_models import gain_drift, offset_gain, stuck
+from physics.sensor_models import gain_drift, offset_gain, spikes, stuck
 
 __all__ = ["MachineSpec", "Fault", "Chunk", "FleetSimulator", "default_fleet", "SCALAR_RATES_HZ"]
 
 BearingFaultKind = Literal["outer_race", "inner_race", "ball"]
-SensorFaultKind = Literal["sensor_offset", "sensor_gain_drift", "sensor_stuck"]
+SensorFaultKind = Literal[
+    "sensor_offset",
+    "sensor_gain_drift",
+    "sensor_stuck",
+    "sensor_dropout",
+    "sensor_spikes",
+    "sensor_clock_skew",
+]
 
 SCALAR_RATES_HZ: dict[str, float] = {
     "bearing_temp": 1.0,
@@ -39,13 +46,25 @@ SCALAR_RATES_HZ: dict[str, float] = {
 
 VIBRATION_SENSOR = "vib_de"
 
+SENSOR_NOISE: dict[str, float] = {
+    "bearing_temp": 0.1,
+    "discharge_pressure": 0.02,
+    "motor_current": 0.15,
+    "shaft_speed": 1.5,
+}
+"""Standard deviation of each process sensor's measurement noise, in its unit."""
+
 
 @dataclass(frozen=True)
 class MachineSpec:
-    """One simulated machine."""
+    """One simulated machine.  ``speed_levels`` are variable-speed-drive setpoints (fractions of
+    ``rpm``) that the drive steps through, one every ``speed_period_s``; ``(1.0,)`` is a
+    fixed-speed machine."""
 
     asset_id: str
     rpm: float = 1797.0
+    speed_levels: tuple[float, ...] = (1.0,)
+    speed_period_s: float = 1800.0
     bearing: BearingGeometry = SKF_6205
     resonance_hz: float = 3200.0
     vib_rate_hz: float = 12_000.0
@@ -57,8 +76,10 @@ class Fault:
     """A fault injected at ``start_s`` seconds after the simulation start.
 
     Bearing faults grow from nothing to failure over ``time_to_failure_s``; sensor faults
-    change what ``sensor_id`` reports (``magnitude`` is the offset in sensor units, or the
-    gain drift per day).
+    change what ``sensor_id`` reports.  ``magnitude`` is: the offset in sensor units
+    (``sensor_offset``), the gain drift per day (``sensor_gain_drift``), the share of readings
+    lost (``sensor_dropout``), the share of readings spiked (``sensor_spikes``, by 10 robust
+    sigmas of the sensor), or the clock rate error in ppm (``sensor_clock_skew``).
     """
 
     asset_id: str
@@ -135,6 +156,14 @@ class FleetSimulator:
         levels = (np.sin(segment * 12.9898 + asset_index * 78.233 + self.seed) * 43758.5453) % 1.0
         return 0.4 + 0.5 * levels
 
+    def shaft_rpm(self, asset_id: str, t_s: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Shaft speed: the drive's setpoint, less induction-motor slip that grows with load."""
+        m = self.machines[asset_id]
+        a = self.asset_ids.index(asset_id)
+        levels = np.asarray(m.speed_levels, dtype=np.float64)
+        setpoint = levels[np.floor(t_s / m.speed_period_s).astype(np.int64) % levels.size]
+        return m.rpm * setpoint * (1.0 - 0.015 * (self.load(a, t_s) - 0.4))
+
     def _bearing_severity(self, asset_id: str, t_s: NDArray[np.float64]) -> NDArray[np.float64]:
         out = np.zeros_like(t_s)
         for f in self.faults:
@@ -150,50 +179,64 @@ class FleetSimulator:
         t0 = index * self.chunk_s
         chunk = Chunk(asset_id, index, self.start_us + round(t0 * 1e6), self.chunk_s)
         mid = np.array([t0 + self.chunk_s / 2])
-        load = float(self.load(a, mid)[0])
         severity = float(self._bearing_severity(asset_id, mid)[0])
-        rpm = m.rpm * (1.0 - 0.015 * (load - 0.4))  # induction motor slip grows with load
+        rpm = float(self.shaft_rpm(asset_id, mid)[0])
 
         for sensor_id, rate in SCALAR_RATES_HZ.items():
             n = max(1, round(self.chunk_s * rate))
             t = t0 + np.arange(n) / rate
             ts = self.start_us + np.round(t * 1e6).astype(np.int64)
             lt = self.load(a, t)
-            speed = m.rpm * (1.0 - 0.015 * (lt - 0.4)) * (1 + 0.001 * np.sin(2 * np.pi * t / 97))
+            speed = self.shaft_rpm(asset_id, t) * (1 + 0.001 * np.sin(2 * np.pi * t / 97))
             sev = self._bearing_severity(asset_id, t)
+            noise = rng.normal(0, SENSOR_NOISE[sensor_id], n)
             if sensor_id == "shaft_speed":
-                v = speed + rng.normal(0, 1.5, n)
+                v = speed + noise
             elif sensor_id == "motor_current":
-                v = 8.0 + 30.0 * lt * (speed / m.rpm) + 2.0 * sev + rng.normal(0, 0.15, n)
+                v = 8.0 + 30.0 * lt * (speed / m.rpm) + 2.0 * sev + noise
             elif sensor_id == "discharge_pressure":
-                v = 6.0 * (speed / m.rpm) ** 2 * (0.7 + 0.3 * lt) + rng.normal(0, 0.02, n)
+                v = 6.0 * (speed / m.rpm) ** 2 * (0.7 + 0.3 * lt) + noise
             else:  # bearing_temp: ambient + load heating + friction heating of a failing bearing
-                v = (
-                    30.0
-                    + 25.0 * lt
-                    + 20.0 * sev
-                    + 0.5 * np.sin(2 * np.pi * t / 3600)
-                    + rng.normal(0, 0.1, n)
-                )
-            chunk.scalars[sensor_id] = (ts, self._sensor_faults(asset_id, sensor_id, t, v))
+                v = 30.0 + 25.0 * lt + 20.0 * sev + 0.5 * np.sin(2 * np.pi * t / 3600) + noise
+            chunk.scalars[sensor_id] = self._sensor_faults(asset_id, sensor_id, t, ts, v, rng)
 
         samples = self._vibration(m, rng, t0, rpm, severity)
         chunk.frames.append((VIBRATION_SENSOR, chunk.start_us, m.vib_rate_hz, samples))
         return chunk
 
     def _sensor_faults(
-        self, asset_id: str, sensor_id: str, t: NDArray[np.float64], v: NDArray[np.float64]
-    ) -> NDArray[np.float64]:
+        self,
+        asset_id: str,
+        sensor_id: str,
+        t: NDArray[np.float64],
+        ts: NDArray[np.int64],
+        v: NDArray[np.float64],
+        rng: np.random.Generator,
+    ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        keep = np.ones(v.size, dtype=bool)
         for f in self.faults:
             if f.asset_id != asset_id or f.sensor_id != sensor_id:
                 continue
+            active = t >= f.start_s
             if f.kind == "sensor_offset":
-                v = np.where(t >= f.start_s, offset_gain(v, offset=f.magnitude), v)
+                v = np.where(active, offset_gain(v, offset=f.magnitude), v)
             elif f.kind == "sensor_gain_drift":
                 v = gain_drift(v, t, f.start_s, f.magnitude)
             elif f.kind == "sensor_stuck":
                 v = stuck(v, t, f.start_s)
-        return v
+            elif f.kind == "sensor_dropout":
+                keep &= ~(active & (rng.random(v.size) < f.magnitude))
+            elif f.kind == "sensor_spikes":
+                spiked = spikes(
+                    v, f.magnitude, 10.0 * SENSOR_NOISE[sensor_id] + 0.05 * np.abs(v).mean(), rng
+                )
+                v = np.where(active, spiked, v)
+            elif f.kind == "sensor_clock_skew":
+                drift = np.round(np.clip(t - f.start_s, 0, None) * f.magnitude).astype(
+                    np.int64
+                )  # us
+                ts = ts + drift
+        return ts[keep], v[keep]
 
     def _vibration(
         self, m: MachineSpec, rng: np.random.Generator, t0: float, rpm: float, severity: float
@@ -269,6 +312,23 @@ class FleetSimulator:
                 )
         return rows
 
+    def labels(
+        self, asset_id: str, t_s: NDArray[np.float64]
+    ) -> dict[str, NDArray[np.float64] | NDArray[np.str_]]:
+        """Ground truth at times ``t_s`` (seconds from start): the bearing condition
+        (``normal``/``outer_race``/...), its severity 0..1, and RUL in seconds (inf if none)."""
+        t = np.asarray(t_s, dtype=np.float64)
+        condition = np.full(t.shape, "normal", dtype=object)
+        severity = np.zeros(t.shape)
+        rul = np.full(t.shape, np.inf)
+        for f in self.faults:
+            if f.asset_id == asset_id and f.is_bearing:
+                active = t >= f.start_s
+                condition[active] = f.kind
+                severity = np.maximum(severity, f.severity(t))
+                rul = np.minimum(rul, f.start_s + f.time_to_failure_s - t)
+        return {"condition": condition.astype(str), "severity": severity, "rul_s": rul}
+
     def rul_s(self, asset_id: str, t_s: float) -> float | None:
         """Seconds until the earliest bearing failure of ``asset_id`` (None if none is coming)."""
         ends = [
@@ -283,9 +343,15 @@ def default_fleet(
     n_machines: int = 3, seed: int = 0, start_us: int | None = None
 ) -> FleetSimulator:
     """The demo fleet: ``pump-01`` healthy, ``pump-02`` develops an outer-race defect after
-    10 minutes (failing after 2 hours), ``pump-03`` an inner-race defect after 20 minutes."""
+    10 minutes (failing after 2 hours), ``pump-03`` runs on a variable-speed drive (100, 80, 90 %
+    of 1747 rpm, 30 minutes each) and develops an inner-race defect after 20 minutes."""
     machines = [
-        MachineSpec(f"pump-{i + 1:02d}", rpm=1797.0 - 25.0 * (i % 3)) for i in range(n_machines)
+        MachineSpec(
+            f"pump-{i + 1:02d}",
+            rpm=1797.0 - 25.0 * (i % 3),
+            speed_levels=(1.0, 0.8, 0.9) if i % 3 == 2 else (1.0,),
+        )
+        for i in range(n_machines)
     ]
     faults = [
         Fault("pump-02", "outer_race", start_s=600, time_to_failure_s=7200),

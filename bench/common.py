@@ -1,0 +1,102 @@
+"""What every benchmark shares: arguments, the machine description, the table and the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from lake import Settings
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=description)
+    p.add_argument(
+        "--quick", action="store_true", help="a seconds-long run that proves the script works"
+    )
+    p.add_argument(
+        "--data", default=None, help="data directory (default: PLANTPULSE_DATA or ../shared/data)"
+    )
+    p.add_argument("--out", default=None, help=f"JSON output (default: bench/results/{name}.json)")
+    return p
+
+
+def data_dir(arg: str | None) -> str:
+    path = arg or Settings.from_env().data_dir
+    if not Path(path).is_dir():
+        sys.exit(f"error: data directory {path} does not exist; pass --data or set PLANTPULSE_DATA")
+    return path
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+
+
+def report(
+    name: str,
+    metrics: Mapping[str, float],
+    targets: Mapping[str, str],
+    *,
+    quick: bool,
+    out: str | None = None,
+    title: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Print the metrics as a table (with targets and met/missed) and write the JSON result."""
+    table = Table(title=title or f"bench.{name}" + (" (quick)" if quick else ""))
+    for col in ("metric", "value", "target", "met"):
+        table.add_column(col, justify="right" if col == "value" else "left")
+    for key, value in metrics.items():
+        target = targets.get(key, "")
+        table.add_row(
+            key,
+            f"{value:,.4g}" if isinstance(value, float) else str(value),
+            target,
+            _met(value, target),
+        )
+    Console().print(table)
+    result = {
+        "name": name,
+        "machine": machine(),
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "quick": quick,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "targets": dict(targets),
+        **({"details": extra} if extra else {}),
+    }
+    path = Path(out) if out else RESULTS / (f"{name}.quick.json" if quick else f"{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+    return result
+
+
+def _met(value: float, target: str) -> str:
+    if not target:
+        return ""
+    op, _, number = target.partition(" ")
+    bound = float(number)
+    ok = value >= bound if op == ">=" else value <= bound if op == "<=" else None
+    return "" if ok is None else ("yes" if ok else "NO")
+
+
+class Timer:
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
