@@ -99,7 +99,77 @@ _CONTRACTS = (
     ),
 )
 
-SENSORS: dict[str, SensorContract] = {c.sensor_id: c for c in _CONTRACTS}
+# C-MAPSS (Saxena et al. 2008): one snapshot per flight cycle, replayed at one cycle per hour.
+_CMAPSS = {
+    "setting1": ("altitude", "kft", -1.0, 50.0),
+    "setting2": ("mach", "1", -0.1, 1.0),
+    "setting3": ("throttle_resolver_angle", "deg", 0.0, 120.0),
+    "s1": ("T2", "degR", 400.0, 700.0),
+    "s2": ("T24", "degR", 400.0, 900.0),
+    "s3": ("T30", "degR", 1000.0, 2000.0),
+    "s4": ("T50", "degR", 1000.0, 2000.0),
+    "s5": ("P2", "psia", 0.0, 50.0),
+    "s6": ("P15", "psia", 0.0, 50.0),
+    "s7": ("P30", "psia", 0.0, 1000.0),
+    "s8": ("Nf", "rpm", 0.0, 5000.0),
+    "s9": ("Nc", "rpm", 0.0, 15000.0),
+    "s10": ("epr", "1", 0.0, 5.0),
+    "s11": ("Ps30", "psia", 0.0, 100.0),
+    "s12": ("phi", "pps/psi", 0.0, 1000.0),
+    "s13": ("NRf", "rpm", 0.0, 5000.0),
+    "s14": ("NRc", "rpm", 0.0, 15000.0),
+    "s15": ("BPR", "1", 0.0, 20.0),
+    "s16": ("farB", "1", 0.0, 1.0),
+    "s17": ("htBleed", "1", 0.0, 1000.0),
+    "s18": ("Nf_dmd", "rpm", 0.0, 5000.0),
+    "s19": ("PCNfR_dmd", "rpm", 0.0, 200.0),
+    "s20": ("W31", "lbm/s", 0.0, 100.0),
+    "s21": ("W32", "lbm/s", 0.0, 100.0),
+}
+# SKAB water-pump test bed, 1 Hz.
+_SKAB = {
+    "accelerometer1_rms": ("vibration_rms", "g", 0.0, 50.0),
+    "accelerometer2_rms": ("vibration_rms", "g", 0.0, 50.0),
+    "current": ("current", "A", 0.0, 100.0),
+    "pressure": ("pressure", "bar", -5.0, 50.0),
+    "temperature": ("temperature", "degC", -40.0, 200.0),
+    "thermocouple": ("temperature", "degC", -40.0, 200.0),
+    "voltage": ("voltage", "V", 0.0, 500.0),
+    "volume_flow_rate_rms": ("flow", "l/min", 0.0, 1000.0),
+}
+_DATASETS = (
+    *(
+        SensorContract(
+            f"cmapss_{k}",
+            kind,
+            unit,
+            lo,
+            hi,
+            1 / 3600,
+            max_gap_s=7200.0,
+            description=f"C-MAPSS {kind}",
+        )
+        for k, (kind, unit, lo, hi) in _CMAPSS.items()
+    ),
+    *(
+        SensorContract(
+            f"skab_{k}", kind, unit, lo, hi, 1.0, max_gap_s=10.0, description=f"SKAB {k}"
+        )
+        for k, (kind, unit, lo, hi) in _SKAB.items()
+    ),
+    SensorContract(
+        "nab_machine_temperature",
+        "temperature",
+        "degF",
+        -50.0,
+        300.0,
+        1 / 300,
+        max_gap_s=3600.0,
+        description="NAB: temperature of an internal component of a large industrial machine",
+    ),
+)
+
+SENSORS: dict[str, SensorContract] = {c.sensor_id: c for c in (*_CONTRACTS, *_DATASETS)}
 
 
 def contract_for(sensor_id: str) -> SensorContract:

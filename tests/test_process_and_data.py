@@ -192,3 +192,22 @@ def test_missing_data_names_the_path_and_the_variable(tmp_path: Path):
         read_cmapss(tmp_path)
     with pytest.raises(DatasetError, match="not a CWRU recording name"):
         read_cwru(tmp_path, "../../etc/passwd")
+
+
+@needs_data
+def test_every_reference_reading_is_declared_and_passes_its_contract():
+    """Replaying the real data sets must not dead-letter valid readings as unknown or out of range."""
+    from expectations.checks import scalar_reasons
+    from expectations.contracts import SENSORS
+    from physics.datasets import SKAB_SENSORS
+
+    frames = [cmapss_readings(read_cmapss(DATA))]
+    frames += [skab_readings(read_skab(DATA, e), e) for e in ("anomaly-free", "valve1/0", "valve1/7")]
+    nab = read_nab(DATA)
+    frames.append(pd.DataFrame({"sensor_id": "nab_machine_temperature", "value": nab["value"]}))
+    readings = pd.concat(frames, ignore_index=True)
+    assert set(readings["sensor_id"]) <= set(SENSORS)
+    assert {f"skab_{s}" for s in SKAB_SENSORS.values()} <= set(SENSORS)
+    for sensor_id, group in readings.groupby("sensor_id"):
+        reasons = scalar_reasons(SENSORS[sensor_id], group["value"].to_numpy())
+        assert (reasons == "ok").all(), (sensor_id, set(reasons))
