@@ -67,7 +67,7 @@ def report(
             target,
             _met(value, target),
         )
-    Console().print(table)
+    Console(width=160).print(table)
     result = {
         "name": name,
         "machine": machine(),

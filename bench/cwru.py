@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> dict:
         out=args.out,
         extra={
             "protocol": "train 0 HP, test 1 HP; normal baseline (0 HP only) split in halves; frames 4096, train hop 1024",
-            "confusion_class10_physics_true_to_predicted": confusions["class10_physics"].to_dict(orient="index"),
+            "confusion_class10_physics_true_to_predicted": confusions["class10_physics"].to_dict(
+                orient="index"
+            ),
         },
     )
 

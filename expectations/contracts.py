@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SensorContract", "SENSORS", "contract_for", "UnknownSensorError"]
+__all__ = [
+    "SensorContract",
+    "SENSORS",
+    "contract_for",
+    "UnknownSensorError",
+    "Relationship",
+    "RELATIONSHIPS",
+]
 
 
 class UnknownSensorError(KeyError):
@@ -22,7 +29,14 @@ class SensorContract:
 
     ``sample_rate_hz`` is the nominal rate; high-rate sensors (``frames=True``) arrive as frames
     of samples and must match it within ``rate_tolerance``.  ``max_rate_of_change`` is in units
-    per second.  ``max_gap_s`` and ``max_null_rate`` bound missingness.
+    per second.  ``max_gap_s`` and ``max_null_rate`` bound missingness.  A value unchanged for
+    ``stuck_after_s`` is a stuck sensor (None: the sensor may legitimately sit still, e.g. a
+    quantised flow meter).  ``resolution`` is the sensor's quantum (the smallest step it reports),
+    used as the floor of the spike detector's scale.  ``max_spike_rate`` bounds the share of
+    readings the Hampel filter may flag, ``max_clock_error_ppm`` the sample clock's rate error,
+    and ``max_psi`` the population stability index against a reference window.
+    ``min_completeness`` is the least share of expected readings (from the nominal rate) that
+    must arrive.
     """
 
     sensor_id: str
@@ -37,6 +51,12 @@ class SensorContract:
     max_null_rate: float = 0.01
     max_rate_of_change: float | None = None
     min_frame_samples: int = 1
+    stuck_after_s: float | None = 60.0
+    resolution: float = 0.0
+    max_spike_rate: float = 0.001
+    max_clock_error_ppm: float = 50.0
+    max_psi: float = 0.25
+    min_completeness: float = 0.98
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -126,16 +146,17 @@ _CMAPSS = {
     "s20": ("W31", "lbm/s", 0.0, 100.0),
     "s21": ("W32", "lbm/s", 0.0, 100.0),
 }
-# SKAB water-pump test bed, 1 Hz.
+# SKAB water-pump test bed, nominally 1 Hz; its logger misses about 6 % of seconds, and the
+# pressure and flow readings are coarsely quantised (last field: the sensor's resolution).
 _SKAB = {
-    "accelerometer1_rms": ("vibration_rms", "g", 0.0, 50.0),
-    "accelerometer2_rms": ("vibration_rms", "g", 0.0, 50.0),
-    "current": ("current", "A", 0.0, 100.0),
-    "pressure": ("pressure", "bar", -5.0, 50.0),
-    "temperature": ("temperature", "degC", -40.0, 200.0),
-    "thermocouple": ("temperature", "degC", -40.0, 200.0),
-    "voltage": ("voltage", "V", 0.0, 500.0),
-    "volume_flow_rate_rms": ("flow", "l/min", 0.0, 1000.0),
+    "accelerometer1_rms": ("vibration_rms", "g", 0.0, 50.0, 1e-6),
+    "accelerometer2_rms": ("vibration_rms", "g", 0.0, 50.0, 1e-6),
+    "current": ("current", "A", 0.0, 100.0, 1e-6),
+    "pressure": ("pressure", "bar", -5.0, 50.0, 0.328),
+    "temperature": ("temperature", "degC", -40.0, 200.0, 1e-4),
+    "thermocouple": ("temperature", "degC", -40.0, 200.0, 1e-4),
+    "voltage": ("voltage", "V", 0.0, 500.0, 1e-3),
+    "volume_flow_rate_rms": ("flow", "l/min", 0.0, 1000.0, 1.0),
 }
 _DATASETS = (
     *(
@@ -147,15 +168,26 @@ _DATASETS = (
             hi,
             1 / 3600,
             max_gap_s=7200.0,
+            stuck_after_s=None,
             description=f"C-MAPSS {kind}",
         )
         for k, (kind, unit, lo, hi) in _CMAPSS.items()
     ),
     *(
         SensorContract(
-            f"skab_{k}", kind, unit, lo, hi, 1.0, max_gap_s=10.0, description=f"SKAB {k}"
+            f"skab_{k}",
+            kind,
+            unit,
+            lo,
+            hi,
+            1.0,
+            max_gap_s=10.0,
+            stuck_after_s=None,
+            resolution=res,
+            min_completeness=0.9,
+            description=f"SKAB {k}",
         )
-        for k, (kind, unit, lo, hi) in _SKAB.items()
+        for k, (kind, unit, lo, hi, res) in _SKAB.items()
     ),
     SensorContract(
         "nab_machine_temperature",
@@ -165,11 +197,37 @@ _DATASETS = (
         300.0,
         1 / 300,
         max_gap_s=3600.0,
+        stuck_after_s=None,
         description="NAB: temperature of an internal component of a large industrial machine",
     ),
 )
 
 SENSORS: dict[str, SensorContract] = {c.sensor_id: c for c in (*_CONTRACTS, *_DATASETS)}
+
+
+@dataclass(frozen=True)
+class Relationship:
+    """A physical relationship: ``target`` is a smooth function of ``inputs`` on one asset.
+
+    Fitted on a reference period, it predicts what the target sensor should read; the measured
+    value against the prediction gives the target's calibration (offset, gain) and its drift.
+    """
+
+    target: str
+    inputs: tuple[str, ...]
+    description: str
+
+
+RELATIONSHIPS: tuple[Relationship, ...] = (
+    Relationship(
+        "motor_current",
+        ("discharge_pressure", "shaft_speed"),
+        "pump affinity: shaft power (current) follows head (pressure) and speed",
+    ),
+    Relationship(
+        "bearing_temp", ("motor_current",), "load heating: bearing temperature follows motor load"
+    ),
+)
 
 
 def contract_for(sensor_id: str) -> SensorContract:

@@ -150,24 +150,34 @@ def dropout_fraction(values: F64, expected: int | None = None) -> float:
     return float((np.isnan(v).sum() + (total - v.size)) / total) if total else 0.0
 
 
-def spike_mask(values: F64, window: int = 11, n_sigmas: float = 6.0) -> NDArray[np.bool_]:
-    """Hampel filter: True where a value is more than ``n_sigmas`` robust standard deviations
-    (1.4826 * MAD) from the median of its centred ``window``.
+def spike_mask(values: F64, n_sigmas: float = 8.0, resolution: float = 0.0) -> NDArray[np.bool_]:
+    """True for isolated spikes: a reading that departs from both neighbours, in the same
+    direction, by more than ``n_sigmas`` robust standard deviations of the first differences
+    (1.4826 * MAD, floored at the sensor's ``resolution`` so quantised signals do not trip it).
 
-    >>> x = np.zeros(50); x[20] = 10.0
-    >>> np.flatnonzero(spike_mask(x + np.sin(np.arange(50) / 3) * 0.1)).tolist()
+    Steps, trends and heavy-tailed but continuous noise do not count; a one-sample excursion
+    that comes straight back does.
+
+    >>> x = np.sin(np.arange(50) / 3) * 0.1; x[20] += 10.0
+    >>> np.flatnonzero(spike_mask(x)).tolist()
     [20]
+    >>> spike_mask(np.r_[np.zeros(20), np.ones(20)]).any()  # a step is not a spike
+    np.False_
     """
-    from numpy.lib.stride_tricks import sliding_window_view
-
     v = np.asarray(values, np.float64)
-    half = window // 2
-    padded = np.pad(v, half, mode="edge")
-    win = sliding_window_view(padded, window)
-    median = np.nanmedian(win, axis=1)
-    mad = 1.4826 * np.nanmedian(np.abs(win - median[:, None]), axis=1)
-    scale = np.maximum(mad, 1e-9 * np.maximum(np.abs(median), 1.0))
-    return np.abs(v - median) > n_sigmas * scale
+    out = np.zeros(v.size, dtype=bool)
+    if v.size < 3:
+        return out
+    diffs = np.diff(v)
+    finite = diffs[np.isfinite(diffs)]
+    mad = np.median(np.abs(finite - np.median(finite))) if finite.size else 0.0
+    scale = max(1.4826 * mad, resolution, 1e-12)
+    back, fwd = v[1:-1] - v[:-2], v[1:-1] - v[2:]
+    with np.errstate(invalid="ignore"):
+        out[1:-1] = (np.sign(back) == np.sign(fwd)) & (
+            np.minimum(np.abs(back), np.abs(fwd)) > n_sigmas * scale
+        )
+    return out
 
 
 def estimate_clock_skew(

@@ -79,7 +79,8 @@ class Fault:
     change what ``sensor_id`` reports.  ``magnitude`` is: the offset in sensor units
     (``sensor_offset``), the gain drift per day (``sensor_gain_drift``), the share of readings
     lost (``sensor_dropout``), the share of readings spiked (``sensor_spikes``, by 10 robust
-    sigmas of the sensor), or the clock rate error in ppm (``sensor_clock_skew``).
+    sigmas of the sensor), the share of time in 10-second NaN bursts (``sensor_nan_bursts``),
+    or the clock rate error in ppm (``sensor_clock_skew``).
     """
 
     asset_id: str
@@ -182,8 +183,30 @@ class FleetSimulator:
         severity = float(self._bearing_severity(asset_id, mid)[0])
         rpm = float(self.shaft_rpm(asset_id, mid)[0])
 
+        chunk.scalars = self._process_sensors(asset_id, t0, self.chunk_s, rng)
+
+        samples = self._vibration(m, rng, t0, rpm, severity)
+        chunk.frames.append((VIBRATION_SENSOR, chunk.start_us, m.vib_rate_hz, samples))
+        return chunk
+
+    def scalar_window(
+        self, asset_id: str, start_s: float, duration_s: float
+    ) -> dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]]:
+        """The process sensors of ``asset_id`` over a long window at once (no vibration): the same
+        physics and faults as ``chunk``, with noise drawn for the whole window."""
+        rng = np.random.default_rng(
+            [self.seed, self.asset_ids.index(asset_id), 1 << 40, round(start_s * 1000)]
+        )
+        return self._process_sensors(asset_id, start_s, duration_s, rng)
+
+    def _process_sensors(
+        self, asset_id: str, t0: float, duration_s: float, rng: np.random.Generator
+    ) -> dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]]:
+        m = self.machines[asset_id]
+        a = self.asset_ids.index(asset_id)
+        out = {}
         for sensor_id, rate in SCALAR_RATES_HZ.items():
-            n = max(1, round(self.chunk_s * rate))
+            n = max(1, round(duration_s * rate))
             t = t0 + np.arange(n) / rate
             ts = self.start_us + np.round(t * 1e6).astype(np.int64)
             lt = self.load(a, t)
@@ -196,13 +219,10 @@ class FleetSimulator:
                 v = 8.0 + 30.0 * lt * (speed / m.rpm) + 2.0 * sev + noise
             elif sensor_id == "discharge_pressure":
                 v = 6.0 * (speed / m.rpm) ** 2 * (0.7 + 0.3 * lt) + noise
-            else:  # bearing_temp: ambient + load heating + friction heating of a failing bearing
-                v = 30.0 + 25.0 * lt + 20.0 * sev + 0.5 * np.sin(2 * np.pi * t / 3600) + noise
-            chunk.scalars[sensor_id] = self._sensor_faults(asset_id, sensor_id, t, ts, v, rng)
-
-        samples = self._vibration(m, rng, t0, rpm, severity)
-        chunk.frames.append((VIBRATION_SENSOR, chunk.start_us, m.vib_rate_hz, samples))
-        return chunk
+            else:  # bearing_temp: ambient (held at 30 degC) + load heating + friction of a failing bearing
+                v = 30.0 + 25.0 * lt + 20.0 * sev + noise
+            out[sensor_id] = self._sensor_faults(asset_id, sensor_id, t, ts, v, rng)
+        return out
 
     def _sensor_faults(
         self,
@@ -231,6 +251,10 @@ class FleetSimulator:
                     v, f.magnitude, 10.0 * SENSOR_NOISE[sensor_id] + 0.05 * np.abs(v).mean(), rng
                 )
                 v = np.where(active, spiked, v)
+            elif f.kind == "sensor_nan_bursts":  # 10-second bursts covering `magnitude` of the time
+                burst = np.floor(t / 10.0).astype(np.int64)
+                hit = (np.sin(burst * 91.7 + self.seed) * 43758.5453) % 1.0 < f.magnitude
+                v = np.where(active & hit, np.nan, v)
             elif f.kind == "sensor_clock_skew":
                 drift = np.round(np.clip(t - f.start_s, 0, None) * f.magnitude).astype(
                     np.int64

@@ -202,7 +202,9 @@ def test_every_reference_reading_is_declared_and_passes_its_contract():
     from physics.datasets import SKAB_SENSORS
 
     frames = [cmapss_readings(read_cmapss(DATA))]
-    frames += [skab_readings(read_skab(DATA, e), e) for e in ("anomaly-free", "valve1/0", "valve1/7")]
+    frames += [
+        skab_readings(read_skab(DATA, e), e) for e in ("anomaly-free", "valve1/0", "valve1/7")
+    ]
     nab = read_nab(DATA)
     frames.append(pd.DataFrame({"sensor_id": "nab_machine_temperature", "value": nab["value"]}))
     readings = pd.concat(frames, ignore_index=True)
