@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import bytewax.operators as op
@@ -22,6 +23,7 @@ import pyarrow as pa
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from bytewax_flows.calibration import CalibrationCache
 from bytewax_flows.payloads import Frame, Message, PayloadError, ScalarBatch, decode
 from bytewax_flows.sinks import DeltaSink, SinkRows
 from bytewax_flows.sources import SimulatorSource, now_us
@@ -152,7 +154,9 @@ def dead_letter(rej: Rejected) -> list[tuple[str, SinkRows]]:
     return [("dead_letter", rows)]
 
 
-def _scalar_rows(p: Parsed, b: ScalarBatch, state: AssetState) -> list[SinkRows]:
+def _scalar_rows(
+    p: Parsed, b: ScalarBatch, state: AssetState, calibration: CalibrationCache | None
+) -> list[SinkRows]:
     contract = SENSORS[b.sensor_id]
     reasons = scalar_reasons(contract, b.values)
     valid = reasons == OK
@@ -165,7 +169,12 @@ def _scalar_rows(p: Parsed, b: ScalarBatch, state: AssetState) -> list[SinkRows]
         if b.sensor_id == "shaft_speed":
             state.shaft_rpm = float(b.values[accept][-1])
         spec = table_spec("readings")
-        values = b.values[accept]
+        raw = b.values[accept]
+        values, quality = raw, _repeat("good", n, pa.string())
+        correction = calibration.get(b.asset_id, b.sensor_id) if calibration is not None else None
+        if correction is not None:
+            values, applied = correction.apply(b.ts_us[accept], raw)
+            quality = pa.array(np.where(applied, f"calibrated:v{correction.version}", "good"))
         ts_type = spec.schema.field("ts").type
         rows = _table(
             spec,
@@ -174,8 +183,8 @@ def _scalar_rows(p: Parsed, b: ScalarBatch, state: AssetState) -> list[SinkRows]
                 "sensor_id": _repeat(b.sensor_id, n, pa.string()),
                 "ts": pa.array(b.ts_us[accept]).cast(ts_type),
                 "value": values,
-                "raw_value": values,
-                "quality": _repeat("good", n, pa.string()),
+                "raw_value": raw,
+                "quality": quality,
                 "ingest_ts": _repeat(now_us(), n, ts_type),
             },
         )
@@ -261,21 +270,27 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     return out
 
 
-def validate(state: AssetState | None, p: Parsed) -> tuple[AssetState, list[SinkRows]]:
-    """Check one parsed message against its contract and the asset's history; build its rows."""
+def validate(
+    state: AssetState | None, p: Parsed, calibration: CalibrationCache | None = None
+) -> tuple[AssetState, list[SinkRows]]:
+    """Check one parsed message against its contract and the asset's history, apply the
+    sensor's newest calibration, and build its rows."""
     state = state or AssetState()
     if isinstance(p.body, ScalarBatch):
-        return state, _scalar_rows(p, p.body, state)
+        return state, _scalar_rows(p, p.body, state, calibration)
     return state, _frame_rows(p, p.body, state)
 
 
 def get_flow(source: Source[Message] | None = None, lake_uri: str | None = None) -> Dataflow:
     """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake."""
     source = source or SimulatorSource(default_fleet(), live=True)
-    return build_flow(source, DeltaSink(lake_uri or Settings.from_env().lake_uri))
+    lake_uri = lake_uri or Settings.from_env().lake_uri
+    return build_flow(source, DeltaSink(lake_uri), CalibrationCache(lake_uri))
 
 
-def build_flow(source: Source[Message], sink: DeltaSink) -> Dataflow:
+def build_flow(
+    source: Source[Message], sink: DeltaSink, calibration: CalibrationCache | None = None
+) -> Dataflow:
     """The telemetry dataflow between an explicit source and sink."""
     flow = Dataflow("telemetry")
     msgs = op.input("source", flow, source)  # Message
@@ -283,7 +298,9 @@ def build_flow(source: Source[Message], sink: DeltaSink) -> Dataflow:
     split = op.branch("accepted", parsed, lambda x: isinstance(x, Parsed))
     rejected = op.flat_map("reject", split.falses, dead_letter)  # (table, SinkRows)
     keyed = op.key_on("by_asset", split.trues, lambda p: p.asset_id)  # (asset_id, Parsed)
-    checked = op.stateful_map("validate", keyed, validate)  # (asset_id, [SinkRows])
+    checked = op.stateful_map(
+        "validate", keyed, partial(validate, calibration=calibration)
+    )  # (asset_id, [SinkRows])
     rows = op.flat_map(
         "rows", checked, lambda kv: [(r.table, r) for r in kv[1]]
     )  # (table, SinkRows)

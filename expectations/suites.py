@@ -21,10 +21,17 @@ from great_expectations.data_context.types.base import (  # noqa: E402
     InMemoryStoreBackendDefaults,
     ProgressBarsConfig,
 )
+from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
 from expectations.contracts import SENSORS  # noqa: E402
 
-__all__ = ["GxResult", "readings_expectations", "run_suite", "READINGS_COLUMNS"]
+__all__ = [
+    "GxResult",
+    "readings_expectations",
+    "features_expectations",
+    "run_suite",
+    "READINGS_COLUMNS",
+]
 
 READINGS_COLUMNS = [
     "asset_id",
@@ -79,7 +86,7 @@ def readings_expectations(present: list[str] | None = None) -> list[gxe.Expectat
         ),
     ]
     for c in contracts:
-        condition = f'sensor_id=="{c.sensor_id}"'
+        condition = Column("sensor_id") == c.sensor_id
         meta = {"sensor_id": c.sensor_id}
         out.append(
             gxe.ExpectColumnValuesToBeBetween(
@@ -87,7 +94,6 @@ def readings_expectations(present: list[str] | None = None) -> list[gxe.Expectat
                 min_value=c.low,
                 max_value=c.high,
                 row_condition=condition,
-                condition_parser="pandas",
                 meta=meta,
             )
         )
@@ -96,10 +102,26 @@ def readings_expectations(present: list[str] | None = None) -> list[gxe.Expectat
                 column="value",
                 mostly=1.0 - c.max_null_rate,
                 row_condition=condition,
-                condition_parser="pandas",
                 meta=meta,
             )
         )
+    return out
+
+
+def features_expectations(
+    feature_version: int, feature_columns: list[str]
+) -> list[gxe.Expectation]:
+    """Expectations for a partition of ``features``: the current feature version only, every
+    feature column present, amplitudes non-negative, and the shaft speed known for most frames
+    (otherwise the envelope features are NaN and the models go blind to bearing defects)."""
+    out: list[gxe.Expectation] = [
+        gxe.ExpectColumnValuesToBeInSet(column="feature_version", value_set=[feature_version]),
+        *(gxe.ExpectColumnToExist(column=c) for c in feature_columns),
+        gxe.ExpectColumnValuesToNotBeNull(column="vib_rms"),
+    ]
+    for column in ("vib_rms", "vib_peak"):
+        out.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=0.0))
+    out.append(gxe.ExpectColumnMeanToBeBetween(column="vib_speed_ok", min_value=0.9, max_value=1.0))
     return out
 
 

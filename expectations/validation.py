@@ -452,12 +452,16 @@ def validate_readings(
     reference: pd.DataFrame | None = None,
     end: pd.Timestamp | None = None,
     run_gx: bool = True,
+    calibration_window_s: float = 2 * 3600.0,
 ) -> ValidationReport:
     """Validate a partition of ``readings`` (the table's columns).
 
     ``dead_letter`` (same window) supplies the NaN/null counts; ``reference`` (readings of a
     known-good window) the distributions and the relationships for calibration; ``end`` the end
-    of the window every sensor should cover (default: each asset's newest reading).
+    of the window every sensor should cover (default: each asset's newest reading).  The
+    calibration check judges the whole window; the corrections in ``report.calibrations``
+    describe the sensor now, estimated from the last ``calibration_window_s`` (a fault that
+    began mid-window must not blur the correction the stream will apply).
     """
     report = ValidationReport()
     readings = readings.assign(sensor_id=readings["sensor_id"].astype("category"))
@@ -507,12 +511,12 @@ def validate_readings(
                 reference_span_s=ref_span,
             )
         if ref_asset is not None and len(ref_asset):
-            _relationships(report, str(asset_id), asset_rows, ref_asset)
+            _relationships(report, str(asset_id), asset_rows, ref_asset, calibration_window_s)
     return report
 
 
 def _relationships(
-    report: ValidationReport, asset_id: str, rows: pd.DataFrame, ref: pd.DataFrame
+    report: ValidationReport, asset_id: str, rows: pd.DataFrame, ref: pd.DataFrame, recent_s: float
 ) -> None:
     """Calibration of every related sensor; a target whose input also disagrees is only a
     suspect (warning): the input is the likelier culprit."""
@@ -526,8 +530,10 @@ def _relationships(
         est = estimate_calibration(model, wide, asset_id, raw=raw[rel.target])
         if est is None:
             continue
-        report.calibrations.append(est)
         found[rel.target] = _calibration_outcome(est)
+        recent = wide.index >= wide.index[-1] - pd.Timedelta(seconds=recent_s)
+        now = estimate_calibration(model, wide[recent], asset_id, raw=raw[rel.target][recent])
+        report.calibrations.append(now if now is not None else est)
     for rel in RELATIONSHIPS:
         outcome = found.get(rel.target)
         if outcome is None:

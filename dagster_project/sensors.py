@@ -1,0 +1,77 @@
+"""Sensors and schedules that keep validation continuous."""
+
+import json
+import time
+from typing import Any
+
+import dagster as dg
+
+from dagster_project.resources import LakeResource
+
+DEBOUNCE_S = 15 * 60
+"""A day with fresh data is revalidated at most this often (the stream commits every second)."""
+
+
+def new_readings_requests(
+    store_files: list[dict], cursor: dict, now_s: float, valid_keys: set[str] | None = None
+) -> tuple[list[str], dict]:
+    """Which daily partitions to validate, given the ``readings`` table's files.
+
+    ``store_files`` rows have ``modification_time`` (ms) and ``date``; the cursor remembers the
+    newest file seen, the days with unvalidated data (``pending``) and when each day was last
+    requested, so a burst of commits gives one run per day per ``DEBOUNCE_S``.
+    """
+    seen_ms = cursor.get("seen_ms", 0)
+    pending = set(cursor.get("pending", []))
+    last_run = dict(cursor.get("last_run", {}))
+    newest = seen_ms
+    for f in store_files:
+        if f["modification_time"] > seen_ms:
+            pending.add(f["date"])
+            newest = max(newest, f["modification_time"])
+    due = sorted(d for d in pending if now_s - last_run.get(d, 0.0) >= DEBOUNCE_S)
+    if valid_keys is not None:
+        due = [d for d in due if d in valid_keys]
+    for d in due:
+        last_run[d] = now_s
+        pending.discard(d)
+    return due, {"seen_ms": newest, "pending": sorted(pending), "last_run": last_run}
+
+
+def build_new_readings_sensor(job: Any, partitions: dg.PartitionsDefinition) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=job,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Validates a day of readings when the stream has written new data to it "
+        f"(at most once per {DEBOUNCE_S // 60} minutes per day).",
+    )
+    def new_readings_sensor(
+        context: dg.SensorEvaluationContext, lake: LakeResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        store = lake.lake()
+        if not store.exists("readings"):
+            return dg.SkipReason("no readings table yet")
+        actions = store.table("readings").get_add_actions(flatten=True)
+        files = [
+            {"modification_time": m, "date": d.isoformat()}
+            for m, d in zip(
+                actions.column("modification_time").to_pylist(),
+                actions.column("partition.date").to_pylist(),
+                strict=True,
+            )
+        ]
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        keys = set(partitions.get_partition_keys())
+        due, new_cursor = new_readings_requests(files, cursor, time.time(), keys)
+        if not due:
+            context.update_cursor(json.dumps(new_cursor))
+            return dg.SkipReason("no day with new readings is due")
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(partition_key=d, run_key=f"{d}:{new_cursor['seen_ms']}") for d in due
+            ],
+            cursor=json.dumps(new_cursor),
+        )
+
+    return new_readings_sensor
