@@ -153,7 +153,8 @@ def dropout_fraction(values: F64, expected: int | None = None) -> float:
 def spike_mask(values: F64, n_sigmas: float = 8.0, resolution: float = 0.0) -> NDArray[np.bool_]:
     """True for isolated spikes: a reading that departs from both neighbours, in the same
     direction, by more than ``n_sigmas`` robust standard deviations of the first differences
-    (1.4826 * MAD, floored at the sensor's ``resolution`` so quantised signals do not trip it).
+    (1.4826 * MAD of the non-zero differences, floored at the sensor's ``resolution`` so
+    quantised or partly flat signals do not trip it).
 
     Steps, trends and heavy-tailed but continuous noise do not count; a one-sample excursion
     that comes straight back does.
@@ -169,7 +170,7 @@ def spike_mask(values: F64, n_sigmas: float = 8.0, resolution: float = 0.0) -> N
     if v.size < 3:
         return out
     diffs = np.diff(v)
-    finite = diffs[np.isfinite(diffs)]
+    finite = diffs[np.isfinite(diffs) & (diffs != 0)]  # repeats (stuck, quantised) carry no noise
     mad = np.median(np.abs(finite - np.median(finite))) if finite.size else 0.0
     scale = max(1.4826 * mad, resolution, 1e-12)
     back, fwd = v[1:-1] - v[:-2], v[1:-1] - v[2:]
