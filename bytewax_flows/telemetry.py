@@ -27,7 +27,7 @@ from bytewax_flows.calibration import CalibrationCache
 from bytewax_flows.payloads import Frame, Message, PayloadError, ScalarBatch, decode
 from bytewax_flows.sinks import DeltaSink, SinkRows
 from bytewax_flows.sources import SimulatorSource, now_us
-from expectations.checks import OK, frame_problem, order_reasons, scalar_reasons
+from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, scalar_reasons
 from expectations.contracts import SENSORS
 from lake import Settings, TableSpec, table_spec
 from physics.bearing import SKF_6205
@@ -104,7 +104,7 @@ def parse(msg: Message) -> Parsed | Rejected:
 class AssetState:
     """Per asset: the newest accepted timestamp of each sensor, and frames seen per sensor."""
 
-    last_ts: dict[str, int] = field(default_factory=dict)
+    arrivals: dict[str, Arrivals] = field(default_factory=dict)
     frames_seen: dict[str, int] = field(default_factory=dict)
     shaft_rpm: float = float("nan")  # newest accepted shaft_speed reading
 
@@ -160,12 +160,15 @@ def _scalar_rows(
     contract = SENSORS[b.sensor_id]
     reasons = scalar_reasons(contract, b.values)
     valid = reasons == OK
-    reasons[valid] = order_reasons(b.ts_us[valid], state.last_ts.get(b.sensor_id))
+    reasons[valid] = arrival_reasons(
+        b.ts_us[valid],
+        state.arrivals.setdefault(b.sensor_id, Arrivals()),
+        round(contract.allowed_lateness_s * 1e6),
+    )
     accept = reasons == OK
     out: list[SinkRows] = []
     n = int(accept.sum())
     if n:
-        state.last_ts[b.sensor_id] = int(b.ts_us[accept][-1])
         if b.sensor_id == "shaft_speed":
             state.shaft_rpm = float(b.values[accept][-1])
         spec = table_spec("readings")
@@ -217,7 +220,7 @@ def _detail(reason: str, value: float, low: float, high: float) -> str:
         return "value is null, NaN or infinite"
     return {
         "duplicate": "timestamp already accepted for this sensor",
-        "out_of_order": "timestamp older than the newest accepted for this sensor",
+        "late": "older than the newest reading of this sensor minus the allowed lateness",
     }.get(reason, reason)
 
 
@@ -225,12 +228,14 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     contract = SENSORS[f.sensor_id]
     problem = frame_problem(contract, f.sample_rate_hz, f.samples)
     if problem is None:
-        order = order_reasons(np.array([f.ts_start_us]), state.last_ts.get(f.sensor_id))[0]
+        arrivals = state.arrivals.setdefault(f.sensor_id, Arrivals())
+        order = arrival_reasons(
+            np.array([f.ts_start_us]), arrivals, round(contract.allowed_lateness_s * 1e6)
+        )[0]
         if order != OK:
             problem = (str(order), _detail(str(order), 0.0, 0.0, 0.0))
     if problem is not None:
         return [rejected_rows(p.msg, [(p.msg.payload, *problem)], f.asset_id, f.sensor_id)]
-    state.last_ts[f.sensor_id] = f.ts_start_us
     seen = state.frames_seen.get(f.sensor_id, 0)
     state.frames_seen[f.sensor_id] = seen + 1
     n = f.samples.size

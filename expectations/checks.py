@@ -7,12 +7,14 @@ sample.  Reason codes are the ``dead_letter.reason`` vocabulary.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 from numpy.typing import NDArray
 
 from expectations.contracts import SensorContract
 
-__all__ = ["REASONS", "OK", "scalar_reasons", "frame_problem", "order_reasons"]
+__all__ = ["REASONS", "OK", "scalar_reasons", "frame_problem", "Arrivals", "arrival_reasons"]
 
 REASONS: dict[str, str] = {
     "ok": "valid",
@@ -24,8 +26,7 @@ REASONS: dict[str, str] = {
     "out_of_range": "value outside the sensor's physical range",
     "bad_timestamp": "timestamp missing, unparsable or outside the plausible range",
     "duplicate": "same sensor and timestamp as a reading already accepted",
-    "out_of_order": "timestamp earlier than one already accepted for this sensor",
-    "late": "later than the watermark's allowed lateness",
+    "late": "older than the watermark (newest event time seen minus the allowed lateness)",
     "bad_sample_rate": "frame sample rate differs from the sensor's contract",
     "empty_frame": "frame with no samples",
     "short_frame": "frame shorter than the sensor's minimum for spectral features",
@@ -51,20 +52,50 @@ def scalar_reasons(contract: SensorContract, values: NDArray[np.float64]) -> NDA
     return _CODES[codes]
 
 
-def order_reasons(ts_us: NDArray[np.int64], last_ts_us: int | None) -> NDArray[np.object_]:
-    """Per timestamp: ``duplicate`` if equal to the newest accepted so far, ``out_of_order`` if
-    earlier, else ``ok``.  ``last_ts_us`` is the newest timestamp accepted before this batch.
+@dataclass
+class Arrivals:
+    """Event-time bookkeeping of one sensor: the newest timestamp seen and the accepted
+    timestamps still inside the allowed lateness (to recognise duplicates).  Picklable, so it
+    lives in the stream's recoverable state."""
 
-    >>> order_reasons(np.array([5, 6, 6, 4, 7]), last_ts_us=5).tolist()
-    ['duplicate', 'ok', 'duplicate', 'out_of_order', 'ok']
+    newest_us: int | None = None
+    recent_us: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+
+
+def arrival_reasons(
+    ts_us: NDArray[np.int64], arrivals: Arrivals, lateness_us: int
+) -> NDArray[np.object_]:
+    """Per timestamp: ``late`` if older than the watermark (newest seen so far minus
+    ``lateness_us``), ``duplicate`` if that timestamp was already accepted, else ``ok``.
+    Accepted timestamps update ``arrivals``.  Out-of-order readings within the lateness are
+    accepted: event time, not arrival order, decides.
+
+    >>> a = Arrivals()
+    >>> arrival_reasons(np.array([10, 12, 12, 11, 3]), a, lateness_us=5).tolist()
+    ['ok', 'ok', 'duplicate', 'ok', 'late']
+    >>> arrival_reasons(np.array([11, 13, 20, 14]), a, lateness_us=5).tolist()
+    ['duplicate', 'ok', 'ok', 'late']
     """
     if ts_us.size == 0:
         return np.array([], dtype=object)
-    start = np.iinfo(np.int64).min if last_ts_us is None else last_ts_us
+    start = (
+        np.iinfo(np.int64).min + lateness_us if arrivals.newest_us is None else arrivals.newest_us
+    )
     newest_before = np.maximum.accumulate(np.concatenate(([start], ts_us[:-1])))
     codes = np.zeros(ts_us.shape, dtype=np.int8)
-    codes[ts_us == newest_before] = _IDX["duplicate"]
-    codes[ts_us < newest_before] = _IDX["out_of_order"]
+    late = ts_us < newest_before - lateness_us
+    codes[late] = _IDX["late"]
+    candidates = np.flatnonzero(~late)
+    seen_before = np.isin(ts_us[candidates], arrivals.recent_us)
+    _, first = np.unique(ts_us[candidates], return_index=True)
+    repeat_in_batch = np.ones(candidates.size, dtype=bool)
+    repeat_in_batch[first] = False
+    codes[candidates[seen_before | repeat_in_batch]] = _IDX["duplicate"]
+    accepted = ts_us[codes == 0]
+    newest = int(max(start, ts_us.max())) if arrivals.newest_us is not None else int(ts_us.max())
+    arrivals.newest_us = newest
+    keep = np.concatenate([arrivals.recent_us, accepted])
+    arrivals.recent_us = np.unique(keep[keep >= newest - lateness_us])
     return _CODES[codes]
 
 

@@ -36,7 +36,8 @@ class SensorContract:
     readings the Hampel filter may flag, ``max_clock_error_ppm`` the sample clock's rate error,
     and ``max_psi`` the population stability index against a reference window.
     ``min_completeness`` is the least share of expected readings (from the nominal rate) that
-    must arrive.
+    must arrive.  The stream accepts readings up to ``allowed_lateness_s`` older than the newest
+    one seen for the sensor (event time); older ones are dead-lettered as ``late``.
     """
 
     sensor_id: str
@@ -57,6 +58,7 @@ class SensorContract:
     max_clock_error_ppm: float = 50.0
     max_psi: float = 0.25
     min_completeness: float = 0.98
+    allowed_lateness_s: float = 30.0
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -62,8 +62,10 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
         ),  # ok, out_of_range, non_finite, ok
         msg(
             3,
-            reading(
-                "bearing_temp", [t + 3_000_000, t + 1_500_000, t + 4_000_000], [42.0, 43.0, 44.0]
+            reading(  # duplicate, out of order but within the lateness (accepted), ok, late
+                "bearing_temp",
+                [t + 3_000_000, t + 1_500_000, t + 4_000_000, t - 60_000_000],
+                [42.0, 43.0, 44.0, 45.0],
             ),
         ),
         msg(4, reading("bearing_temp", t + 5_000_000, "warm")),  # wrong type
@@ -90,18 +92,18 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
         "out_of_range": 1,
         "non_finite": 2,
         "duplicate": 2,
-        "out_of_order": 1,
+        "late": 1,
         "wrong_type": 2,
         "bad_sample_rate": 1,
         "empty_frame": 1,
         "short_frame": 1,
     }
     readings = lake.read("readings").sort_values("ts")
-    assert readings["value"].tolist() == [40.0, 41.0, 44.0]
+    assert readings["value"].tolist() == [40.0, 43.0, 41.0, 44.0]  # sorted by event time
     features = lake.read("features")
     assert len(features) == 1 and features["vib_rms"].iloc[0] == pytest.approx(1.0, abs=0.1)
     assert lake.count("frames") == 1  # the first accepted frame is kept as a sample
-    total_inputs = 1 + 1 + 4 + 3 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages
+    total_inputs = 1 + 1 + 4 + 4 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages
     assert len(readings) + len(features) + len(dead(lake)) == total_inputs
 
 

@@ -138,8 +138,11 @@ def test_failing_check_tells_the_operator_where_since_how_bad_and_what_to_do(
     # the frozen value is the last good reading, so the flat run starts one sample before 02:10
     assert "since 2026-01-01 02:09:59Z" in text and "reset or replace" in text
     assert stuck.observed["stuck_readings"] >= 50 * 60 * 10 - 10
-    spikes = next(o for o in validate_readings(readings, dead_letter=dead, reference=reference).outcomes
-                  if o.check == "spikes" and o.sensor_id == "motor_current")
+    spikes = next(
+        o
+        for o in validate_readings(readings, dead_letter=dead, reference=reference).outcomes
+        if o.check == "spikes" and o.sensor_id == "motor_current"
+    )
     assert spikes.success  # a flat line must not make the noise before it look spiky
 
 
