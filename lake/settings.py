@@ -13,7 +13,7 @@ variable                   meaning                                         defau
 ``PLANTPULSE_ARTIFACTS``   MLflow artifact root                            ``$HOME/mlflow/artifacts``
 ``DAGSTER_HOME``           Dagster instance directory                      ``$HOME/dagster``
 ``PLANTPULSE_RECOVERY``    Bytewax recovery directory                      ``$HOME/recovery``
-``PLANTPULSE_DATA``        the reference data sets                         ``../shared/data``
+``PLANTPULSE_DATA``        the reference data sets                         ``<project>/../shared/data``
 =========================  ==============================================  =====================
 """
 
@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["Settings", "is_remote_uri"]
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout this package runs from; the reference data sit beside it in ``../shared/data``."""
 
 
 def is_remote_uri(location: str) -> bool:
@@ -67,7 +70,9 @@ class Settings:
             ),
             dagster_home=_absolute(env.get("DAGSTER_HOME") or str(Path(home) / "dagster")),
             recovery_dir=_absolute(env.get("PLANTPULSE_RECOVERY") or str(Path(home) / "recovery")),
-            data_dir=_absolute(env.get("PLANTPULSE_DATA") or "../shared/data"),
+            data_dir=_absolute(
+                env.get("PLANTPULSE_DATA") or str(_PROJECT_ROOT.parent / "shared" / "data")
+            ),
         )
 
     def as_env(self) -> dict[str, str]:

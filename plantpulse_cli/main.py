@@ -23,6 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     sql = sub.add_parser("sql", help="run a read-only SQL query over the lake's tables")
     sql.add_argument("query")
+    replay = sub.add_parser(
+        "replay", help="replay a reference data set through the stream into the lake"
+    )
+    replay.add_argument("dataset", help="cmapss, cwru, nab or skab")
+    pace = replay.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=None, help="N times real time (1 = real time)")
+    pace.add_argument("--asap", action="store_true", help="as fast as possible (the default)")
+    replay.add_argument("--data", default=None, help="data directory (default: PLANTPULSE_DATA)")
     return p
 
 
@@ -36,13 +44,17 @@ def main(argv: list[str] | None = None) -> int:
             from plantpulse_cli.up import up
 
             return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration)
+        if args.command == "replay":
+            from plantpulse_cli.replay import replay
+
+            return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data)
         if args.command == "sql":
             from lake import Lake
             from lake.sql import query
 
             print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
             return 0
-    except LakeError as exc:
+    except (LakeError, KeyError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1
