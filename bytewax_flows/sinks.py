@@ -34,6 +34,7 @@ class SinkRows:
     source: str
     offset: int
     rows: pa.Table
+    received_us: int = 0  # when the input message arrived (for ingest-to-score latency)
 
 
 @dataclass

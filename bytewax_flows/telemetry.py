@@ -25,6 +25,7 @@ from bytewax.inputs import Source
 
 from bytewax_flows.calibration import CalibrationCache
 from bytewax_flows.payloads import Frame, Message, PayloadError, ScalarBatch, decode
+from bytewax_flows.scoring import score
 from bytewax_flows.sinks import DeltaSink, SinkRows
 from bytewax_flows.sources import SimulatorSource, now_us
 from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, scalar_reasons
@@ -254,7 +255,9 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     columns.update(
         {name: [float(feats[name][0]) if name in feats else None] for name in feature_names()}
     )
-    out = [SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns))]
+    out = [
+        SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns), p.msg.received_us)
+    ]
     if seen % FRAME_KEEP_EVERY == 0:
         fspec = table_spec("frames")
         frame = _table(
@@ -303,14 +306,23 @@ def build_flow(
     split = op.branch("accepted", parsed, lambda x: isinstance(x, Parsed))
     rejected = op.flat_map("reject", split.falses, dead_letter)  # (table, SinkRows)
     keyed = op.key_on("by_asset", split.trues, lambda p: p.asset_id)  # (asset_id, Parsed)
-    checked = op.stateful_map(
-        "validate", keyed, partial(validate, calibration=calibration)
-    )  # (asset_id, [SinkRows])
-    rows = op.flat_map(
-        "rows", checked, lambda kv: [(r.table, r) for r in kv[1]]
-    )  # (table, SinkRows)
-    op.output("lake", op.merge("all_rows", rows, rejected), sink)
+    checked = op.stateful_map("validate", keyed, partial(validate, calibration=calibration))
+    # (asset_id, [SinkRows])
+    rows = op.flat_map("rows", checked, _by_table)  # (table, SinkRows)
+    windows = op.filter_map("feature_windows", rows, _feature_window)  # (asset_id, SinkRows)
+    scored = op.stateful_map("score", windows, score)  # (asset_id, [SinkRows]) scores, drift
+    scores = op.flat_map("score_rows", scored, _by_table)  # (table, SinkRows)
+    op.output("lake", op.merge("all_rows", rows, rejected, scores), sink)
     return flow
+
+
+def _by_table(keyed_rows: tuple[str, list[SinkRows]]) -> list[tuple[str, SinkRows]]:
+    return [(r.table, r) for r in keyed_rows[1]]
+
+
+def _feature_window(item: tuple[str, SinkRows]) -> tuple[str, SinkRows] | None:
+    table, rows = item
+    return (rows.rows.column("asset_id")[0].as_py(), rows) if table == "features" else None
 
 
 flow = get_flow()

@@ -1,0 +1,52 @@
+"""Online scoring and drift in the stream, on a simulated fleet with one developing fault."""
+
+from __future__ import annotations
+
+import pytest
+from bytewax.testing import run_main
+
+from bytewax_flows.scoring import DETECTOR_NAME
+from bytewax_flows.sources import SimulatorSource
+from bytewax_flows.telemetry import get_flow
+from lake import Lake
+from physics.simulator import Fault, FleetSimulator, MachineSpec
+
+ONSET_S = 200
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    sim = FleetSimulator(
+        [MachineSpec("healthy"), MachineSpec("faulty")],
+        [Fault("faulty", "outer_race", start_s=ONSET_S, time_to_failure_s=250)],
+        seed=1,
+    )
+    lake = Lake(tmp_path_factory.mktemp("lake"))
+    run_main(get_flow(SimulatorSource(sim, n_chunks=450), lake.uri))
+    return lake
+
+
+def test_every_feature_window_is_scored_once(scored: Lake):
+    scores = scored.read("scores")
+    assert len(scores) == scored.count("features") == 900
+    assert (scores["model_name"] == DETECTOR_NAME).all() and (scores["latency_ms"] >= 0).all()
+    assert not scores.duplicated(["asset_id", "window_end"]).any()
+
+
+def test_anomaly_score_separates_the_developing_fault(scored: Lake):
+    s = scored.read("scores")
+    s["t"] = (s["window_end"] - s["window_end"].min()).dt.total_seconds()
+    after_warmup = s[s["t"] >= 60]
+    healthy = after_warmup[after_warmup["asset_id"] == "healthy"]["anomaly_score"]
+    late = s[(s["asset_id"] == "faulty") & (s["t"] >= 350)]["anomaly_score"]
+    assert healthy.quantile(0.99) < 5.0
+    assert late.median() > 20 * healthy.median()
+
+
+def test_drift_events_only_for_the_faulty_machine_soon_after_onset(scored: Lake):
+    events = scored.read("drift_events")
+    assert set(events["asset_id"]) == {"faulty"}
+    assert (events["detector"] == "ADWIN").all() and (events["subject"] == "anomaly_score").all()
+    start = scored.read("scores")["window_end"].min()
+    first = (events["ts"].min() - start).total_seconds() - ONSET_S
+    assert 0 < first <= 90
