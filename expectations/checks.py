@@ -86,16 +86,32 @@ def arrival_reasons(
     late = ts_us < newest_before - lateness_us
     codes[late] = _IDX["late"]
     candidates = np.flatnonzero(~late)
-    seen_before = np.isin(ts_us[candidates], arrivals.recent_us)
-    _, first = np.unique(ts_us[candidates], return_index=True)
-    repeat_in_batch = np.ones(candidates.size, dtype=bool)
-    repeat_in_batch[first] = False
-    codes[candidates[seen_before | repeat_in_batch]] = _IDX["duplicate"]
+    cand_ts = ts_us[candidates]
+    recent = arrivals.recent_us  # sorted, unique
+    if recent.size:
+        pos = np.minimum(np.searchsorted(recent, cand_ts), recent.size - 1)
+        seen_before = recent[pos] == cand_ts
+    else:
+        seen_before = np.zeros(cand_ts.size, dtype=bool)
+    if cand_ts.size > 1 and not np.all(np.diff(cand_ts) > 0):  # repeats within the batch
+        _, first = np.unique(cand_ts, return_index=True)
+        repeat_in_batch = np.ones(cand_ts.size, dtype=bool)
+        repeat_in_batch[first] = False
+        seen_before |= repeat_in_batch
+    codes[candidates[seen_before]] = _IDX["duplicate"]
     accepted = ts_us[codes == 0]
     newest = int(max(start, ts_us.max())) if arrivals.newest_us is not None else int(ts_us.max())
     arrivals.newest_us = newest
-    keep = np.concatenate([arrivals.recent_us, accepted])
-    arrivals.recent_us = np.unique(keep[keep >= newest - lateness_us])
+    kept = recent[np.searchsorted(recent, newest - lateness_us) :]
+    accepted = accepted[accepted >= newest - lateness_us]
+    if (
+        accepted.size
+        and (accepted.size == 1 or np.all(np.diff(accepted) > 0))
+        and (kept.size == 0 or accepted[0] > kept[-1])
+    ):
+        arrivals.recent_us = np.concatenate([kept, accepted])  # the common, in-order case
+    else:
+        arrivals.recent_us = np.union1d(kept, accepted)
     return _CODES[codes]
 
 
