@@ -51,8 +51,20 @@ class Service:
             pass
 
 
+SNAPSHOT_S = 2
+"""Bytewax epoch/snapshot interval: the sink commits at least this often, and a restarted worker
+resumes from the last snapshot (the sink's offset-keyed commits drop what was already written)."""
+
+
 def prepare(settings: Settings) -> None:
-    """Create the state directory, the Dagster instance and the lake's tables."""
+    """Create the state directory, the Dagster instance, the lake's tables and the stream's
+    recovery store."""
+    recovery = Path(settings.recovery_dir)
+    if not recovery.exists():
+        from bytewax.recovery import init_db_dir
+
+        recovery.mkdir(parents=True)
+        init_db_dir(recovery, 1)
     Path(settings.dagster_home).mkdir(parents=True, exist_ok=True)
     yaml = Path(settings.dagster_home) / "dagster.yaml"
     if not yaml.exists():
@@ -60,10 +72,15 @@ def prepare(settings: Settings) -> None:
     Lake(settings.lake_uri).create_tables()
 
 
-def services(host: str, port: int, ui: bool = True) -> list[Service]:
+def services(
+    host: str, port: int, ui: bool = True, recovery_dir: str | None = None
+) -> list[Service]:
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
-    out = [Service("stream", [py, "-m", "bytewax.run", "bytewax_flows.telemetry:flow"])]
+    stream = [py, "-m", "bytewax.run", "bytewax_flows.telemetry:flow", "-s", str(SNAPSHOT_S)]
+    if recovery_dir:
+        stream += ["-r", recovery_dir, "-b", "0"]
+    out = [Service("stream", stream)]
     if ui:
         out += [
             Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *code]),
@@ -84,7 +101,7 @@ def up(
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    running = services(host, port, ui)
+    running = services(host, port, ui, settings.recovery_dir)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:
