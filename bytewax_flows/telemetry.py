@@ -296,6 +296,14 @@ def get_flow(source: Source[Message] | None = None, lake_uri: str | None = None)
     return build_flow(source, DeltaSink(lake_uri), CalibrationCache(lake_uri))
 
 
+def simulated_flow(
+    n_chunks: int, speed: float | None = None, lake_uri: str | None = None
+) -> Dataflow:
+    """The demo fleet for ``n_chunks`` seconds of event time, ``speed`` times real time (None: as
+    fast as possible): ``python -m bytewax.run "bytewax_flows.telemetry:simulated_flow(600, 10)"``."""
+    return get_flow(SimulatorSource(default_fleet(), speed=speed, n_chunks=n_chunks), lake_uri)
+
+
 def build_flow(
     source: Source[Message], sink: DeltaSink, calibration: CalibrationCache | None = None
 ) -> Dataflow:
