@@ -38,6 +38,7 @@ __all__ = [
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 FRAME_MAGIC = b"PPF1"
 _HEADER = struct.Struct("<4sHHqdI")
+_NUMBER_TYPES = {int, float, type(None)}
 # plausible event times: 1990-01-01 .. 2100-01-01, in microseconds
 _TS_MIN, _TS_MAX = 631_152_000_000_000, 4_102_444_800_000_000
 
@@ -180,10 +181,11 @@ def _str_or_none(x: Any) -> str | None:
 
 def _timestamps(ts: list[Any], asset_id: str, sensor_id: str) -> NDArray[np.int64]:
     try:
-        if all(type(t) is int for t in ts):
+        kinds = set(map(type, ts))
+        if kinds == {int}:
             out = np.asarray(ts, dtype=np.int64)
         else:
-            if any(isinstance(t, (bool, float)) or t is None for t in ts):
+            if kinds - {str}:
                 raise ValueError("timestamps must be integer microseconds or ISO-8601 strings")
             parsed = pd.to_datetime(pd.Series(ts, dtype=object), utc=True, format="mixed")
             out = parsed.to_numpy(dtype="datetime64[us]").astype(np.int64)
@@ -205,6 +207,6 @@ def _timestamps(ts: list[Any], asset_id: str, sensor_id: str) -> NDArray[np.int6
 def _values(values: list[Any], asset_id: str, sensor_id: str) -> NDArray[np.float64]:
     """Numbers become float64, null becomes NaN (rejected later as non_finite); anything else
     (strings, booleans, objects) makes the whole message ``wrong_type``."""
-    if any(isinstance(v, bool) or not (v is None or isinstance(v, (int, float))) for v in values):
+    if not set(map(type, values)) <= _NUMBER_TYPES:  # one C-level pass, no Python loop body
         raise PayloadError("wrong_type", "value must be a number or null", asset_id, sensor_id)
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return np.array(values, dtype=np.float64)  # None -> nan

@@ -30,7 +30,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from expectations.contracts import RELATIONSHIPS, SENSORS, Relationship, SensorContract
-from expectations.suites import readings_expectations, run_suite
+from expectations.suites import GxResult, readings_expectations, run_suite
 from physics.sensor_models import spike_mask, stuck_runs
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "fit_relationship",
     "estimate_calibration",
     "validate_readings",
+    "gx_outcomes",
     "ACTIONS",
 ]
 
@@ -445,6 +446,19 @@ def _calibration_outcome(est: CalibrationEstimate) -> Outcome:
 # -- the whole partition ---------------------------------------------------------------------
 
 
+def gx_outcomes(results: list[GxResult]) -> list[Outcome]:
+    """GX expectation results as outcomes (check ``gx:<expectation>``), for any table."""
+    out = []
+    for r in results:
+        short = r.expectation.removeprefix("expect_")
+        bad = r.observed.get("unexpected_count")
+        message = short.replace("_", " ") + (f": {bad} unexpected" if bad else "")
+        out.append(
+            Outcome(f"gx:{short}", None, r.sensor_id, r.success, r.observed, message=message)
+        )
+    return out
+
+
 def validate_readings(
     readings: pd.DataFrame,
     *,
@@ -467,19 +481,9 @@ def validate_readings(
     readings = readings.assign(sensor_id=readings["sensor_id"].astype("category"))
     if run_gx and len(readings):
         present = sorted(map(str, readings["sensor_id"].unique()))
-        for r in run_suite(readings, readings_expectations(present), name="readings"):
-            short = r.expectation.removeprefix("expect_")
-            bad = r.observed.get("unexpected_count")
-            report.outcomes.append(
-                Outcome(
-                    f"gx:{short}",
-                    None,
-                    r.sensor_id,
-                    r.success,
-                    r.observed,
-                    message=f"{short.replace('_', ' ')}" + (f": {bad} unexpected" if bad else ""),
-                )
-            )
+        report.outcomes += gx_outcomes(
+            run_suite(readings, readings_expectations(present), name="readings")
+        )
     rejected = _non_finite_counts(dead_letter)
     for asset_id, asset_rows in readings.groupby("asset_id", observed=True):
         asset_end = int(

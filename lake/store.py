@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from lake.catalogue import TS, TableSpec, table_names, table_spec
+from lake.catalogue import TableSpec, table_names, table_spec
 from lake.settings import Settings, is_remote_uri
 
 __all__ = ["Lake", "LakeError", "SchemaMismatchError", "Filters"]
@@ -316,8 +316,3 @@ class Lake:
     def vacuum(self, name: str, retention_hours: int = 168) -> list[str]:
         """Delete files no longer referenced by versions younger than ``retention_hours``."""
         return self.table(name).vacuum(retention_hours=retention_hours, dry_run=False)
-
-
-def timestamps_us(values: Any) -> pa.Array:
-    """Integer microseconds since the epoch as the lake's timestamp type."""
-    return pa.array(values, pa.int64()).cast(TS)

@@ -69,7 +69,10 @@ def time_domain(frames: NDArray[np.floating]) -> dict[str, F64]:
     >>> time_domain(np.ones((1, 100)))["vib_kurtosis"].tolist()
     [nan]
     """
-    x = _frames(frames)
+    return _time_domain(_frames(frames))
+
+
+def _time_domain(x: F64) -> dict[str, F64]:
     rms = np.sqrt(np.einsum("ij,ij->i", x, x) / x.shape[1])
     peak = np.maximum(x.max(axis=1), -x.min(axis=1))
     centred = x - x.mean(axis=1, keepdims=True)
@@ -194,7 +197,7 @@ def vibration_features(
     x = _frames(frames)
     rpm = np.broadcast_to(np.asarray(shaft_rpm, dtype=np.float64), (x.shape[0],))
     speed_ok = np.isfinite(rpm) & (rpm > 0)
-    out = time_domain(x)
+    out = _time_domain(x)
     centred = x - x.mean(axis=1, keepdims=True)
     power = np.abs(np.fft.rfft(centred, axis=1)) ** 2
     bands = spectral_bands(power)

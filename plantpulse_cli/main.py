@@ -6,7 +6,19 @@ import argparse
 import logging
 import sys
 
+from bytewax_flows.replay import UnknownDatasetError
 from lake import LakeError
+from physics.datasets import DatasetError
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("dataset", help="cmapss, cwru, nab or skab")
     pace = replay.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, default=None, help="N times real time (1 = real time)")
+    pace.add_argument(
+        "--speed", type=_positive, default=None, help="N times real time (1 = real time)"
+    )
     pace.add_argument("--asap", action="store_true", help="as fast as possible (the default)")
     replay.add_argument("--data", default=None, help="data directory (default: PLANTPULSE_DATA)")
     return p
@@ -54,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
             return 0
-    except (LakeError, KeyError, FileNotFoundError, ValueError) as exc:
+    except (LakeError, DatasetError, UnknownDatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 1

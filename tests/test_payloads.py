@@ -70,6 +70,14 @@ def test_frame_round_trip_is_float32_and_exact():
         (b'{"asset_id": "a", "sensor_id": "s", "ts": 12, "value": 1}', "bad_timestamp"),
         (b'{"asset_id": "a", "sensor_id": "s", "ts": "yesterday", "value": 1}', "bad_timestamp"),
         (b'{"asset_id": "a", "sensor_id": "s", "ts": 1.5, "value": 1}', "bad_timestamp"),
+        (
+            b'{"asset_id": "a", "sensor_id": "s", "ts": [1767225600000000, "2026-01-01T00:00:01Z"], "value": [1, 2]}',
+            "bad_timestamp",
+        ),
+        (
+            b'{"asset_id": "a", "sensor_id": "s", "ts": [1767225600000000, 1767225600000001], "value": [1, "2"]}',
+            "wrong_type",
+        ),
         (b"PPF1\x00", "malformed"),
         (encode_frame("a", "vib_de", T0_US, 12_000.0, np.zeros(10))[:-4], "malformed"),
         (encode_frame("a", "vib_de", 5, 12_000.0, np.zeros(10)), "bad_timestamp"),

@@ -81,6 +81,10 @@ def test_unknown_dataset_and_bad_speed_are_clear_errors(tmp_path: Path):
         and out.stderr.strip()
         == "error: unknown dataset 'kaggle'; choose one of cmapss, cwru, nab, skab"
     )
+    out = cli("replay", "nab", "--speed", "0", home=tmp_path)
+    assert (
+        out.returncode == 2 and "must be positive" in out.stderr and "Traceback" not in out.stderr
+    )
     out = cli("replay", "nab", "--data", str(tmp_path), home=tmp_path)
     assert out.returncode == 2 and "PLANTPULSE_DATA" in out.stderr and "Traceback" not in out.stderr
 

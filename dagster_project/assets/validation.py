@@ -10,7 +10,7 @@ from dagster_project.assets.readings import DAILY, readings
 from dagster_project.plots import png_markdown, sensor_trend
 from dagster_project.resources import LakeResource
 from expectations.suites import features_expectations, run_suite
-from expectations.validation import Outcome, ValidationReport, validate_readings
+from expectations.validation import ValidationReport, gx_outcomes, validate_readings
 from lake import Lake
 from physics.registry import FEATURE_VERSION, feature_names
 
@@ -49,10 +49,12 @@ def reference_window(store: Lake, day: str, config: ValidationConfig) -> pd.Data
     """Readings of the reference window, or None when the partition itself is the earliest data."""
     if config.reference_date:
         return load_partition(store, "readings", config.reference_date)
-    first = store.read_arrow("readings", columns=["date"]).column("date")
-    if len(first) == 0:
+    if not store.exists("readings"):
         return None
-    first_day = min(first.to_pylist()).isoformat()
+    days = [p["date"] for p in store.table("readings").partitions()]  # from the log, no data read
+    if not days:
+        return None
+    first_day = min(days)
     data = load_partition(store, "readings", first_day)
     starts = data.groupby("asset_id")["ts"].transform("min")
     return data[data["ts"] < starts + pd.Timedelta(hours=config.reference_hours)]
@@ -232,18 +234,7 @@ def features_validation(
         if len(data)
         else []
     )
-    report = ValidationReport()
-    report.outcomes = [
-        Outcome(
-            f"gx:{r.expectation.removeprefix('expect_')}",
-            None,
-            None,
-            r.success,
-            r.observed,
-            message=r.expectation.removeprefix("expect_").replace("_", " "),
-        )
-        for r in results
-    ]
+    report = ValidationReport(gx_outcomes(results))
     run_id = context.run.run_id
     rows = _results_rows(report, run_id, "features", day)
     if len(rows):
