@@ -2,6 +2,15 @@
 
 import dagster as dg
 
+from dagster_project.assets.models import (
+    fault_candidate,
+    fault_promotion,
+    fault_training_set,
+    maintenance_events,
+    rul_candidate,
+    rul_promotion,
+    rul_training_set,
+)
 from dagster_project.assets.readings import DAILY, readings, sensor_daily_stats
 from dagster_project.assets.validation import (
     features,
@@ -10,13 +19,24 @@ from dagster_project.assets.validation import (
     sensor_calibration,
 )
 from dagster_project.resources import default_resources
-from dagster_project.sensors import build_new_readings_sensor
+from dagster_project.sensors import build_drift_sensor, build_new_readings_sensor
 
 daily_profile_job = dg.define_asset_job("daily_sensor_profile", selection=[sensor_daily_stats])
 validation_job = dg.define_asset_job(
     "validate_day",
     selection=[readings_validation, features_validation, sensor_calibration],
     description="Validate one day of readings and features, then recalibrate sensors that drifted.",
+)
+retrain_fault_job = dg.define_asset_job(
+    "retrain_fault_classifier",
+    selection=[fault_training_set, fault_candidate, fault_promotion],
+    description="Label validated feature windows, train a fault classifier, and gate it "
+    "against the champion the stream serves.",
+)
+retrain_rul_job = dg.define_asset_job(
+    "retrain_rul",
+    selection=[rul_training_set, rul_candidate, rul_promotion],
+    description="Train the RUL regressor on C-MAPSS and gate it against the champion.",
 )
 
 defs = dg.Definitions(
@@ -27,12 +47,30 @@ defs = dg.Definitions(
         readings_validation,
         features_validation,
         sensor_calibration,
+        maintenance_events,
+        fault_training_set,
+        fault_candidate,
+        fault_promotion,
+        rul_training_set,
+        rul_candidate,
+        rul_promotion,
     ],
-    jobs=[daily_profile_job, validation_job],
+    jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job],
     schedules=[
         dg.build_schedule_from_partitioned_job(daily_profile_job, hour_of_day=0, minute_of_hour=30),
         dg.build_schedule_from_partitioned_job(validation_job, hour_of_day=0, minute_of_hour=45),
+        dg.ScheduleDefinition(
+            job=retrain_fault_job,
+            cron_schedule="0 2 * * 0",
+            description="Weekly retrain as a fallback when no drift has triggered one.",
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+        ),
+        dg.ScheduleDefinition(
+            job=retrain_rul_job,
+            cron_schedule="30 2 * * 0",
+            description="Weekly RUL retrain.",
+        ),
     ],
-    sensors=[build_new_readings_sensor(validation_job, DAILY)],
+    sensors=[build_new_readings_sensor(validation_job, DAILY), build_drift_sensor(retrain_fault_job)],
     resources=default_resources(),
 )

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from lake import Lake, Settings
 
-__all__ = ["LakeResource", "MLflowResource", "default_resources"]
+__all__ = ["LakeResource", "MLflowResource", "DatasetsResource", "default_resources"]
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -41,6 +41,12 @@ class MLflowResource(dg.ConfigurableResource):
         return client.create_experiment(name, artifact_location=location.as_uri())
 
 
+class DatasetsResource(dg.ConfigurableResource):
+    """The reference data sets (C-MAPSS, CWRU, SKAB, NAB), laid out as in their README."""
+
+    path: str
+
+
 def default_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources for the local deployment, from ``PLANTPULSE_*`` / ``MLFLOW_*`` variables."""
     s = settings or Settings.from_env()
@@ -53,4 +59,5 @@ def default_resources(settings: Settings | None = None) -> dict[str, dg.Configur
         "mlflow": MLflowResource(
             tracking_uri=s.mlflow_tracking_uri, artifact_root=s.mlflow_artifact_root
         ),
+        "datasets": DatasetsResource(path=s.data_dir),
     }

@@ -1,10 +1,12 @@
-"""Sensors and schedules that keep validation continuous."""
+"""Sensors that keep validation continuous and retrain models when the stream sees drift."""
 
 import json
+import os
 import time
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 
 from dagster_project.resources import LakeResource
 
@@ -75,3 +77,70 @@ def build_new_readings_sensor(job: Any, partitions: dg.PartitionsDefinition) -> 
         )
 
     return new_readings_sensor
+
+
+DRIFT_DEBOUNCE_S = float(os.environ.get("PLANTPULSE_DRIFT_DEBOUNCE_S", "600"))
+"""After a drift-triggered retrain, more drift events wait this long before the next one."""
+
+
+def drift_requests(
+    new_events: int, newest_ts_us: int, cursor: dict, now_s: float
+) -> tuple[bool, dict]:
+    """Whether to request a retrain now, given ``new_events`` drift events up to
+    ``newest_ts_us`` that the cursor has not counted yet.  Events arriving within
+    ``DRIFT_DEBOUNCE_S`` of the last request stay ``pending`` and give one run when it passes."""
+    pending = int(cursor.get("pending", 0)) + new_events
+    last_run = float(cursor.get("last_run_s", -1e18))
+    due = pending > 0 and now_s - last_run >= DRIFT_DEBOUNCE_S
+    return due, {
+        "seen_ts_us": max(newest_ts_us, int(cursor.get("seen_ts_us", 0))),
+        "pending": 0 if due else pending,
+        "last_run_s": now_s if due else last_run,
+    }
+
+
+def build_drift_sensor(job: Any) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrains the fault classifier when the stream records drift events "
+        f"(one run per burst: at most once per {DRIFT_DEBOUNCE_S / 60:g} minutes).",
+    )
+    def drift_retrain_sensor(
+        context: dg.SensorEvaluationContext, lake: LakeResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        store = lake.lake()
+        if not store.exists("drift_events"):
+            return dg.SkipReason("no drift_events table yet")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        seen = int(cursor.get("seen_ts_us", 0))
+        events = store.read(
+            "drift_events",
+            columns=["ts", "asset_id", "subject", "detector"],
+            filters=[("ts", ">", pd.Timestamp(seen, unit="us", tz="UTC"))],
+        )
+        newest = int(events["ts"].max().value // 1000) if len(events) else seen
+        due, new_cursor = drift_requests(len(events), newest, cursor, time.time())
+        if not due:
+            context.update_cursor(json.dumps(new_cursor))
+            return dg.SkipReason(
+                f"{new_cursor['pending']} drift event(s) pending; debouncing"
+                if new_cursor["pending"]
+                else "no new drift events"
+            )
+        assets = sorted(events["asset_id"].unique()) if len(events) else []
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"drift:{newest}",
+                    tags={
+                        "plantpulse/trigger": "drift_events",
+                        "plantpulse/assets": ",".join(assets)[:200],
+                    },
+                )
+            ],
+            cursor=json.dumps(new_cursor),
+        )
+
+    return drift_retrain_sensor

@@ -20,6 +20,7 @@ __all__ = [
     "features_validation",
     "sensor_calibration",
     "validated_dates",
+    "validate_features_day",
     "reference_window",
     "load_partition",
 ]
@@ -227,20 +228,8 @@ def features_validation(
     context: dg.AssetExecutionContext, lake: LakeResource
 ) -> dg.MaterializeResult:
     """Validates one day of ``features`` with a GX suite derived from the feature registry."""
-    day, store = context.partition_key, lake.lake()
-    data = load_partition(store, "features", day)
-    results = (
-        run_suite(data, features_expectations(FEATURE_VERSION, feature_names()), "features")
-        if len(data)
-        else []
-    )
-    report = ValidationReport(gx_outcomes(results))
-    run_id = context.run.run_id
-    rows = _results_rows(report, run_id, "features", day)
-    if len(rows):
-        store.append(
-            "validation_results", rows, idempotency_key=(f"validation:features:{day}:{run_id}", 0)
-        )
+    data, results, report = validate_features_day(lake.lake(), context.partition_key,
+                                                  context.run.run_id)
     failed = [f"{o.check}: {o.observed}" for o in report.failed]
     return dg.MaterializeResult(
         metadata={
@@ -257,6 +246,25 @@ def features_validation(
             )
         ],
     )
+
+
+def validate_features_day(
+    store: Lake, day: str, run_id: str
+) -> tuple[pd.DataFrame, list, ValidationReport]:
+    """Run the features suite on one day and record the results in ``validation_results``."""
+    data = load_partition(store, "features", day)
+    results = (
+        run_suite(data, features_expectations(FEATURE_VERSION, feature_names()), "features")
+        if len(data)
+        else []
+    )
+    report = ValidationReport(gx_outcomes(results))
+    rows = _results_rows(report, run_id, "features", day)
+    if len(rows):
+        store.append(
+            "validation_results", rows, idempotency_key=(f"validation:features:{day}:{run_id}", 0)
+        )
+    return data, results, report
 
 
 @dg.asset(

@@ -1,0 +1,246 @@
+"""The promotion gate: an explicit policy that decides whether a candidate replaces the
+champion, and the rollback.
+
+Every rule is evaluated and reported, pass or fail; ``champion`` moves only when all pass.  Each
+decision (promote, refuse, rollback) is a row in ``model_decisions`` with its evidence as JSON,
+and the same evidence is set as tags on the candidate's MLflow model version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import pandas as pd
+
+from lake import Lake
+from models.registry import (
+    CHAMPION,
+    LoadedModel,
+    ModelNotFoundError,
+    champion_version,
+    client,
+    load_holdout,
+    load_version,
+)
+from models.training import Evaluation, evaluate_classifier, evaluate_regressor
+from physics.registry import FEATURE_VERSION
+
+__all__ = ["GatePolicy", "Decision", "decide", "evaluate", "run_gate", "rollback"]
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a candidate must show to become champion.
+
+    ``min_improvement``: relative improvement of the overall metric over the champion's on the
+    same holdout (0.01 = 1 % better). ``slice_tolerance``: no slice may be worse than the
+    champion's by more than this, relative. ``latency_budget_ms``: prediction time for a batch
+    of 1,000 rows. ``require_validated_training``: the training data passed validation.
+    """
+
+    min_improvement: float = 0.01
+    slice_tolerance: float = 0.05
+    latency_budget_ms: float = 50.0
+    require_validated_training: bool = True
+
+
+@dataclass
+class Decision:
+    decision: str  # promote | refuse | rollback
+    model_name: str
+    candidate_version: str
+    champion_version: str | None
+    reasons: list[str]
+    evidence: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promote"
+
+
+def _worse_by(candidate: float, champion: float, higher_is_better: bool) -> float:
+    """How much worse ``candidate`` is than ``champion``, relative (negative = better)."""
+    if not (math.isfinite(candidate) and math.isfinite(champion)):
+        return 0.0 if math.isfinite(candidate) else math.inf
+    scale = max(abs(champion), 1e-9)
+    return (champion - candidate) / scale if higher_is_better else (candidate - champion) / scale
+
+
+def decide(
+    candidate: Evaluation,
+    champion: Evaluation | None,
+    *,
+    policy: GatePolicy,
+    training_validated: bool,
+    feature_version: int,
+    signature_ok: tuple[bool, str],
+) -> tuple[bool, list[str]]:
+    """Apply every rule of ``policy``; returns (all passed, one line per rule)."""
+    rules: list[tuple[bool, str]] = []
+    if policy.require_validated_training:
+        rules.append((training_validated, "training data validated"
+                      if training_validated else "training data not validated"))
+    rules.append(
+        (
+            feature_version == FEATURE_VERSION,
+            f"feature_version {feature_version} "
+            + ("matches" if feature_version == FEATURE_VERSION else "differs from")
+            + f" the stream's {FEATURE_VERSION}",
+        )
+    )
+    rules.append(signature_ok)
+    lat = candidate.latency_ms_per_1000
+    rules.append(
+        (
+            lat <= policy.latency_budget_ms,
+            f"latency {lat:.2f} ms per 1,000 rows (budget {policy.latency_budget_ms:g} ms)",
+        )
+    )
+    m = candidate.metric
+    if champion is None:
+        rules.append((True, f"no champion yet; {m} {candidate.overall:.4f}"))
+    else:
+        gain = -_worse_by(candidate.overall, champion.overall, candidate.higher_is_better)
+        rules.append(
+            (
+                gain >= policy.min_improvement,
+                f"{m} {candidate.overall:.4f} vs champion {champion.overall:.4f}: "
+                f"{gain:+.1%} (needs {policy.min_improvement:+.1%})",
+            )
+        )
+        worst = [
+            (s, _worse_by(v, champion.slices[s], candidate.higher_is_better), v)
+            for s, v in candidate.slices.items()
+            if s in champion.slices
+        ]
+        bad = [w for w in worst if w[1] > policy.slice_tolerance]
+        if bad:
+            text = "; ".join(
+                f"{s} {v:.4f} vs {champion.slices[s]:.4f}" for s, _, v in bad
+            )
+            rules.append((False, f"slices worse than tolerance {policy.slice_tolerance:.0%}: {text}"))
+        else:
+            rules.append((True, f"no slice worse than {policy.slice_tolerance:.0%} "
+                                f"({len(worst)} slices compared)"))
+    return all(ok for ok, _ in rules), [("PASS: " if ok else "FAIL: ") + r for ok, r in rules]
+
+
+def evaluate(model: LoadedModel, holdout: pd.DataFrame) -> Evaluation:
+    """``model`` on ``holdout`` with the metric and slices its task declares."""
+    slice_by = [c for c in json.loads(model.tags.get("slice_by", "[]")) if c in holdout]
+    if model.task == "regressor":
+        return evaluate_regressor(model.model, holdout, slice_by)
+    return evaluate_classifier(model.model, model.classes or [], holdout, slice_by)
+
+
+def _record(lake: Lake, tracking_uri: str, d: Decision) -> None:
+    ts = pd.Timestamp.now(tz="UTC")
+    lake.append(
+        "model_decisions",
+        pd.DataFrame(
+            {
+                "ts": [ts],
+                "model_name": [d.model_name],
+                "candidate_version": [d.candidate_version],
+                "champion_version": [d.champion_version],
+                "decision": [d.decision],
+                "metrics": [json.dumps(d.evidence, default=float)],
+                "reasons": [d.reasons],
+            }
+        ),
+    )
+    c = client(tracking_uri)
+    tags = {
+        "gate.decision": d.decision,
+        "gate.decided_at": ts.isoformat(),
+        "gate.reasons": " | ".join(d.reasons)[:4900],
+        "gate.champion_before": d.champion_version or "none",
+    }
+    for k, v in tags.items():
+        c.set_model_version_tag(d.model_name, d.candidate_version, k, v)
+
+
+def run_gate(
+    tracking_uri: str, lake: Lake, name: str, candidate: str, policy: GatePolicy | None = None
+) -> Decision:
+    """Evaluate version ``candidate`` of ``name`` and the champion on the candidate's holdout,
+    apply ``policy``, move ``champion`` if every rule passes, and record the decision."""
+    policy = policy or GatePolicy()
+    c = client(tracking_uri)
+    cand = load_version(tracking_uri, name, candidate)
+    holdout = load_holdout(tracking_uri, name, cand.version)
+    cand_eval = evaluate(cand, holdout)
+    current = champion_version(c, name)
+    champ_eval: Evaluation | None = None
+    if current is not None and str(current.version) == cand.version:
+        return Decision("refuse", name, cand.version, cand.version,
+                        [f"FAIL: version {cand.version} is already the champion"])
+    if current is not None:
+        champ = load_version(tracking_uri, name, str(current.version))
+        missing = [f for f in champ.features if f not in holdout]
+        if not missing:
+            champ_eval = evaluate(champ, holdout)
+    missing_inputs = [f for f in cand.features if f not in holdout]
+    signature_ok = (
+        (True, f"signature: {len(cand.features)} inputs, all present in the holdout")
+        if cand.features and not missing_inputs
+        else (False, f"signature inputs missing from the data: {missing_inputs}")
+    )
+    ok, reasons = decide(
+        cand_eval,
+        champ_eval,
+        policy=policy,
+        training_validated=cand.tags.get("training_validated") == "true",
+        feature_version=cand.feature_version,
+        signature_ok=signature_ok,
+    )
+    d = Decision(
+        "promote" if ok else "refuse",
+        name,
+        cand.version,
+        str(current.version) if current is not None else None,
+        reasons,
+        {
+            "candidate": cand_eval.as_dict(),
+            "champion": champ_eval.as_dict() if champ_eval else None,
+            "policy": asdict(policy),
+        },
+    )
+    if ok:
+        c.set_registered_model_alias(name, CHAMPION, cand.version)
+    _record(lake, tracking_uri, d)
+    return d
+
+
+def rollback(tracking_uri: str, lake: Lake, name: str, reason: str) -> Decision:
+    """Move ``champion`` back to the version it replaced at its promotion, and record why."""
+    c = client(tracking_uri)
+    current = champion_version(c, name)
+    if current is None:
+        raise ModelNotFoundError(f"model {name!r} has no champion to roll back")
+    decisions = lake.read("model_decisions") if lake.exists("model_decisions") else pd.DataFrame()
+    promoted = (
+        decisions[
+            (decisions["model_name"] == name)
+            & (decisions["decision"] == "promote")
+            & (decisions["candidate_version"] == str(current.version))
+        ].sort_values("ts")
+        if not decisions.empty
+        else decisions
+    )
+    if promoted.empty or promoted.iloc[-1]["champion_version"] is None:
+        raise ModelNotFoundError(
+            f"version {current.version} of {name!r} did not replace an earlier champion; "
+            "there is nothing to roll back to"
+        )
+    previous = str(promoted.iloc[-1]["champion_version"])
+    c.set_registered_model_alias(name, CHAMPION, previous)
+    d = Decision(
+        "rollback", name, str(current.version), previous,
+        [f"rolled back from version {current.version} to {previous}: {reason}"],
+        {"reason": reason, "restored": previous},
+    )
+    _record(lake, tracking_uri, d)
+    return d

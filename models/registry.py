@@ -1,0 +1,233 @@
+"""The MLflow model registry as both planes use it: log a candidate, load a version, follow the
+``champion`` alias.
+
+A registered version carries everything a consumer needs, as version tags: ``task``
+(``classifier`` or ``regressor``), ``feature_version``, ``classes`` (JSON, classifiers),
+``slice_by`` (JSON) and ``training_validated``.  The model file is XGBoost's own UBJSON format
+(``mlflow.xgboost``), never a pickle; its input names are in the MLflow signature and in the
+booster.  The run also keeps the holdout it was evaluated on (``holdout/holdout.parquet``), so
+the gate can compare any two versions on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from physics.registry import FEATURE_VERSION, FeatureVersionError, check_compatible
+
+__all__ = [
+    "CHAMPION",
+    "FAULT_MODEL",
+    "RUL_MODEL",
+    "ModelNotFoundError",
+    "LoadedModel",
+    "ChampionWatcher",
+    "client",
+    "champion_version",
+    "log_candidate",
+    "load_version",
+    "load_holdout",
+]
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+FAULT_MODEL = "plantpulse-fault-classifier"
+RUL_MODEL = "plantpulse-rul"
+
+
+class ModelNotFoundError(LookupError):
+    """A model name, version or alias the registry does not have (the message says which)."""
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def champion_version(c: MlflowClient, name: str) -> ModelVersion | None:
+    """The version under the ``champion`` alias, or None when there is none (yet)."""
+    try:
+        return c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def log_candidate(
+    tracking_uri: str,
+    experiment_id: str,
+    name: str,
+    model: xgb.XGBModel,
+    *,
+    task: str,
+    x_example: pd.DataFrame,
+    holdout: pd.DataFrame,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    figures: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Log ``model`` with its signature, input example, parameters, metrics, figures and holdout
+    to a new run of ``experiment_id``, and register it as a new version of ``name``."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    version_tags = {"task": task, "feature_version": str(FEATURE_VERSION), **tags}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-candidate") as run:
+        mlflow.log_params(params)
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(version_tags)
+        for filename, fig in (figures or {}).items():
+            mlflow.log_figure(fig, f"plots/{filename}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "holdout.parquet"
+            holdout.to_parquet(path)
+            mlflow.log_artifact(str(path), "holdout")
+        example = x_example.head(5)
+        info = mlflow.xgboost.log_model(
+            model,
+            name="model",
+            model_format="ubj",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            pip_requirements=[f"xgboost=={xgb.__version__}"],
+        )
+    c = client(tracking_uri)
+    try:
+        c.create_registered_model(name, description=f"PlantPulse {task}; alias `champion` serves")
+    except MlflowException:
+        pass  # already registered
+    mv = c.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=version_tags)
+    return mv
+
+
+@dataclass
+class LoadedModel:
+    """One registered version, ready to predict and explain."""
+
+    name: str
+    version: str
+    model: xgb.XGBModel
+    task: str
+    features: list[str]
+    feature_version: int
+    classes: list[str] | None
+    tags: dict[str, str]
+
+    def predict(self, x: pd.DataFrame) -> np.ndarray:
+        """Class numbers (classifier) or values (regressor) for the rows of ``x``."""
+        return self.model.predict(x[self.features].astype(np.float64))
+
+    def fault_probability(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For a classifier with a ``normal`` class: P(not normal) and the most likely class
+        number per row of the feature matrix ``x`` (columns in ``self.features`` order)."""
+        proba = self.model.predict_proba(x)
+        normal = self.classes.index("normal") if self.classes and "normal" in self.classes else None
+        p_fault = 1.0 - proba[:, normal] if normal is not None else proba.max(axis=1)
+        return p_fault, proba.argmax(axis=1)
+
+    def contributions(self, x: np.ndarray, klass: int | None = None) -> np.ndarray:
+        """XGBoost's SHAP contributions of each feature (bias dropped) for each row of ``x``,
+        for class ``klass`` of a multi-class model."""
+        contribs = self.model.get_booster().predict(
+            xgb.DMatrix(x, feature_names=self.features), pred_contribs=True
+        )
+        if contribs.ndim == 3:  # (rows, classes, features + 1)
+            contribs = contribs[:, klass or 0, :]
+        return contribs[:, :-1]
+
+
+def _not_found(name: str, what: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"model {name!r} has no {what}; train one with the Dagster job "
+        "'retrain_models' (or `plantpulse status` to see what is registered)"
+    )
+
+
+def load_version(tracking_uri: str, name: str, version: str | None = None) -> LoadedModel:
+    """Version ``version`` of ``name`` (default: the champion)."""
+    c = client(tracking_uri)
+    if version is None:
+        mv = champion_version(c, name)
+        if mv is None:
+            raise _not_found(name, "champion")
+    else:
+        try:
+            mv = c.get_model_version(name, str(version))
+        except MlflowException:
+            raise _not_found(name, f"version {version}") from None
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    model = mlflow.xgboost.load_model(f"models:/{name}/{mv.version}")
+    tags = dict(mv.tags)
+    return LoadedModel(
+        name=name,
+        version=str(mv.version),
+        model=model,
+        task=tags.get("task", "classifier"),
+        features=list(model.get_booster().feature_names or []),
+        feature_version=int(tags.get("feature_version", -1)),
+        classes=json.loads(tags["classes"]) if "classes" in tags else None,
+        tags=tags,
+    )
+
+
+def load_holdout(tracking_uri: str, name: str, version: str) -> pd.DataFrame:
+    """The holdout version ``version`` of ``name`` was logged with."""
+    mv = client(tracking_uri).get_model_version(name, str(version))
+    path = mlflow.artifacts.download_artifacts(
+        run_id=mv.run_id, artifact_path="holdout/holdout.parquet", tracking_uri=tracking_uri
+    )
+    return pd.read_parquet(path)
+
+
+class ChampionWatcher:
+    """The current champion of ``name`` for a long-running consumer (the stream): checks the
+    alias every ``refresh_s`` and loads the new version when it moves, without a restart.
+    A version whose feature_version does not match the features being computed is refused
+    (logged) and the previous one kept; so is a registry that cannot be reached."""
+
+    def __init__(self, tracking_uri: str, name: str = FAULT_MODEL, refresh_s: float = 5.0):
+        self.tracking_uri, self.name, self.refresh_s = tracking_uri, name, refresh_s
+        self._checked = -float("inf")
+        self._model: LoadedModel | None = None
+
+    def get(self) -> LoadedModel | None:
+        now = time.monotonic()
+        if now - self._checked >= self.refresh_s:
+            self._checked = now
+            self._refresh()
+        return self._model
+
+    def _refresh(self) -> None:
+        try:
+            mv = champion_version(client(self.tracking_uri), self.name)
+            if mv is None or (self._model is not None and self._model.version == str(mv.version)):
+                return
+            loaded = load_version(self.tracking_uri, self.name, str(mv.version))
+            check_compatible(loaded.feature_version)
+        except FeatureVersionError as exc:
+            log.error("not serving %s: %s", self.name, exc)
+            return
+        except (MlflowException, OSError) as exc:
+            log.warning("model registry unreachable, keeping %s: %s", self._model_label(), exc)
+            return
+        log.info("now serving %s version %s (was %s)", self.name, loaded.version,
+                 self._model_label())
+        self._model = loaded
+
+    def _model_label(self) -> str:
+        return f"version {self._model.version}" if self._model else "none"

@@ -1,0 +1,250 @@
+"""Training sets and candidate models, shared by the Dagster assets, the CLI and the benches.
+
+Two supervised models:
+
+* the **fault classifier** (XGBoost, multi-class) reads vibration ``features`` windows and says
+  which bearing component is damaged (``normal``, ``outer_race``, ``inner_race``, ``ball``); its
+  labels come from ``maintenance_events`` by a point-in-time join, and the stream scores with it;
+* the **RUL regressor** (XGBoost) predicts remaining useful life from process features of
+  run-to-failure trajectories (C-MAPSS), capped at 125 cycles.
+
+Splits are by machine, never by row: a machine's windows are either all in training or all in
+the holdout, so the holdout measures how the model does on a machine it has never seen.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+from xgboost import XGBClassifier, XGBRegressor
+
+from physics.process import ProcessFeatureBuilder
+from physics.registry import feature_names
+
+__all__ = [
+    "FAULT_CLASSES",
+    "FAULT_FEATURES",
+    "RUL_CAP",
+    "Evaluation",
+    "label_faults",
+    "split_by_machine",
+    "fit_fault_classifier",
+    "fit_rul_regressor",
+    "rul_frame",
+    "evaluate_classifier",
+    "evaluate_regressor",
+    "phm08",
+    "rmse",
+]
+
+FAULT_CLASSES = ("normal", "outer_race", "inner_race", "ball")
+FAULT_FEATURES = [n for n in feature_names("vibration") if n != "demod_centre_hz"]
+"""Classifier inputs: every vibration feature but where the demodulation band happened to sit."""
+RUL_CAP = 125.0
+
+
+def phm08(predicted: np.ndarray, true: np.ndarray) -> float:
+    """PHM08 challenge score: ``exp(-d/13)-1`` for early, ``exp(d/10)-1`` for late predictions."""
+    d = np.asarray(predicted, float) - np.asarray(true, float)
+    return float(np.sum(np.where(d < 0, np.exp(-d / 13.0) - 1.0, np.exp(d / 10.0) - 1.0)))
+
+
+def rmse(predicted: np.ndarray, true: np.ndarray) -> float:
+    d = np.asarray(predicted, float) - np.asarray(true, float)
+    return float(np.sqrt(np.mean(d**2))) if d.size else float("nan")
+
+
+# -- labels -----------------------------------------------------------------------------------
+def _condition(component: str, kind: str) -> str:
+    if kind in ("repair", "replacement"):
+        return "normal"
+    name = component.removeprefix("bearing_")
+    return name if name in FAULT_CLASSES else ""
+
+
+def label_faults(
+    features: pd.DataFrame, events: pd.DataFrame, as_of: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """``features`` windows with a ``condition`` column from ``maintenance_events``.
+
+    Point in time: only events recorded at or before ``as_of`` count, only windows ending at or
+    before ``as_of`` are labelled, and a window's condition is that of the newest bearing event
+    at or before its end (``failure``/``fault_injected`` of a bearing component, or ``repair``
+    back to ``normal``).  Windows before any event are ``normal``.
+    """
+    as_of = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
+    feats = features[features["window_end"] <= as_of].sort_values("window_end")
+    ev = events[events["ts"] <= as_of].copy()
+    ev["condition"] = [_condition(c, k) for c, k in zip(ev["component"], ev["kind"], strict=True)]
+    ev = ev[ev["condition"] != ""].sort_values("ts")[["asset_id", "ts", "condition"]]
+    if ev.empty:
+        return feats.assign(condition="normal")
+    ev["ts"] = ev["ts"].astype(feats["window_end"].dtype)
+    out = pd.merge_asof(
+        feats, ev, left_on="window_end", right_on="ts", by="asset_id", direction="backward"
+    )
+    out["condition"] = out["condition"].fillna("normal")
+    return out.drop(columns=["ts"]).set_index(feats.index)
+
+
+def split_by_machine(df: pd.DataFrame, label: str, asset: str = "asset_id") -> pd.Series:
+    """True for holdout rows.  Machines are grouped by the set of labels they show; from each
+    group of two or more, the last machine (by name) goes to the holdout, so every kind of
+    history is both trained on and tested, and no machine is in both."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for machine, labels in df.groupby(asset)[label]:
+        groups.setdefault(tuple(sorted(set(labels))), []).append(str(machine))
+    holdout = [sorted(machines)[-1] for machines in groups.values() if len(machines) >= 2]
+    return df[asset].isin(holdout)
+
+
+# -- models -----------------------------------------------------------------------------------
+def fit_fault_classifier(
+    train: pd.DataFrame, n_estimators: int = 200, features: list[str] | None = None
+) -> tuple[XGBClassifier, list[str]]:
+    """An XGBoost classifier of ``condition`` from the feature columns; returns it and its
+    class names (index = the model's class number)."""
+    features = features or FAULT_FEATURES
+    classes = [c for c in FAULT_CLASSES if c in set(train["condition"])]
+    if len(classes) < 2:
+        raise ValueError(
+            f"the training set has only {classes or 'no'} windows; a classifier needs at least "
+            "two conditions (record a fault in maintenance_events)"
+        )
+    y = train["condition"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    model = XGBClassifier(
+        n_estimators=n_estimators,
+        max_depth=4,
+        learning_rate=0.1,
+        subsample=0.9,
+        colsample_bytree=0.8,
+        n_jobs=2,
+        random_state=0,
+        objective="multi:softprob" if len(classes) > 2 else "binary:logistic",
+    )
+    model.fit(train[features].astype(np.float64), y)
+    return model, classes
+
+
+def rul_frame(trajectories: pd.DataFrame, builder: ProcessFeatureBuilder) -> pd.DataFrame:
+    """Process features of run-to-failure ``trajectories`` with ``unit`` and ``rul`` kept."""
+    x = builder.transform(trajectories)
+    return pd.concat([trajectories.loc[x.index, ["unit", "rul"]], x], axis=1)
+
+
+def fit_rul_regressor(
+    x: pd.DataFrame, rul: np.ndarray, n_estimators: int = 600
+) -> XGBRegressor:
+    """The RUL regressor (settings found by engine-wise cross-validation in ``bench.rul``)."""
+    model = XGBRegressor(
+        n_estimators=n_estimators,
+        max_depth=4,
+        learning_rate=0.03,
+        subsample=0.8,
+        colsample_bytree=0.7,
+        min_child_weight=5,
+        n_jobs=2,
+        random_state=0,
+    )
+    model.fit(x, rul)
+    return model
+
+
+# -- evaluation -------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    """A model's score on a holdout: ``overall`` is the gate's metric (higher or lower is better
+    as ``higher_is_better`` says), ``slices`` the same metric per slice, plus latency."""
+
+    metric: str
+    higher_is_better: bool
+    overall: float
+    slices: dict[str, float]
+    latency_ms_per_1000: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "overall": self.overall,
+            "slices": self.slices,
+            "latency_ms_per_1000": self.latency_ms_per_1000,
+            **self.extra,
+        }
+
+
+def _latency_ms_per_1000(predict, x: pd.DataFrame) -> float:
+    batch = x.sample(n=1000, replace=True, random_state=0) if len(x) else x
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        predict(batch)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.median(times))
+
+
+def _slice_metric(df: pd.DataFrame, by: list[str], metric) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for col in by:
+        for value, part in df.groupby(col):
+            out[f"{col}={value}"] = metric(part)
+    return out
+
+
+def evaluate_classifier(
+    model: XGBClassifier, classes: list[str], holdout: pd.DataFrame, slice_by: list[str]
+) -> Evaluation:
+    """Macro F1 over the holdout's conditions (a condition the model cannot name scores 0), per
+    slice, and the accuracy."""
+    features = list(model.get_booster().feature_names or FAULT_FEATURES)
+    x = holdout[features].astype(np.float64)
+    predicted = np.asarray(classes, dtype=object)[model.predict(x).astype(int)]
+    scored = holdout.assign(predicted=predicted)
+
+    def f1(part: pd.DataFrame) -> float:
+        """Macro F1 over the conditions truly present in ``part``."""
+        labels = sorted(set(part["condition"]))
+        return float(
+            f1_score(part["condition"], part["predicted"], labels=labels, average="macro",
+                     zero_division=0)
+        )
+
+    return Evaluation(
+        metric="macro_f1",
+        higher_is_better=True,
+        overall=f1(scored),
+        slices=_slice_metric(scored, slice_by, f1),
+        latency_ms_per_1000=_latency_ms_per_1000(model.predict, x),
+        extra={
+            "accuracy": float((scored["predicted"] == scored["condition"]).mean()),
+            "holdout_rows": float(len(scored)),
+        },
+    )
+
+
+def evaluate_regressor(
+    model: XGBRegressor, holdout: pd.DataFrame, slice_by: list[str]
+) -> Evaluation:
+    """RMSE of capped RUL over the holdout (lower is better), per slice, with the PHM08 score."""
+    features = list(model.get_booster().feature_names)
+    x = holdout[features]
+    scored = holdout.assign(predicted=np.clip(model.predict(x), 0.0, RUL_CAP))
+
+    def err(part: pd.DataFrame) -> float:
+        return rmse(part["predicted"].to_numpy(), part["rul"].to_numpy())
+
+    return Evaluation(
+        metric="rmse",
+        higher_is_better=False,
+        overall=err(scored),
+        slices=_slice_metric(scored, slice_by, err),
+        latency_ms_per_1000=_latency_ms_per_1000(model.predict, x),
+        extra={
+            "phm08": phm08(scored["predicted"].to_numpy(), scored["rul"].to_numpy()),
+            "holdout_rows": float(len(scored)),
+        },
+    )
