@@ -1,0 +1,242 @@
+"""Training, registry and the promotion gate, on features the real stream wrote from a simulated
+fleet, with a real MLflow store and real Dagster runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from bytewax.testing import run_main
+
+from bytewax_flows.sources import SimulatorSource
+from bytewax_flows.telemetry import get_flow
+from dagster_project.definitions import defs
+from dagster_project.resources import DatasetsResource, LakeResource, MLflowResource
+from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
+from lake import Lake, Settings
+from models.gate import GatePolicy, decide, rollback
+from models.registry import (
+    CHAMPION,
+    FAULT_MODEL,
+    RUL_MODEL,
+    ModelNotFoundError,
+    champion_version,
+    client,
+)
+from models.training import Evaluation, label_faults, split_by_machine
+from physics.simulator import default_fleet
+from tests.conftest import T0_US
+
+ENVELOPE = [f"env_{k}_{i}" for k in ("bpfo", "bpfi", "bsf2") for i in (1, 2, 3)]
+
+
+def ground_truth_rows(fleet) -> pd.DataFrame:
+    rows = pd.DataFrame(fleet.ground_truth())
+    return rows.assign(ts=pd.to_datetime(rows["ts"], unit="us", utc=True))
+
+
+@pytest.fixture(scope="module")
+def plant(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Six pumps (two healthy, two outer-race, two inner-race faults) streamed for 5 minutes."""
+    root = tmp_path_factory.mktemp("plant")
+    lake = Lake(root / "lake")
+    fleet = default_fleet(
+        6, seed=3, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=120, time_to_failure_s=400
+    )
+    run_main(get_flow(SimulatorSource(fleet, n_chunks=300), lake.uri))
+    lake.append("maintenance_events", ground_truth_rows(fleet))
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    resources = {
+        "lake": LakeResource(uri=lake.uri),
+        "mlflow": MLflowResource(tracking_uri=tracking, artifact_root=str(root / "artifacts")),
+        "datasets": DatasetsResource(path=Settings.from_env().data_dir),
+    }
+    return {"lake": lake, "tracking": tracking, "resources": resources, "root": root}
+
+
+def retrain(plant: dict, job: str = "retrain_fault_classifier", **training) -> dict:
+    candidate = "fault_candidate" if job == "retrain_fault_classifier" else "rul_candidate"
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=plant["resources"],
+        run_config={"ops": {candidate: {"config": training}}},
+    )
+    assert result.success
+    return {
+        e.materialization.asset_key.to_user_string(): {
+            k: v.value for k, v in e.materialization.metadata.items()
+        }
+        for e in result.get_asset_materialization_events()
+    }
+
+
+def test_labels_are_point_in_time_and_repairs_reset_them():
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    feats = pd.DataFrame(
+        {"asset_id": ["a"] * 4, "window_end": [t + pd.Timedelta(minutes=m) for m in (1, 3, 5, 7)]}
+    )
+    events = pd.DataFrame(
+        {
+            "asset_id": ["a", "a", "b"],
+            "ts": [t + pd.Timedelta(minutes=2), t + pd.Timedelta(minutes=6), t],
+            "kind": ["failure", "repair", "failure"],
+            "component": ["bearing_outer_race", "bearing_outer_race", "bearing_inner_race"],
+        }
+    )
+    labelled = label_faults(feats, events, as_of=t + pd.Timedelta(minutes=10))
+    assert labelled["condition"].tolist() == ["normal", "outer_race", "outer_race", "normal"]
+    # an event recorded after the as-of time is not known yet, nor are later windows
+    early = label_faults(feats, events, as_of=t + pd.Timedelta(minutes=5))
+    assert early["condition"].tolist() == ["normal", "outer_race", "outer_race"]
+
+
+def test_split_is_by_machine_and_every_history_is_on_both_sides():
+    df = pd.DataFrame(
+        {
+            "asset_id": ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p5"],
+            "condition": ["normal", "outer_race", "normal", "outer_race", "normal", "normal",
+                          "normal", "normal"],
+        }
+    )
+    holdout = split_by_machine(df, "condition")
+    assert set(df.loc[holdout, "asset_id"]) == {"p2", "p5"}
+    assert not set(df.loc[holdout, "asset_id"]) & set(df.loc[~holdout, "asset_id"])
+
+
+def _evaluation(overall: float, slices: dict[str, float], latency: float = 1.0) -> Evaluation:
+    return Evaluation("macro_f1", True, overall, slices, latency)
+
+
+def test_gate_rules_each_can_refuse():
+    policy = GatePolicy(min_improvement=0.01, slice_tolerance=0.05, latency_budget_ms=10)
+    champ = _evaluation(0.80, {"asset=a": 0.8, "asset=b": 0.8})
+    ok_sig = (True, "signature ok")
+    good = _evaluation(0.90, {"asset=a": 0.9, "asset=b": 0.79})
+    passed, reasons = decide(good, champ, policy=policy, training_validated=True,
+                             feature_version=2, signature_ok=ok_sig)
+    assert passed and all(r.startswith("PASS") for r in reasons)
+    cases = {
+        "slice": (_evaluation(0.90, {"asset=a": 0.99, "asset=b": 0.70}), True, 2, ok_sig),
+        "improvement": (_evaluation(0.805, {"asset=a": 0.8, "asset=b": 0.8}), True, 2, ok_sig),
+        "latency": (_evaluation(0.9, {}, latency=11.0), True, 2, ok_sig),
+        "validated": (good, False, 2, ok_sig),
+        "feature_version": (good, True, 1, ok_sig),
+        "signature": (good, True, 2, (False, "signature inputs missing")),
+    }
+    for name, (cand, validated, fv, sig) in cases.items():
+        passed, reasons = decide(cand, champ, policy=policy, training_validated=validated,
+                                 feature_version=fv, signature_ok=sig)
+        assert not passed, name
+        assert sum(r.startswith("FAIL") for r in reasons) == 1, (name, reasons)
+
+
+def test_first_candidate_is_registered_in_xgboost_format_and_promoted(plant: dict):
+    lake = plant["lake"]
+    # a day whose features fail validation (an old feature version) must not be trained on
+    bad = lake.read("features").head(50).copy()
+    bad["window_end"] += pd.Timedelta(days=1)
+    bad["window_start"] += pd.Timedelta(days=1)
+    bad["feature_version"] = 1
+    lake.append("features", bad.drop(columns=["date"]))
+
+    meta = retrain(plant, n_estimators=40, drop_features=ENVELOPE)  # a weak first champion
+    ts = meta["fault_training_set"]
+    assert ts["days_used"] == ["2026-01-01"]
+    assert ts["days_skipped_failed_validation"] == ["2026-01-02"]
+    assert ts["holdout_machines"] == ["pump-04", "pump-05", "pump-06"]
+    decision = meta["fault_promotion"]
+    assert decision["decision"] == "promote" and decision["champion_before"] == "none"
+    c = client(plant["tracking"])
+    mv = champion_version(c, FAULT_MODEL)
+    assert mv is not None and str(mv.version) == "1"
+    assert mv.tags["gate.decision"] == "promote" and mv.tags["feature_version"] == "2"
+    files = {p.name for p in Path(plant["root"], "artifacts").rglob("*") if p.is_file()}
+    assert "model.ubj" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
+    assert {"confusion_matrix.png", "feature_importance.png", "holdout.parquet"} <= files
+    row = lake.read("model_decisions").sort_values("ts").iloc[-1]
+    assert row["decision"] == "promote" and row["candidate_version"] == "1"
+    assert json.loads(row["metrics"])["candidate"]["metric"] == "macro_f1"
+
+
+def test_gate_refuses_worse_promotes_better_and_rollback_restores(plant: dict):
+    if champion_version(client(plant["tracking"]), FAULT_MODEL) is None:
+        retrain(plant, n_estimators=40, drop_features=ENVELOPE)
+    c = client(plant["tracking"])
+    first = str(champion_version(c, FAULT_MODEL).version)
+
+    worse = retrain(plant, n_estimators=40, shuffle_labels=True)["fault_promotion"]
+    assert worse["decision"] == "refuse"
+    assert "FAIL: macro_f1" in worse["rules"]
+    assert str(champion_version(c, FAULT_MODEL).version) == first
+
+    better = retrain(plant, n_estimators=150)["fault_promotion"]
+    assert better["decision"] == "promote", better["rules"]
+    assert better["candidate_overall"] > better["champion_overall"]
+    new = str(champion_version(c, FAULT_MODEL).version)
+    assert new == better["candidate_version"] != first
+
+    d = rollback(plant["tracking"], plant["lake"], FAULT_MODEL, "operators saw false alarms")
+    assert d.decision == "rollback" and str(champion_version(c, FAULT_MODEL).version) == first
+    decisions = plant["lake"].read("model_decisions").sort_values("ts")
+    assert decisions["decision"].tolist()[-3:] == ["refuse", "promote", "rollback"]
+    assert "operators saw false alarms" in decisions.iloc[-1]["reasons"][0]
+    assert c.get_model_version(FAULT_MODEL, new).tags["gate.decision"] == "rollback"
+    with pytest.raises(ModelNotFoundError, match="nothing to roll back"):
+        rollback(plant["tracking"], plant["lake"], FAULT_MODEL, "again")
+
+
+def test_rul_regressor_trains_on_cmapss_and_is_gated(plant: dict):
+    meta = retrain(plant, "retrain_rul", n_estimators=120)
+    assert meta["rul_training_set"]["engines_holdout"] == 20
+    decision = meta["rul_promotion"]
+    assert decision["decision"] == "promote" and decision["metric"] == "rmse"
+    assert decision["candidate_overall"] < 25.0
+    c = client(plant["tracking"])
+    assert c.get_model_version_by_alias(RUL_MODEL, CHAMPION).tags["task"] == "regressor"
+
+
+def test_drift_debounce_gives_one_run_per_burst():
+    now = 1_000_000.0
+    due, cursor = drift_requests(5, 100, {}, now)
+    assert due and cursor["pending"] == 0
+    due, cursor = drift_requests(3, 200, cursor, now + 10)
+    assert not due and cursor["pending"] == 3 and cursor["seen_ts_us"] == 200
+    due, cursor = drift_requests(0, 200, cursor, now + DRIFT_DEBOUNCE_S + 1)
+    assert due and cursor["pending"] == 0
+
+
+def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(plant: dict, tmp_path: Path):
+    lake = Lake(tmp_path / "lake")
+    sensor = defs.resolve_sensor_def("drift_retrain_sensor")
+    resources = {"lake": LakeResource(uri=lake.uri)}
+    with dg.build_sensor_context(resources=resources) as ctx:
+        assert isinstance(sensor(ctx), dg.SkipReason)
+    t = pd.Timestamp("2026-01-01", tz="UTC")
+    lake.append(
+        "drift_events",
+        pd.DataFrame(
+            {
+                "ts": [t + pd.Timedelta(seconds=s) for s in range(4)],
+                "asset_id": ["pump-02"] * 4,
+                "subject_kind": ["residual"] * 4,
+                "subject": ["anomaly_score"] * 4,
+                "detector": ["ADWIN"] * 4,
+                "statistic": np.arange(4.0),
+                "detail": ["x"] * 4,
+            }
+        ),
+    )
+    with dg.build_sensor_context(resources=resources) as ctx:
+        result = sensor(ctx)
+        assert len(result.run_requests) == 1
+        assert result.run_requests[0].tags["plantpulse/assets"] == "pump-02"
+        cursor = result.cursor
+    lake.append("drift_events", lake.read("drift_events").drop(columns=["date"]).assign(
+        ts=lambda d: d["ts"] + pd.Timedelta(minutes=1)))
+    with dg.build_sensor_context(resources=resources, cursor=cursor) as ctx:
+        again = sensor(ctx)
+    assert isinstance(again, dg.SkipReason) and "4 drift event(s) pending" in str(again.skip_message)
