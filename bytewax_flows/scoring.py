@@ -1,5 +1,6 @@
-"""Online scoring in the stream: a River anomaly detector per asset that learns as it scores,
-and a River drift detector on each asset's anomaly score.
+"""Scoring in the stream, per asset: the champion fault classifier from the MLflow registry
+(followed without restart), a River anomaly detector that learns as it scores, a River drift
+detector on the anomaly score, alerts with hysteresis, and the flight recorder of frames.
 
 Both are plain picklable River objects kept in the step's state, so Bytewax recovery snapshots
 them with everything else.
@@ -8,18 +9,22 @@ them with everything else.
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from river import base, drift, preprocessing
 
 from bytewax_flows.sinks import SinkRows
 from bytewax_flows.sources import now_us
 from lake import table_spec
+from models.registry import ChampionWatcher, LoadedModel
 from physics.registry import FEATURE_VERSION, feature_names
 
-__all__ = ["AssetScorer", "score", "DETECTOR_NAME", "SCORED_FEATURES"]
+__all__ = ["AssetScorer", "AlertPolicy", "score", "DETECTOR_NAME", "SCORED_FEATURES"]
 
 DETECTOR_NAME = "river:StandardScaler|mean-squared-z"
 SCORED_FEATURES = [
@@ -59,9 +64,51 @@ class StandardisedDistance(base.AnomalyDetector):
         self.scaler.learn_one(x)
 
 
+FRAME_KEEP_EVERY = int(os.environ.get("PLANTPULSE_FRAME_KEEP_EVERY", "60"))
+"""Keep one accepted vibration frame in this many in ``frames`` (the rest live on as features)."""
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """When an alert opens and closes.
+
+    An asset is *hot* in a window when the champion classifier gives P(fault) >= ``open_at`` or
+    the online detector's score is >= ``anomaly_open_at``; *calm* when P(fault) < ``close_below``
+    (or no model) and the score < ``anomaly_close_below``.  An alert opens after ``open_after``
+    hot windows in a row and closes after ``close_after`` calm ones (hysteresis: one noisy
+    window neither opens nor closes anything); while it is open, no second alert opens for the
+    asset (de-duplication).  ``critical`` when P(fault) >= ``critical_at`` or the score is >=
+    ``anomaly_critical_at`` at opening, else ``warning``.  The flight recorder keeps the
+    ``recorder_frames`` frames before the opening and ``after_frames`` after it.
+    """
+
+    open_at: float = 0.8
+    close_below: float = 0.5
+    anomaly_open_at: float = 9.0
+    anomaly_close_below: float = 4.0
+    open_after: int = 3
+    close_after: int = 10
+    critical_at: float = 0.95
+    anomaly_critical_at: float = 25.0
+    recorder_frames: int = 10
+    after_frames: int = 10
+
+
+@dataclass
+class OpenAlert:
+    alert_id: str
+    opened_us: int
+    severity: str
+    summary: str
+    top_features: list[dict[str, float | str]]
+    diagnosis: int = -1  # class index of the suspected fault, -1 when unknown
+    frames_after: int = 0
+
+
 @dataclass
 class AssetScorer:
-    """Per asset: the anomaly detector, the drift detector on its score, and a warm-up count."""
+    """Per asset: the anomaly detector, the drift detector on its score, the alert state and
+    the flight recorder (the newest frames)."""
 
     warmup: int = 60
     seen: int = 0
@@ -69,6 +116,12 @@ class AssetScorer:
     drift_detector: drift.ADWIN = field(
         default_factory=lambda: drift.ADWIN(delta=0.001, grace_period=60)
     )
+    hot: int = 0
+    calm: int = 0
+    alert: OpenAlert | None = None
+    frames_seen: int = 0
+    recorder: deque = field(default_factory=deque)  # (SinkRows of a frame, retained?)
+    evidence: np.ndarray | None = None  # summed class probabilities while hot or alerting
 
 
 def _features(row: dict[str, Any]) -> dict[str, float]:
@@ -79,48 +132,221 @@ def _features(row: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def score(state: AssetScorer | None, item: SinkRows) -> tuple[AssetScorer, list[SinkRows]]:
-    """Score one feature window, learn from it, and watch the score for drift."""
+def _one_row(table: str, item: SinkRows, columns: dict[str, Any]) -> SinkRows:
+    schema = table_spec(table).input_schema
+    rows = pa.table({f.name: pa.array([columns[f.name]], f.type) for f in schema}, schema=schema)
+    return SinkRows(table, item.source, item.offset, rows, item.received_us)
+
+
+def _supervised(
+    model: LoadedModel | None, row: dict[str, Any]
+) -> tuple[float | None, np.ndarray | None, np.ndarray | None]:
+    """P(fault), the feature vector and the class probabilities from the champion, if any."""
+    if model is None:
+        return None, None, None
+    x = np.array(
+        [[np.nan if row.get(f) is None else float(row[f]) for f in model.features]], np.float64
+    )
+    p, proba = model.fault_probability(x)
+    return float(p[0]), x, proba[0]
+
+
+def _top_features(
+    model: LoadedModel | None, x: np.ndarray | None, klass: int, z: dict[str, float], k: int = 3
+) -> list[dict[str, float | str]]:
+    """The ``k`` features that pushed the prediction most: XGBoost SHAP contributions for the
+    predicted class, or without a model, the largest squared z-scores of the online detector."""
+    if model is not None and x is not None:
+        contrib = model.contributions(x, klass)[0]
+        order = np.argsort(-contrib)[:k]
+        return [{"feature": model.features[i], "contribution": float(contrib[i])} for i in order]
+    top = sorted(z.items(), key=lambda kv: -kv[1] * kv[1])[:k]
+    return [{"feature": f, "contribution": float(v * v)} for f, v in top]
+
+
+def _alert_row(
+    state: AssetScorer, item: SinkRows, asset: str, now_us: int, closed: bool = False
+) -> SinkRows:
+    a = state.alert
+    return _one_row(
+        "alerts",
+        item,
+        {
+            "alert_id": a.alert_id,
+            "asset_id": asset,
+            "opened_ts": a.opened_us,
+            "closed_ts": now_us if closed else None,
+            "updated_ts": now_us,
+            "severity": a.severity,
+            "status": "closed" if closed else "open",
+            "summary": a.summary,
+            "top_features": a.top_features,
+        },
+    )
+
+
+def _diagnosis(
+    state: AssetScorer, model: LoadedModel | None, p_fault: float | None
+) -> tuple[int, str]:
+    """The most likely fault class so far (index into the model's classes, -1 without one)
+    and the words for the alert."""
+    if model is None or not model.classes or p_fault is None or state.evidence is None:
+        return -1, "vibration unlike this machine's normal"
+    faults = [i for i, c in enumerate(model.classes) if c != "normal"]
+    best = max(faults, key=lambda i: state.evidence[i])
+    return best, (
+        f"{model.classes[best]} suspected (P(fault)={p_fault:.2f}, model {model.name} "
+        f"v{model.version})"
+    )
+
+
+def _update_alert(
+    state: AssetScorer,
+    policy: AlertPolicy,
+    item: SinkRows,
+    row: dict[str, Any],
+    anomaly: float,
+    p_fault: float | None,
+    model: LoadedModel | None,
+    x: np.ndarray | None,
+    proba: np.ndarray | None,
+    z: dict[str, float],
+) -> list[SinkRows]:
+    """Advance the asset's alert state by one window; returns the ``alerts`` rows to write: the
+    opening, a revision when the diagnosis changes (same ``alert_id``; the newest row of an
+    alert is its current state), and the closing."""
+    hot = (p_fault is not None and p_fault >= policy.open_at) or anomaly >= policy.anomaly_open_at
+    calm = (p_fault is None or p_fault < policy.close_below) and anomaly < policy.anomaly_close_below
+    state.hot = state.hot + 1 if hot else 0
+    state.calm = state.calm + 1 if calm else 0
+    if proba is not None and (hot or state.alert is not None):
+        # class evidence since the hot streak began: the diagnosis firms up as the fault grows
+        if state.evidence is None or state.evidence.shape != proba.shape:
+            state.evidence = np.zeros_like(proba)
+        state.evidence = state.evidence + proba
+    elif state.alert is None:
+        state.evidence = None
+    end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
+    asset = row["asset_id"]
+    klass, words = _diagnosis(state, model, p_fault)
+    summary = f"{asset}: {words}; anomaly score {anomaly:.1f}"
+    if state.alert is None and state.hot >= policy.open_after:
+        critical = (p_fault is not None and p_fault >= policy.critical_at) or (
+            anomaly >= policy.anomaly_critical_at
+        )
+        state.alert = OpenAlert(
+            alert_id=f"{asset}-{end_us}",
+            opened_us=end_us,
+            severity="critical" if critical else "warning",
+            summary=summary,
+            top_features=_top_features(model, x, max(klass, 0), z),
+            diagnosis=klass,
+        )
+        return [_alert_row(state, item, asset, end_us)]
+    if state.alert is None:
+        return []
+    if state.calm >= policy.close_after:
+        out = [_alert_row(state, item, asset, end_us, closed=True)]
+        state.alert, state.evidence = None, None
+        return out
+    if klass != state.alert.diagnosis:
+        a = state.alert
+        a.summary, a.diagnosis = summary, klass
+        a.top_features = _top_features(model, x, max(klass, 0), z)
+        if p_fault is not None and p_fault >= policy.critical_at:
+            a.severity = "critical"
+        return [_alert_row(state, item, asset, end_us)]
+    return []
+
+
+def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: SinkRows) -> list[SinkRows]:
+    """The flight recorder: keep the newest frames; retain one in ``FRAME_KEEP_EVERY`` as a
+    sample, all buffered frames when an alert opens, and the ``after_frames`` after it."""
+    state.frames_seen += 1
+    out: list[SinkRows] = []
+
+    def retain(f: SinkRows, because: str) -> SinkRows:
+        rows = f.rows.set_column(
+            f.rows.schema.get_field_index("retained_because"),
+            "retained_because",
+            pa.array([because] * f.rows.num_rows, pa.string()),
+        )
+        return SinkRows("frames", frame.source, frame.offset, rows, frame.received_us)
+
+    state.recorder.append([frame, False])
+    while len(state.recorder) > policy.recorder_frames:
+        state.recorder.popleft()
+    a = state.alert
+    if a is not None and a.frames_after <= policy.after_frames:
+        if a.frames_after == 0:  # the alert just opened: dump what led up to it
+            pending = [entry for entry in state.recorder if not entry[1]]
+        else:
+            pending = [state.recorder[-1]]
+        a.frames_after += 1
+        for entry in pending:
+            out.append(retain(entry[0], f"alert:{a.alert_id}"))
+            entry[1] = True
+    elif (state.frames_seen - 1) % FRAME_KEEP_EVERY == 0:
+        out.append(retain(frame, "sampled"))
+        state.recorder[-1][1] = True
+    return out
+
+
+def score(
+    state: AssetScorer | None,
+    item: SinkRows,
+    champion: ChampionWatcher | None = None,
+    policy: AlertPolicy = AlertPolicy(),
+) -> tuple[AssetScorer, list[SinkRows]]:
+    """Score one feature window (champion classifier + online detector), learn from it, watch
+    the score for drift and open or close alerts; frames go through the flight recorder."""
     state = state or AssetScorer()
+    if item.table == "frames":
+        return state, _record_frame(state, policy, item)
     row = item.rows.to_pylist()[0]
     x = _features(row)
-    value = float(state.detector.score_one(x)) if state.seen >= state.warmup else 0.0
+    anomaly = float(state.detector.score_one(x)) if state.seen >= state.warmup else 0.0
+    z = state.detector.scaler.transform_one(x) if state.seen >= state.warmup else {}
     state.detector.learn_one(x)
     state.seen += 1
-    spec = table_spec("scores")
-    ts_type = spec.schema.field("window_end").type
-    scores = pa.table(
-        {
-            "asset_id": [row["asset_id"]],
-            "window_end": pa.array([row["window_end"]], ts_type),
-            "anomaly_score": [value],
-            "prediction": pa.array([None], pa.float64()),
-            "model_name": [DETECTOR_NAME],
-            "model_version": ["online"],
-            "feature_version": pa.array([FEATURE_VERSION], pa.int32()),
-            "latency_ms": [max(0.0, (now_us() - item.received_us) / 1000.0)],
-        },
-        schema=spec.input_schema,
-    )
-    out = [SinkRows("scores", item.source, item.offset, scores, item.received_us)]
+    model = champion.get() if champion is not None else None
+    p_fault, xs, proba = _supervised(model, row)
+    out = [
+        item,
+        _one_row(
+            "scores",
+            item,
+            {
+                "asset_id": row["asset_id"],
+                "window_end": row["window_end"],
+                "anomaly_score": anomaly,
+                "prediction": p_fault,
+                "model_name": model.name if model is not None else DETECTOR_NAME,
+                "model_version": model.version if model is not None else "online",
+                "feature_version": FEATURE_VERSION,
+                "latency_ms": max(0.0, (now_us() - item.received_us) / 1000.0),
+            },
+        ),
+    ]
     if state.seen > state.warmup:
-        state.drift_detector.update(value)
+        out += _update_alert(state, policy, item, row, anomaly, p_fault, model, xs, proba, z)
+        state.drift_detector.update(anomaly)
         if state.drift_detector.drift_detected:
-            dspec = table_spec("drift_events")
-            event = pa.table(
-                {
-                    "ts": pa.array([row["window_end"]], dspec.schema.field("ts").type),
-                    "asset_id": [row["asset_id"]],
-                    "subject_kind": ["residual"],
-                    "subject": ["anomaly_score"],
-                    "detector": ["ADWIN"],
-                    "statistic": [float(state.drift_detector.estimation)],
-                    "detail": [
-                        f"mean anomaly score changed; now {state.drift_detector.estimation:.3f} "
-                        f"over the last {int(state.drift_detector.width)} windows"
-                    ],
-                },
-                schema=dspec.input_schema,
+            est = float(state.drift_detector.estimation)
+            out.append(
+                _one_row(
+                    "drift_events",
+                    item,
+                    {
+                        "ts": row["window_end"],
+                        "asset_id": row["asset_id"],
+                        "subject_kind": "residual",
+                        "subject": "anomaly_score",
+                        "detector": "ADWIN",
+                        "statistic": est,
+                        "detail": f"mean anomaly score changed; now {est:.3f} over the last "
+                        f"{int(state.drift_detector.width)} windows",
+                    },
+                )
             )
-            out.append(SinkRows("drift_events", item.source, item.offset, event, item.received_us))
     return state, out

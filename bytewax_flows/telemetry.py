@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -31,6 +30,7 @@ from bytewax_flows.sources import SimulatorSource, now_us
 from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, scalar_reasons
 from expectations.contracts import SENSORS
 from lake import Settings, TableSpec, table_spec
+from models.registry import FAULT_MODEL, ChampionWatcher
 from physics.bearing import SKF_6205
 from physics.features import vibration_features
 from physics.registry import FEATURE_VERSION, feature_names
@@ -48,10 +48,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-FRAME_KEEP_EVERY = int(os.environ.get("PLANTPULSE_FRAME_KEEP_EVERY", "60"))
-"""Keep one accepted vibration frame in this many in ``frames`` (the rest live on as features)."""
-
 
 @dataclass(frozen=True)
 class Rejected:
@@ -103,10 +99,9 @@ def parse(msg: Message) -> Parsed | Rejected:
 
 @dataclass
 class AssetState:
-    """Per asset: the newest accepted timestamp of each sensor, and frames seen per sensor."""
+    """Per asset: the arrival bookkeeping of each sensor and the newest shaft speed."""
 
     arrivals: dict[str, Arrivals] = field(default_factory=dict)
-    frames_seen: dict[str, int] = field(default_factory=dict)
     shaft_rpm: float = float("nan")  # newest accepted shaft_speed reading
 
 
@@ -237,8 +232,6 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
             problem = (str(order), _detail(str(order), 0.0, 0.0, 0.0))
     if problem is not None:
         return [rejected_rows(p.msg, [(p.msg.payload, *problem)], f.asset_id, f.sensor_id)]
-    seen = state.frames_seen.get(f.sensor_id, 0)
-    state.frames_seen[f.sensor_id] = seen + 1
     n = f.samples.size
     window_end = f.ts_start_us + round(n / f.sample_rate_hz * 1e6)
     feats = vibration_features(f.samples[None, :], f.sample_rate_hz, state.shaft_rpm, SKF_6205)
@@ -258,23 +251,23 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     out = [
         SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns), p.msg.received_us)
     ]
-    if seen % FRAME_KEEP_EVERY == 0:
-        fspec = table_spec("frames")
-        frame = _table(
-            fspec,
-            {
-                "asset_id": [f.asset_id],
-                "sensor_id": [f.sensor_id],
-                "ts_start": pa.array([f.ts_start_us]).cast(ts_type),
-                "sample_rate_hz": [f.sample_rate_hz],
-                "n_samples": [n],
-                "samples": pa.FixedSizeListArray.from_arrays(pa.array(f.samples), n).cast(
-                    pa.list_(pa.float32())
-                ),
-                "retained_because": ["sampled"],
-            },
-        )
-        out.append(SinkRows("frames", p.msg.source, p.msg.offset, frame))
+    fspec = table_spec("frames")
+    frame = _table(
+        fspec,
+        {
+            "asset_id": [f.asset_id],
+            "sensor_id": [f.sensor_id],
+            "ts_start": pa.array([f.ts_start_us]).cast(ts_type),
+            "sample_rate_hz": [f.sample_rate_hz],
+            "n_samples": [n],
+            "samples": pa.FixedSizeListArray.from_arrays(pa.array(f.samples), n).cast(
+                pa.list_(pa.float32())
+            ),
+            "retained_because": ["candidate"],
+        },
+    )
+    # not for the lake yet: the scorer keeps it in its flight recorder and decides
+    out.append(SinkRows("frames", p.msg.source, p.msg.offset, frame))
     return out
 
 
@@ -289,11 +282,18 @@ def validate(
     return state, _frame_rows(p, p.body, state)
 
 
-def get_flow(source: Source[Message] | None = None, lake_uri: str | None = None) -> Dataflow:
-    """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake."""
+def get_flow(
+    source: Source[Message] | None = None,
+    lake_uri: str | None = None,
+    tracking_uri: str | None = None,
+) -> Dataflow:
+    """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake,
+    scoring with the champion fault classifier of the MLflow registry at ``tracking_uri``."""
+    settings = Settings.from_env()
     source = source or SimulatorSource(default_fleet(), live=True)
-    lake_uri = lake_uri or Settings.from_env().lake_uri
-    return build_flow(source, DeltaSink(lake_uri), CalibrationCache(lake_uri))
+    lake_uri = lake_uri or settings.lake_uri
+    champion = ChampionWatcher(tracking_uri or settings.mlflow_tracking_uri, FAULT_MODEL)
+    return build_flow(source, DeltaSink(lake_uri), CalibrationCache(lake_uri), champion)
 
 
 def simulated_flow(
@@ -305,7 +305,10 @@ def simulated_flow(
 
 
 def build_flow(
-    source: Source[Message], sink: DeltaSink, calibration: CalibrationCache | None = None
+    source: Source[Message],
+    sink: DeltaSink,
+    calibration: CalibrationCache | None = None,
+    champion: ChampionWatcher | None = None,
 ) -> Dataflow:
     """The telemetry dataflow between an explicit source and sink."""
     flow = Dataflow("telemetry")
@@ -317,10 +320,12 @@ def build_flow(
     checked = op.stateful_map("validate", keyed, partial(validate, calibration=calibration))
     # (asset_id, [SinkRows])
     rows = op.flat_map("rows", checked, _by_table)  # (table, SinkRows)
-    windows = op.filter_map("feature_windows", rows, _feature_window)  # (asset_id, SinkRows)
-    scored = op.stateful_map("score", windows, score)  # (asset_id, [SinkRows]) scores, drift
+    to_score = op.branch("to_score", rows, lambda item: item[0] in ("features", "frames"))
+    windows = op.map("by_asset_again", to_score.trues, _keyed_by_asset)  # (asset_id, SinkRows)
+    scored = op.stateful_map("score", windows, partial(score, champion=champion))
+    # (asset_id, [SinkRows]) features, scores, drift events, alerts, retained frames
     scores = op.flat_map("score_rows", scored, _by_table)  # (table, SinkRows)
-    op.output("lake", op.merge("all_rows", rows, rejected, scores), sink)
+    op.output("lake", op.merge("all_rows", to_score.falses, rejected, scores), sink)
     return flow
 
 
@@ -328,9 +333,8 @@ def _by_table(keyed_rows: tuple[str, list[SinkRows]]) -> list[tuple[str, SinkRow
     return [(r.table, r) for r in keyed_rows[1]]
 
 
-def _feature_window(item: tuple[str, SinkRows]) -> tuple[str, SinkRows] | None:
-    table, rows = item
-    return (rows.rows.column("asset_id")[0].as_py(), rows) if table == "features" else None
+def _keyed_by_asset(item: tuple[str, SinkRows]) -> tuple[str, SinkRows]:
+    return item[1].rows.column("asset_id")[0].as_py(), item[1]
 
 
 flow = get_flow()

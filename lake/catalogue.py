@@ -154,6 +154,11 @@ _TABLES: tuple[TableSpec, ...] = (
                 _f("asset_id", pa.string()),
                 _f("opened_ts", TS),
                 _f("closed_ts", TS, True),
+                _f(
+                    "updated_ts",
+                    TS,
+                    doc="event time of this state; the newest row of an alert_id is current",
+                ),
                 _f("severity", pa.string(), doc="info, warning or critical"),
                 _f("status", pa.string(), doc="open or closed"),
                 _f("summary", pa.string(), doc="what is wrong, in words"),
@@ -165,7 +170,7 @@ _TABLES: tuple[TableSpec, ...] = (
                 _DATE,
             ]
         ),
-        "One alert lifecycle.",
+        "One alert lifecycle: a row when it opens, when its diagnosis changes, and when it closes.",
         time_column="opened_ts",
         partition_by=("date",),
     ),

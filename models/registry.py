@@ -11,6 +11,7 @@ the gate can compare any two versions on the same rows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -82,36 +83,42 @@ def log_candidate(
     figures: dict[str, Any] | None = None,
 ) -> ModelVersion:
     """Log ``model`` with its signature, input example, parameters, metrics, figures and holdout
-    to a new run of ``experiment_id``, and register it as a new version of ``name``."""
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    version_tags = {"task": task, "feature_version": str(FEATURE_VERSION), **tags}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{name}-candidate") as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics(metrics)
-        mlflow.set_tags(version_tags)
-        for filename, fig in (figures or {}).items():
-            mlflow.log_figure(fig, f"plots/{filename}")
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "holdout.parquet"
-            holdout.to_parquet(path)
-            mlflow.log_artifact(str(path), "holdout")
-        example = x_example.head(5)
-        info = mlflow.xgboost.log_model(
-            model,
-            name="model",
-            model_format="ubj",
-            signature=infer_signature(example, model.predict(example)),
-            input_example=example,
-            pip_requirements=[f"xgboost=={xgb.__version__}"],
-        )
+    to a new run of ``experiment_id``, and register it as a new version of ``name``.
+
+    Only the explicit client is used (MLflow's fluent API would set ``MLFLOW_TRACKING_URI`` for
+    the whole process as a side effect)."""
     c = client(tracking_uri)
+    version_tags = {"task": task, "feature_version": str(FEATURE_VERSION), **tags}
+    run = c.create_run(experiment_id, run_name=f"{name}-candidate", tags=version_tags)
+    run_id = run.info.run_id
     try:
+        for k, v in params.items():
+            c.log_param(run_id, k, v)
+        for k, v in metrics.items():
+            c.log_metric(run_id, k, float(v))
+        for filename, fig in (figures or {}).items():
+            c.log_figure(run_id, fig, f"plots/{filename}")
+        with tempfile.TemporaryDirectory() as tmp:
+            holdout.to_parquet(Path(tmp) / "holdout.parquet")
+            c.log_artifact(run_id, str(Path(tmp) / "holdout.parquet"), "holdout")
+            example = x_example.head(5)
+            mlflow.xgboost.save_model(
+                model,
+                Path(tmp) / "model",
+                signature=infer_signature(example, model.predict(example)),
+                input_example=example,
+                pip_requirements=[f"xgboost=={xgb.__version__}"],
+                model_format="ubj",
+            )
+            c.log_artifacts(run_id, str(Path(tmp) / "model"), "model")
+    except Exception:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, "FINISHED")
+    with contextlib.suppress(MlflowException):  # already registered
         c.create_registered_model(name, description=f"PlantPulse {task}; alias `champion` serves")
-    except MlflowException:
-        pass  # already registered
-    mv = c.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=version_tags)
-    return mv
+    source = f"{run.info.artifact_uri}/model"
+    return c.create_model_version(name, source, run_id=run_id, tags=version_tags)
 
 
 @dataclass
@@ -132,12 +139,12 @@ class LoadedModel:
         return self.model.predict(x[self.features].astype(np.float64))
 
     def fault_probability(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For a classifier with a ``normal`` class: P(not normal) and the most likely class
-        number per row of the feature matrix ``x`` (columns in ``self.features`` order)."""
+        """For a classifier: P(not ``normal``) per row of the feature matrix ``x`` (columns in
+        ``self.features`` order) and the class probabilities (rows x classes)."""
         proba = self.model.predict_proba(x)
-        normal = self.classes.index("normal") if self.classes and "normal" in self.classes else None
-        p_fault = 1.0 - proba[:, normal] if normal is not None else proba.max(axis=1)
-        return p_fault, proba.argmax(axis=1)
+        classes = self.classes or []
+        normal = proba[:, classes.index("normal")] if "normal" in classes else 0.0
+        return 1.0 - normal, proba
 
     def contributions(self, x: np.ndarray, klass: int | None = None) -> np.ndarray:
         """XGBoost's SHAP contributions of each feature (bias dropped) for each row of ``x``,
@@ -169,9 +176,9 @@ def load_version(tracking_uri: str, name: str, version: str | None = None) -> Lo
             mv = c.get_model_version(name, str(version))
         except MlflowException:
             raise _not_found(name, f"version {version}") from None
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    model = mlflow.xgboost.load_model(f"models:/{name}/{mv.version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = c.download_artifacts(mv.run_id, "model", tmp)
+        model = mlflow.xgboost.load_model(local)
     tags = dict(mv.tags)
     return LoadedModel(
         name=name,
@@ -187,11 +194,10 @@ def load_version(tracking_uri: str, name: str, version: str | None = None) -> Lo
 
 def load_holdout(tracking_uri: str, name: str, version: str) -> pd.DataFrame:
     """The holdout version ``version`` of ``name`` was logged with."""
-    mv = client(tracking_uri).get_model_version(name, str(version))
-    path = mlflow.artifacts.download_artifacts(
-        run_id=mv.run_id, artifact_path="holdout/holdout.parquet", tracking_uri=tracking_uri
-    )
-    return pd.read_parquet(path)
+    c = client(tracking_uri)
+    mv = c.get_model_version(name, str(version))
+    with tempfile.TemporaryDirectory() as tmp:
+        return pd.read_parquet(c.download_artifacts(mv.run_id, "holdout/holdout.parquet", tmp))
 
 
 class ChampionWatcher:

@@ -10,14 +10,11 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from bytewax.testing import run_main
 
-from bytewax_flows.sources import SimulatorSource
-from bytewax_flows.telemetry import get_flow
 from dagster_project.definitions import defs
-from dagster_project.resources import DatasetsResource, LakeResource, MLflowResource
+from dagster_project.resources import LakeResource
 from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
-from lake import Lake, Settings
+from lake import Lake
 from models.gate import GatePolicy, decide, rollback
 from models.registry import (
     CHAMPION,
@@ -28,50 +25,7 @@ from models.registry import (
     client,
 )
 from models.training import Evaluation, label_faults, split_by_machine
-from physics.simulator import default_fleet
-from tests.conftest import T0_US
-
-ENVELOPE = [f"env_{k}_{i}" for k in ("bpfo", "bpfi", "bsf2") for i in (1, 2, 3)]
-
-
-def ground_truth_rows(fleet) -> pd.DataFrame:
-    rows = pd.DataFrame(fleet.ground_truth())
-    return rows.assign(ts=pd.to_datetime(rows["ts"], unit="us", utc=True))
-
-
-@pytest.fixture(scope="module")
-def plant(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Six pumps (two healthy, two outer-race, two inner-race faults) streamed for 5 minutes."""
-    root = tmp_path_factory.mktemp("plant")
-    lake = Lake(root / "lake")
-    fleet = default_fleet(
-        6, seed=3, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=120, time_to_failure_s=400
-    )
-    run_main(get_flow(SimulatorSource(fleet, n_chunks=300), lake.uri))
-    lake.append("maintenance_events", ground_truth_rows(fleet))
-    tracking = f"sqlite:///{root / 'mlflow.db'}"
-    resources = {
-        "lake": LakeResource(uri=lake.uri),
-        "mlflow": MLflowResource(tracking_uri=tracking, artifact_root=str(root / "artifacts")),
-        "datasets": DatasetsResource(path=Settings.from_env().data_dir),
-    }
-    return {"lake": lake, "tracking": tracking, "resources": resources, "root": root}
-
-
-def retrain(plant: dict, job: str = "retrain_fault_classifier", **training) -> dict:
-    candidate = "fault_candidate" if job == "retrain_fault_classifier" else "rul_candidate"
-    result = defs.resolve_job_def(job).execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(),
-        resources=plant["resources"],
-        run_config={"ops": {candidate: {"config": training}}},
-    )
-    assert result.success
-    return {
-        e.materialization.asset_key.to_user_string(): {
-            k: v.value for k, v in e.materialization.metadata.items()
-        }
-        for e in result.get_asset_materialization_events()
-    }
+from tests.conftest import ENVELOPE, retrain
 
 
 def test_labels_are_point_in_time_and_repairs_reset_them():
@@ -134,8 +88,8 @@ def test_gate_rules_each_can_refuse():
         assert sum(r.startswith("FAIL") for r in reasons) == 1, (name, reasons)
 
 
-def test_first_candidate_is_registered_in_xgboost_format_and_promoted(plant: dict):
-    lake = plant["lake"]
+def test_first_candidate_is_registered_in_xgboost_format_and_promoted(mlops: dict):
+    lake = mlops["lake"]
     # a day whose features fail validation (an old feature version) must not be trained on
     bad = lake.read("features").head(50).copy()
     bad["window_end"] += pd.Timedelta(days=1)
@@ -143,18 +97,18 @@ def test_first_candidate_is_registered_in_xgboost_format_and_promoted(plant: dic
     bad["feature_version"] = 1
     lake.append("features", bad.drop(columns=["date"]))
 
-    meta = retrain(plant, n_estimators=40, drop_features=ENVELOPE)  # a weak first champion
+    meta = retrain(mlops, n_estimators=40, drop_features=ENVELOPE)  # a weak first champion
     ts = meta["fault_training_set"]
     assert ts["days_used"] == ["2026-01-01"]
     assert ts["days_skipped_failed_validation"] == ["2026-01-02"]
     assert ts["holdout_machines"] == ["pump-04", "pump-05", "pump-06"]
     decision = meta["fault_promotion"]
     assert decision["decision"] == "promote" and decision["champion_before"] == "none"
-    c = client(plant["tracking"])
+    c = client(mlops["tracking"])
     mv = champion_version(c, FAULT_MODEL)
     assert mv is not None and str(mv.version) == "1"
     assert mv.tags["gate.decision"] == "promote" and mv.tags["feature_version"] == "2"
-    files = {p.name for p in Path(plant["root"], "artifacts").rglob("*") if p.is_file()}
+    files = {p.name for p in Path(mlops["root"], "artifacts").rglob("*") if p.is_file()}
     assert "model.ubj" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
     assert {"confusion_matrix.png", "feature_importance.png", "holdout.parquet"} <= files
     row = lake.read("model_decisions").sort_values("ts").iloc[-1]
@@ -162,40 +116,40 @@ def test_first_candidate_is_registered_in_xgboost_format_and_promoted(plant: dic
     assert json.loads(row["metrics"])["candidate"]["metric"] == "macro_f1"
 
 
-def test_gate_refuses_worse_promotes_better_and_rollback_restores(plant: dict):
-    if champion_version(client(plant["tracking"]), FAULT_MODEL) is None:
-        retrain(plant, n_estimators=40, drop_features=ENVELOPE)
-    c = client(plant["tracking"])
+def test_gate_refuses_worse_promotes_better_and_rollback_restores(mlops: dict):
+    if champion_version(client(mlops["tracking"]), FAULT_MODEL) is None:
+        retrain(mlops, n_estimators=40, drop_features=ENVELOPE)
+    c = client(mlops["tracking"])
     first = str(champion_version(c, FAULT_MODEL).version)
 
-    worse = retrain(plant, n_estimators=40, shuffle_labels=True)["fault_promotion"]
+    worse = retrain(mlops, n_estimators=40, shuffle_labels=True)["fault_promotion"]
     assert worse["decision"] == "refuse"
     assert "FAIL: macro_f1" in worse["rules"]
     assert str(champion_version(c, FAULT_MODEL).version) == first
 
-    better = retrain(plant, n_estimators=150)["fault_promotion"]
+    better = retrain(mlops, n_estimators=150)["fault_promotion"]
     assert better["decision"] == "promote", better["rules"]
     assert better["candidate_overall"] > better["champion_overall"]
     new = str(champion_version(c, FAULT_MODEL).version)
     assert new == better["candidate_version"] != first
 
-    d = rollback(plant["tracking"], plant["lake"], FAULT_MODEL, "operators saw false alarms")
+    d = rollback(mlops["tracking"], mlops["lake"], FAULT_MODEL, "operators saw false alarms")
     assert d.decision == "rollback" and str(champion_version(c, FAULT_MODEL).version) == first
-    decisions = plant["lake"].read("model_decisions").sort_values("ts")
+    decisions = mlops["lake"].read("model_decisions").sort_values("ts")
     assert decisions["decision"].tolist()[-3:] == ["refuse", "promote", "rollback"]
     assert "operators saw false alarms" in decisions.iloc[-1]["reasons"][0]
     assert c.get_model_version(FAULT_MODEL, new).tags["gate.decision"] == "rollback"
     with pytest.raises(ModelNotFoundError, match="nothing to roll back"):
-        rollback(plant["tracking"], plant["lake"], FAULT_MODEL, "again")
+        rollback(mlops["tracking"], mlops["lake"], FAULT_MODEL, "again")
 
 
-def test_rul_regressor_trains_on_cmapss_and_is_gated(plant: dict):
-    meta = retrain(plant, "retrain_rul", n_estimators=120)
+def test_rul_regressor_trains_on_cmapss_and_is_gated(mlops: dict):
+    meta = retrain(mlops, "retrain_rul", n_estimators=120)
     assert meta["rul_training_set"]["engines_holdout"] == 20
     decision = meta["rul_promotion"]
     assert decision["decision"] == "promote" and decision["metric"] == "rmse"
     assert decision["candidate_overall"] < 25.0
-    c = client(plant["tracking"])
+    c = client(mlops["tracking"])
     assert c.get_model_version_by_alias(RUL_MODEL, CHAMPION).tags["task"] == "regressor"
 
 
@@ -209,7 +163,7 @@ def test_drift_debounce_gives_one_run_per_burst():
     assert due and cursor["pending"] == 0
 
 
-def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(plant: dict, tmp_path: Path):
+def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(tmp_path: Path):
     lake = Lake(tmp_path / "lake")
     sensor = defs.resolve_sensor_def("drift_retrain_sensor")
     resources = {"lake": LakeResource(uri=lake.uri)}
