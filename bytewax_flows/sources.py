@@ -14,7 +14,9 @@ from physics.simulator import FleetSimulator
 __all__ = ["SimulatorSource", "SimPosition", "now_us", "MESSAGES_PER_CHUNK"]
 
 MESSAGES_PER_CHUNK = 64
-"""Offsets of chunk k are ``k * 64 + j``: monotonic per partition, and stable across replays."""
+"""Offsets are ``(chunk start in whole chunks since the epoch) * 64 + j``: monotonic per
+machine, stable across replays, and larger for later event times, so a new simulation run after
+an earlier one continues the machine's offsets instead of being taken for a replay of it."""
 
 
 def now_us() -> int:
@@ -58,7 +60,8 @@ class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
         payloads += [
             encode_frame(chunk.asset_id, sid, t0, rate, x) for sid, t0, rate, x in chunk.frames
         ]
-        base, received = self.next_chunk * MESSAGES_PER_CHUNK, now_us()
+        epoch_chunk = self.sim.start_us // round(self.sim.chunk_s * 1e6) + self.next_chunk
+        base, received = epoch_chunk * MESSAGES_PER_CHUNK, now_us()
         self.next_chunk += 1
         return [Message(self.source, base + j, received, p) for j, p in enumerate(payloads)]
 

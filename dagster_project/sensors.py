@@ -8,7 +8,8 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from dagster_project.resources import LakeResource
+from dagster_project.resources import LakeResource, MLflowResource
+from models.registry import FAULT_MODEL, champion_version
 
 DEBOUNCE_S = 15 * 60
 """A day with fresh data is revalidated at most this often (the stream commits every second)."""
@@ -108,13 +109,17 @@ def build_drift_sensor(job: Any) -> dg.SensorDefinition:
         f"(one run per burst: at most once per {DRIFT_DEBOUNCE_S / 60:g} minutes).",
     )
     def drift_retrain_sensor(
-        context: dg.SensorEvaluationContext, lake: LakeResource
+        context: dg.SensorEvaluationContext, lake: LakeResource, mlflow: MLflowResource
     ) -> dg.SensorResult | dg.SkipReason:
+        """Drift events newer than the cursor and than the serving champion (whose training
+        data already saw anything older) count towards a retrain."""
         store = lake.lake()
         if not store.exists("drift_events"):
             return dg.SkipReason("no drift_events table yet")
         cursor = json.loads(context.cursor) if context.cursor else {}
-        seen = int(cursor.get("seen_ts_us", 0))
+        champ = champion_version(mlflow.client(), FAULT_MODEL)
+        trained_us = int(champ.creation_timestamp) * 1000 if champ is not None else 0
+        seen = max(int(cursor.get("seen_ts_us", 0)), trained_us)
         events = store.read(
             "drift_events",
             columns=["ts", "asset_id", "subject", "detector"],

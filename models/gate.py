@@ -42,7 +42,7 @@ class GatePolicy:
 
     min_improvement: float = 0.01
     slice_tolerance: float = 0.05
-    latency_budget_ms: float = 50.0
+    latency_budget_ms: float = 100.0
     require_validated_training: bool = True
 
 

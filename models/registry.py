@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in service logs
 
 CHAMPION = "champion"
 FAULT_MODEL = "plantpulse-fault-classifier"

@@ -71,14 +71,15 @@ def label_faults(
 ) -> pd.DataFrame:
     """``features`` windows with a ``condition`` column from ``maintenance_events``.
 
-    Point in time: only events recorded at or before ``as_of`` count, only windows ending at or
-    before ``as_of`` are labelled, and a window's condition is that of the newest bearing event
+    Point in time: a window's label uses only events at or before its end; with ``as_of``, only
+    events and windows at or before it are used (to rebuild the training set of a past date); and a window's condition is that of the newest bearing event
     at or before its end (``failure``/``fault_injected`` of a bearing component, or ``repair``
     back to ``normal``).  Windows before any event are ``normal``.
     """
-    as_of = as_of if as_of is not None else pd.Timestamp.now(tz="UTC")
-    feats = features[features["window_end"] <= as_of].sort_values("window_end")
-    ev = events[events["ts"] <= as_of].copy()
+    feats, ev = features, events.copy()
+    if as_of is not None:
+        feats, ev = feats[feats["window_end"] <= as_of], ev[ev["ts"] <= as_of]
+    feats = feats.sort_values("window_end")
     ev["condition"] = [_condition(c, k) for c, k in zip(ev["component"], ev["kind"], strict=True)]
     ev = ev[ev["condition"] != ""].sort_values("ts")[["asset_id", "ts", "condition"]]
     if ev.empty:

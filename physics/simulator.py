@@ -367,15 +367,15 @@ def default_fleet(
     n_machines: int = 3,
     seed: int = 0,
     start_us: int | None = None,
-    outer_race_at_s: float = 600.0,
-    inner_race_at_s: float = 1200.0,
+    outer_race_at_s: float | None = 600.0,
+    inner_race_at_s: float | None = 1200.0,
     time_to_failure_s: float = 7200.0,
 ) -> FleetSimulator:
     """The demo fleet: ``pump-01`` healthy, ``pump-02`` develops an outer-race defect after
     10 minutes (failing after 2 hours), ``pump-03`` runs on a variable-speed drive (100, 80, 90 %
     of 1747 rpm, 30 minutes each) and develops an inner-race defect after 20 minutes.  Larger
     fleets repeat the pattern (pump-04 like pump-01, ...), so every kind of history appears on
-    more than one machine."""
+    more than one machine.  A fault time of None leaves those machines healthy."""
     machines = [
         MachineSpec(
             f"pump-{i + 1:02d}",
@@ -389,7 +389,7 @@ def default_fleet(
         Fault(m.asset_id, kinds[i % 3][0], start_s=kinds[i % 3][1],
               time_to_failure_s=time_to_failure_s)
         for i, m in enumerate(machines)
-        if i % 3 in kinds
+        if i % 3 in kinds and kinds[i % 3][1] is not None
     ]
     kwargs = {} if start_us is None else {"start_us": start_us}
     return FleetSimulator(machines, faults, seed=seed, **kwargs)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import logging
 import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from bytewax_flows.replay import UnknownDatasetError
 from lake import LakeError
+from models.registry import ModelNotFoundError
 from physics.datasets import DatasetError
+
+BENCHES = ("cwru", "rul", "features", "validation", "stream", "retrain_loop")
+EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
 
 
 def _positive(text: str) -> float:
@@ -45,7 +55,96 @@ def _parser() -> argparse.ArgumentParser:
     )
     pace.add_argument("--asap", action="store_true", help="as fast as possible (the default)")
     replay.add_argument("--data", default=None, help="data directory (default: PLANTPULSE_DATA)")
+    st = sub.add_parser(
+        "status", help="tables (rows, freshness, last commit), champions, open alerts, stream"
+    )
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    al = sub.add_parser("alerts", help="open and recent alerts with their top features")
+    al.add_argument("--days", type=_positive, default=7.0, help="recent = opened in N days")
+    al.add_argument("--open", action="store_true", help="only open alerts")
+    al.add_argument("--json", action="store_true")
+    pr = sub.add_parser("promote", help="put a model version through the promotion gate")
+    pr.add_argument("model", help="fault, rul or a registered model name")
+    pr.add_argument("version", help="the registered version to consider")
+    pr.add_argument("--min-improvement", type=float, default=0.01)
+    pr.add_argument("--slice-tolerance", type=float, default=0.05)
+    pr.add_argument("--latency-budget-ms", type=float, default=100.0)
+    pr.add_argument("--json", action="store_true")
+    rb = sub.add_parser("rollback", help="move champion back to the version it replaced")
+    rb.add_argument("model", help="fault, rul or a registered model name")
+    rb.add_argument("--reason", required=True, help="why (recorded in model_decisions)")
+    rb.add_argument("--json", action="store_true")
+    be = sub.add_parser("bench", help=f"run a benchmark: {', '.join(BENCHES)}")
+    be.add_argument("name", help=", ".join(BENCHES))
+    be.add_argument("args", nargs=argparse.REMAINDER, help="passed on (e.g. --quick)")
     return p
+
+
+def _table(rows: list[dict[str, Any]], title: str) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in rows[0] if rows else ["(none)"]:
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*["" if v is None else str(v) for v in r.values()])
+    return t
+
+
+def _show(args: argparse.Namespace, data: Any, render) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        render(Console(width=200), data)
+
+
+def _render_status(con: Console, s: dict[str, Any]) -> None:
+    con.print(_table(s["tables"], f"lake: {s['lake']}"))
+    con.print(_table(s["models"], "models (MLflow alias 'champion')"))
+    stream = s["stream"]
+    ago = stream["last_commit_s_ago"]
+    con.print(
+        f"open alerts: {s['open_alerts']}    stream: "
+        + ("no data yet" if ago is None else f"last commit {ago:.0f} s ago")
+        + (" (healthy)" if stream["healthy"] else " (not running?)")
+    )
+
+
+def _render_decision(con: Console, d: dict[str, Any]) -> None:
+    con.print(f"[bold]{d['decision']}[/bold] {d['model']}")
+    for r in d["reasons"]:
+        con.print(f"  {r}")
+
+
+def _ops(args: argparse.Namespace) -> int:
+    from lake import Settings
+    from models.gate import GatePolicy
+    from plantpulse_cli import ops
+
+    settings = Settings.from_env()
+    if args.command == "status":
+        s = ops.status(settings)
+        _show(args, s, _render_status)
+        return 0
+    if args.command == "alerts":
+        rows = ops.alerts(settings, days=args.days, only_open=args.open)
+        _show(args, rows, lambda con, r: con.print(_table(r, "alerts")))
+        return 0
+    if args.command == "promote":
+        policy = GatePolicy(args.min_improvement, args.slice_tolerance, args.latency_budget_ms)
+        d = ops.promote(settings, args.model, args.version, policy)
+        _show(args, d, _render_decision)
+        return 0 if d["decision"] == "promote" else EXIT_REFUSED
+    d = ops.roll_back(settings, args.model, args.reason)
+    _show(args, d, _render_decision)
+    return 0
+
+
+def _bench(name: str, rest: list[str]) -> int:
+    if name not in BENCHES:
+        print(f"error: unknown benchmark {name!r}; choose from {', '.join(BENCHES)}",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    importlib.import_module(f"bench.{name}").main(rest)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,15 +161,19 @@ def main(argv: list[str] | None = None) -> int:
             from plantpulse_cli.replay import replay
 
             return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data)
+        if args.command in ("status", "alerts", "promote", "rollback"):
+            return _ops(args)
+        if args.command == "bench":
+            return _bench(args.name, args.args)
         if args.command == "sql":
             from lake import Lake
             from lake.sql import query
 
             print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
             return 0
-    except (LakeError, DatasetError, UnknownDatasetError) as exc:
+    except (LakeError, DatasetError, UnknownDatasetError, ModelNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 1
 
 

@@ -69,6 +69,12 @@ def prepare(settings: Settings) -> None:
     yaml = Path(settings.dagster_home) / "dagster.yaml"
     if not yaml.exists():
         yaml.write_text(DAGSTER_YAML)
+    # create the instance's storage once, here: the webserver and the daemon racing to create
+    # it on a fresh DAGSTER_HOME fails one of them ("table alembic_version already exists")
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(settings.dagster_home):
+        pass
     Lake(settings.lake_uri).create_tables()
 
 

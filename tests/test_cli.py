@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -11,9 +12,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from lake import Lake
+from models.registry import FAULT_MODEL, champion_version, client
 from tests.conftest import REPO, readings_rows
 
 PLANTPULSE = str(Path(sys.executable).parent / "plantpulse")
@@ -100,3 +103,87 @@ def test_up_serves_the_ui_grows_readings_and_stops_cleanly(tmp_path: Path):
     assert "stopping" in output
     leftovers = subprocess.run(["pgrep", "-f", f"-p {port}"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
+
+
+# -- operator commands against a trained plant -----------------------------------------------
+def _ops_env(mlops: dict) -> dict[str, str]:
+    return {"PLANTPULSE_LAKE": mlops["lake"].uri, "MLFLOW_TRACKING_URI": mlops["tracking"]}
+
+
+def test_status_reports_tables_champion_and_stream(mlops: dict, tmp_path: Path):
+    from tests.conftest import retrain
+
+    version = retrain(mlops, n_estimators=60)["fault_candidate"]["version"]
+    out = cli("status", "--json", home=tmp_path, **_ops_env(mlops))
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    tables = {t["table"]: t for t in s["tables"]}
+    assert tables["features"]["rows"] == mlops["lake"].count("features") > 0
+    assert tables["features"]["newest"].startswith("2026-01-0")
+    assert tables["scores"]["last_commit"] is not None and tables["frames"]["version"] >= 0
+    fault = next(m for m in s["models"] if m["model"].endswith("fault-classifier"))
+    assert fault["champion"] is not None and fault["metric"] == "macro_f1"
+    assert int(fault["champion"]) <= int(version)
+    human = cli("status", home=tmp_path, **_ops_env(mlops))
+    assert human.returncode == 0 and "champion" in human.stdout and "readings" in human.stdout
+
+
+def test_alerts_show_the_current_state_of_each_alert(tmp_path: Path):
+    lake = Lake(tmp_path / "lake")
+    t = pd.Timestamp.now(tz="UTC").floor("s")
+    top = [{"feature": "env_bpfo_1", "contribution": 2.5}, {"feature": "kurtosis",
+                                                             "contribution": 0.5}]
+    rows = pd.DataFrame(
+        {
+            "alert_id": ["a1", "a1", "a2"],
+            "asset_id": ["pump-02", "pump-02", "pump-03"],
+            "opened_ts": [t, t, t],
+            "closed_ts": [None, t + pd.Timedelta(minutes=5), None],
+            "updated_ts": [t, t + pd.Timedelta(minutes=5), t],
+            "severity": ["warning", "warning", "critical"],
+            "status": ["open", "closed", "open"],
+            "summary": ["outer_race suspected", "outer_race suspected", "inner_race suspected"],
+            "top_features": [top, top, top],
+        }
+    )
+    rows["closed_ts"] = pd.to_datetime(rows["closed_ts"], utc=True)
+    lake.append("alerts", rows)
+    out = cli("alerts", "--json", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    state = {a["alert_id"]: a for a in json.loads(out.stdout)}
+    assert state["a1"]["status"] == "closed" and state["a2"]["status"] == "open"
+    assert state["a2"]["top_features"].startswith("env_bpfo_1 (+2.50)")
+    only_open = json.loads(cli("alerts", "--open", "--json", home=tmp_path).stdout)
+    assert [a["alert_id"] for a in only_open] == ["a2"]
+
+
+def test_promote_goes_through_the_gate_and_refusal_exits_3(mlops: dict, tmp_path: Path):
+    from tests.conftest import retrain
+
+    if champion_version(client(mlops["tracking"]), FAULT_MODEL) is None:
+        retrain(mlops, n_estimators=60)
+    bad = retrain(mlops, n_estimators=30, shuffle_labels=True)["fault_candidate"]["version"]
+    before = len(mlops["lake"].read("model_decisions"))
+    out = cli("promote", "fault", bad, "--json", home=tmp_path, **_ops_env(mlops))
+    assert out.returncode == 3, out.stderr
+    d = json.loads(out.stdout)
+    assert d["decision"] == "refuse" and any(r.startswith("FAIL: macro_f1") for r in d["reasons"])
+    assert len(mlops["lake"].read("model_decisions")) == before + 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("promote", "fault", "999"), "has no version 999"),
+        (("promote", "turbine", "1"), "unknown model 'turbine'"),
+        (("rollback", "rul", "--reason", "x"), "has no champion"),
+        (("bench", "nope"), "unknown benchmark 'nope'"),
+    ],
+)
+def test_operator_mistakes_are_one_line_and_exit_2(
+    mlops: dict, tmp_path: Path, args: tuple, message: str
+):
+    out = cli(*args, home=tmp_path, **_ops_env(mlops))
+    assert out.returncode == 2, out.stdout + out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last and "Traceback" not in out.stderr

@@ -190,3 +190,14 @@ def test_crash_and_resume_matches_an_uninterrupted_run(tmp_path: Path, epoch_s: 
         a = reference.read(table, columns=cols).sort_values(cols[:3]).reset_index(drop=True)
         b = crashed.read(table, columns=cols).sort_values(cols[:3]).reset_index(drop=True)
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_later_simulation_of_the_same_machines_lands_in_full(tmp_path):
+    """Offsets follow event time, so a second run (a day later) is not taken for a replay."""
+    lake = Lake(tmp_path / "lake")
+    counts = []
+    for start in (T0_US, T0_US + 86_400_000_000):
+        fleet = default_fleet(1, start_us=start)
+        run_main(get_flow(SimulatorSource(fleet, n_chunks=3), lake.uri))
+        counts.append((lake.count("readings"), lake.count("features")))
+    assert counts[1] == (2 * counts[0][0], 2 * counts[0][1]) and counts[0][1] == 3

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from dagster_project.definitions import defs
-from dagster_project.resources import LakeResource
+from dagster_project.resources import LakeResource, MLflowResource
 from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
 from lake import Lake
 from models.gate import GatePolicy, decide, rollback
@@ -166,7 +166,12 @@ def test_drift_debounce_gives_one_run_per_burst():
 def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(tmp_path: Path):
     lake = Lake(tmp_path / "lake")
     sensor = defs.resolve_sensor_def("drift_retrain_sensor")
-    resources = {"lake": LakeResource(uri=lake.uri)}
+    resources = {
+        "lake": LakeResource(uri=lake.uri),
+        "mlflow": MLflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=str(tmp_path / "a")
+        ),
+    }
     with dg.build_sensor_context(resources=resources) as ctx:
         assert isinstance(sensor(ctx), dg.SkipReason)
     t = pd.Timestamp("2026-01-01", tz="UTC")

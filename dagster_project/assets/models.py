@@ -70,7 +70,7 @@ class GateConfig(dg.Config):
 
     min_improvement: float = 0.01
     slice_tolerance: float = 0.05
-    latency_budget_ms: float = 50.0
+    latency_budget_ms: float = 100.0
     require_validated_training: bool = True
 
     def policy(self) -> GatePolicy:
