@@ -19,7 +19,7 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/plantpulse up
+	$(BIN)/plantpulse up $(if $(MQTT),--mqtt $(MQTT))
 
 test: setup
 	$(BIN)/ruff check .

@@ -2,7 +2,8 @@
 
 RUL is capped at 125 cycles (piecewise-linear target). Folds split by engine, never by row;
 every fold fits the feature builder (regime statistics, health-indicator signs) and the model on
-its training engines only. Reported over every cycle of the held-out engines: RMSE and the
+its training engines only. The model is the one the ``rul_candidate`` asset trains
+(``models.training.fit_rul_regressor``). Reported over every cycle of the held-out engines: RMSE and the
 PHM08 score (exp(-d/13)-1 early, exp(d/10)-1 late, d = predicted - true), plus the same at the
 last cycle of each engine (the end of life, where mistakes cost most).
 """
@@ -13,22 +14,11 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 from sklearn.model_selection import GroupKFold
-from xgboost import XGBRegressor
 
 from bench.common import data_dir, parser, report
+from models.training import RUL_CAP, fit_rul_regressor, phm08, rmse
 from physics.datasets import read_cmapss
 from physics.process import ProcessFeatureBuilder
-
-RUL_CAP = 125.0
-
-
-def phm08(predicted: np.ndarray, true: np.ndarray) -> float:
-    d = predicted - true
-    return float(np.sum(np.where(d < 0, np.exp(-d / 13.0) - 1.0, np.exp(d / 10.0) - 1.0)))
-
-
-def rmse(predicted: np.ndarray, true: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((predicted - true) ** 2)))
 
 
 def cross_validate(df: pd.DataFrame, folds: int, quick: bool) -> pd.DataFrame:
@@ -39,17 +29,9 @@ def cross_validate(df: pd.DataFrame, folds: int, quick: bool) -> pd.DataFrame:
         train, test = df.iloc[train_idx], df.iloc[test_idx]
         builder = ProcessFeatureBuilder().fit(train, train["rul"].to_numpy())
         x_train, x_test = builder.transform(train), builder.transform(test)
-        model = XGBRegressor(
-            n_estimators=60 if quick else 600,
-            max_depth=4,
-            learning_rate=0.03,
-            subsample=0.8,
-            colsample_bytree=0.7,
-            min_child_weight=5,
-            n_jobs=2,
-            random_state=0,
+        model = fit_rul_regressor(
+            x_train, train.loc[x_train.index, "rul"].to_numpy(), 60 if quick else 600
         )
-        model.fit(x_train, train.loc[x_train.index, "rul"])
         fold = test.loc[x_test.index, ["unit", "cycle", "rul"]].copy()
         fold["predicted"] = np.clip(model.predict(x_test), 0.0, RUL_CAP)
         out.append(fold)

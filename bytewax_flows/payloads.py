@@ -51,6 +51,7 @@ class Message:
     offset: int
     received_us: int
     payload: bytes
+    shed: str | None = None  # why the load-shedding breaker set it aside, if it did
 
 
 @dataclass(frozen=True)

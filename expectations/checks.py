@@ -30,6 +30,7 @@ REASONS: dict[str, str] = {
     "bad_sample_rate": "frame sample rate differs from the sensor's contract",
     "empty_frame": "frame with no samples",
     "short_frame": "frame shorter than the sensor's minimum for spectral features",
+    "shed": "set aside unprocessed by the load-shedding circuit breaker (payload kept)",
 }
 OK = "ok"
 

@@ -16,6 +16,7 @@ from bytewax_flows.replay import UnknownDatasetError
 from lake import LakeError
 from models.registry import ModelNotFoundError
 from physics.datasets import DatasetError
+from plantpulse_cli.broker import BrokerError
 
 BENCHES = ("cwru", "rul", "features", "validation", "stream", "retrain_loop")
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
@@ -43,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=3000)
     up.add_argument("--no-ui", action="store_true", help="only the streaming worker")
     up.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    up.add_argument(
+        "--mqtt",
+        nargs="?",
+        type=int,
+        const=1883,
+        default=None,
+        metavar="PORT",
+        help="run a Mosquitto broker (installed if missing) on PORT (1883) and stream from it",
+    )
     sql = sub.add_parser("sql", help="run a read-only SQL query over the lake's tables")
     sql.add_argument("query")
     replay = sub.add_parser(
@@ -156,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from plantpulse_cli.up import up
 
-            return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration)
+            return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration,
+                      mqtt_port=args.mqtt)
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
             return 0
-    except (LakeError, DatasetError, UnknownDatasetError, ModelNotFoundError) as exc:
+    except (LakeError, DatasetError, UnknownDatasetError, ModelNotFoundError, BrokerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 1

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lake import Lake, Settings
+from plantpulse_cli.broker import ensure_mosquitto, wait_for_port, write_config
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,29 @@ def prepare(settings: Settings) -> None:
 
 
 def services(
-    host: str, port: int, ui: bool = True, recovery_dir: str | None = None
+    host: str,
+    port: int,
+    ui: bool = True,
+    recovery_dir: str | None = None,
+    mqtt: tuple[str, int] | None = None,
 ) -> list[Service]:
+    """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker, the stream
+    reading from it, and the simulated fleet publishing to it (the stream's MQTT source has no
+    position to resume from, so it runs without Bytewax recovery)."""
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
-    stream = [py, "-m", "bytewax.run", "bytewax_flows.telemetry:flow", "-s", str(SNAPSHOT_S)]
+    flow = "bytewax_flows.telemetry:flow"
+    out: list[Service] = []
+    if mqtt is not None:
+        conf = write_config(Path(recovery_dir or ".").parent / "mosquitto", mqtt[1])
+        out.append(Service("mosquitto", [mqtt[0], "-c", str(conf)]))
+        flow, recovery_dir = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})", None
+    stream = [py, "-m", "bytewax.run", flow, "-s", str(SNAPSHOT_S)]
     if recovery_dir:
         stream += ["-r", recovery_dir, "-b", "0"]
-    out = [Service("stream", stream)]
+    out.append(Service("stream", stream))
+    if mqtt is not None:
+        out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
     if ui:
         out += [
             Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *code]),
@@ -99,15 +115,20 @@ def services(
 
 
 def up(
-    host: str = "127.0.0.1", port: int = 3000, ui: bool = True, duration_s: float | None = None
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    ui: bool = True,
+    duration_s: float | None = None,
+    mqtt_port: int | None = None,
 ) -> int:
     """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
     settings = Settings.from_env()
     prepare(settings)
+    mqtt = (ensure_mosquitto(), mqtt_port) if mqtt_port is not None else None
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    running = services(host, port, ui, settings.recovery_dir)
+    running = services(host, port, ui, settings.recovery_dir, mqtt)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:
@@ -119,6 +140,8 @@ def up(
         for svc in running:
             svc.start(env, log_dir)
             log.info("started %s (pid %s)", svc.name, svc.proc.pid if svc.proc else "?")
+            if svc.name == "mosquitto" and mqtt is not None:
+                wait_for_port(mqtt[1])
         print(f"PlantPulse is up. Dagster UI: http://{host}:{port}  lake: {settings.lake_uri}")
         print(f"Logs in {log_dir}. Press Ctrl-C to stop.")
         deadline = None if duration_s is None else time.monotonic() + duration_s
