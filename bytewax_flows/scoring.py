@@ -27,6 +27,7 @@ from physics.registry import FEATURE_VERSION, feature_names
 __all__ = ["AssetScorer", "AlertPolicy", "score", "DETECTOR_NAME", "SCORED_FEATURES"]
 
 DETECTOR_NAME = "river:StandardScaler|mean-squared-z"
+PROCESS_DETECTOR_NAME = "river:StandardScaler|mean-squared-z|process"
 SCORED_FEATURES = [
     n for n in feature_names("vibration") if n not in ("demod_centre_hz", "vib_speed_ok")
 ]
@@ -105,11 +106,18 @@ class OpenAlert:
     frames_after: int = 0
 
 
-@dataclass
-class AssetScorer:
-    """Per asset: the anomaly detector, the drift detector on its score, the alert state and
-    the flight recorder (the newest frames)."""
+PROCESS_WARMUP = int(os.environ.get("PLANTPULSE_PROCESS_WARMUP", "400"))
+"""Process windows an asset's detector learns from before it scores (SKAB's protocol: the first
+400 readings of an experiment are anomaly-free)."""
 
+
+@dataclass
+class Channel:
+    """One detector of an asset: ``vibration`` (a window per frame) or ``process`` (a vector
+    of its scalar sensors' 30 s levels per time step).  Each has its anomaly detector, the
+    drift detector on its score and its own alert state."""
+
+    name: str = "vibration"
     warmup: int = 60
     seen: int = 0
     detector: StandardisedDistance = field(default_factory=StandardisedDistance)
@@ -119,9 +127,20 @@ class AssetScorer:
     hot: int = 0
     calm: int = 0
     alert: OpenAlert | None = None
+    evidence: np.ndarray | None = None  # summed class probabilities while hot or alerting
+
+
+@dataclass
+class AssetScorer:
+    """Per asset: the vibration and process channels, the flight recorder (the newest frames)
+    and the process windows waiting for the rest of their sensors."""
+
+    vib: Channel = field(default_factory=Channel)
+    proc: Channel = field(default_factory=lambda: Channel("process", PROCESS_WARMUP))
     frames_seen: int = 0
     recorder: deque = field(default_factory=deque)  # (SinkRows of a frame, retained?)
-    evidence: np.ndarray | None = None  # summed class probabilities while hot or alerting
+    proc_pending: dict[int, dict[str, float]] = field(default_factory=dict)
+    proc_sensors: set[str] = field(default_factory=set)
 
 
 def _features(row: dict[str, Any]) -> dict[str, float]:
@@ -165,7 +184,7 @@ def _top_features(
 
 
 def _alert_row(
-    state: AssetScorer, item: SinkRows, asset: str, now_us: int, closed: bool = False
+    state: Channel, item: SinkRows, asset: str, now_us: int, closed: bool = False
 ) -> SinkRows:
     a = state.alert
     return _one_row(
@@ -186,7 +205,7 @@ def _alert_row(
 
 
 def _diagnosis(
-    state: AssetScorer, model: LoadedModel | None, p_fault: float | None
+    state: Channel, model: LoadedModel | None, p_fault: float | None
 ) -> tuple[int, str]:
     """The most likely fault class so far (index into the model's classes, -1 without one)
     and the words for the alert."""
@@ -201,10 +220,11 @@ def _diagnosis(
 
 
 def _update_alert(
-    state: AssetScorer,
+    state: Channel,
     policy: AlertPolicy,
     item: SinkRows,
     row: dict[str, Any],
+    window_end: Any,
     anomaly: float,
     p_fault: float | None,
     model: LoadedModel | None,
@@ -226,7 +246,9 @@ def _update_alert(
         state.evidence = state.evidence + proba
     elif state.alert is None:
         state.evidence = None
-    end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
+    end_us = window_end if isinstance(window_end, int) else int(
+        pa.scalar(window_end, pa.timestamp("us", tz="UTC")).cast(pa.int64()).as_py()
+    )
     asset = row["asset_id"]
     klass, words = _diagnosis(state, model, p_fault)
     summary = f"{asset}: {words}; anomaly score {anomaly:.1f}"
@@ -276,7 +298,7 @@ def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: SinkRows) -> l
     state.recorder.append([frame, False])
     while len(state.recorder) > policy.recorder_frames:
         state.recorder.popleft()
-    a = state.alert
+    a = state.vib.alert
     if a is not None and a.frames_after <= policy.after_frames:
         if a.frames_after == 0:  # the alert just opened: dump what led up to it
             pending = [entry for entry in state.recorder if not entry[1]]
@@ -292,61 +314,110 @@ def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: SinkRows) -> l
     return out
 
 
+def _score_window(
+    ch: Channel,
+    item: SinkRows,
+    asset_id: str,
+    window_end: Any,
+    x: dict[str, float],
+    row: dict[str, Any],
+    model: LoadedModel | None,
+    policy: AlertPolicy,
+    detector_name: str,
+) -> list[SinkRows]:
+    """Score one window on channel ``ch``, learn from it, update its alert and drift state."""
+    warm = ch.seen >= ch.warmup
+    anomaly = float(ch.detector.score_one(x)) if warm else 0.0
+    z = ch.detector.scaler.transform_one(x) if warm else {}
+    ch.detector.learn_one(x)
+    ch.seen += 1
+    if not warm and ch.name == "process":  # learning the asset's normal: nothing to report
+        return []
+    p_fault, xs, proba = _supervised(model, row)
+    out = [
+        _one_row(
+            "scores",
+            item,
+            {
+                "asset_id": asset_id,
+                "window_end": window_end,
+                "anomaly_score": anomaly,
+                "prediction": p_fault,
+                "model_name": model.name if model is not None else detector_name,
+                "model_version": model.version if model is not None else "online",
+                "feature_version": FEATURE_VERSION,
+                "latency_ms": max(0.0, (now_us() - item.received_us) / 1000.0),
+            },
+        )
+    ]
+    if ch.seen <= ch.warmup:
+        return out
+    out += _update_alert(ch, policy, item, {"asset_id": asset_id}, window_end, anomaly, p_fault,
+                         model, xs, proba, z)
+    ch.drift_detector.update(anomaly)
+    if ch.drift_detector.drift_detected:
+        est = float(ch.drift_detector.estimation)
+        out.append(
+            _one_row(
+                "drift_events",
+                item,
+                {
+                    "ts": window_end,
+                    "asset_id": asset_id,
+                    "subject_kind": "residual",
+                    "subject": "anomaly_score" if ch.name == "vibration"
+                    else f"{ch.name}_anomaly_score",
+                    "detector": "ADWIN",
+                    "statistic": est,
+                    "detail": f"mean {ch.name} anomaly score changed; now {est:.3f} over the "
+                    f"last {int(ch.drift_detector.width)} windows",
+                },
+            )
+        )
+    return out
+
+
+def _score_process(
+    state: AssetScorer, item: SinkRows, row: dict[str, Any], policy: AlertPolicy
+) -> list[SinkRows]:
+    """Collect the 30 s levels of the asset's scalar sensors per time step; a step is scored
+    once every sensor has reported it (or a later step has begun).  Only for assets without
+    vibration frames (SKAB, NAB, C-MAPSS): one detector per asset."""
+    if state.vib.seen:  # an asset with vibration frames is watched through them
+        state.proc_pending.clear()
+        return []
+    end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
+    level = row.get("proc_level")
+    state.proc_sensors.add(row["sensor_id"])
+    if level is not None and math.isfinite(level):
+        state.proc_pending.setdefault(end_us, {})[row["sensor_id"]] = float(level)
+    out: list[SinkRows] = []
+    for w in sorted(state.proc_pending):
+        if w < end_us or len(state.proc_pending[w]) >= len(state.proc_sensors):
+            vector = state.proc_pending.pop(w)
+            out += _score_window(state.proc, item, row["asset_id"], w, vector, row, None,
+                                 policy, PROCESS_DETECTOR_NAME)
+    return out
+
+
 def score(
     state: AssetScorer | None,
     item: SinkRows,
     champion: ChampionWatcher | None = None,
     policy: AlertPolicy = AlertPolicy(),
 ) -> tuple[AssetScorer, list[SinkRows]]:
-    """Score one feature window (champion classifier + online detector), learn from it, watch
-    the score for drift and open or close alerts; frames go through the flight recorder."""
+    """Score one feature window, learn from it, watch the score for drift and open or close
+    alerts: vibration windows with the champion classifier and the vibration detector, process
+    windows with the process detector; frames go through the flight recorder."""
     state = state or AssetScorer()
     if item.table == "frames":
         return state, _record_frame(state, policy, item)
     row = item.rows.to_pylist()[0]
-    x = _features(row)
-    anomaly = float(state.detector.score_one(x)) if state.seen >= state.warmup else 0.0
-    z = state.detector.scaler.transform_one(x) if state.seen >= state.warmup else {}
-    state.detector.learn_one(x)
-    state.seen += 1
+    if row.get("vib_rms") is None:  # a process window of a scalar sensor
+        return state, [item, *_score_process(state, item, row, policy)]
     model = champion.get() if champion is not None else None
-    p_fault, xs, proba = _supervised(model, row)
-    out = [
+    return state, [
         item,
-        _one_row(
-            "scores",
-            item,
-            {
-                "asset_id": row["asset_id"],
-                "window_end": row["window_end"],
-                "anomaly_score": anomaly,
-                "prediction": p_fault,
-                "model_name": model.name if model is not None else DETECTOR_NAME,
-                "model_version": model.version if model is not None else "online",
-                "feature_version": FEATURE_VERSION,
-                "latency_ms": max(0.0, (now_us() - item.received_us) / 1000.0),
-            },
-        ),
+        *_score_window(state.vib, item, row["asset_id"], row["window_end"], _features(row), row,
+                       model, policy, DETECTOR_NAME),
     ]
-    if state.seen > state.warmup:
-        out += _update_alert(state, policy, item, row, anomaly, p_fault, model, xs, proba, z)
-        state.drift_detector.update(anomaly)
-        if state.drift_detector.drift_detected:
-            est = float(state.drift_detector.estimation)
-            out.append(
-                _one_row(
-                    "drift_events",
-                    item,
-                    {
-                        "ts": row["window_end"],
-                        "asset_id": row["asset_id"],
-                        "subject_kind": "residual",
-                        "subject": "anomaly_score",
-                        "detector": "ADWIN",
-                        "statistic": est,
-                        "detail": f"mean anomaly score changed; now {est:.3f} over the last "
-                        f"{int(state.drift_detector.width)} windows",
-                    },
-                )
-            )
-    return state, out

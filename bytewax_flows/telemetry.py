@@ -33,7 +33,8 @@ from lake import Settings, TableSpec, table_spec
 from models.registry import FAULT_MODEL, ChampionWatcher
 from physics.bearing import SKF_6205
 from physics.features import vibration_features
-from physics.registry import FEATURE_VERSION, feature_names
+from physics.process import rolling_window_stats
+from physics.registry import FEATURE_VERSION, PROCESS_WINDOW_S, feature_names
 from physics.simulator import default_fleet
 
 __all__ = [
@@ -104,6 +105,8 @@ class AssetState:
     """Per asset: the arrival bookkeeping of each sensor and the newest shaft speed."""
 
     arrivals: dict[str, Arrivals] = field(default_factory=dict)
+    # per scalar sensor: timestamps and values of its last readings (the process window)
+    history: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     shaft_rpm: float = float("nan")  # newest accepted shaft_speed reading
 
 
@@ -190,6 +193,7 @@ def _scalar_rows(
             },
         )
         out.append(SinkRows("readings", p.msg.source, p.msg.offset, rows))
+        out.append(_process_row(p, b, state, b.ts_us[accept], np.asarray(values, np.float64)))
     if n < b.values.size:
         bad = np.flatnonzero(~accept)
         items = [
@@ -209,6 +213,35 @@ def _scalar_rows(
         ]
         out.append(rejected_rows(p.msg, items, b.asset_id, b.sensor_id))
     return out
+
+
+def _process_row(
+    p: Parsed, b: ScalarBatch, state: AssetState, ts: np.ndarray, values: np.ndarray
+) -> SinkRows:
+    """One ``features`` row per accepted scalar message: level, slope and std of the sensor's
+    last ``PROCESS_WINDOW_S`` of readings, as of its newest reading (the same
+    ``rolling_window_stats`` the training features use)."""
+    window = max(2, round(PROCESS_WINDOW_S * SENSORS[b.sensor_id].sample_rate_hz))
+    h_ts, h_v = state.history.get(b.sensor_id, (np.empty(0, np.int64), np.empty(0)))
+    all_ts, all_v = np.concatenate([h_ts, ts]), np.concatenate([h_v, values])
+    stats = rolling_window_stats(all_v[:-1][-(window - 1):], all_v[-1:], window)
+    state.history[b.sensor_id] = (all_ts[-(window - 1):], all_v[-(window - 1):])
+    spec = table_spec("features")
+    ts_type = spec.schema.field("window_start").type
+    columns: dict[str, Any] = {
+        "asset_id": [b.asset_id],
+        "sensor_id": [b.sensor_id],
+        "window_start": pa.array([int(all_ts[-window:][0])]).cast(ts_type),
+        "window_end": pa.array([int(all_ts[-1])]).cast(ts_type),
+        "feature_version": [FEATURE_VERSION],
+        "n_samples": [min(window, all_v.size)],
+    }
+    columns.update({name: [None] for name in feature_names()})
+    for k in ("level", "slope", "std"):
+        v = float(stats[k][-1])
+        columns[f"proc_{k}"] = [v if np.isfinite(v) else None]
+    return SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns),
+                    p.msg.received_us)
 
 
 def _detail(reason: str, value: float, low: float, high: float) -> str:

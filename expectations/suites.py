@@ -125,6 +125,15 @@ def features_expectations(
     return out
 
 
+def process_expectations(feature_version: int) -> list[gxe.Expectation]:
+    """Expectations for the process windows of scalar sensors in ``features``: the current
+    feature version, and a level for every window."""
+    return [
+        gxe.ExpectColumnValuesToBeInSet(column="feature_version", value_set=[feature_version]),
+        gxe.ExpectColumnValuesToNotBeNull(column="proc_level"),
+    ]
+
+
 def run_suite(
     df: pd.DataFrame, expectations: list[gxe.Expectation], name: str = "suite"
 ) -> list[GxResult]:

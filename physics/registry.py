@@ -23,7 +23,11 @@ __all__ = [
     "FeatureVersionError",
 ]
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
+"""2: vibration features; 3: adds the process-window features of scalar sensors."""
+
+PROCESS_WINDOW_S = 30.0
+"""Process features of a scalar sensor summarise its last 30 s of readings."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,9 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "vibration",
         "1 if shaft speed was known, else 0 (envelope features NaN)",
     ),
+    FeatureSpec("proc_level", "sensor unit", "process", "mean of the sensor's last 30 s"),
+    FeatureSpec("proc_slope", "sensor unit/reading", "process", "least-squares slope over 30 s"),
+    FeatureSpec("proc_std", "sensor unit", "process", "standard deviation over the last 30 s"),
 )
 
 _BY_NAME = {f.name: f for f in FEATURES}

@@ -86,7 +86,9 @@ def test_stream_features_equal_batch_features_on_the_same_frames(lake: Lake):
     """No train/serve skew: the features table written by the stream equals a direct call."""
     sim = default_fleet()
     run_main(get_flow(SimulatorSource(sim, n_chunks=3), lake.uri))
-    stream = lake.read("features", filters=[("asset_id", "=", "pump-02")]).sort_values(
+    stream = lake.read(
+        "features", filters=[("asset_id", "=", "pump-02"), ("sensor_id", "=", "vib_de")]
+    ).sort_values(
         "window_start"
     )
     assert len(stream) == 3 and (stream["feature_version"] == FEATURE_VERSION).all()

@@ -100,8 +100,12 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     }
     readings = lake.read("readings").sort_values("ts")
     assert readings["value"].tolist() == [40.0, 43.0, 41.0, 44.0]  # sorted by event time
-    features = lake.read("features")
+    all_features = lake.read("features")
+    features = all_features[all_features["sensor_id"] == "vib_de"]
     assert len(features) == 1 and features["vib_rms"].iloc[0] == pytest.approx(1.0, abs=0.1)
+    process = all_features[all_features["sensor_id"] != "vib_de"]
+    assert len(process) == 2  # one process window per scalar message with accepted readings
+    assert process["proc_level"].notna().all() and process["vib_rms"].isna().all()
     assert lake.count("frames") == 1  # the first accepted frame is kept as a sample
     total_inputs = 1 + 1 + 4 + 4 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages
     assert len(readings) + len(features) + len(dead(lake)) == total_inputs
@@ -137,7 +141,10 @@ def test_simulator_source_through_the_flow(lake: Lake):
     run_main(get_flow(SimulatorSource(sim, n_chunks=5), lake.uri))
     per_asset = lake.read("readings").groupby("asset_id").size().to_dict()
     assert per_asset == {"pump-01": 155, "pump-02": 155, "pump-03": 155}  # 31 readings/s x 5 s
-    assert lake.count("features") == 15 and not lake.exists("dead_letter")
+    sensors = lake.read("features").groupby("sensor_id").size().to_dict()
+    assert sensors.pop("vib_de") == 15  # one vibration window per frame
+    assert set(sensors.values()) == {15}  # one process window per scalar message
+    assert not lake.exists("dead_letter")
 
 
 @pytest.mark.parametrize("epoch_s", [0, 3600], ids=["snapshot-every-batch", "replay-everything"])
@@ -199,5 +206,5 @@ def test_a_later_simulation_of_the_same_machines_lands_in_full(tmp_path):
     for start in (T0_US, T0_US + 86_400_000_000):
         fleet = default_fleet(1, start_us=start)
         run_main(get_flow(SimulatorSource(fleet, n_chunks=3), lake.uri))
-        counts.append((lake.count("readings"), lake.count("features")))
+        counts.append((lake.count("readings"), lake.count("scores")))
     assert counts[1] == (2 * counts[0][0], 2 * counts[0][1]) and counts[0][1] == 3

@@ -71,7 +71,7 @@ def test_sigkill_and_restart_neither_loses_nor_duplicates(tmp_path: Path):
 
     for table, key in (
         ("readings", ["asset_id", "sensor_id", "ts"]),
-        ("features", ["asset_id", "window_start"]),
+        ("features", ["asset_id", "sensor_id", "window_end"]),
         ("scores", ["asset_id", "window_end"]),
     ):
         cols = [*key, "value"] if table == "readings" else key

@@ -25,7 +25,10 @@ from models.registry import (
     client,
 )
 from models.training import Evaluation, label_faults, split_by_machine
+from physics.registry import FEATURE_VERSION
 from tests.conftest import ENVELOPE, retrain
+
+FV = FEATURE_VERSION
 
 
 def test_labels_are_point_in_time_and_repairs_reset_them():
@@ -71,15 +74,15 @@ def test_gate_rules_each_can_refuse():
     ok_sig = (True, "signature ok")
     good = _evaluation(0.90, {"asset=a": 0.9, "asset=b": 0.79})
     passed, reasons = decide(good, champ, policy=policy, training_validated=True,
-                             feature_version=2, signature_ok=ok_sig)
+                             feature_version=FEATURE_VERSION, signature_ok=ok_sig)
     assert passed and all(r.startswith("PASS") for r in reasons)
     cases = {
-        "slice": (_evaluation(0.90, {"asset=a": 0.99, "asset=b": 0.70}), True, 2, ok_sig),
-        "improvement": (_evaluation(0.805, {"asset=a": 0.8, "asset=b": 0.8}), True, 2, ok_sig),
-        "latency": (_evaluation(0.9, {}, latency=11.0), True, 2, ok_sig),
-        "validated": (good, False, 2, ok_sig),
-        "feature_version": (good, True, 1, ok_sig),
-        "signature": (good, True, 2, (False, "signature inputs missing")),
+        "slice": (_evaluation(0.90, {"asset=a": 0.99, "asset=b": 0.70}), True, FV, ok_sig),
+        "improvement": (_evaluation(0.805, {"asset=a": 0.8, "asset=b": 0.8}), True, FV, ok_sig),
+        "latency": (_evaluation(0.9, {}, latency=11.0), True, FV, ok_sig),
+        "validated": (good, False, FV, ok_sig),
+        "feature_version": (good, True, FV - 1, ok_sig),
+        "signature": (good, True, FV, (False, "signature inputs missing")),
     }
     for name, (cand, validated, fv, sig) in cases.items():
         passed, reasons = decide(cand, champ, policy=policy, training_validated=validated,
@@ -107,7 +110,7 @@ def test_first_candidate_is_registered_in_xgboost_format_and_promoted(mlops: dic
     c = client(mlops["tracking"])
     mv = champion_version(c, FAULT_MODEL)
     assert mv is not None and str(mv.version) == "1"
-    assert mv.tags["gate.decision"] == "promote" and mv.tags["feature_version"] == "2"
+    assert mv.tags["gate.decision"] == "promote" and mv.tags["feature_version"] == str(FV)
     files = {p.name for p in Path(mlops["root"], "artifacts").rglob("*") if p.is_file()}
     assert "model.ubj" in files and not any(f.endswith((".pkl", ".pickle")) for f in files)
     assert {"confusion_matrix.png", "feature_importance.png", "holdout.parquet"} <= files

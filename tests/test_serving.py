@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from bytewax.testing import run_main
 
-from bytewax_flows.scoring import AlertPolicy, AssetScorer, _update_alert, score
+from bytewax_flows.scoring import AlertPolicy, Channel, _update_alert, score
 from bytewax_flows.sinks import SinkRows
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
@@ -77,12 +77,12 @@ def _item(window_end_us: int) -> SinkRows:
 
 
 def test_hysteresis_one_noisy_window_neither_opens_nor_closes():
-    policy, state = AlertPolicy(), AssetScorer()
+    policy, state = AlertPolicy(), Channel()
     row = {"asset_id": "a", "window_end": None}
 
     def step(i: int, anomaly: float) -> list[SinkRows]:
-        return _update_alert(state, policy, _item(i), row, anomaly, None, None, None, None,
-                             {"rms": anomaly})
+        return _update_alert(state, policy, _item(i), row, T0_US + i, anomaly, None, None, None,
+                             None, {"rms": anomaly})
 
     assert step(0, 50.0) == [] and step(1, 1.0) == []  # a single spike: nothing
     opened = [r for i in range(2, 5) for r in step(i, 12.0)]
@@ -100,7 +100,8 @@ def test_the_stream_follows_the_alias_without_restart(mlops: dict, served: dict)
     other = retrain(mlops, n_estimators=30)["fault_candidate"]["version"]
     c.set_registered_model_alias(FAULT_MODEL, CHAMPION, served["version"])
     watcher = ChampionWatcher(mlops["tracking"], FAULT_MODEL, refresh_s=0.0)
-    feats = served["lake"].read_arrow("features").slice(0, 2).drop(["date"])
+    feats = served["lake"].read_arrow("features", filters=[("sensor_id", "=", "vib_de")])
+    feats = feats.slice(0, 2).drop(["date"])
     items = [SinkRows("features", "test", i, feats.slice(i, 1), 0) for i in range(2)]
     state, out = score(None, items[0], champion=watcher)
     assert out[1].rows.column("model_version")[0].as_py() == served["version"]
