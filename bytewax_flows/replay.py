@@ -32,7 +32,7 @@ class UnknownDatasetError(KeyError):
         return str(self.args[0])
 
 
-def _readings_messages(readings: pd.DataFrame, batch_s: float) -> dict[str, Timeline]:
+def readings_messages(readings: pd.DataFrame, batch_s: float) -> dict[str, Timeline]:
     """Long-format readings → one JSON batch per asset, sensor and ``batch_s`` of event time."""
     out: dict[str, Timeline] = {}
     ts = readings["ts"].to_numpy("datetime64[us]").astype(np.int64)
@@ -51,7 +51,7 @@ def _readings_messages(readings: pd.DataFrame, batch_s: float) -> dict[str, Time
 
 
 def _cmapss(data: Path) -> dict[str, Timeline]:
-    return _readings_messages(
+    return readings_messages(
         ds.cmapss_readings(ds.read_cmapss(data)), batch_s=10 * 3600.0
     )  # 10 cycles
 
@@ -62,7 +62,7 @@ def _skab(data: Path) -> dict[str, Timeline]:
     if not names:
         raise ds.DatasetError(f"no SKAB experiments under {folder}; set PLANTPULSE_DATA")
     parts = [ds.skab_readings(ds.read_skab(data, f"valve1/{n}"), f"skab-valve1-{n}") for n in names]
-    return _readings_messages(pd.concat(parts, ignore_index=True), batch_s=10.0)
+    return readings_messages(pd.concat(parts, ignore_index=True), batch_s=10.0)
 
 
 def _nab(data: Path) -> dict[str, Timeline]:
