@@ -119,6 +119,43 @@ class MahalanobisDistance(base.AnomalyDetector):
             self.precision = None
 
 
+@dataclass
+class FrameCandidate:
+    """An accepted vibration frame on its way through the flight recorder: kept in ``frames``
+    only if sampled or near an alert (the table is built only then)."""
+
+    asset_id: str
+    sensor_id: str
+    ts_start_us: int
+    sample_rate_hz: float
+    samples: np.ndarray
+    source: str
+    offset: int
+    received_us: int
+    table: str = "frames"
+
+    def rows(self, because: str, offset: int | None = None) -> SinkRows:
+        spec = table_spec("frames")
+        schema = spec.input_schema
+        n = self.samples.size
+        rows = pa.table(
+            {
+                "asset_id": pa.array([self.asset_id], pa.string()),
+                "sensor_id": pa.array([self.sensor_id], pa.string()),
+                "ts_start": pa.array([self.ts_start_us], schema.field("ts_start").type),
+                "sample_rate_hz": pa.array([self.sample_rate_hz], pa.float64()),
+                "n_samples": pa.array([n], pa.int32()),
+                "samples": pa.FixedSizeListArray.from_arrays(
+                    pa.array(self.samples.astype(np.float32)), n
+                ).cast(pa.list_(pa.float32())),
+                "retained_because": pa.array([because], pa.string()),
+            },
+            schema=schema,
+        )
+        return SinkRows("frames", self.source, self.offset if offset is None else offset, rows,
+                        self.received_us)
+
+
 @dataclass(frozen=True)
 class AlertPolicy:
     """When an alert opens and closes.
@@ -359,20 +396,13 @@ def _update_alert(
     return []
 
 
-def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: SinkRows) -> list[SinkRows]:
+def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: FrameCandidate) -> list[SinkRows]:
     """The flight recorder: keep the newest frames; retain one in ``FRAME_KEEP_EVERY`` as a
-    sample, all buffered frames when an alert opens, and the ``after_frames`` after it."""
+    sample, all buffered frames when an alert opens, and the ``after_frames`` after it.  Frames
+    retained later than they arrived carry the current message's offset (the sink's
+    exactly-once key moves forward only)."""
     state.frames_seen += 1
     out: list[SinkRows] = []
-
-    def retain(f: SinkRows, because: str) -> SinkRows:
-        rows = f.rows.set_column(
-            f.rows.schema.get_field_index("retained_because"),
-            "retained_because",
-            pa.array([because] * f.rows.num_rows, pa.string()),
-        )
-        return SinkRows("frames", frame.source, frame.offset, rows, frame.received_us)
-
     state.recorder.append([frame, False])
     while len(state.recorder) > policy.recorder_frames:
         state.recorder.popleft()
@@ -384,10 +414,10 @@ def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: SinkRows) -> l
             pending = [state.recorder[-1]]
         a.frames_after += 1
         for entry in pending:
-            out.append(retain(entry[0], f"alert:{a.alert_id}"))
+            out.append(entry[0].rows(f"alert:{a.alert_id}", frame.offset))
             entry[1] = True
     elif (state.frames_seen - 1) % FRAME_KEEP_EVERY == 0:
-        out.append(retain(frame, "sampled"))
+        out.append(frame.rows("sampled"))
         state.recorder[-1][1] = True
     return out
 
@@ -491,11 +521,12 @@ def score(
     alerts: vibration windows with the champion classifier and the vibration detector, process
     windows with the process detector; frames go through the flight recorder."""
     state = state or AssetScorer()
-    if item.table == "frames":
+    if isinstance(item, FrameCandidate):
         return state, _record_frame(state, policy, item)
-    row = item.rows.to_pylist()[0]
-    if row.get("vib_rms") is None:  # a process window of a scalar sensor
+    if not item.rows.column("vib_rms")[0].is_valid:  # a process window of a scalar sensor
+        row = {k: item.rows.column(k)[0].as_py() for k in ("asset_id", "sensor_id", "proc_level")}
         return state, [item, *_score_process(state, item, row, policy)]
+    row = item.rows.to_pylist()[0]
     model = champion.get() if champion is not None else None
     return state, [
         item,

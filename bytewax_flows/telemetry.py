@@ -24,7 +24,7 @@ from bytewax.inputs import Source
 
 from bytewax_flows.calibration import CalibrationCache
 from bytewax_flows.payloads import Frame, Message, PayloadError, ScalarBatch, decode
-from bytewax_flows.scoring import score
+from bytewax_flows.scoring import FrameCandidate, score
 from bytewax_flows.sinks import DeltaSink, SinkRows
 from bytewax_flows.sources import SimulatorSource, now_us
 from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, scalar_reasons
@@ -226,22 +226,35 @@ def _process_row(
     all_ts, all_v = np.concatenate([h_ts, ts]), np.concatenate([h_v, values])
     stats = rolling_window_stats(all_v[:-1][-(window - 1):], all_v[-1:], window)
     state.history[b.sensor_id] = (all_ts[-(window - 1):], all_v[-(window - 1):])
-    spec = table_spec("features")
-    ts_type = spec.schema.field("window_start").type
-    columns: dict[str, Any] = {
-        "asset_id": [b.asset_id],
-        "sensor_id": [b.sensor_id],
-        "window_start": pa.array([int(all_ts[-window:][0])]).cast(ts_type),
-        "window_end": pa.array([int(all_ts[-1])]).cast(ts_type),
-        "feature_version": [FEATURE_VERSION],
-        "n_samples": [min(window, all_v.size)],
+    values_at = {
+        "asset_id": b.asset_id,
+        "sensor_id": b.sensor_id,
+        "window_start": int(all_ts[-window:][0]),
+        "window_end": int(all_ts[-1]),
+        "feature_version": FEATURE_VERSION,
+        "n_samples": min(window, all_v.size),
+        **{f"proc_{k}": float(stats[k][-1]) for k in ("level", "slope", "std")},
     }
-    columns.update({name: [None] for name in feature_names()})
-    for k in ("level", "slope", "std"):
-        v = float(stats[k][-1])
-        columns[f"proc_{k}"] = [v if np.isfinite(v) else None]
-    return SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns),
+    return SinkRows("features", p.msg.source, p.msg.offset, _process_table(values_at),
                     p.msg.received_us)
+
+
+_NULL_FEATURES: list[pa.Array] = []
+
+
+def _process_table(values_at: dict[str, Any]) -> pa.Table:
+    """A one-row ``features`` table: the given columns set, every other feature null (one
+    ``from_arrays`` over cached null columns; a process window is written per scalar message)."""
+    schema = table_spec("features").input_schema
+    if not _NULL_FEATURES:
+        _NULL_FEATURES.extend(pa.nulls(1, f.type) for f in schema)
+    arrays = list(_NULL_FEATURES)
+    for name, value in values_at.items():
+        i = schema.get_field_index(name)
+        if isinstance(value, float) and not np.isfinite(value):
+            value = None
+        arrays[i] = pa.array([value], schema.field(i).type)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _detail(reason: str, value: float, low: float, high: float) -> str:
@@ -286,23 +299,11 @@ def _frame_rows(p: Parsed, f: Frame, state: AssetState) -> list[SinkRows]:
     out = [
         SinkRows("features", p.msg.source, p.msg.offset, _table(spec, columns), p.msg.received_us)
     ]
-    fspec = table_spec("frames")
-    frame = _table(
-        fspec,
-        {
-            "asset_id": [f.asset_id],
-            "sensor_id": [f.sensor_id],
-            "ts_start": pa.array([f.ts_start_us]).cast(ts_type),
-            "sample_rate_hz": [f.sample_rate_hz],
-            "n_samples": [n],
-            "samples": pa.FixedSizeListArray.from_arrays(pa.array(f.samples), n).cast(
-                pa.list_(pa.float32())
-            ),
-            "retained_because": ["candidate"],
-        },
+    # not for the lake yet: the scorer's flight recorder decides whether the frame is kept
+    out.append(
+        FrameCandidate(f.asset_id, f.sensor_id, f.ts_start_us, f.sample_rate_hz, f.samples,
+                       p.msg.source, p.msg.offset, p.msg.received_us)
     )
-    # not for the lake yet: the scorer keeps it in its flight recorder and decides
-    out.append(SinkRows("frames", p.msg.source, p.msg.offset, frame))
     return out
 
 
@@ -321,13 +322,17 @@ def get_flow(
     source: Source[Message] | None = None,
     lake_uri: str | None = None,
     tracking_uri: str | None = None,
+    champion: ChampionWatcher | None = None,
 ) -> Dataflow:
     """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake,
-    scoring with the champion fault classifier of the MLflow registry at ``tracking_uri``."""
+    scoring with the champion fault classifier of the MLflow registry at ``tracking_uri`` (or
+    the given ``champion`` watcher)."""
     settings = Settings.from_env()
     source = source or SimulatorSource(default_fleet(), live=True)
     lake_uri = lake_uri or settings.lake_uri
-    champion = ChampionWatcher(tracking_uri or settings.mlflow_tracking_uri, FAULT_MODEL)
+    champion = champion or ChampionWatcher(
+        tracking_uri or settings.mlflow_tracking_uri, FAULT_MODEL
+    )
     return build_flow(source, DeltaSink(lake_uri), CalibrationCache(lake_uri), champion)
 
 
@@ -368,8 +373,13 @@ def _by_table(keyed_rows: tuple[str, list[SinkRows]]) -> list[tuple[str, SinkRow
     return [(r.table, r) for r in keyed_rows[1]]
 
 
-def _keyed_by_asset(item: tuple[str, SinkRows]) -> tuple[str, SinkRows]:
-    return item[1].rows.column("asset_id")[0].as_py(), item[1]
+def _keyed_by_asset(
+    item: tuple[str, SinkRows | FrameCandidate],
+) -> tuple[str, SinkRows | FrameCandidate]:
+    rows = item[1]
+    if isinstance(rows, FrameCandidate):
+        return rows.asset_id, rows
+    return rows.rows.column("asset_id")[0].as_py(), rows
 
 
 flow = get_flow()

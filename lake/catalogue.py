@@ -7,6 +7,7 @@ with time are partitioned by a ``date`` column that the writer derives from ``ti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import pyarrow as pa
 
@@ -39,9 +40,10 @@ class TableSpec:
     def columns(self) -> list[str]:
         return self.schema.names
 
-    @property
+    @cached_property
     def input_schema(self) -> pa.Schema:
-        """The schema writers must supply: the full schema minus the derived ``date`` column."""
+        """The schema writers must supply: the full schema minus the derived ``date`` column
+        (computed once: the stream asks for it for every row it builds)."""
         if self.time_column and "date" in self.partition_by:
             return pa.schema([f for f in self.schema if f.name != "date"])
         return self.schema

@@ -9,6 +9,7 @@ replayed batch never duplicates rows.
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,8 @@ class Lake:
         root = Path(self.uri)
         try:
             root.mkdir(parents=True, exist_ok=True)
-            probe = root / ".write-probe"
-            probe.touch()
-            probe.unlink()
+            with tempfile.NamedTemporaryFile(dir=root, prefix=".write-probe-"):
+                pass  # a unique name: several workers may probe at once
         except OSError as exc:
             raise LakeError(
                 f"lake location {self.uri} is not a writable directory ({exc.strerror or exc});"
