@@ -11,6 +11,7 @@ from dagster_project.assets.models import (
     rul_promotion,
     rul_training_set,
 )
+from dagster_project.assets.operations import STREAM_TABLES, operations_overview
 from dagster_project.assets.readings import DAILY, readings, sensor_daily_stats
 from dagster_project.assets.validation import (
     features,
@@ -39,6 +40,11 @@ retrain_rul_job = dg.define_asset_job(
     description="Train the RUL regressor on C-MAPSS and gate it against the champion.",
 )
 
+operations_job = dg.define_asset_job(
+    "operations_report", selection=[operations_overview],
+    description="Refresh the operators' overview: scores, alerts, drift, spectra.",
+)
+
 defs = dg.Definitions(
     assets=[
         readings,
@@ -54,8 +60,10 @@ defs = dg.Definitions(
         rul_training_set,
         rul_candidate,
         rul_promotion,
+        operations_overview,
+        *STREAM_TABLES,
     ],
-    jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job],
+    jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job, operations_job],
     schedules=[
         dg.build_schedule_from_partitioned_job(daily_profile_job, hour_of_day=0, minute_of_hour=30),
         dg.build_schedule_from_partitioned_job(validation_job, hour_of_day=0, minute_of_hour=45),
@@ -63,6 +71,12 @@ defs = dg.Definitions(
             job=retrain_fault_job,
             cron_schedule="0 2 * * 0",
             description="Weekly retrain as a fallback when no drift has triggered one.",
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+        ),
+        dg.ScheduleDefinition(
+            job=operations_job,
+            cron_schedule="*/15 * * * *",
+            description="The operators' overview, every 15 minutes.",
             default_status=dg.DefaultScheduleStatus.RUNNING,
         ),
         dg.ScheduleDefinition(

@@ -37,3 +37,64 @@ def sensor_trend(
     ax.legend(fontsize=7, loc="lower left")
     fig.autofmt_xdate()
     return fig
+
+
+def score_timeline(scores: pd.DataFrame, alerts: pd.DataFrame, title: str) -> plt.Figure:
+    """Each asset's anomaly score (log scale) and, if a model served, its P(fault), with alert
+    periods shaded."""
+    assets = sorted(scores["asset_id"].unique())
+    fig, axes = plt.subplots(len(assets), 1, figsize=(9, 1.8 * len(assets) + 0.6), sharex=True,
+                             squeeze=False)
+    for ax, asset in zip(axes[:, 0], assets, strict=True):
+        s = scores[scores["asset_id"] == asset].sort_values("window_end")
+        ax.plot(s["window_end"], s["anomaly_score"].clip(lower=1e-3), lw=0.8, label="anomaly score")
+        ax.set_yscale("log")
+        ax.set_ylabel(asset, fontsize=8)
+        if s["prediction"].notna().any():
+            ax2 = ax.twinx()
+            ax2.plot(s["window_end"], s["prediction"], color="tab:orange", lw=0.8,
+                     label="P(fault)")
+            ax2.set_ylim(-0.05, 1.05)
+            ax2.tick_params(labelsize=7)
+        end = s["window_end"].max()
+        for a in alerts[alerts["asset_id"] == asset].itertuples():
+            closed = a.closed_ts if pd.notna(a.closed_ts) else end
+            color = "red" if a.severity == "critical" else "gold"
+            ax.axvspan(a.opened_ts, closed, color=color, alpha=0.25)
+    axes[0, 0].set_title(title + " (shaded: alerts; orange: P(fault) of the champion)",
+                         fontsize=10)
+    fig.autofmt_xdate()
+    return fig
+
+
+def drift_timeline(events: pd.DataFrame, title: str) -> plt.Figure:
+    """Drift events over time: one row of markers per asset and subject."""
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    labels = sorted({f"{a} · {s}" for a, s in zip(events["asset_id"], events["subject"],
+                                                   strict=True)})
+    for i, label in enumerate(labels):
+        a, s = label.split(" · ")
+        e = events[(events["asset_id"] == a) & (events["subject"] == s)]
+        ax.scatter(e["ts"], [i] * len(e), marker="|", s=200)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.autofmt_xdate()
+    return fig
+
+
+def envelope_plot(freqs, amp, lines: dict[str, float], title: str, max_hz: float = 600.0):
+    """An envelope spectrum with the bearing defect frequencies (1-3x) marked."""
+    fig, ax = plt.subplots(figsize=(9, 3))
+    keep = freqs <= max_hz
+    ax.plot(freqs[keep], amp[keep], lw=0.8, color="black")
+    colors = {"BPFO": "tab:red", "BPFI": "tab:blue", "2xBSF": "tab:green", "shaft": "tab:gray"}
+    for name, hz in lines.items():
+        for h in (1, 2, 3):
+            if h * hz <= max_hz:
+                ax.axvline(h * hz, color=colors.get(name, "tab:purple"), lw=1, alpha=0.7,
+                           ls="-" if h == 1 else "--", label=name if h == 1 else None)
+    ax.set_xlabel("frequency (Hz)")
+    ax.set_ylabel("envelope amplitude (g)")
+    ax.legend(fontsize=7, loc="upper right")
+    ax.set_title(title, fontsize=10)
+    return fig

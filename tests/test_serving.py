@@ -4,6 +4,13 @@ an alert (the flight recorder)."""
 
 from __future__ import annotations
 
+import base64
+import os
+import re
+from pathlib import Path
+
+import dagster as dg
+import matplotlib.image as mpimg
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -13,10 +20,14 @@ from bytewax_flows.scoring import AlertPolicy, Channel, _update_alert, score
 from bytewax_flows.sinks import SinkRows
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
+from dagster_project.assets.operations import operations_overview
+from dagster_project.resources import LakeResource
 from lake import Lake
 from models.registry import CHAMPION, FAULT_MODEL, ChampionWatcher, client
 from physics.simulator import default_fleet
 from tests.conftest import T0_US, retrain
+
+RENDERED = Path(os.environ["PLANTPULSE_HOME"]) / "rendered"
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +122,26 @@ def test_the_stream_follows_the_alias_without_restart(mlops: dict, served: dict)
         assert out[1].rows.column("model_version")[0].as_py() == other
     finally:
         c.set_registered_model_alias(FAULT_MODEL, CHAMPION, served["version"])
+
+
+def test_operations_overview_pictures_render(served: dict, tmp_path: Path):
+    """The operators' overview asset: every picture is a real PNG with something drawn."""
+    result = dg.materialize(
+        [operations_overview], resources={"lake": LakeResource(uri=served["lake"].uri)}
+    )
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    pictures = {
+        k: v.value for k, v in meta.items() if isinstance(v.value, str) and "base64," in v.value
+    }
+    assert {"scores_and_alerts", "newest_alert_envelope_spectrum", "drift_events"} <= set(pictures)
+    for name, md in pictures.items():
+        png = base64.b64decode(re.search(r"base64,([^)]+)\)", md).group(1))
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(png)
+        image = mpimg.imread(path)
+        assert image.shape[0] > 150 and image.shape[1] > 400, name
+        assert image[..., :3].std() > 0.05, f"{name} is blank"
+    assert "outer_race suspected" in meta["alerts"].value
+    RENDERED.mkdir(parents=True, exist_ok=True)  # kept for a human to look at
+    for name in pictures:
+        (RENDERED / f"{name}.png").write_bytes((tmp_path / f"{name}.png").read_bytes())
