@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("model", help="fault, rul or a registered model name")
     pr.add_argument("version", help="the registered version to consider")
     pr.add_argument("--min-improvement", type=float, default=0.01)
-    pr.add_argument("--slice-tolerance", type=float, default=0.05)
+    pr.add_argument("--slice-tolerance", type=float, default=0.10)
     pr.add_argument("--latency-budget-ms", type=float, default=100.0)
     pr.add_argument("--json", action="store_true")
     rb = sub.add_parser("rollback", help="move champion back to the version it replaced")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,9 @@ from tests.test_process_and_data import needs_data
 
 
 @needs_data
-@pytest.mark.parametrize("name", ["cwru", "rul", "features", "validation", "stream"])
+@pytest.mark.parametrize(
+    "name", ["cwru", "rul", "features", "validation", "stream", "skab", "nab"]
+)
 def test_bench_quick_writes_the_contract_json(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
@@ -25,3 +31,22 @@ def test_bench_quick_writes_the_contract_json(
     assert set(result["targets"]) <= set(result["metrics"])
     printed = capsys.readouterr().out
     assert f"bench.{name}" in printed and "metric" in printed
+
+
+@needs_data
+def test_retrain_loop_closes_on_real_services(tmp_path: Path):
+    """End to end, in its own process (it runs the Dagster daemon and a stream worker): a new
+    degradation mode → drift → the sensor's retrain → the gate promotes → the running stream
+    scores with the new champion."""
+    out = tmp_path / "retrain_loop.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANTPULSE_", "DAGSTER_",
+                                                                      "MLFLOW_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.retrain_loop", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads(out.read_text())["metrics"]
+    assert m["first_decision_promoted"] == 1.0
+    assert math.isfinite(m["change_to_new_champion_scoring_s"])
+    assert 0 < m["change_to_first_drift_event_s"] <= m["change_to_new_champion_scoring_s"]

@@ -105,6 +105,7 @@ def test_first_candidate_is_registered_in_xgboost_format_and_promoted(mlops: dic
     assert ts["days_used"] == ["2026-01-01"]
     assert ts["days_skipped_failed_validation"] == ["2026-01-02"]
     assert ts["holdout_machines"] == ["pump-04", "pump-05", "pump-06"]
+    assert ts["rows"] == 6 * 300  # one vibration window per frame, no process windows
     decision = meta["fault_promotion"]
     assert decision["decision"] == "promote" and decision["champion_before"] == "none"
     c = client(mlops["tracking"])
