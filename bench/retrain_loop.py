@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many s")
     args = p.parse_args(argv)
     if args.quick:
-        args.history, args.change, args.speed, args.timeout = 200, 70.0, 2.0, 240.0
+        args.history, args.change, args.speed, args.timeout = 150, 60.0, 3.0, 200.0
     home = tempfile.mkdtemp(prefix="plantpulse-bench-")
     os.environ.update(
         {"PLANTPULSE_HOME": home, "PLANTPULSE_DRIFT_DEBOUNCE_S": "60"}
