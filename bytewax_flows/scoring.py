@@ -459,6 +459,10 @@ def _score_window(
         )
     ]
     if ch.seen <= ch.warmup:
+        # the detector is still learning this machine's normal; the champion needs no warm-up
+        if p_fault is not None:
+            out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id},
+                                 window_end, 0.0, p_fault, model, xs, proba, z)
         return out
     out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id}, window_end, anomaly, p_fault,
                          model, xs, proba, z)

@@ -18,7 +18,9 @@ from models.registry import ModelNotFoundError
 from physics.datasets import DatasetError
 from plantpulse_cli.broker import BrokerError
 
-BENCHES = ("cwru", "rul", "features", "validation", "stream", "retrain_loop")
+BENCHES = (
+    "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop"
+)
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dagster_project.assets.models import fault_training_set
 from dagster_project.definitions import defs
 from dagster_project.resources import LakeResource, MLflowResource
 from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
@@ -203,3 +204,16 @@ def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(tmp_path: Path):
     with dg.build_sensor_context(resources=resources, cursor=cursor) as ctx:
         again = sensor(ctx)
     assert isinstance(again, dg.SkipReason) and "4 drift event(s) pending" in str(again.skip_message)
+
+
+def test_declarative_automation_follows_a_new_training_set(mlops: dict):
+    """Materialize only the training set: the automation conditions request the candidate."""
+    instance = dg.DagsterInstance.ephemeral()
+    first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert first.total_requested == 0  # nothing upstream has changed yet
+    dg.materialize([fault_training_set], resources=mlops["resources"], instance=instance)
+    result = dg.evaluate_automation_conditions(
+        defs=defs, instance=instance, cursor=first.cursor
+    )
+    assert result.get_num_requested(dg.AssetKey("fault_candidate")) == 1
+    assert result.get_num_requested(dg.AssetKey("rul_candidate")) == 0

@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 EXPERIMENT = "plantpulse-models"
+FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
+"""Declarative automation: a new training set (from any run) is followed by a new candidate,
+and a new candidate by the gate, without a job having to list them."""
 
 maintenance_events = dg.AssetSpec(
     "maintenance_events",
@@ -175,7 +178,12 @@ def _prepare(train: pd.DataFrame, config: TrainingConfig, label: str) -> pd.Data
     return train
 
 
-@dg.asset(group_name="models", kinds={"xgboost", "mlflow"}, owners=["team:ml"])
+@dg.asset(
+    group_name="models",
+    kinds={"xgboost", "mlflow"},
+    owners=["team:ml"],
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def fault_candidate(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -257,7 +265,12 @@ def _gate(name: str, version: str, config: GateConfig, lake, mlflow) -> dg.Mater
                                      config.policy()))
 
 
-@dg.asset(group_name="models", kinds={"mlflow", "delta"}, owners=["team:ml"])
+@dg.asset(
+    group_name="models",
+    kinds={"mlflow", "delta"},
+    owners=["team:ml"],
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def fault_promotion(
     config: GateConfig, fault_candidate: str, lake: LakeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
@@ -303,7 +316,12 @@ def rul_training_set(datasets: DatasetsResource) -> dg.Output[pd.DataFrame]:
     )
 
 
-@dg.asset(group_name="models", kinds={"xgboost", "mlflow"}, owners=["team:ml"])
+@dg.asset(
+    group_name="models",
+    kinds={"xgboost", "mlflow"},
+    owners=["team:ml"],
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def rul_candidate(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -359,7 +377,12 @@ def rul_candidate(
     )
 
 
-@dg.asset(group_name="models", kinds={"mlflow", "delta"}, owners=["team:ml"])
+@dg.asset(
+    group_name="models",
+    kinds={"mlflow", "delta"},
+    owners=["team:ml"],
+    automation_condition=FOLLOW_UPSTREAM,
+)
 def rul_promotion(
     config: GateConfig, rul_candidate: str, lake: LakeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
