@@ -230,8 +230,8 @@ class ChampionWatcher:
         except FeatureVersionError as exc:
             log.error("not serving %s: %s", self.name, exc)
             return
-        except (MlflowException, OSError) as exc:
-            log.warning("model registry unreachable, keeping %s: %s", self._model_label(), exc)
+        except Exception as exc:  # noqa: BLE001 - the registry must never stop the stream
+            log.warning("model registry unusable, keeping %s: %s", self._model_label(), exc)
             return
         log.info("now serving %s version %s (was %s)", self.name, loaded.version,
                  self._model_label())
