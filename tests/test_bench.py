@@ -33,7 +33,6 @@ def test_bench_quick_writes_the_contract_json(
     assert f"bench.{name}" in printed and "metric" in printed
 
 
-@needs_data
 def test_retrain_loop_closes_on_real_services(tmp_path: Path):
     """End to end, in its own process (it runs the Dagster daemon and a stream worker): a new
     degradation mode → drift → the sensor's retrain → the gate promotes → the running stream

@@ -28,6 +28,7 @@ from models.registry import (
 from models.training import Evaluation, label_faults, split_by_machine
 from physics.registry import FEATURE_VERSION
 from tests.conftest import ENVELOPE, retrain
+from tests.test_process_and_data import needs_data
 
 FV = FEATURE_VERSION
 
@@ -148,6 +149,7 @@ def test_gate_refuses_worse_promotes_better_and_rollback_restores(mlops: dict):
         rollback(mlops["tracking"], mlops["lake"], FAULT_MODEL, "again")
 
 
+@needs_data
 def test_rul_regressor_trains_on_cmapss_and_is_gated(mlops: dict):
     meta = retrain(mlops, "retrain_rul", n_estimators=120)
     assert meta["rul_training_set"]["engines_holdout"] == 20
