@@ -32,6 +32,7 @@ __all__ = [
     "Evaluation",
     "label_faults",
     "split_by_machine",
+    "holdout_split",
     "fit_fault_classifier",
     "fit_rul_regressor",
     "rul_frame",
@@ -101,6 +102,20 @@ def split_by_machine(df: pd.DataFrame, label: str, asset: str = "asset_id") -> p
         groups.setdefault(tuple(sorted(set(labels))), []).append(str(machine))
     holdout = [sorted(machines)[-1] for machines in groups.values() if len(machines) >= 2]
     return df[asset].isin(holdout)
+
+
+def holdout_split(
+    df: pd.DataFrame, label: str, time_column: str = "window_end", asset: str = "asset_id"
+) -> tuple[pd.Series, str]:
+    """The holdout mask and how it was chosen: by machine (``split_by_machine``) when some
+    history is shared by two machines; otherwise (a small fleet, e.g. the three demo pumps) the
+    last quarter of each machine's time, which every reader of the decision should know is a
+    weaker test."""
+    by_machine = split_by_machine(df, label, asset)
+    if by_machine.any():
+        return by_machine, "by machine"
+    cutoff = df.groupby(asset)[time_column].transform(lambda t: t.quantile(0.75))
+    return df[time_column] > cutoff, "by time (last 25 % of each machine; no two machines share a history)"
 
 
 # -- models -----------------------------------------------------------------------------------

@@ -10,10 +10,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from bytewax.testing import run_main
 
+from bytewax_flows.sources import SimulatorSource
+from bytewax_flows.telemetry import get_flow
 from dagster_project.assets.models import fault_training_set
 from dagster_project.definitions import defs
-from dagster_project.resources import LakeResource, MLflowResource
+from dagster_project.resources import DatasetsResource, LakeResource, MLflowResource
 from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
 from lake import Lake
 from models.gate import GatePolicy, decide, rollback
@@ -27,7 +30,8 @@ from models.registry import (
 )
 from models.training import Evaluation, label_faults, split_by_machine
 from physics.registry import FEATURE_VERSION
-from tests.conftest import ENVELOPE, retrain
+from physics.simulator import default_fleet
+from tests.conftest import ENVELOPE, T0_US, ground_truth_rows, retrain
 from tests.test_process_and_data import needs_data
 
 FV = FEATURE_VERSION
@@ -219,3 +223,23 @@ def test_declarative_automation_follows_a_new_training_set(mlops: dict):
     )
     assert result.get_num_requested(dg.AssetKey("fault_candidate")) == 1
     assert result.get_num_requested(dg.AssetKey("rul_candidate")) == 0
+
+
+def test_the_three_pump_demo_fleet_trains_with_a_time_split(tmp_path: Path):
+    """No two demo pumps share a history, so the holdout falls back to each pump's last
+    quarter (and says so) instead of failing on an empty holdout."""
+    lake = Lake(tmp_path / "lake")
+    fleet = default_fleet(3, seed=5, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=90,
+                          time_to_failure_s=300)
+    run_main(get_flow(SimulatorSource(fleet, n_chunks=240), lake.uri,
+                      f"sqlite:///{tmp_path / 'stream.db'}"))
+    lake.append("maintenance_events", ground_truth_rows(fleet))
+    resources = {
+        "lake": LakeResource(uri=lake.uri),
+        "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                                 artifact_root=str(tmp_path / "a")),
+        "datasets": DatasetsResource(path=str(tmp_path)),
+    }
+    meta = retrain({"resources": resources}, n_estimators=60)
+    assert meta["fault_training_set"]["split"].startswith("by time")
+    assert meta["fault_promotion"]["decision"] == "promote"

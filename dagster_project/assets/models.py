@@ -26,9 +26,9 @@ from models.training import (
     RUL_CAP,
     fit_fault_classifier,
     fit_rul_regressor,
+    holdout_split,
     label_faults,
     rul_frame,
-    split_by_machine,
 )
 from physics.datasets import read_cmapss
 from physics.process import ProcessFeatureBuilder
@@ -124,12 +124,13 @@ def fault_training_set(
         )
     )
     labelled = label_faults(feats, events)
-    labelled["holdout"] = split_by_machine(labelled, "condition")
+    labelled["holdout"], split = holdout_split(labelled, "condition")
     counts = labelled.groupby(["condition", "holdout"]).size().unstack(fill_value=0)
     return dg.Output(
         labelled,
         metadata={
             "rows": dg.MetadataValue.int(len(labelled)),
+            "split": split,
             "days_used": dg.MetadataValue.json(good),
             "days_skipped_failed_validation": dg.MetadataValue.json(skipped),
             "holdout_machines": dg.MetadataValue.json(
