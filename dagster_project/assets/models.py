@@ -198,7 +198,10 @@ def fault_candidate(
     train = _prepare(df[~df["holdout"]], config, "condition")
     holdout = df[df["holdout"]]
     used = [f for f in FAULT_FEATURES if f not in config.drop_features]
-    model, classes = fit_fault_classifier(train, config.n_estimators, used)
+    try:
+        model, classes = fit_fault_classifier(train, config.n_estimators, used)
+    except ValueError as exc:  # e.g. no fault recorded yet: say so instead of a traceback
+        raise dg.Failure(str(exc)) from None
     predicted = np.asarray(classes, dtype=object)[model.predict(holdout[used]).astype(int)]
     figures = {
         "confusion_matrix.png": _confusion_figure(
