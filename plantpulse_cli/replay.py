@@ -12,7 +12,7 @@ from bytewax_flows.replay import ReplaySource, dataset_messages
 from bytewax_flows.telemetry import get_flow
 from lake import Lake, Settings
 
-TABLES = ("readings", "features", "frames", "dead_letter")
+TABLES = ("readings", "features", "scores", "alerts", "drift_events", "frames", "dead_letter")
 
 
 def replay(dataset: str, speed: float | None = None, data_dir: str | None = None) -> int:
