@@ -469,30 +469,38 @@ def _score_window(
             out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id},
                                  window_end, 0.0, p_fault, model, xs, proba, z)
         return out
-    out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id}, window_end, anomaly, p_fault,
-                         model, xs, proba, z)
+    out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id},
+                         window_end, anomaly, p_fault, model, xs, proba, z)
     out += _feature_drift(ch, item, asset_id, window_end, z)
     ch.drift_detector.update(anomaly)
     if ch.drift_detector.drift_detected:
         est = float(ch.drift_detector.estimation)
+        subject = "anomaly_score" if ch.name == "vibration" else f"{ch.name}_anomaly_score"
         out.append(
-            _one_row(
-                "drift_events",
-                item,
-                {
-                    "ts": window_end,
-                    "asset_id": asset_id,
-                    "subject_kind": "residual",
-                    "subject": "anomaly_score" if ch.name == "vibration"
-                    else f"{ch.name}_anomaly_score",
-                    "detector": "ADWIN",
-                    "statistic": est,
-                    "detail": f"mean {ch.name} anomaly score changed; now {est:.3f} over the "
-                    f"last {int(ch.drift_detector.width)} windows",
-                },
-            )
+            _drift_row(item, asset_id, window_end, "residual", subject, "ADWIN", est,
+                       f"mean {ch.name} anomaly score changed; now {est:.3f} over the last "
+                       f"{int(ch.drift_detector.width)} windows")
         )
     return out
+
+
+def _drift_row(
+    item: SinkRows, asset_id: str, window_end: Any, kind: str, subject: str, detector: str,
+    statistic: float, detail: str,
+) -> SinkRows:
+    return _one_row(
+        "drift_events",
+        item,
+        {
+            "ts": window_end,
+            "asset_id": asset_id,
+            "subject_kind": kind,
+            "subject": subject,
+            "detector": detector,
+            "statistic": statistic,
+            "detail": detail,
+        },
+    )
 
 
 def _feature_drift(
@@ -510,20 +518,9 @@ def _feature_drift(
         ph.update(z[name])
         if ph.drift_detected:
             out.append(
-                _one_row(
-                    "drift_events",
-                    item,
-                    {
-                        "ts": window_end,
-                        "asset_id": asset_id,
-                        "subject_kind": "feature",
-                        "subject": name,
-                        "detector": "PageHinkley",
-                        "statistic": float(z[name]),
-                        "detail": f"{name} rose persistently above this machine's normal "
-                        f"(now {z[name]:.1f} standard deviations)",
-                    },
-                )
+                _drift_row(item, asset_id, window_end, "feature", name, "PageHinkley",
+                           float(z[name]), f"{name} rose persistently above this machine's "
+                           f"normal (now {z[name]:.1f} standard deviations)")
             )
     return out
 
