@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -118,15 +117,6 @@ def replay_into_lake(timelines: dict, lake_dir: str | None = None):
     lake = Lake(lake_dir or tempfile.mkdtemp(prefix="plantpulse-bench-lake-"))
     run_main(get_flow(ReplaySource(timelines), lake.uri))
     return lake
-
-
-def alert_intervals(lake) -> pd.DataFrame:
-    """Each alert's asset, opening and closing time (closing NaT while still open), from the
-    newest row of each alert."""
-    if not lake.exists("alerts"):
-        return pd.DataFrame(columns=["alert_id", "asset_id", "opened_ts", "closed_ts"])
-    a = lake.read("alerts").sort_values("updated_ts").groupby("alert_id", as_index=False).last()
-    return a[["alert_id", "asset_id", "opened_ts", "closed_ts"]]
 
 
 def point_metrics(flag, truth) -> dict[str, float]:

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from bytewax.testing import run_main
 
-from bench.common import alert_intervals, data_dir, parser, report
+from bench.common import data_dir, parser, report
 from bytewax_flows.replay import ReplaySource, dataset_messages
 from bytewax_flows.telemetry import get_flow
-from lake import Lake
+from lake import Lake, current_alerts
 from models.registry import CHAMPION, FAULT_MODEL, ChampionWatcher, client, log_candidate
 from models.training import FAULT_FEATURES, fit_fault_classifier
 from physics import datasets as ds
@@ -70,15 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     served = _replay(test, tracking)
     scores = served.read("scores", columns=["asset_id", "model_version"])
-    alerts = served.read("alerts").sort_values("updated_ts") if served.exists("alerts") else (
-        pd.DataFrame(columns=["alert_id", "asset_id", "summary"]))
-    first_alert = alert_intervals(served).sort_values("opened_ts").groupby("asset_id").first()
+    first_alert = current_alerts(served).sort_values("opened_ts").groupby("asset_id").first()
     rows = []
     for asset in sorted(test):
-        if asset in first_alert.index:
-            newest = alerts[alerts["alert_id"] == first_alert.loc[asset, "alert_id"]].iloc[-1]
-            decided = next((c for c in classes if f"{c} suspected" in newest["summary"]),
-                           "anomaly")
+        if asset in first_alert.index:  # its current state: the diagnosis as it firmed up
+            summary = first_alert.loc[asset, "summary"]
+            decided = next((c for c in classes if f"{c} suspected" in summary), "anomaly")
         else:
             decided = "normal"
         rows.append({"recording": asset.removeprefix("cwru-"), "label": labels[asset],

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.common import alert_intervals, data_dir, parser, replay_into_lake, report
+from bench.common import data_dir, parser, replay_into_lake, report
 from bytewax_flows.replay import dataset_messages
+from lake import current_alerts
 from physics.datasets import nab_windows
 
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         timelines = {k: v[:3000] for k, v in timelines.items()}
     lake = replay_into_lake(timelines)
-    alerts = alert_intervals(lake)
+    alerts = current_alerts(lake)
     windows = nab_windows(data)
     opened = pd.to_datetime(alerts["opened_ts"], utc=True)
     closed = pd.to_datetime(alerts["closed_ts"], utc=True).fillna(pd.Timestamp.max.tz_localize("UTC"))

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.common import alert_intervals, data_dir, parser, point_metrics, replay_into_lake, report
+from bench.common import data_dir, parser, point_metrics, replay_into_lake, report
 from bytewax_flows.replay import readings_messages
 from bytewax_flows.scoring import PROCESS_WARMUP, AlertPolicy, MahalanobisDistance
+from lake import current_alerts
 from physics.datasets import read_skab, skab_readings
 
 WARMUP_ROWS = 400
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     readings = pd.concat([skab_readings(df, asset) for asset, df in frames.items()])
     lake = replay_into_lake(readings_messages(readings, batch_s=1.0))
     scores = lake.read("scores", columns=["asset_id", "window_end", "anomaly_score"])
-    alerts = alert_intervals(lake)
+    alerts = current_alerts(lake)
     threshold = AlertPolicy().for_channel("process").anomaly_open_at
     calibration = anomaly_free_percentile(data)
     rows = []

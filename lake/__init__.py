@@ -3,6 +3,7 @@
 from lake.catalogue import TABLES, TableSpec, UnknownTableError, table_names, table_spec
 from lake.settings import Settings
 from lake.store import Lake, LakeError, SchemaMismatchError, conform
+from lake.views import current_alerts
 
 __all__ = [
     "TABLES",
@@ -13,6 +14,7 @@ __all__ = [
     "TableSpec",
     "UnknownTableError",
     "conform",
+    "current_alerts",
     "table_names",
     "table_spec",
 ]

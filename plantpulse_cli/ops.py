@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from lake import TABLES, Lake, Settings
+from lake import TABLES, Lake, Settings, current_alerts
 from models.gate import GatePolicy, rollback, run_gate
 from models.registry import (
     FAULT_MODEL,
@@ -88,14 +88,6 @@ def _champion(settings: Settings, lake: Lake, name: str) -> dict[str, Any]:
             info["metric"] = ev["metric"]
             info["value"] = round(float(ev["overall"]), 4)
     return info
-
-
-def current_alerts(lake: Lake) -> pd.DataFrame:
-    """The current state of every alert (the newest row per ``alert_id``)."""
-    if not lake.exists("alerts"):
-        return pd.DataFrame(columns=[f.name for f in TABLES["alerts"].schema])
-    a = lake.read("alerts").sort_values("updated_ts")
-    return a.groupby("alert_id", as_index=False).last().sort_values("opened_ts", ascending=False)
 
 
 def status(settings: Settings) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import pandas as pd
 
 from dagster_project.plots import drift_timeline, envelope_plot, png_markdown, score_timeline
 from dagster_project.resources import LakeResource
+from lake import current_alerts
 from physics.bearing import SKF_6205, defect_frequencies
 from physics.features import demodulation_band, envelope_spectrum
 
@@ -77,11 +78,7 @@ def operations_overview(lake: LakeResource) -> dg.MaterializeResult:
     newest = store.read("scores", columns=["window_end"])["window_end"].max()
     since = newest - pd.Timedelta(hours=HOURS)
     scores = store.read("scores", filters=[("window_end", ">=", since)])
-    alerts = (
-        store.read("alerts").sort_values("updated_ts").groupby("alert_id", as_index=False).last()
-        if store.exists("alerts") else pd.DataFrame(columns=["alert_id", "asset_id", "opened_ts",
-                                                             "closed_ts", "severity", "status"])
-    )
+    alerts = current_alerts(store)
     metadata: dict[str, dg.MetadataValue] = {
         "windows_scored": dg.MetadataValue.int(len(scores)),
         "open_alerts": dg.MetadataValue.int(int((alerts["status"] == "open").sum())),
