@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from bytewax_flows.payloads import Message
-from bytewax_flows.sources import now_us
+from bytewax_flows.sources import chunk_payloads, now_us
 
 __all__ = ["CircuitBreaker", "MQTTSource", "TOPIC", "publish", "topic_for"]
 
@@ -189,7 +189,6 @@ def mqtt_flow(host: str = "127.0.0.1", port: int = 1883):
 def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:
     """Publish the live simulated fleet to the broker, one chunk per machine per second (what
     devices at the edge would send)."""
-    from bytewax_flows.payloads import encode_frame, encode_scalars
     from physics.simulator import default_fleet
 
     sim = default_fleet(n_machines, start_us=(now_us() // 1_000_000) * 1_000_000)
@@ -202,11 +201,8 @@ def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:
             due = sim.start_us / 1e6 + (k + 1) * sim.chunk_s
             time.sleep(max(0.0, due - time.time()))
             for asset in sim.asset_ids:
-                c = sim.chunk(asset, k)
-                for sid, (ts, v) in c.scalars.items():
-                    client.publish(topic_for(asset, sid), encode_scalars(asset, sid, ts, v), 1)
-                for sid, t0, rate, x in c.frames:
-                    client.publish(topic_for(asset, sid), encode_frame(asset, sid, t0, rate, x), 1)
+                for sid, payload in chunk_payloads(sim.chunk(asset, k)):
+                    client.publish(topic_for(asset, sid), payload, 1)
             k += 1
     finally:
         client.loop_stop()

@@ -9,14 +9,26 @@ from typing import NamedTuple
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from bytewax_flows.payloads import Message, encode_frame, encode_scalars
-from physics.simulator import FleetSimulator
+from physics.simulator import Chunk, FleetSimulator
 
-__all__ = ["SimulatorSource", "SimPosition", "now_us", "MESSAGES_PER_CHUNK"]
+__all__ = ["SimulatorSource", "SimPosition", "now_us", "chunk_payloads", "MESSAGES_PER_CHUNK"]
 
 MESSAGES_PER_CHUNK = 64
 """Offsets are ``(chunk start in whole chunks since the epoch) * 64 + j``: monotonic per
 machine, stable across replays, and larger for later event times, so a new simulation run after
 an earlier one continues the machine's offsets instead of being taken for a replay of it."""
+
+
+def chunk_payloads(chunk: Chunk) -> list[tuple[str, bytes]]:
+    """One simulated second of a machine as wire-format messages: ``(sensor_id, payload)``,
+    a JSON batch per scalar sensor, then the binary vibration frames."""
+    out = [
+        (sid, encode_scalars(chunk.asset_id, sid, ts, v)) for sid, (ts, v) in chunk.scalars.items()
+    ]
+    out += [
+        (sid, encode_frame(chunk.asset_id, sid, t0, rate, x)) for sid, t0, rate, x in chunk.frames
+    ]
+    return out
 
 
 def now_us() -> int:
@@ -53,13 +65,7 @@ class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
     def next_batch(self) -> list[Message]:
         if self.n_chunks is not None and self.next_chunk >= self.n_chunks:
             raise StopIteration()
-        chunk = self.sim.chunk(self.asset_id, self.next_chunk)
-        payloads = [
-            encode_scalars(chunk.asset_id, sid, ts, v) for sid, (ts, v) in chunk.scalars.items()
-        ]
-        payloads += [
-            encode_frame(chunk.asset_id, sid, t0, rate, x) for sid, t0, rate, x in chunk.frames
-        ]
+        payloads = [p for _, p in chunk_payloads(self.sim.chunk(self.asset_id, self.next_chunk))]
         epoch_chunk = self.sim.start_us // round(self.sim.chunk_s * 1e6) + self.next_chunk
         base, received = epoch_chunk * MESSAGES_PER_CHUNK, now_us()
         self.next_chunk += 1
