@@ -52,11 +52,6 @@ def live_flow(start_us: int, change_s: float, speed: float, n_chunks: int):
                                     n_chunks=n_chunks))
 
 
-def _events(fleet, extra: list[dict] | None = None) -> pd.DataFrame:
-    rows = pd.DataFrame(fleet.ground_truth() + (extra or []))
-    return rows.assign(ts=pd.to_datetime(rows["ts"], unit="us", utc=True))
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = parser("retrain_loop", __doc__.splitlines()[0])
     p.add_argument("--history", type=int, default=300, help="seconds of history (event time)")
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     now_us = time.time_ns() // 1000
     history = _fleet(now_us - 86_400_000_000, False, args.change)
     run_main(get_flow(SimulatorSource(history, n_chunks=args.history), lake.uri))
-    lake.append("maintenance_events", _events(history))
+    lake.append("maintenance_events", pd.DataFrame(history.ground_truth()))
     instance = dg.DagsterInstance.get()
     first = defs.resolve_job_def("retrain_fault_classifier").execute_in_process(
         instance=instance, tags={"plantpulse/trigger": "bench-initial"}
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
              component="bearing_outer_race", detail="bearing replaced", source="bench")
         for a in ("pump-02", "pump-05")
     ]
-    lake.append("maintenance_events", _events(live, repairs))
+    lake.append("maintenance_events", pd.DataFrame(live.ground_truth() + repairs))
     change_ts = pd.Timestamp(start_us + int(args.change * 1e6), unit="us", tz="UTC")
     n_chunks = int(args.change + args.timeout * args.speed)
     bin_dir = Path(sys.executable).parent

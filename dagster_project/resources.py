@@ -8,6 +8,7 @@ import dagster as dg
 from mlflow.tracking import MlflowClient
 
 from lake import Lake, Settings
+from models.registry import client as registry_client
 
 __all__ = ["LakeResource", "MLflowResource", "DatasetsResource", "default_resources"]
 
@@ -28,7 +29,7 @@ class MLflowResource(dg.ConfigurableResource):
     artifact_root: str
 
     def client(self) -> MlflowClient:
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return registry_client(self.tracking_uri)
 
     def experiment_id(self, name: str) -> str:
         """Id of experiment ``name``, created with its artifacts under ``artifact_root`` if new."""
@@ -50,10 +51,6 @@ class DatasetsResource(dg.ConfigurableResource):
 def default_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     """Resources for the local deployment, from ``PLANTPULSE_*`` / ``MLFLOW_*`` variables."""
     s = settings or Settings.from_env()
-    if s.mlflow_tracking_uri.startswith("sqlite:///"):
-        Path(s.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
     return {
         "lake": LakeResource(uri=s.lake_uri),
         "mlflow": MLflowResource(

@@ -59,6 +59,10 @@ class ModelNotFoundError(LookupError):
 
 
 def client(tracking_uri: str) -> MlflowClient:
+    """Tracking and registry client for ``tracking_uri``; a local SQLite store's directory is
+    created if missing (the one place that does so)."""
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
@@ -135,10 +139,6 @@ class LoadedModel:
     feature_version: int
     classes: list[str] | None
     tags: dict[str, str]
-
-    def predict(self, x: pd.DataFrame) -> np.ndarray:
-        """Class numbers (classifier) or values (regressor) for the rows of ``x``."""
-        return self.model.predict(x[self.features].astype(np.float64))
 
     def fault_probability(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For a classifier: P(not ``normal``) per row of the feature matrix ``x`` (columns in

@@ -79,10 +79,6 @@ def prepare(settings: Settings) -> None:
     # the same for the MLflow store, which the stream and the Dagster daemon both open
     from models.registry import client
 
-    if settings.mlflow_tracking_uri.startswith("sqlite:///"):
-        Path(settings.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
-            parents=True, exist_ok=True
-        )
     client(settings.mlflow_tracking_uri).search_experiments(max_results=1)
     Lake(settings.lake_uri).create_tables()
 

@@ -74,11 +74,6 @@ def readings_rows(
 ENVELOPE = [f"env_{k}_{i}" for k in ("bpfo", "bpfi", "bsf2") for i in (1, 2, 3)]
 
 
-def ground_truth_rows(fleet) -> pd.DataFrame:
-    rows = pd.DataFrame(fleet.ground_truth())
-    return rows.assign(ts=pd.to_datetime(rows["ts"], unit="us", utc=True))
-
-
 @pytest.fixture(scope="session")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Six pumps (two healthy, two outer-race, two inner-race faults) streamed for 5 minutes."""
@@ -87,7 +82,7 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> dict:
         6, seed=3, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=120, time_to_failure_s=400
     )
     run_main(get_flow(SimulatorSource(fleet, n_chunks=300), lake.uri))
-    lake.append("maintenance_events", ground_truth_rows(fleet))
+    lake.append("maintenance_events", pd.DataFrame(fleet.ground_truth()))
     return {"lake": lake}
 
 

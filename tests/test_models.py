@@ -31,7 +31,7 @@ from models.registry import (
 from models.training import Evaluation, label_faults, split_by_machine
 from physics.registry import FEATURE_VERSION
 from physics.simulator import default_fleet
-from tests.conftest import ENVELOPE, T0_US, ground_truth_rows, retrain
+from tests.conftest import ENVELOPE, T0_US, retrain
 from tests.test_process_and_data import needs_data
 
 FV = FEATURE_VERSION
@@ -233,7 +233,7 @@ def test_the_three_pump_demo_fleet_trains_with_a_time_split(tmp_path: Path):
                           time_to_failure_s=300)
     run_main(get_flow(SimulatorSource(fleet, n_chunks=240), lake.uri,
                       f"sqlite:///{tmp_path / 'stream.db'}"))
-    lake.append("maintenance_events", ground_truth_rows(fleet))
+    lake.append("maintenance_events", pd.DataFrame(fleet.ground_truth()))
     resources = {
         "lake": LakeResource(uri=lake.uri),
         "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
