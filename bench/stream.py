@@ -69,13 +69,12 @@ def frame_messages(n_frames: int, asset: str = "pump-01") -> list[tuple[int, byt
     ]
 
 
-def run(timelines: dict[str, list[tuple[int, bytes]]], workers: int = 1,
-        speed: float | None = None) -> tuple[float, Lake]:
+def run(timelines: dict[str, list[tuple[int, bytes]]], workers: int = 1) -> tuple[float, Lake]:
     """The real flow from a replay of ``timelines`` into a fresh lake; returns the wall time."""
     lake = Lake(tempfile.mkdtemp(prefix="bench-stream-"))
     champion = ChampionWatcher(Settings.from_env().mlflow_tracking_uri)
     champion.get()  # the one-off MLflow import and first registry query, before the clock
-    flow = get_flow(ReplaySource(timelines, batch=64, speed=speed), lake.uri, champion=champion)
+    flow = get_flow(ReplaySource(timelines, batch=64), lake.uri, champion=champion)
     with Timer() as t:
         if workers == 1:
             run_main(flow)

@@ -20,6 +20,7 @@ from river import base, drift, preprocessing
 
 from bytewax_flows.sinks import SinkRows
 from bytewax_flows.sources import now_us
+from expectations.contracts import SENSORS
 from lake import table_spec
 from models.registry import ChampionWatcher, LoadedModel
 from physics.registry import FEATURE_VERSION, feature_names
@@ -343,8 +344,8 @@ def _update_alert(
     state: Channel,
     policy: AlertPolicy,
     item: SinkRows,
-    row: dict[str, Any],
-    window_end: Any,
+    asset: str,
+    end_us: int,
     anomaly: float,
     p_fault: float | None,
     model: LoadedModel | None,
@@ -352,7 +353,7 @@ def _update_alert(
     proba: np.ndarray | None,
     z: dict[str, float],
 ) -> list[SinkRows]:
-    """Advance the asset's alert state by one window; returns the ``alerts`` rows to write: the
+    """Advance ``asset``'s alert state by the window ending at ``end_us``; returns the ``alerts`` rows to write: the
     opening, a revision when the diagnosis changes (same ``alert_id``; the newest row of an
     alert is its current state), and the closing."""
     hot = (p_fault is not None and p_fault >= policy.open_at) or anomaly >= policy.anomaly_open_at
@@ -366,10 +367,6 @@ def _update_alert(
         state.evidence = state.evidence + proba
     elif state.alert is None:
         state.evidence = None
-    end_us = window_end if isinstance(window_end, int) else int(
-        pa.scalar(window_end, pa.timestamp("us", tz="UTC")).cast(pa.int64()).as_py()
-    )
-    asset = row["asset_id"]
     klass, words = _diagnosis(state, model, p_fault)
     summary = f"{asset}: {words}; anomaly score {anomaly:.1f}"
     if state.alert is None and state.hot >= policy.open_after:
@@ -431,7 +428,7 @@ def _score_window(
     ch: Channel,
     item: SinkRows,
     asset_id: str,
-    window_end: Any,
+    window_end: int,
     x: dict[str, float],
     row: dict[str, Any],
     model: LoadedModel | None,
@@ -466,10 +463,10 @@ def _score_window(
     if ch.seen <= ch.warmup:
         # the detector is still learning this machine's normal; the champion needs no warm-up
         if p_fault is not None:
-            out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id},
+            out += _update_alert(ch, policy.for_channel(ch.name), item, asset_id,
                                  window_end, 0.0, p_fault, model, xs, proba, z)
         return out
-    out += _update_alert(ch, policy.for_channel(ch.name), item, {"asset_id": asset_id},
+    out += _update_alert(ch, policy.for_channel(ch.name), item, asset_id,
                          window_end, anomaly, p_fault, model, xs, proba, z)
     out += _feature_drift(ch, item, asset_id, window_end, z)
     ch.drift_detector.update(anomaly)
@@ -485,7 +482,7 @@ def _score_window(
 
 
 def _drift_row(
-    item: SinkRows, asset_id: str, window_end: Any, kind: str, subject: str, detector: str,
+    item: SinkRows, asset_id: str, window_end: int, kind: str, subject: str, detector: str,
     statistic: float, detail: str,
 ) -> SinkRows:
     return _one_row(
@@ -504,7 +501,7 @@ def _drift_row(
 
 
 def _feature_drift(
-    ch: Channel, item: SinkRows, asset_id: str, window_end: Any, z: dict[str, float]
+    ch: Channel, item: SinkRows, asset_id: str, window_end: int, z: dict[str, float]
 ) -> list[SinkRows]:
     """Page-Hinkley (upward, in units of the feature's normal spread) on each watched feature;
     a detection is a ``drift_events`` row with the cumulative statistic's input that fired."""
@@ -563,13 +560,15 @@ def score(
     state = state or AssetScorer()
     if isinstance(item, FrameCandidate):
         return state, _record_frame(state, policy, item)
-    if not item.rows.column("vib_rms")[0].is_valid:  # a process window of a scalar sensor
+    sensor = item.rows.column("sensor_id")[0].as_py()
+    if not SENSORS[sensor].frames:  # a process window of a scalar sensor
         row = {k: item.rows.column(k)[0].as_py() for k in ("asset_id", "sensor_id", "proc_level")}
         return state, [item, *_score_process(state, item, row, policy)]
     row = item.rows.to_pylist()[0]
+    end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
     model = champion.get() if champion is not None else None
     return state, [
         item,
-        *_score_window(state.vib, item, row["asset_id"], row["window_end"], _features(row), row,
-                       model, policy, DETECTOR_NAME),
+        *_score_window(state.vib, item, row["asset_id"], end_us, _features(row), row, model,
+                       policy, DETECTOR_NAME),
     ]

@@ -89,10 +89,9 @@ def _item(window_end_us: int) -> SinkRows:
 
 def test_hysteresis_one_noisy_window_neither_opens_nor_closes():
     policy, state = AlertPolicy(), Channel()
-    row = {"asset_id": "a", "window_end": None}
 
     def step(i: int, anomaly: float) -> list[SinkRows]:
-        return _update_alert(state, policy, _item(i), row, T0_US + i, anomaly, None, None, None,
+        return _update_alert(state, policy, _item(i), "a", T0_US + i, anomaly, None, None, None,
                              None, {"rms": anomaly})
 
     assert step(0, 50.0) == [] and step(1, 1.0) == []  # a single spike: nothing

@@ -30,7 +30,7 @@ from models.training import (
     label_faults,
     rul_frame,
 )
-from physics.datasets import read_cmapss
+from physics.datasets import DatasetError, read_cmapss
 from physics.process import ProcessFeatureBuilder
 
 __all__ = [
@@ -290,7 +290,10 @@ def rul_training_set(datasets: DatasetsResource) -> dg.Output[pd.DataFrame]:
     """C-MAPSS FD001 run-to-failure trajectories (RUL capped at 125) checked against the
     C-MAPSS sensor contracts, with process features fitted on the training engines only; 20 %
     of engines held out."""
-    raw = read_cmapss(datasets.path, "FD001", rul_cap=RUL_CAP)
+    try:
+        raw = read_cmapss(datasets.path, "FD001", rul_cap=RUL_CAP)
+    except DatasetError as exc:  # data missing or malformed: say where, not a traceback
+        raise dg.Failure(f"{exc} (set PLANTPULSE_DATA to the reference data sets)") from None
     bad = {
         c: int((scalar_reasons(SENSORS[f"cmapss_{c}"], raw[c].to_numpy(float)) != OK).sum())
         for c in raw.columns
