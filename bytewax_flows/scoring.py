@@ -189,7 +189,8 @@ class AlertPolicy:
 
     def for_channel(self, name: str) -> AlertPolicy:
         """The process channel's score is a Mahalanobis distance: its own thresholds (opening
-        at about the 99.5th percentile of SKAB's anomaly-free run, see ``bench.skab``)."""
+        between the 99th and 99.5th percentile of SKAB's anomaly-free run, see
+        ``bench.skab``)."""
         if name != "process":
             return self
         return replace(self, anomaly_open_at=self.process_open_at,
@@ -525,17 +526,19 @@ def _feature_drift(
 def _score_process(
     state: AssetScorer, item: SinkRows, row: dict[str, Any], policy: AlertPolicy
 ) -> list[SinkRows]:
-    """Collect the 30 s levels of the asset's scalar sensors per time step; a step is scored
-    once every sensor has reported it (or a later step has begun).  Only for assets without
-    vibration frames (SKAB, NAB, C-MAPSS): one detector per asset."""
+    """Collect the asset's scalar sensors per time step (each as its contract's ``watched_as``:
+    the 30 s level or slope); a step is scored once every sensor has reported it (or a later
+    step has begun).  Only for assets without vibration frames (SKAB, NAB, C-MAPSS): one
+    detector per asset."""
     if state.vib.seen:  # an asset with vibration frames is watched through them
         state.proc_pending.clear()
         return []
     end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
-    level = row.get("proc_level")
-    state.proc_sensors.add(row["sensor_id"])
-    if level is not None and math.isfinite(level):
-        state.proc_pending.setdefault(end_us, {})[row["sensor_id"]] = float(level)
+    sensor = row["sensor_id"]
+    value = row.get(f"proc_{SENSORS[sensor].watched_as}")
+    state.proc_sensors.add(sensor)
+    if value is not None and math.isfinite(value):
+        state.proc_pending.setdefault(end_us, {})[sensor] = float(value)
     out: list[SinkRows] = []
     for w in sorted(state.proc_pending):
         # until one whole step has been seen, the asset's set of sensors is not known yet
@@ -562,7 +565,8 @@ def score(
         return state, _record_frame(state, policy, item)
     sensor = item.rows.column("sensor_id")[0].as_py()
     if not SENSORS[sensor].frames:  # a process window of a scalar sensor
-        row = {k: item.rows.column(k)[0].as_py() for k in ("asset_id", "sensor_id", "proc_level")}
+        row = {k: item.rows.column(k)[0].as_py()
+               for k in ("asset_id", "sensor_id", "proc_level", "proc_slope")}
         return state, [item, *_score_process(state, item, row, policy)]
     row = item.rows.to_pylist()[0]
     end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from bytewax.testing import run_main
 
+from bytewax_flows.replay import ReplaySource, readings_messages
 from bytewax_flows.scoring import DETECTOR_NAME
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
-from lake import Lake
+from expectations.contracts import SENSORS
+from lake import Lake, current_alerts
+from physics.datasets import read_skab, skab_readings
 from physics.simulator import Fault, FleetSimulator, MachineSpec
+from tests.test_process_and_data import DATA, needs_data
 
 ONSET_S = 200
 
@@ -56,3 +62,28 @@ def test_drift_events_only_for_the_faulty_machine_soon_after_onset(scored: Lake)
     for first in (adwin, features.min()):
         delay = (first - start).total_seconds() - ONSET_S
         assert 0 < delay <= 90
+
+
+@needs_data
+@pytest.mark.parametrize("temperature_as", ["slope", "level"])
+def test_a_wandering_motor_temperature_is_context_not_an_alarm(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, temperature_as: str
+):
+    """SKAB valve1/12: the motor housing cools by 3 degC within minutes of the warm-up, long
+    before the labelled valve fault.  Watched as a slope (its contract) that raises no alert
+    before the fault and one during it; watched as a level, the detector alarms early."""
+    df = read_skab(DATA, "valve1/12")
+    assert df["temperature"].iloc[:400].mean() - df["temperature"].iloc[450:560].mean() > 2.5
+    for s in ("skab_temperature", "skab_thermocouple"):
+        monkeypatch.setitem(SENSORS, s, replace(SENSORS[s], watched_as=temperature_as))
+    lake = Lake(tmp_path)
+    timelines = readings_messages(skab_readings(df, "skab-12"), batch_s=1.0)
+    run_main(get_flow(ReplaySource(timelines), lake.uri))
+    onset = df.index[df["anomaly"].to_numpy() > 0][0]
+    opened = current_alerts(lake)["opened_ts"]
+    early = opened[opened < onset]
+    if temperature_as == "slope":
+        assert early.empty, early
+        assert ((opened >= onset) & (opened < df.index[-1])).any()
+    else:
+        assert not early.empty
