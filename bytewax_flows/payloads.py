@@ -15,12 +15,12 @@ n_samples: u32``, then the two UTF-8 ids, then ``n_samples`` float32 samples.
 
 from __future__ import annotations
 
-import json
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from numpy.typing import NDArray
 
@@ -91,7 +91,7 @@ def encode_scalars(asset_id: str, sensor_id: str, ts_us: Any, values: Any) -> by
         "ts": np.asarray(ts_us, np.int64).tolist(),
         "value": vals,
     }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body)
 
 
 def encode_frame(
@@ -142,8 +142,8 @@ def _decode_frame(payload: bytes) -> Frame:
 
 def _decode_json(payload: bytes) -> ScalarBatch:
     try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:  # also invalid UTF-8
         raise PayloadError("malformed", f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise PayloadError("malformed", f"expected a JSON object, got {type(body).__name__}")
