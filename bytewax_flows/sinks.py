@@ -1,10 +1,14 @@
 """The Delta sink: batched, exactly-once appends to the lake's tables.
 
 Every item carries the source partition and offset of the input message it came from.  A commit
-records, as Delta application transactions, the newest offset it contains per source
-(``app_id = "<flow>:<source>"``); before committing, rows whose offset is already recorded are
-dropped.  So whatever Bytewax replays after a crash (everything since its last snapshot), each
-input's rows land in each table exactly once, independent of how the replay is batched.
+records, as Delta application transactions, the newest offset committed so far per source
+(``app_id = "<flow>:<source>"``).  What a sink partition finds recorded when it first meets a
+source is its resume point: items at or below it are what Bytewax replays after a crash
+(everything since its last snapshot) and are dropped, so each input's rows land in each table
+exactly once, independent of how the replay is batched.  Items above it are all written, in
+whatever order they arrive: one source's items reach a table along several paths (rejected at
+parsing, validated on the asset's worker), and a late item with a lower offset than one already
+committed is new, not a replay.
 
 Rows are buffered and committed when a table's buffer reaches ``max_rows`` or ``max_age_s``,
 and at every epoch snapshot (so nothing buffered is lost to a crash).
@@ -49,7 +53,9 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         self.lake, self.flow_id = lake, flow_id
         self.max_rows, self.max_age_s = max_rows, max_age_s
         self.buffers: dict[str, _Buffer] = {}
-        self.committed: dict[tuple[str, str], int] = {}  # (table, source) -> newest offset in Delta
+        # (table, source) -> offset recorded in Delta when first seen: replays are at or below it
+        self.resume: dict[tuple[str, str], int] = {}
+        self.committed: dict[tuple[str, str], int] = {}  # (table, source) -> newest in Delta
 
     def write_batch(self, values: list[SinkRows]) -> None:
         now = time.monotonic()
@@ -85,12 +91,13 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         newest: dict[str, int] = {}
         for item in buf.items:
             key = (table, item.source)
-            if key not in self.committed:
+            if key not in self.resume:
                 done = self.lake.committed_version(table, self._app_id(item.source))
-                self.committed[key] = -1 if done is None else done
-            if item.offset > self.committed[key]:
+                self.resume[key] = self.committed[key] = -1 if done is None else done
+            if item.offset > self.resume[key]:
                 fresh.append(item)
-                newest[item.source] = max(newest.get(item.source, -1), item.offset)
+                newest[item.source] = max(newest.get(item.source, -1), item.offset,
+                                          self.committed[key])
         if not fresh:
             return
         data = pa.concat_tables([i.rows for i in fresh], promote_options="none")
