@@ -11,10 +11,15 @@ breaker's high watermark (input outrunning processing), the breaker opens and ke
 in ``keep_every``, sending the rest to ``dead_letter`` with reason ``shed`` (payload kept, so
 they can be replayed); it closes again below the low watermark.  Nothing is dropped silently.
 
-Delivery: QoS 1 from publisher to broker to worker.  Unlike the simulator and replay sources, an
-MQTT message has no position the broker can rewind to, so messages received but not yet
-committed when a worker is killed are lost; restarts resume with new offsets (the receive time
-in microseconds), which keeps the sink's offset-keyed commits correct.
+Delivery across a crash: QoS 1 from publisher to broker to worker, and the worker acknowledges a
+message only when its rows are durable in every stream table (the sink's durability marks,
+``bytewax_flows.sinks``).  Each worker keeps a persistent session under a stable client id, so
+the broker delivers again, to the restarted worker, whatever was not acknowledged.  Publishers
+that name themselves and number their messages (user properties ``pp-publisher`` and
+``pp-seq``, as ``Publisher`` does) get exactly-once rows: the number is the message's offset
+under the source ``mqtt:<publisher>:w<worker>``, and a redelivered message already written to a
+table is dropped there.  Messages without them get receive-time offsets: nothing lost, but a
+message written and not yet acknowledged when the worker died is written again.
 """
 
 from __future__ import annotations
@@ -30,11 +35,15 @@ from datetime import UTC, datetime, timedelta
 
 import paho.mqtt.client as mqtt
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from bytewax_flows.payloads import Message
+from bytewax_flows.payloads import Message, Progress
+from bytewax_flows.sinks import durable_offset
 from bytewax_flows.sources import chunk_payloads, now_us
+from lake import Lake, Settings
 
-__all__ = ["CircuitBreaker", "MQTTSource", "TOPIC", "publish", "topic_for"]
+__all__ = ["CircuitBreaker", "MQTTSource", "Publisher", "TOPIC", "publish", "topic_for"]
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +79,42 @@ class CircuitBreaker:
         return self._n % self.keep_every == 0
 
 
-class _MQTTPartition(StatelessSourcePartition[Message]):
+PUBLISHER, SEQ = "pp-publisher", "pp-seq"
+"""MQTT v5 user properties by which a publisher names itself and numbers its messages
+(increasing); with them a message redelivered after a crash is recognised as already written."""
+
+
+class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
     def __init__(self, source: MQTTSource, worker_index: int):
         self.cfg = source
+        self.worker = worker_index
         self.name = f"mqtt:{source.host}:{source.port}:w{worker_index}"
-        self.buffer: deque[tuple[int, bytes]] = deque()
+        self.lake = Lake(source.lake_uri) if source.lake_uri else None
+        # (received_us, payload, mid, qos, publisher, seq), filled by paho's network thread
+        self.buffer: deque[tuple[int, bytes, int, int, str | None, int | None]] = deque()
+        self.durable: dict[str, int] = {}  # source -> newest offset known durable in the lake
+        self.unacked: deque[tuple[str, int, int, int]] = deque()  # (source, offset, mid, qos)
         self.lock = threading.Lock()
         self.breaker = CircuitBreaker(source.high_watermark, source.low_watermark,
                                       source.keep_every)
         self.last_offset = 0
-        self.last_message = time.monotonic()
+        self.last_message = self.last_ack_check = time.monotonic()
+        # a stable client id and a persistent session: what was delivered and not acknowledged
+        # is delivered again after a crash
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"plantpulse-{source.group}-w{worker_index}-{now_us()}",
+            client_id=f"plantpulse-{source.group}-w{worker_index}",
             protocol=mqtt.MQTTv5,
+            manual_ack=self.lake is not None,
         )
         self.subscribed = threading.Event()
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.client.connect(source.host, source.port, keepalive=30)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = source.session_expiry_s
+        self.client.connect(source.host, source.port, keepalive=30, clean_start=False,
+                            properties=props)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise ConnectionError(f"no subscription to {source.topic} on "
@@ -99,10 +124,17 @@ class _MQTTPartition(StatelessSourcePartition[Message]):
         client.subscribe(f"$share/{self.cfg.group}/{self.cfg.topic}", qos=self.cfg.qos)
 
     def _on_message(self, client, userdata, msg) -> None:
+        publisher, seq = None, None
+        for key, value in getattr(msg.properties, "UserProperty", None) or ():
+            if key == PUBLISHER:
+                publisher = value
+            elif key == SEQ and value.isdigit():
+                seq = int(value)
         with self.lock:
-            self.buffer.append((now_us(), msg.payload))
+            self.buffer.append((now_us(), msg.payload, msg.mid, msg.qos, publisher, seq))
 
-    def next_batch(self) -> Iterable[Message]:
+    def next_batch(self) -> Iterable[Message | Progress]:
+        self._acknowledge_durable()
         with self.lock:
             taken = [self.buffer.popleft() for _ in range(min(len(self.buffer),
                                                               self.cfg.batch))]
@@ -113,16 +145,55 @@ class _MQTTPartition(StatelessSourcePartition[Message]):
                 raise StopIteration()
             return []
         self.last_message = time.monotonic()
-        out = []
-        for received, payload in taken:
-            offset = max(received, self.last_offset + 1)
-            self.last_offset = offset
+        out: list[Message | Progress] = []
+        newest: dict[str, int] = {}
+        for received, payload, mid, qos, publisher, seq in taken:
+            if publisher is not None and seq is not None:
+                source, offset = f"mqtt:{publisher}:w{self.worker}", seq
+                if self._already_durable(source, offset):
+                    if qos > 0 and self.lake is not None:
+                        self.unacked.append((source, offset, mid, qos))
+                    continue
+            else:  # an anonymous publisher: positions are receive times (at least once)
+                source, offset = self.name, max(received, self.last_offset + 1)
+                self.last_offset = offset
             shed = None
             if not self.breaker.admit(backlog):
                 shed = (f"load shedding: {backlog} messages waiting (> {self.breaker.high}); "
                         f"kept 1 in {self.breaker.keep_every}")
-            out.append(Message(self.name, offset, received, payload, shed))
+            out.append(Message(source, offset, received, payload, shed))
+            newest[source] = max(newest.get(source, -1), offset)
+            if self.lake is not None and qos > 0:
+                self.unacked.append((source, offset, mid, qos))
+        if self.lake is not None:
+            out += [Progress(s, o) for s, o in newest.items()]
         return out
+
+    def _already_durable(self, source: str, offset: int) -> bool:
+        """A message delivered again (after a crash) whose rows are all in the lake: it is only
+        acknowledged, not processed again (the restored operator state may already hold it)."""
+        if self.lake is None:
+            return False
+        if source not in self.durable:  # first sight in this run: what the lake already has
+            self.durable[source] = durable_offset(self.lake, source) or -1
+        return offset <= self.durable[source]
+
+    def _acknowledge_durable(self) -> None:
+        """Acknowledge, in the order received, the messages whose rows are durable in every
+        stream table; the broker keeps the rest for a restarted worker."""
+        if not self.unacked or time.monotonic() - self.last_ack_check < self.cfg.ack_check_s:
+            return
+        self.last_ack_check = time.monotonic()
+        durable: dict[str, int | None] = {}
+        while self.unacked:
+            source, offset, mid, qos = self.unacked[0]
+            if source not in durable:
+                durable[source] = durable_offset(self.lake, source)
+            done = durable[source]
+            if done is None or offset > done:
+                break
+            self.unacked.popleft()
+            self.client.ack(mid, qos)
 
     def next_awake(self) -> datetime | None:
         with self.lock:
@@ -130,18 +201,27 @@ class _MQTTPartition(StatelessSourcePartition[Message]):
         return datetime.now(UTC) + timedelta(milliseconds=5) if empty else None
 
     def close(self) -> None:
+        """A clean end: every message handed to the flow is being drained into the lake, so the
+        session (and its unacknowledged deliveries) can go."""
+        props = Properties(PacketTypes.DISCONNECT)
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
         self.client.loop_stop()
-        self.client.disconnect()
 
 
-class MQTTSource(DynamicSource[Message]):
-    """Every worker subscribes to ``topic`` in the shared group ``group`` on the broker."""
+class MQTTSource(DynamicSource[Message | Progress]):
+    """Every worker subscribes to ``topic`` in the shared group ``group`` on the broker.
+
+    With ``lake_uri`` (the lake the flow writes), messages are acknowledged only once their rows
+    are durable there (checked every ``ack_check_s``), in a persistent session the broker keeps
+    for ``session_expiry_s`` after a crash; without it, paho acknowledges on receipt."""
 
     def __init__(
         self,
         host: str = "127.0.0.1",
         port: int = 1883,
         *,
+        lake_uri: str | None = None,
         topic: str = TOPIC,
         group: str = SHARE_GROUP,
         qos: int = 1,
@@ -150,40 +230,64 @@ class MQTTSource(DynamicSource[Message]):
         low_watermark: int = 5_000,
         keep_every: int = 10,
         idle_stop_s: float | None = None,
+        session_expiry_s: int = 3600,
+        ack_check_s: float = 0.5,
     ):
         self.host, self.port, self.topic, self.group, self.qos = host, port, topic, group, qos
+        self.lake_uri = lake_uri
         self.batch, self.idle_stop_s = batch, idle_stop_s
         self.high_watermark, self.low_watermark = high_watermark, low_watermark
         self.keep_every = keep_every
+        self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _MQTTPartition:
         return _MQTTPartition(self, worker_index)
 
 
+class Publisher:
+    """Publishes ``(topic, payload)`` pairs at QoS 1 as publisher ``name``, numbering each
+    message (``pp-seq``: its publish time in microseconds, strictly increasing, so numbers keep
+    growing across restarts of the publisher)."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 1883):
+        self.name, self.seq = name, 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo:
+        self.seq = max(now_us(), self.seq + 1)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [(PUBLISHER, self.name), (SEQ, str(self.seq))]
+        return self.client.publish(topic, payload, qos=qos, properties=props)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def publish(
     messages: Iterable[tuple[str, bytes]], host: str = "127.0.0.1", port: int = 1883,
-    qos: int = 1,
+    qos: int = 1, name: str | None = None,
 ) -> int:
     """Publish ``(topic, payload)`` pairs and wait until the broker has them all."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.max_queued_messages_set(0)
-    client.max_inflight_messages_set(1000)
-    client.connect(host, port)
-    client.loop_start()
-    infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+    pub = Publisher(name or f"publish-{now_us()}", host, port)
+    infos = [pub.publish(topic, payload, qos) for topic, payload in messages]
     for info in infos:
         info.wait_for_publish(30)
-    client.loop_stop()
-    client.disconnect()
+    pub.close()
     return len(infos)
 
 
-def mqtt_flow(host: str = "127.0.0.1", port: int = 1883):
+def mqtt_flow(host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP):
     """The telemetry flow fed by the broker:
     ``python -m bytewax.run "bytewax_flows.mqtt:mqtt_flow('127.0.0.1', 1883)"``."""
     from bytewax_flows.telemetry import get_flow
 
-    return get_flow(MQTTSource(host, port))
+    lake_uri = Settings.from_env().lake_uri
+    return get_flow(MQTTSource(host, port, lake_uri=lake_uri, group=group), lake_uri)
 
 
 def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:
@@ -192,9 +296,7 @@ def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:
     from physics.simulator import default_fleet
 
     sim = default_fleet(n_machines, start_us=(now_us() // 1_000_000) * 1_000_000)
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect(host, port)
-    client.loop_start()
+    pub = Publisher("simulator", host, port)
     k = 0
     try:
         while True:
@@ -202,11 +304,10 @@ def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:
             time.sleep(max(0.0, due - time.time()))
             for asset in sim.asset_ids:
                 for sid, payload in chunk_payloads(sim.chunk(asset, k)):
-                    client.publish(topic_for(asset, sid), payload, 1)
+                    pub.publish(topic_for(asset, sid), payload)
             k += 1
     finally:
-        client.loop_stop()
-        client.disconnect()
+        pub.close()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "Message",
+    "Progress",
     "ScalarBatch",
     "Frame",
     "PayloadError",
@@ -52,6 +53,16 @@ class Message:
     received_us: int
     payload: bytes
     shed: str | None = None  # why the load-shedding breaker set it aside, if it did
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A source's mark that it has emitted everything up to ``offset``: sent to every table the
+    stream writes, whose sink records it as durable at its next snapshot (by then each row of
+    those messages is committed).  Sources that must acknowledge input (MQTT) wait for it."""
+
+    source: str
+    offset: int
 
 
 @dataclass(frozen=True)

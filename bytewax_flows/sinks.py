@@ -12,6 +12,13 @@ committed is new, not a replay.
 
 Rows are buffered and committed when a table's buffer reaches ``max_rows`` or ``max_age_s``,
 and at every epoch snapshot (so nothing buffered is lost to a crash).
+
+Durability marks: a source that must acknowledge its input (MQTT) sends a ``Progress`` item to
+every table the stream writes (``STREAM_OUTPUTS``).  At each snapshot - when Bytewax has
+delivered every item of the epoch, along every path, to this partition - the sink commits the
+newest mark per source as the application transaction ``"<flow>:<source>:durable"``.  Once that
+version reaches an offset in every stream table, everything derived from the inputs up to it
+is in the lake (``durable_offset``).
 """
 
 from __future__ import annotations
@@ -23,9 +30,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from lake import Lake, table_names
+from lake import Lake, table_names, table_spec
 
-__all__ = ["SinkRows", "DeltaSink"]
+__all__ = ["SinkRows", "DeltaSink", "STREAM_OUTPUTS", "durable_offset"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,32 @@ class SinkRows:
     offset: int
     rows: pa.Table
     received_us: int = 0  # when the input message arrived (for ingest-to-score latency)
+    progress: bool = False  # a durability mark (no rows): everything up to ``offset`` was sent
+
+
+STREAM_OUTPUTS = ("readings", "features", "frames", "scores", "alerts", "drift_events",
+                  "dead_letter")
+"""The tables the telemetry flow writes (the others belong to the control plane)."""
+
+
+def progress_rows(source: str, offset: int) -> list[tuple[str, SinkRows]]:
+    """The durability mark of ``source`` at ``offset`` for every stream table."""
+    return [(t, SinkRows(t, source, offset, _EMPTY[t], progress=True)) for t in STREAM_OUTPUTS]
+
+
+_EMPTY = {t: table_spec(t).input_schema.empty_table() for t in STREAM_OUTPUTS}
+
+
+def durable_app_id(flow_id: str, source: str) -> str:
+    return f"{flow_id}:{source}:durable"
+
+
+def durable_offset(lake: Lake, source: str, flow_id: str = "telemetry") -> int | None:
+    """The newest offset of ``source`` whose rows are committed in every stream table, or None
+    while some table has no mark yet."""
+    versions = [lake.committed_version(t, durable_app_id(flow_id, source))
+                for t in STREAM_OUTPUTS]
+    return None if None in versions else min(versions)
 
 
 @dataclass
@@ -56,10 +89,16 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         # (table, source) -> offset recorded in Delta when first seen: replays are at or below it
         self.resume: dict[tuple[str, str], int] = {}
         self.committed: dict[tuple[str, str], int] = {}  # (table, source) -> newest in Delta
+        # (table, source) -> newest durability mark not yet recorded
+        self.marks: dict[tuple[str, str], int] = {}
 
     def write_batch(self, values: list[SinkRows]) -> None:
         now = time.monotonic()
         for item in values:
+            if item.progress:
+                key = (item.table, item.source)
+                self.marks[key] = max(self.marks.get(key, -1), item.offset)
+                continue
             buf = self.buffers.setdefault(item.table, _Buffer(since=now))
             if not buf.items:
                 buf.since = now
@@ -71,6 +110,12 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
 
     def snapshot(self) -> None:
         self.flush()
+        for table in {t for t, _ in self.marks}:
+            self.lake.append(table, _EMPTY[table], transactions={
+                durable_app_id(self.flow_id, s): o for (t, s), o in self.marks.items()
+                if t == table
+            })
+        self.marks.clear()
         return None
 
     def close(self) -> None:
@@ -122,10 +167,11 @@ class DeltaSink(FixedPartitionedSink[SinkRows, None]):
         self.max_rows, self.max_age_s = max_rows, max_age_s
 
     def list_parts(self) -> list[str]:
-        return table_names()
+        return sorted(table_names())  # Bytewax indexes into the sorted partition names
 
     def part_fn(self, item_key: str) -> int:
-        return table_names().index(item_key)
+        return self.list_parts().index(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeltaSinkPartition:
-        return _DeltaSinkPartition(Lake(self.lake_uri), self.flow_id, self.max_rows, self.max_age_s)
+        return _DeltaSinkPartition(Lake(self.lake_uri), self.flow_id, self.max_rows,
+                                   self.max_age_s)

@@ -23,9 +23,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from bytewax_flows.calibration import CalibrationCache
-from bytewax_flows.payloads import Frame, Message, PayloadError, ScalarBatch, decode
+from bytewax_flows.payloads import Frame, Message, PayloadError, Progress, ScalarBatch, decode
 from bytewax_flows.scoring import FrameCandidate, score
-from bytewax_flows.sinks import DeltaSink, SinkRows
+from bytewax_flows.sinks import DeltaSink, SinkRows, progress_rows
 from bytewax_flows.sources import SimulatorSource, now_us
 from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, scalar_reasons
 from expectations.contracts import SENSORS
@@ -352,8 +352,11 @@ def build_flow(
 ) -> Dataflow:
     """The telemetry dataflow between an explicit source and sink."""
     flow = Dataflow("telemetry")
-    msgs = op.input("source", flow, source)  # Message
-    parsed = op.map("parse", msgs, parse)  # Parsed | Rejected
+    items = op.input("source", flow, source)  # Message | Progress
+    marked = op.branch("marks", items, lambda x: isinstance(x, Progress))
+    marks = op.flat_map("to_every_table", marked.trues, lambda m: progress_rows(m.source,
+                                                                                   m.offset))
+    parsed = op.map("parse", marked.falses, parse)  # Parsed | Rejected
     split = op.branch("accepted", parsed, lambda x: isinstance(x, Parsed))
     rejected = op.flat_map("reject", split.falses, dead_letter)  # (table, SinkRows)
     keyed = op.key_on("by_asset", split.trues, lambda p: p.asset_id)  # (asset_id, Parsed)
@@ -365,7 +368,7 @@ def build_flow(
     scored = op.stateful_map("score", windows, partial(score, champion=champion))
     # (asset_id, [SinkRows]) features, scores, drift events, alerts, retained frames
     scores = op.flat_map("score_rows", scored, _by_table)  # (table, SinkRows)
-    op.output("lake", op.merge("all_rows", to_score.falses, rejected, scores), sink)
+    op.output("lake", op.merge("all_rows", to_score.falses, rejected, scores, marks), sink)
     return flow
 
 

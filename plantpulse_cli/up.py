@@ -91,8 +91,9 @@ def services(
     mqtt: tuple[str, int] | None = None,
 ) -> list[Service]:
     """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker, the stream
-    reading from it, and the simulated fleet publishing to it (the stream's MQTT source has no
-    position to resume from, so it runs without Bytewax recovery)."""
+    reading from it, and the simulated fleet publishing to it.  The MQTT stream runs without
+    Bytewax recovery (its recovery store belongs to the simulator flow): after a restart the
+    broker delivers again what was not yet durable, and the detectors learn afresh."""
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
     flow = "bytewax_flows.telemetry:flow"

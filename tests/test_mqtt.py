@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,12 +14,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
+from bytewax.recovery import init_db_dir
 from bytewax.testing import run_main
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
-from bytewax_flows.mqtt import CircuitBreaker, MQTTSource, publish, topic_for
+from bytewax_flows.mqtt import CircuitBreaker, MQTTSource, Publisher, publish, topic_for
 from bytewax_flows.payloads import encode_frame, encode_scalars
-from bytewax_flows.sinks import DeltaSink
+from bytewax_flows.sinks import DeltaSink, durable_offset
 from bytewax_flows.telemetry import build_flow
 from lake import Lake
 from physics.simulator import default_fleet
@@ -133,3 +138,79 @@ def test_plantpulse_up_mqtt_streams_the_fleet_through_its_own_broker(tmp_path: P
     assert lake.count("scores") >= 3 * 4 and lake.count("dead_letter") == 0
     sources = set(lake.read("readings", columns=["asset_id"])["asset_id"])
     assert sources == {"pump-01", "pump-02", "pump-03"}
+
+
+def _stream_worker(port: int, group: str, lake: Path, recovery: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run",
+         f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {port}, {group!r})",
+         "-r", str(recovery), "-s", "1", "-b", "0"],
+        env={**os.environ, "PLANTPULSE_LAKE": str(lake)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp_path: Path):
+    """A worker reading from the broker is killed with SIGKILL while messages keep coming and
+    restarted: what it had received but not made durable comes again from the broker (its
+    session persists) and what it had already written is recognised by publisher and number."""
+    group, n_msgs, per_msg = "killtest", 300, 10
+    # the worker's persistent session exists before the first message, so none is missed
+    session = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"plantpulse-{group}-w0",
+                          protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 3600
+    session.connect("127.0.0.1", broker, clean_start=True, properties=props)
+    session.loop_start()
+    session.subscribe(f"$share/{group}/plantpulse/#", qos=1)[1]
+    time.sleep(0.5)
+    session.loop_stop()
+    session.disconnect()
+
+    lake, recovery = Lake(tmp_path / "lake"), tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+    ts = T0_US + np.arange(n_msgs * per_msg).reshape(n_msgs, per_msg) * 100_000
+    messages = [(topic_for("pump-01", "motor_current"),
+                 encode_scalars("pump-01", "motor_current", t, 20.0 + (t - T0_US) / 1e9))
+                for t in ts]
+    pub = Publisher("edge-01", port=broker)
+
+    def send() -> None:
+        for topic, payload in messages:
+            pub.publish(topic, payload).wait_for_publish(10)
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    proc = _stream_worker(broker, group, Path(lake.uri), recovery)
+    _wait_for(lambda: lake.exists("readings") and lake.count("readings") >= 600, 90,
+              "the first worker to write")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    partial = lake.count("readings")
+    again = _stream_worker(broker, group, Path(lake.uri), recovery)
+    try:
+        sender.join(60)
+        _wait_for(lambda: lake.count("readings") >= n_msgs * per_msg
+                  and durable_offset(lake, "mqtt:edge-01:w0") == pub.seq, 90,
+                  "every message to be durable")
+        time.sleep(1.5)  # a duplicate would have landed by now
+    finally:
+        again.kill()
+        again.wait(30)
+        pub.close()
+    assert 0 < partial < n_msgs * per_msg, "the kill must land mid-stream"
+    readings = lake.read("readings", columns=["ts", "value"])
+    assert len(readings) == n_msgs * per_msg and not readings["ts"].duplicated().any()
+    features = lake.read("features", columns=["window_end"])
+    assert len(features) == n_msgs and not features["window_end"].duplicated().any()
+    assert lake.count("dead_letter") == 0
