@@ -16,9 +16,10 @@ and at every epoch snapshot (so nothing buffered is lost to a crash).
 Durability marks: a source that must acknowledge its input (MQTT) sends a ``Progress`` item to
 every table the stream writes (``STREAM_OUTPUTS``).  At each snapshot - when Bytewax has
 delivered every item of the epoch, along every path, to this partition - the sink commits the
-newest mark per source as the application transaction ``"<flow>:<source>:durable"``.  Once that
-version reaches an offset in every stream table, everything derived from the inputs up to it
-is in the lake (``durable_offset``).
+newest mark per source as the application transaction ``"<flow>:<source>:durable"`` (at most
+every ``MARK_EVERY_S``, in the snapshot's commit of rows when there is one).  Once that version
+reaches an offset in every stream table, everything derived from the inputs up to it is in the
+lake (``durable_offset``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def progress_rows(source: str, offset: int) -> list[tuple[str, SinkRows]]:
 
 
 _EMPTY = {t: table_spec(t).input_schema.empty_table() for t in STREAM_OUTPUTS}
+MARK_EVERY_S = 5.0
+"""How often a sink partition records durability marks (each may need a commit of its own: the
+trade is between acknowledgement delay and the number of commits in quiet tables)."""
 
 
 def durable_app_id(flow_id: str, source: str) -> str:
@@ -91,6 +95,7 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         self.committed: dict[tuple[str, str], int] = {}  # (table, source) -> newest in Delta
         # (table, source) -> newest durability mark not yet recorded
         self.marks: dict[tuple[str, str], int] = {}
+        self.marked_at = 0.0
 
     def write_batch(self, values: list[SinkRows]) -> None:
         now = time.monotonic()
@@ -109,13 +114,15 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
                 self._flush(table)
 
     def snapshot(self) -> None:
-        self.flush()
-        for table in {t for t, _ in self.marks}:
-            self.lake.append(table, _EMPTY[table], transactions={
-                durable_app_id(self.flow_id, s): o for (t, s), o in self.marks.items()
-                if t == table
-            })
-        self.marks.clear()
+        """Commit everything buffered (and, when due, the durability marks with it)."""
+        durable: dict[str, dict[str, int]] = {}
+        if self.marks and time.monotonic() - self.marked_at >= MARK_EVERY_S:
+            for (table, source), offset in self.marks.items():
+                durable.setdefault(table, {})[durable_app_id(self.flow_id, source)] = offset
+            self.marks.clear()
+            self.marked_at = time.monotonic()
+        for table in set(self.buffers) | set(durable):
+            self._flush(table, durable.get(table, {}))
         return None
 
     def close(self) -> None:
@@ -128,10 +135,10 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
     def _app_id(self, source: str) -> str:
         return f"{self.flow_id}:{source}"
 
-    def _flush(self, table: str) -> None:
-        buf = self.buffers.pop(table, None)
-        if buf is None or not buf.items:
-            return
+    def _flush(self, table: str, durable: dict[str, int] | None = None) -> None:
+        """Commit the buffered rows of ``table`` that are not replays, recording the newest
+        offset per source; ``durable`` adds durability marks to the same commit."""
+        buf = self.buffers.pop(table, None) or _Buffer()
         fresh: list[SinkRows] = []
         newest: dict[str, int] = {}
         for item in buf.items:
@@ -143,10 +150,13 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
                 fresh.append(item)
                 newest[item.source] = max(newest.get(item.source, -1), item.offset,
                                           self.committed[key])
-        if not fresh:
+        if not fresh and not durable:
             return
-        data = pa.concat_tables([i.rows for i in fresh], promote_options="none")
-        self.lake.append(table, data, transactions={self._app_id(s): o for s, o in newest.items()})
+        data = (pa.concat_tables([i.rows for i in fresh], promote_options="none") if fresh
+                else _EMPTY[table])
+        self.lake.append(table, data, transactions={
+            **{self._app_id(s): o for s, o in newest.items()}, **(durable or {})
+        })
         for source, offset in newest.items():
             self.committed[(table, source)] = offset
         log.debug("committed %d rows to %s", data.num_rows, table)
