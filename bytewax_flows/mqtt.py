@@ -18,7 +18,8 @@ the broker delivers again, to the restarted worker, whatever was not acknowledge
 that name themselves and number their messages (user properties ``pp-publisher`` and
 ``pp-seq``, as ``Publisher`` does) get exactly-once rows: the number is the message's offset
 under the source ``mqtt:<publisher>:w<worker>``, and a redelivered message already written to a
-table is dropped there.  Messages without them get receive-time offsets: nothing lost, but a
+table is dropped there.  A numbered message that is not a redelivery yet not above its
+publisher's numbers goes to ``dead_letter`` as ``out_of_sequence``.  Messages without them get receive-time offsets: nothing lost, but a
 message written and not yet acknowledged when the worker died is written again.
 """
 
@@ -90,9 +91,10 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         self.worker = worker_index
         self.name = f"mqtt:{source.host}:{source.port}:w{worker_index}"
         self.lake = Lake(source.lake_uri) if source.lake_uri else None
-        # (received_us, payload, mid, qos, publisher, seq), filled by paho's network thread
-        self.buffer: deque[tuple[int, bytes, int, int, str | None, int | None]] = deque()
-        self.durable: dict[str, int] = {}  # source -> newest offset known durable in the lake
+        # (received_us, payload, mid, qos, dup, publisher, seq), filled by paho's network thread
+        self.buffer: deque[tuple[int, bytes, int, int, bool, str | None, int | None]] = deque()
+        # numbered source -> the highest number it has had: durable in the lake or emitted
+        self.high: dict[str, int] = {}
         self.unacked: deque[tuple[str, int, int, int]] = deque()  # (source, offset, mid, qos)
         self.lock = threading.Lock()
         self.breaker = CircuitBreaker(source.high_watermark, source.low_watermark,
@@ -131,7 +133,8 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
             elif key == SEQ and value.isdigit():
                 seq = int(value)
         with self.lock:
-            self.buffer.append((now_us(), msg.payload, msg.mid, msg.qos, publisher, seq))
+            self.buffer.append((now_us(), msg.payload, msg.mid, msg.qos, bool(msg.dup),
+                                publisher, seq))
 
     def next_batch(self) -> Iterable[Message | Progress]:
         self._acknowledge_durable()
@@ -147,36 +150,46 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         self.last_message = time.monotonic()
         out: list[Message | Progress] = []
         newest: dict[str, int] = {}
-        for received, payload, mid, qos, publisher, seq in taken:
+        for received, payload, mid, qos, dup, publisher, seq in taken:
+            set_aside = None
             if publisher is not None and seq is not None:
                 source, offset = f"mqtt:{publisher}:w{self.worker}", seq
-                if self._already_durable(source, offset):
-                    if qos > 0 and self.lake is not None:
-                        self.unacked.append((source, offset, mid, qos))
+                high = self._high(source)
+                if offset <= high and dup:
+                    # the broker delivering again what this worker (or the one that crashed)
+                    # already had: acknowledged once durable, not processed twice
+                    self._hold_for_ack(source, offset, mid, qos)
                     continue
-            else:  # an anonymous publisher: positions are receive times (at least once)
+                if offset <= high:  # not a redelivery: numbering gone backwards or a repeat
+                    set_aside = ("out_of_sequence",
+                                 f"pp-seq {seq} of publisher {publisher!r} is not above {high}, "
+                                 f"already received; a publisher must keep its numbers rising, "
+                                 f"also across its restarts")
+                else:
+                    self.high[source] = offset
+            if publisher is None or seq is None or set_aside is not None:
+                # anonymous (or set aside): positions are receive times (at least once)
                 source, offset = self.name, max(received, self.last_offset + 1)
                 self.last_offset = offset
-            shed = None
-            if not self.breaker.admit(backlog):
-                shed = (f"load shedding: {backlog} messages waiting (> {self.breaker.high}); "
-                        f"kept 1 in {self.breaker.keep_every}")
-            out.append(Message(source, offset, received, payload, shed))
+            if set_aside is None and not self.breaker.admit(backlog):
+                set_aside = ("shed", f"load shedding: {backlog} messages waiting "
+                             f"(> {self.breaker.high}); kept 1 in {self.breaker.keep_every}")
+            out.append(Message(source, offset, received, payload, set_aside))
             newest[source] = max(newest.get(source, -1), offset)
-            if self.lake is not None and qos > 0:
-                self.unacked.append((source, offset, mid, qos))
+            self._hold_for_ack(source, offset, mid, qos)
         if self.lake is not None:
             out += [Progress(s, o) for s, o in newest.items()]
         return out
 
-    def _already_durable(self, source: str, offset: int) -> bool:
-        """A message delivered again (after a crash) whose rows are all in the lake: it is only
-        acknowledged, not processed again (the restored operator state may already hold it)."""
-        if self.lake is None:
-            return False
-        if source not in self.durable:  # first sight in this run: what the lake already has
-            self.durable[source] = durable_offset(self.lake, source) or -1
-        return offset <= self.durable[source]
+    def _high(self, source: str) -> int:
+        if source not in self.high:  # first sight in this run: what the lake already has
+            done = durable_offset(self.lake, source) if self.lake is not None else None
+            self.high[source] = -1 if done is None else done
+        return self.high[source]
+
+    def _hold_for_ack(self, source: str, offset: int, mid: int, qos: int) -> None:
+        if self.lake is not None and qos > 0:
+            self.unacked.append((source, offset, mid, qos))
 
     def _acknowledge_durable(self) -> None:
         """Acknowledge, in the order received, the messages whose rows are durable in every

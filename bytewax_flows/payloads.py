@@ -52,7 +52,9 @@ class Message:
     offset: int
     received_us: int
     payload: bytes
-    shed: str | None = None  # why the load-shedding breaker set it aside, if it did
+    # (reason, detail) when the source sets it aside unprocessed (load shedding, a numbered
+    # message out of sequence): it goes to dead_letter with its payload
+    set_aside: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,8 @@ class Parsed:
 
 def parse(msg: Message) -> Parsed | Rejected:
     """Decode the payload and look its sensor up in the contracts."""
-    if msg.shed is not None:
-        return Rejected(msg, "shed", msg.shed)
+    if msg.set_aside is not None:
+        return Rejected(msg, *msg.set_aside)
     try:
         body = decode(msg.payload)
     except PayloadError as exc:

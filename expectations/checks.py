@@ -31,6 +31,8 @@ REASONS: dict[str, str] = {
     "empty_frame": "frame with no samples",
     "short_frame": "frame shorter than the sensor's minimum for spectral features",
     "shed": "set aside unprocessed by the load-shedding circuit breaker (payload kept)",
+    "out_of_sequence": "an MQTT message numbered (pp-seq) at or below what its publisher already "
+    "sent, not a redelivery: a repeat, or a publisher that restarted its numbering (payload kept)",
 }
 OK = "ok"
 

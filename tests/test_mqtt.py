@@ -214,3 +214,38 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
     features = lake.read("features", columns=["window_end"])
     assert len(features) == n_msgs and not features["window_end"].duplicated().any()
     assert lake.count("dead_letter") == 0
+
+
+def test_a_publisher_whose_numbers_go_back_is_dead_lettered_not_dropped(broker: int,
+                                                                         tmp_path: Path):
+    """A device that restarts its numbering at 1 sends new data under numbers already used:
+    those messages cannot be told from replays, so they go to dead_letter (payload kept) with a
+    reason that says what to fix, instead of vanishing as replays in the sink."""
+    lake = Lake(tmp_path / "lake")
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", broker)
+    client.loop_start()
+
+    def send(seq: int, k: int) -> mqtt.MQTTMessageInfo:
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("pp-publisher", "device-7"), ("pp-seq", str(seq))]
+        body = encode_scalars("pump-01", "motor_current", [T0_US + k * 1_000_000], [20.0 + k])
+        return client.publish(topic_for("pump-01", "motor_current"), body, 1, properties=props)
+
+    done = threading.Event()
+    source = MQTTSource(port=broker, lake_uri=lake.uri, group="renumber", idle_stop_s=3.0)
+    t = threading.Thread(target=lambda: (run_main(build_flow(
+        source, DeltaSink(lake.uri, max_age_s=0.2))), done.set()), daemon=True)
+    t.start()
+    time.sleep(1.5)
+    # numbers 1..5, then the device restarts and numbers its next readings 1..3 again
+    for seq, k in [(1, 0), (2, 1), (3, 2), (4, 3), (5, 4), (1, 5), (2, 6), (3, 7)]:
+        send(seq, k).wait_for_publish(10)
+    assert done.wait(60)
+    client.loop_stop()
+    client.disconnect()
+    assert lake.count("readings") == 5
+    dead = lake.read("dead_letter")
+    assert dead["reason"].tolist() == ["out_of_sequence"] * 3
+    assert dead["detail"].str.contains("device-7").all()
+    assert dead["raw"].map(lambda r: b"motor_current" in r).all()
