@@ -15,6 +15,7 @@ n_samples: u32``, then the two UTF-8 ids, then ``n_samples`` float32 samples.
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -157,7 +158,10 @@ def _decode_json(payload: bytes) -> ScalarBatch:
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:  # also invalid UTF-8
-        raise PayloadError("malformed", f"not JSON: {exc}") from None
+        try:  # NaN/Infinity literals (what Python's json.dumps writes): the values are rejected
+            body = json.loads(payload)  # one by one as non_finite, not the whole message
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise PayloadError("malformed", f"not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise PayloadError("malformed", f"expected a JSON object, got {type(body).__name__}")
     missing = [k for k in ("asset_id", "sensor_id", "ts", "value") if k not in body]
