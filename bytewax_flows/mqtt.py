@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bytewax_flows.payloads import Message, Progress
-from bytewax_flows.sinks import durable_offset
+from bytewax_flows.sinks import durable_offsets
 from bytewax_flows.sources import chunk_payloads, now_us
 from lake import Lake, Settings
 
@@ -183,7 +183,7 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
 
     def _high(self, source: str) -> int:
         if source not in self.high:  # first sight in this run: what the lake already has
-            done = durable_offset(self.lake, source) if self.lake is not None else None
+            done = durable_offsets(self.lake, [source])[source] if self.lake else None
             self.high[source] = -1 if done is None else done
         return self.high[source]
 
@@ -197,11 +197,9 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         if not self.unacked or time.monotonic() - self.last_ack_check < self.cfg.ack_check_s:
             return
         self.last_ack_check = time.monotonic()
-        durable: dict[str, int | None] = {}
+        durable = durable_offsets(self.lake, {source for source, *_ in self.unacked})
         while self.unacked:
             source, offset, mid, qos = self.unacked[0]
-            if source not in durable:
-                durable[source] = durable_offset(self.lake, source)
             done = durable[source]
             if done is None or offset > done:
                 break

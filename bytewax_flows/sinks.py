@@ -19,13 +19,14 @@ delivered every item of the epoch, along every path, to this partition - the sin
 newest mark per source as the application transaction ``"<flow>:<source>:durable"`` (at most
 every ``MARK_EVERY_S``, in the snapshot's commit of rows when there is one).  Once that version
 reaches an offset in every stream table, everything derived from the inputs up to it is in the
-lake (``durable_offset``).
+lake (``durable_offsets``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -33,7 +34,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from lake import Lake, table_names, table_spec
 
-__all__ = ["SinkRows", "DeltaSink", "STREAM_OUTPUTS", "durable_offset"]
+__all__ = ["SinkRows", "DeltaSink", "STREAM_OUTPUTS", "durable_offsets"]
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,19 @@ def durable_app_id(flow_id: str, source: str) -> str:
     return f"{flow_id}:{source}:durable"
 
 
-def durable_offset(lake: Lake, source: str, flow_id: str = "telemetry") -> int | None:
-    """The newest offset of ``source`` whose rows are committed in every stream table, or None
-    while some table has no mark yet."""
-    versions = [lake.committed_version(t, durable_app_id(flow_id, source))
-                for t in STREAM_OUTPUTS]
-    return None if None in versions else min(versions)
+def durable_offsets(
+    lake: Lake, sources: Iterable[str], flow_id: str = "telemetry"
+) -> dict[str, int | None]:
+    """Per source, the newest offset whose rows are committed in every stream table, or None
+    while some table has no mark of it yet (each table is read once for all sources)."""
+    marks: dict[str, list[int | None]] = {s: [] for s in sources}
+    for table in STREAM_OUTPUTS:
+        if not lake.exists(table):
+            return dict.fromkeys(marks)
+        dt = lake.table(table)
+        for source, versions in marks.items():
+            versions.append(dt.transaction_version(durable_app_id(flow_id, source)))
+    return {s: None if None in v else min(v) for s, v in marks.items()}
 
 
 @dataclass

@@ -14,7 +14,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
 from bytewax_flows.payloads import Message, encode_frame
-from bytewax_flows.sinks import DeltaSink, SinkRows
+from bytewax_flows.sinks import STREAM_OUTPUTS, DeltaSink, SinkRows, durable_offsets, progress_rows
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import build_flow, get_flow
 from lake import Lake, table_spec
@@ -233,3 +233,18 @@ def test_sink_writes_late_items_of_a_source_and_drops_only_replays(lake: Lake):
     resumed = sink.build_part("lake", "dead_letter", None)  # a restart replays from 3 on
     resumed.write_batch([_rejected("mqtt:w0", o) for o in (3, 4, 5, 6)])
     assert sorted(lake.read("dead_letter")["raw"]) == [b"x1", b"x3", b"x4", b"x5", b"x6"]
+
+
+def test_a_source_is_durable_up_to_the_smallest_mark_over_every_stream_table(lake: Lake):
+    sink = DeltaSink(lake.uri)
+    parts = {t: sink.build_part("lake", t, None) for t in STREAM_OUTPUTS}
+    assert durable_offsets(lake, ["a"]) == {"a": None}  # no table yet
+    for offset in (3, 7):
+        for table, item in progress_rows("a", offset):
+            parts[table].write_batch([item])
+    for table, item in progress_rows("b", 9):
+        if table != "alerts":  # b's mark has not reached one table
+            parts[table].write_batch([item])
+    for part in parts.values():
+        part.snapshot()
+    assert durable_offsets(lake, ["a", "b", "c"]) == {"a": 7, "b": None, "c": None}

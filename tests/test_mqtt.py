@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from bytewax_flows.mqtt import CircuitBreaker, MQTTSource, Publisher, publish, topic_for
 from bytewax_flows.payloads import encode_frame, encode_scalars
-from bytewax_flows.sinks import DeltaSink, durable_offset
+from bytewax_flows.sinks import DeltaSink, durable_offsets
 from bytewax_flows.telemetry import build_flow
 from lake import Lake
 from physics.simulator import default_fleet
@@ -201,7 +201,7 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
     try:
         sender.join(60)
         _wait_for(lambda: lake.count("readings") >= n_msgs * per_msg
-                  and durable_offset(lake, "mqtt:edge-01:w0") == pub.seq, 90,
+                  and durable_offsets(lake, ["mqtt:edge-01:w0"])["mqtt:edge-01:w0"] == pub.seq, 90,
                   "every message to be durable")
         time.sleep(1.5)  # a duplicate would have landed by now
     finally:
