@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -45,7 +44,13 @@ def test_retrain_loop_closes_on_real_services(tmp_path: Path):
         capture_output=True, text=True, timeout=600, env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    m = json.loads(out.read_text())["metrics"]
-    assert m["first_decision_promoted"] == 1.0
-    assert math.isfinite(m["change_to_new_champion_scoring_s"])
-    assert 0 < m["change_to_first_drift_event_s"] <= m["change_to_new_champion_scoring_s"]
+    result = json.loads(out.read_text())
+    m, details = result["metrics"], result["details"]
+    # the loop closes within the target; a candidate the gate refuses on the way (a slice of a
+    # small quick-run holdout worse than the champion's) must say which rule failed, and the
+    # sensor's next retrain must then get through
+    assert details["new_champion"] != details["first_champion"]
+    assert 0 < m["change_to_first_drift_event_s"] <= m["change_to_new_champion_scoring_s"] <= 300
+    for decision, reasons in zip(details["decisions"], details["reasons"], strict=True):
+        failed = [r for r in reasons if r.startswith("FAIL")]
+        assert bool(failed) == (decision["decision"] == "refuse"), (decision, reasons)
