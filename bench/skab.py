@@ -23,7 +23,7 @@ import pandas as pd
 
 from bench.common import data_dir, parser, point_metrics, replay_into_lake, report
 from bytewax_flows.replay import readings_messages
-from bytewax_flows.scoring import PROCESS_WARMUP, AlertPolicy
+from dataplane.scoring import PROCESS_WARMUP, AlertPolicy
 from lake import current_alerts
 from physics.datasets import read_skab, skab_readings
 

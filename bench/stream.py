@@ -26,9 +26,9 @@ from bytewax.testing import cluster_main, run_main
 from bench.common import Timer, parser, report
 from bytewax_flows.payloads import encode_frame, encode_scalars
 from bytewax_flows.replay import ReplaySource
-from bytewax_flows.scoring import PROCESS_WARMUP
 from bytewax_flows.sinks import DeltaSink
 from bytewax_flows.telemetry import build_flow, get_flow
+from dataplane.scoring import PROCESS_WARMUP
 from lake import Lake, Settings
 from models.registry import ChampionWatcher
 from physics.simulator import default_fleet

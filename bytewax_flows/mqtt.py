@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from bytewax_flows.payloads import Message, Progress
 from bytewax_flows.sinks import durable_offsets
 from bytewax_flows.sources import chunk_payloads, now_us
+from dataplane.wire import Batch, as_batch
 from lake import Lake, Settings
 
 __all__ = ["CircuitBreaker", "MQTTSource", "Publisher", "TOPIC", "publish", "topic_for"]
@@ -136,7 +137,7 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
             self.buffer.append((now_us(), msg.payload, msg.mid, msg.qos, bool(msg.dup),
                                 publisher, seq))
 
-    def next_batch(self) -> Iterable[Message | Progress]:
+    def next_batch(self) -> Iterable[Batch]:
         self._acknowledge_durable()
         with self.lock:
             taken = [self.buffer.popleft() for _ in range(min(len(self.buffer),
@@ -179,7 +180,7 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
             self._hold_for_ack(source, offset, mid, qos)
         if self.lake is not None:
             out += [Progress(s, o) for s, o in newest.items()]
-        return out
+        return [as_batch(out)]  # one micro-batch: the flow's unit of work
 
     def _high(self, source: str) -> int:
         if source not in self.high:  # first sight in this run: what the lake already has

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from bytewax_flows.payloads import Message, encode_frame, encode_scalars
 from bytewax_flows.sources import now_us
+from dataplane.wire import Batch, Message, encode_frame, encode_scalars
 from physics import datasets as ds
 
 __all__ = ["DATASETS", "ReplaySource", "dataset_messages", "UnknownDatasetError"]
@@ -119,7 +119,7 @@ def dataset_messages(name: str, data_dir: str | Path) -> dict[str, Timeline]:
     return build(Path(data_dir))
 
 
-class _ReplayPartition(StatefulSourcePartition[Message, int]):
+class _ReplayPartition(StatefulSourcePartition[Batch, int]):
     def __init__(
         self, source: str, timeline: Timeline, position: int, speed: float | None, batch: int
     ):
@@ -133,7 +133,7 @@ class _ReplayPartition(StatefulSourcePartition[Message, int]):
         self._wall0 = time.time()
         self._event0 = timeline[position][0] if position < len(timeline) else 0
 
-    def next_batch(self) -> list[Message]:
+    def next_batch(self) -> list[Batch]:
         if self.position >= len(self.timeline):
             raise StopIteration()
         end = min(self.position + self.batch, len(self.timeline))
@@ -153,7 +153,7 @@ class _ReplayPartition(StatefulSourcePartition[Message, int]):
             for i in range(self.position, end)
         ]
         self.position = end
-        return out
+        return [Batch(out)]
 
     def next_awake(self) -> datetime | None:
         if self.speed is None or self.position >= len(self.timeline):
@@ -165,11 +165,11 @@ class _ReplayPartition(StatefulSourcePartition[Message, int]):
         return self.position
 
 
-class ReplaySource(FixedPartitionedSource[Message, int]):
+class ReplaySource(FixedPartitionedSource[Batch, int]):
     """Replays per-asset timelines (``dataset_messages``) through the stream."""
 
     def __init__(
-        self, timelines: dict[str, Timeline], *, speed: float | None = None, batch: int = 64
+        self, timelines: dict[str, Timeline], *, speed: float | None = None, batch: int = 1024
     ):
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")

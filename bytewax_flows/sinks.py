@@ -29,39 +29,22 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from lake import Lake, table_names, table_spec
+from dataplane.rows import STREAM_OUTPUTS, SinkRows, empty_rows
+from lake import Lake, table_names
 
-__all__ = ["SinkRows", "DeltaSink", "STREAM_OUTPUTS", "durable_offsets"]
+__all__ = ["SinkRows", "DeltaSink", "STREAM_OUTPUTS", "durable_offsets", "progress_rows"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SinkRows:
-    """Rows for one table that came from one input message."""
-
-    table: str
-    source: str
-    offset: int
-    rows: pa.Table
-    received_us: int = 0  # when the input message arrived (for ingest-to-score latency)
-    progress: bool = False  # a durability mark (no rows): everything up to ``offset`` was sent
-
-
-STREAM_OUTPUTS = ("readings", "features", "frames", "scores", "alerts", "drift_events",
-                  "dead_letter")
-"""The tables the telemetry flow writes (the others belong to the control plane)."""
-
-
 def progress_rows(source: str, offset: int) -> list[tuple[str, SinkRows]]:
     """The durability mark of ``source`` at ``offset`` for every stream table."""
-    return [(t, SinkRows(t, source, offset, _EMPTY[t], progress=True)) for t in STREAM_OUTPUTS]
-
-
-_EMPTY = {t: table_spec(t).input_schema.empty_table() for t in STREAM_OUTPUTS}
+    return [(t, SinkRows(t, source, offset, empty_rows(t), progress=True))
+            for t in STREAM_OUTPUTS]
 MARK_EVERY_S = 5.0
 """How often a sink partition records durability marks (each may need a commit of its own: the
 trade is between acknowledgement delay and the number of commits in quiet tables)."""
@@ -144,24 +127,33 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         return f"{self.flow_id}:{source}"
 
     def _flush(self, table: str, durable: dict[str, int] | None = None) -> None:
-        """Commit the buffered rows of ``table`` that are not replays, recording the newest
-        offset per source; ``durable`` adds durability marks to the same commit."""
+        """Commit the buffered rows of ``table`` that are not replays (row by row, vectorised:
+        an item holds the rows of many messages), recording the newest offset per source;
+        ``durable`` adds durability marks to the same commit."""
         buf = self.buffers.pop(table, None) or _Buffer()
-        fresh: list[SinkRows] = []
+        fresh: list[pa.Table] = []
         newest: dict[str, int] = {}
         for item in buf.items:
-            key = (table, item.source)
-            if key not in self.resume:
-                done = self.lake.committed_version(table, self._app_id(item.source))
-                self.resume[key] = self.committed[key] = -1 if done is None else done
-            if item.offset > self.resume[key]:
-                fresh.append(item)
-                newest[item.source] = max(newest.get(item.source, -1), item.offset,
-                                          self.committed[key])
+            for source, offsets, take in item.parts():
+                key = (table, source)
+                if key not in self.resume:
+                    done = self.lake.committed_version(table, self._app_id(source))
+                    self.resume[key] = self.committed[key] = -1 if done is None else done
+                keep = offsets > self.resume[key]
+                if not keep.any():
+                    continue
+                if keep.all():
+                    rows = item.rows if take is None else item.rows.take(take)
+                else:
+                    idx = np.flatnonzero(keep) if take is None else take[keep]
+                    rows = item.rows.take(idx)
+                fresh.append(rows)
+                newest[source] = max(newest.get(source, -1), int(offsets[keep].max()),
+                                     self.committed[key])
         if not fresh and not durable:
             return
-        data = (pa.concat_tables([i.rows for i in fresh], promote_options="none") if fresh
-                else _EMPTY[table])
+        data = (pa.concat_tables(fresh, promote_options="none") if fresh
+                else empty_rows(table))
         self.lake.append(table, data, transactions={
             **{self._app_id(s): o for s, o in newest.items()}, **(durable or {})
         })

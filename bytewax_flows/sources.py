@@ -1,4 +1,5 @@
-"""Resumable Bytewax sources: each partition knows its position and can be rebuilt from it."""
+"""Resumable Bytewax sources: each partition knows its position and can be rebuilt from it; each
+``next_batch`` emits one micro-batch (``Batch``) of what it produced together."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from bytewax_flows.payloads import Message, encode_frame, encode_scalars
+from dataplane.wire import Batch, Message, encode_frame, encode_scalars
 from physics.simulator import Chunk, FleetSimulator
 
 __all__ = ["SimulatorSource", "SimPosition", "now_us", "chunk_payloads", "MESSAGES_PER_CHUNK"]
@@ -42,7 +43,7 @@ class SimPosition(NamedTuple):
     next_chunk: int
 
 
-class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
+class _SimPartition(StatefulSourcePartition[Batch, SimPosition]):
     def __init__(
         self,
         sim: FleetSimulator,
@@ -62,14 +63,15 @@ class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
         )
         self._paced_from = (time.time(), position.next_chunk)
 
-    def next_batch(self) -> list[Message]:
+    def next_batch(self) -> list[Batch]:
         if self.n_chunks is not None and self.next_chunk >= self.n_chunks:
             raise StopIteration()
         payloads = [p for _, p in chunk_payloads(self.sim.chunk(self.asset_id, self.next_chunk))]
         epoch_chunk = self.sim.start_us // round(self.sim.chunk_s * 1e6) + self.next_chunk
         base, received = epoch_chunk * MESSAGES_PER_CHUNK, now_us()
         self.next_chunk += 1
-        return [Message(self.source, base + j, received, p) for j, p in enumerate(payloads)]
+        return [Batch([Message(self.source, base + j, received, p)
+                       for j, p in enumerate(payloads)])]
 
     def next_awake(self) -> datetime | None:
         if self.live:  # a chunk is released once its last sample lies in the past
@@ -85,7 +87,7 @@ class _SimPartition(StatefulSourcePartition[Message, SimPosition]):
         return SimPosition(self.sim.start_us, self.next_chunk)
 
 
-class SimulatorSource(FixedPartitionedSource[Message, SimPosition]):
+class SimulatorSource(FixedPartitionedSource[Batch, SimPosition]):
     """One partition per simulated machine, emitting its telemetry as wire-format messages.
 
     ``live=True`` runs in real time with event time = wall-clock time from the first start (kept

@@ -29,6 +29,9 @@ REASONS: dict[str, str] = {
     "late": "older than the watermark (newest event time seen minus the allowed lateness)",
     "bad_sample_rate": "frame sample rate differs from the sensor's contract",
     "empty_frame": "frame with no samples",
+    "empty_message": "a message (or Arrow payload) with no readings in it",
+    "capacity": "the stream already tracks as many series as it is configured for "
+    "(PLANTPULSE_MAX_SERIES); payload kept",
     "short_frame": "frame shorter than the sensor's minimum for spectral features",
     "shed": "set aside unprocessed by the load-shedding circuit breaker (payload kept)",
     "out_of_sequence": "an MQTT message numbered (pp-seq) at or below what its publisher already "

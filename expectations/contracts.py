@@ -42,6 +42,9 @@ class SensorContract:
     ``level``, or its 30 s ``slope`` for a slow state that wanders by many of its own standard
     deviations in normal operation (a motor housing's temperature following its cooling), whose
     level is context and whose rate of change is the symptom.
+    ``window_every_s`` is the stream's cadence for the sensor's process window (one
+    ``features`` row per cadence of event time, whatever the message rate; default 1 s, and at
+    least one sample period).
     """
 
     sensor_id: str
@@ -64,11 +67,15 @@ class SensorContract:
     min_completeness: float = 0.98
     allowed_lateness_s: float = 30.0
     watched_as: str = "level"
+    window_every_s: float | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
         if not self.low < self.high:
             raise ValueError(f"{self.sensor_id}: need low < high, got {self.low}, {self.high}")
+        if self.window_every_s is not None and not self.window_every_s > 0:
+            raise ValueError(f"{self.sensor_id}: window_every_s must be positive, "
+                             f"got {self.window_every_s}")
         if self.watched_as not in ("level", "slope"):
             raise ValueError(f"{self.sensor_id}: watched_as must be 'level' or 'slope', "
                              f"got {self.watched_as!r}")

@@ -20,6 +20,7 @@ __all__ = [
     "regime_keys",
     "RegimeNormaliser",
     "rolling_window_stats",
+    "stats_from_sums",
     "RollingFeatures",
     "HealthIndicator",
 ]
@@ -118,6 +119,31 @@ def rolling_window_stats(history: F64, values: F64, window: int) -> dict[str, F6
         slope = np.where((n >= 2) & (sxx > 0), (dx * dy).sum(axis=1) / sxx, np.nan)
         std = np.where(n >= 2, np.sqrt((dy * dy).sum(axis=1) / np.maximum(n - 1, 1)), np.nan)
     return {"level": ym, "slope": slope, "std": std}
+
+
+def stats_from_sums(
+    n: F64, st: F64, stt: F64, sy: F64, syy: F64, sty: F64
+) -> dict[str, F64]:
+    """Level (mean), slope (least squares, per unit of ``t``) and sample std of windows given
+    by their sums: count, sum t, sum t^2, sum y, sum y^2, sum t*y (one entry per window).  What
+    the stream keeps per time bucket, so that a window is a sum of buckets, never a re-scan.
+
+    Windows with fewer than 2 values get NaN slope and std, as ``rolling_window_stats``:
+
+    >>> t, y = np.arange(4.0), np.array([1.0, 2.0, 3.0, 5.0])
+    >>> s = stats_from_sums(*(np.array([v]) for v in (4.0, t.sum(), (t * t).sum(), y.sum(),
+    ...                     (y * y).sum(), (t * y).sum())))
+    >>> r = rolling_window_stats(np.array([]), y, window=4)
+    >>> [round(float(s[k][0]), 6) == round(float(r[k][-1]), 6) for k in ("level", "slope", "std")]
+    [True, True, True]
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        level = sy / n
+        sxx = stt - st * st / n
+        slope = np.where((n >= 2) & (sxx > 1e-12), (sty - st * sy / n) / sxx, np.nan)
+        var = np.maximum(syy - sy * sy / n, 0.0) / np.maximum(n - 1, 1)
+        std = np.where(n >= 2, np.sqrt(var), np.nan)
+    return {"level": level, "slope": slope, "std": std}
 
 
 @dataclass

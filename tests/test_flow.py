@@ -105,7 +105,13 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     features = all_features[all_features["sensor_id"] == "vib_de"]
     assert len(features) == 1 and features["vib_rms"].iloc[0] == pytest.approx(1.0, abs=0.1)
     process = all_features[all_features["sensor_id"] != "vib_de"]
-    assert len(process) == 2  # one process window per scalar message with accepted readings
+    # one process window per 1 s cadence bucket with accepted readings, once event time has
+    # reached its last expected reading (a 1 Hz sensor: its one reading): 0 s, 3 s and 4 s;
+    # the out-of-order 1.5 s reading is accepted but its bucket had passed (it joins the window
+    # of 4 s: the mean of 40, 41, 43 and 44)
+    assert sorted(process["window_end"]) == [pd.Timestamp(t, unit="us", tz="UTC")
+                                              + pd.Timedelta(seconds=s) for s in (0, 3, 4)]
+    assert process.sort_values("window_end")["proc_level"].tolist() == [40.0, 40.5, 42.0]
     assert process["proc_level"].notna().all() and process["vib_rms"].isna().all()
     assert lake.count("frames") == 1  # the first accepted frame is kept as a sample
     total_inputs = 1 + 1 + 4 + 4 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages

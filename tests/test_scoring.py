@@ -8,9 +8,9 @@ import pytest
 from bytewax.testing import run_main
 
 from bytewax_flows.replay import ReplaySource, readings_messages
-from bytewax_flows.scoring import DETECTOR_NAME
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
+from dataplane.scoring import DETECTOR_NAME
 from expectations.contracts import SENSORS
 from lake import Lake, current_alerts
 from physics.datasets import read_skab, skab_readings

@@ -12,16 +12,16 @@ from pathlib import Path
 import dagster as dg
 import matplotlib.image as mpimg
 import pandas as pd
-import pyarrow as pa
 import pytest
 from bytewax.testing import run_main
 
-from bytewax_flows.scoring import AlertPolicy, Channel, _update_alert, score
-from bytewax_flows.sinks import SinkRows
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
 from dagster_project.assets.operations import operations_overview
 from dagster_project.resources import LakeResource
+from dataplane.scoring import AlertPolicy, Channel, _update_alert
+from dataplane.step import Context, run_batch
+from dataplane.wire import Batch, Message, encode_frame, encode_scalars
 from lake import Lake
 from models.registry import CHAMPION, FAULT_MODEL, ChampionWatcher, client
 from physics.simulator import default_fleet
@@ -82,43 +82,47 @@ def test_alerts_open_once_per_fault_with_shap_features_and_recorded_frames(serve
     assert (frames["retained_because"] == "sampled").sum() >= 3
 
 
-def _item(window_end_us: int) -> SinkRows:
-    ts = pa.array([window_end_us], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    return SinkRows("features", "test", 0, pa.table({"asset_id": ["a"], "window_end": ts}), 0)
-
-
 def test_hysteresis_one_noisy_window_neither_opens_nor_closes():
     policy, state = AlertPolicy(), Channel()
 
-    def step(i: int, anomaly: float) -> list[SinkRows]:
-        return _update_alert(state, policy, _item(i), "a", T0_US + i, anomaly, None, None, None,
+    def step(i: int, anomaly: float) -> list[dict]:
+        return _update_alert(state, policy, "a", T0_US + i, anomaly, None, None, None,
                              None, {"rms": anomaly})
 
     assert step(0, 50.0) == [] and step(1, 1.0) == []  # a single spike: nothing
     opened = [r for i in range(2, 5) for r in step(i, 12.0)]
-    assert len(opened) == 1 and opened[0].rows.column("status")[0].as_py() == "open"
-    assert opened[0].rows.column("severity")[0].as_py() == "warning"
+    assert len(opened) == 1 and opened[0]["status"] == "open"
+    assert opened[0]["severity"] == "warning"
     assert [r for i in range(5, 12) for r in step(i, 1.0)] == []  # calm, but not long enough
     assert step(12, 30.0) == []  # hot again while open: no second alert
     closed = [r for i in range(13, 23) for r in step(i, 1.0)]
-    assert len(closed) == 1 and closed[0].rows.column("status")[0].as_py() == "closed"
-    assert closed[0].rows.column("alert_id")[0] == opened[0].rows.column("alert_id")[0]
+    assert len(closed) == 1 and closed[0]["status"] == "closed"
+    assert closed[0]["alert_id"] == opened[0]["alert_id"]
 
 
 def test_the_stream_follows_the_alias_without_restart(mlops: dict, served: dict):
     c = client(mlops["tracking"])
     other = retrain(mlops, n_estimators=30)["fault_candidate"]["version"]
     c.set_registered_model_alias(FAULT_MODEL, CHAMPION, served["version"])
-    watcher = ChampionWatcher(mlops["tracking"], FAULT_MODEL, refresh_s=0.0)
-    feats = served["lake"].read_arrow("features", filters=[("sensor_id", "=", "vib_de")])
-    feats = feats.slice(0, 2).drop(["date"])
-    items = [SinkRows("features", "test", i, feats.slice(i, 1), 0) for i in range(2)]
-    state, out = score(None, items[0], champion=watcher)
-    assert out[1].rows.column("model_version")[0].as_py() == served["version"]
+    ctx = Context(champion=ChampionWatcher(mlops["tracking"], FAULT_MODEL, refresh_s=0.0))
+    sim = default_fleet(1, start_us=T0_US)
+
+    def second(k: int) -> Batch:
+        chunk = sim.chunk("pump-01", k)
+        payloads = [encode_scalars("pump-01", s, ts, v) for s, (ts, v) in chunk.scalars.items()]
+        payloads += [encode_frame("pump-01", s, t0, r, x) for s, t0, r, x in chunk.frames]
+        return Batch([Message("test", 10 * k + j, T0_US, p) for j, p in enumerate(payloads)])
+
+    def served_by(rows: list) -> list[str]:
+        return next(r for r in rows if r.table == "scores").rows.column(
+            "model_version").to_pylist()
+
+    state, rows = run_batch(None, second(0), ctx)
+    assert served_by(rows) == [served["version"]]
     c.set_registered_model_alias(FAULT_MODEL, CHAMPION, other)
     try:
-        state, out = score(state, items[1], champion=watcher)
-        assert out[1].rows.column("model_version")[0].as_py() == other
+        state, rows = run_batch(state, second(1), ctx)
+        assert served_by(rows) == [other]
     finally:
         c.set_registered_model_alias(FAULT_MODEL, CHAMPION, served["version"])
 

@@ -1,5 +1,7 @@
 """The calibration the stream applies: the newest ``calibration`` row per sensor, re-read when
-the table changes (checked every ``refresh_s``), so a new version takes effect without a restart."""
+the table changes (checked every ``refresh_s``), so a new version takes effect without a restart.
+The stream reads it as arrays over its series (``arrays``), rebuilt only when the table or the
+set of series changes."""
 
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class CalibrationCache:
         self._checked = -float("inf")
         self._version: int | None = None
         self._corrections: dict[tuple[str, str], Correction] = {}
+        # id(series names) -> (those names, table version, number of series, arrays)
+        self._arrays: dict[int, tuple[list, int | None, int, tuple[np.ndarray, ...]]] = {}
 
     def get(self, asset_id: str, sensor_id: str) -> Correction | None:
         now = time.monotonic()
@@ -46,6 +50,34 @@ class CalibrationCache:
             self._checked = now
             self._refresh()
         return self._corrections.get((asset_id, sensor_id))
+
+    def arrays(
+        self, names: list[tuple[str, str]]
+    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]] | None:
+        """``(gain, offset, valid_from_us, version)`` per series of ``names`` (asset, sensor);
+        series without a calibration get gain 1, offset 0, version 0.  None when no sensor has
+        a calibration."""
+        now = time.monotonic()
+        if now - self._checked >= self.refresh_s:
+            self._checked = now
+            self._refresh()
+        if not self._corrections:
+            return None
+        cached = self._arrays.get(id(names))
+        if (cached is not None and cached[0] is names and cached[1] == self._version
+                and cached[2] == len(names)):
+            return cached[3]  # type: ignore[return-value]
+        n = len(names)
+        gain, offset = np.ones(n), np.zeros(n)
+        valid_from, version = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        for i, key in enumerate(names):
+            c = self._corrections.get(key)
+            if c is not None:
+                gain[i], offset[i], valid_from[i], version[i] = (c.gain, c.offset,
+                                                                 c.valid_from_us, c.version)
+        out = (gain, offset, valid_from, version)
+        self._arrays[id(names)] = (names, self._version, n, out)
+        return out
 
     def _refresh(self) -> None:
         try:

@@ -1,31 +1,47 @@
-"""Scoring in the stream, per asset: the champion fault classifier from the MLflow registry
-(followed without restart), a River anomaly detector that learns as it scores, a River drift
-detector on the anomaly score, alerts with hysteresis, and the flight recorder of frames.
+"""Scoring, per asset: the champion fault classifier from the MLflow registry (followed without
+restart), online anomaly detectors that learn as they score, drift detectors on the scores and
+on the physics features, alerts with hysteresis, and the flight recorder of frames.
 
-Both are plain picklable River objects kept in the step's state, so Bytewax recovery snapshots
-them with everything else.
+Every detector is a plain picklable object (River's where River has one) kept in the shard's
+state, so an engine's recovery snapshots it with everything else.  Rows go to an ``Out``
+collector (``dataplane.rows``), stamped with the message that produced them.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from river import base, drift, preprocessing
 
-from bytewax_flows.sinks import SinkRows
-from bytewax_flows.sources import now_us
-from expectations.contracts import SENSORS
-from lake import table_spec
-from models.registry import ChampionWatcher, LoadedModel
+from dataplane.rows import Out
+from models.registry import LoadedModel
 from physics.registry import FEATURE_VERSION, feature_names
 
-__all__ = ["AssetScorer", "AlertPolicy", "score", "DETECTOR_NAME", "SCORED_FEATURES"]
+__all__ = ["AssetScorer", "AlertPolicy", "Emit", "DETECTOR_NAME", "SCORED_FEATURES",
+           "FrameCandidate", "score_window", "score_process", "record_frame", "now_us"]
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Where a scoring step's rows go: the batch's collector, and the message (index in the
+    batch, arrival time) that produced them."""
+
+    out: Out
+    msg: int
+    received_us: int
+
+    def add(self, table: str, row: dict[str, Any]) -> None:
+        self.out.add(table, row, self.msg)
 
 DETECTOR_NAME = "river:StandardScaler|mean-squared-z"
 PROCESS_DETECTOR_NAME = "river:StandardScaler|mean-squared-z|process"
@@ -126,38 +142,24 @@ class MahalanobisDistance(base.AnomalyDetector):
 @dataclass
 class FrameCandidate:
     """An accepted vibration frame on its way through the flight recorder: kept in ``frames``
-    only if sampled or near an alert (the table is built only then)."""
+    only if sampled or near an alert (the row is built only then)."""
 
     asset_id: str
     sensor_id: str
     ts_start_us: int
     sample_rate_hz: float
     samples: np.ndarray
-    source: str
-    offset: int
-    received_us: int
-    table: str = "frames"
 
-    def rows(self, because: str, offset: int | None = None) -> SinkRows:
-        spec = table_spec("frames")
-        schema = spec.input_schema
-        n = self.samples.size
-        rows = pa.table(
-            {
-                "asset_id": pa.array([self.asset_id], pa.string()),
-                "sensor_id": pa.array([self.sensor_id], pa.string()),
-                "ts_start": pa.array([self.ts_start_us], schema.field("ts_start").type),
-                "sample_rate_hz": pa.array([self.sample_rate_hz], pa.float64()),
-                "n_samples": pa.array([n], pa.int32()),
-                "samples": pa.FixedSizeListArray.from_arrays(
-                    pa.array(self.samples.astype(np.float32)), n
-                ).cast(pa.list_(pa.float32())),
-                "retained_because": pa.array([because], pa.string()),
-            },
-            schema=schema,
-        )
-        return SinkRows("frames", self.source, self.offset if offset is None else offset, rows,
-                        self.received_us)
+    def row(self, because: str) -> dict[str, Any]:
+        return {
+            "asset_id": self.asset_id,
+            "sensor_id": self.sensor_id,
+            "ts_start": self.ts_start_us,
+            "sample_rate_hz": self.sample_rate_hz,
+            "n_samples": int(self.samples.size),
+            "samples": self.samples.astype(np.float32),
+            "retained_because": because,
+        }
 
 
 @dataclass(frozen=True)
@@ -247,8 +249,9 @@ class AssetScorer:
         )
     )
     frames_seen: int = 0
-    recorder: deque = field(default_factory=deque)  # (SinkRows of a frame, retained?)
-    proc_pending: dict[int, dict[str, float]] = field(default_factory=dict)
+    recorder: deque = field(default_factory=deque)  # [FrameCandidate, retained?]
+    # tick -> [{sensor: watched value}, newest window end]
+    proc_pending: dict[int, list] = field(default_factory=dict)
     proc_sensors: set[str] = field(default_factory=set)
     proc_known: bool = False  # True once a whole time step of the scalar sensors has been seen
 
@@ -271,12 +274,6 @@ def _contributions(detector: base.AnomalyDetector, x: dict[str, float]) -> dict[
         return {k: float(np.sign(p) * np.sqrt(abs(p))) for k, p in zip(detector.keys, part,
                                                                          strict=True)}
     return {}
-
-
-def _one_row(table: str, item: SinkRows, columns: dict[str, Any]) -> SinkRows:
-    schema = table_spec(table).input_schema
-    rows = pa.table({f.name: pa.array([columns[f.name]], f.type) for f in schema}, schema=schema)
-    return SinkRows(table, item.source, item.offset, rows, item.received_us)
 
 
 def _supervised(
@@ -305,25 +302,19 @@ def _top_features(
     return [{"feature": f, "contribution": float(v * v)} for f, v in top]
 
 
-def _alert_row(
-    state: Channel, item: SinkRows, asset: str, now_us: int, closed: bool = False
-) -> SinkRows:
+def _alert_row(state: Channel, asset: str, now_us: int, closed: bool = False) -> dict[str, Any]:
     a = state.alert
-    return _one_row(
-        "alerts",
-        item,
-        {
-            "alert_id": a.alert_id,
-            "asset_id": asset,
-            "opened_ts": a.opened_us,
-            "closed_ts": now_us if closed else None,
-            "updated_ts": now_us,
-            "severity": a.severity,
-            "status": "closed" if closed else "open",
-            "summary": a.summary,
-            "top_features": a.top_features,
-        },
-    )
+    return {
+        "alert_id": a.alert_id,
+        "asset_id": asset,
+        "opened_ts": a.opened_us,
+        "closed_ts": now_us if closed else None,
+        "updated_ts": now_us,
+        "severity": a.severity,
+        "status": "closed" if closed else "open",
+        "summary": a.summary,
+        "top_features": a.top_features,
+    }
 
 
 def _diagnosis(
@@ -344,7 +335,6 @@ def _diagnosis(
 def _update_alert(
     state: Channel,
     policy: AlertPolicy,
-    item: SinkRows,
     asset: str,
     end_us: int,
     anomaly: float,
@@ -353,7 +343,7 @@ def _update_alert(
     x: np.ndarray | None,
     proba: np.ndarray | None,
     z: dict[str, float],
-) -> list[SinkRows]:
+) -> list[dict[str, Any]]:
     """Advance ``asset``'s alert state by the window ending at ``end_us``; returns the ``alerts`` rows to write: the
     opening, a revision when the diagnosis changes (same ``alert_id``; the newest row of an
     alert is its current state), and the closing."""
@@ -382,11 +372,11 @@ def _update_alert(
             top_features=_top_features(model, x, max(klass, 0), z),
             diagnosis=klass,
         )
-        return [_alert_row(state, item, asset, end_us)]
+        return [_alert_row(state, asset, end_us)]
     if state.alert is None:
         return []
     if state.calm >= policy.close_after:
-        out = [_alert_row(state, item, asset, end_us, closed=True)]
+        out = [_alert_row(state, asset, end_us, closed=True)]
         state.alert, state.evidence = None, None
         return out
     if klass != state.alert.diagnosis:
@@ -395,17 +385,17 @@ def _update_alert(
         a.top_features = _top_features(model, x, max(klass, 0), z)
         if p_fault is not None and p_fault >= policy.critical_at:
             a.severity = "critical"
-        return [_alert_row(state, item, asset, end_us)]
+        return [_alert_row(state, asset, end_us)]
     return []
 
 
-def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: FrameCandidate) -> list[SinkRows]:
+def record_frame(state: AssetScorer, policy: AlertPolicy, frame: FrameCandidate,
+                 emit: Emit) -> None:
     """The flight recorder: keep the newest frames; retain one in ``FRAME_KEEP_EVERY`` as a
     sample, all buffered frames when an alert opens, and the ``after_frames`` after it.  Frames
-    retained later than they arrived carry the current message's offset (the sink's
+    retained later than they arrived carry the current message's position (the sink's
     exactly-once key moves forward only)."""
     state.frames_seen += 1
-    out: list[SinkRows] = []
     state.recorder.append([frame, False])
     while len(state.recorder) > policy.recorder_frames:
         state.recorder.popleft()
@@ -417,17 +407,16 @@ def _record_frame(state: AssetScorer, policy: AlertPolicy, frame: FrameCandidate
             pending = [state.recorder[-1]]
         a.frames_after += 1
         for entry in pending:
-            out.append(entry[0].rows(f"alert:{a.alert_id}", frame.offset))
+            emit.add("frames", entry[0].row(f"alert:{a.alert_id}"))
             entry[1] = True
     elif (state.frames_seen - 1) % FRAME_KEEP_EVERY == 0:
-        out.append(frame.rows("sampled"))
+        emit.add("frames", frame.row("sampled"))
         state.recorder[-1][1] = True
-    return out
 
 
-def _score_window(
+def score_window(
     ch: Channel,
-    item: SinkRows,
+    emit: Emit,
     asset_id: str,
     window_end: int,
     x: dict[str, float],
@@ -435,7 +424,7 @@ def _score_window(
     model: LoadedModel | None,
     policy: AlertPolicy,
     detector_name: str,
-) -> list[SinkRows]:
+) -> None:
     """Score one window on channel ``ch``, learn from it, update its alert and drift state."""
     warm = ch.seen >= ch.warmup
     anomaly = float(ch.detector.score_one(x)) if warm else 0.0
@@ -443,70 +432,60 @@ def _score_window(
     ch.detector.learn_one(x)
     ch.seen += 1
     if not warm and ch.name == "process":  # learning the asset's normal: nothing to report
-        return []
+        return
     p_fault, xs, proba = _supervised(model, row)
-    out = [
-        _one_row(
-            "scores",
-            item,
-            {
-                "asset_id": asset_id,
-                "window_end": window_end,
-                "anomaly_score": anomaly,
-                "prediction": p_fault,
-                "model_name": model.name if model is not None else detector_name,
-                "model_version": model.version if model is not None else "online",
-                "feature_version": FEATURE_VERSION,
-                "latency_ms": max(0.0, (now_us() - item.received_us) / 1000.0),
-            },
-        )
-    ]
+    emit.add("scores", {
+        "asset_id": asset_id,
+        "window_end": window_end,
+        "anomaly_score": anomaly,
+        "prediction": p_fault,
+        "model_name": model.name if model is not None else detector_name,
+        "model_version": model.version if model is not None else "online",
+        "feature_version": FEATURE_VERSION,
+        "latency_ms": max(0.0, (now_us() - emit.received_us) / 1000.0),
+    })
+    channel_policy = policy.for_channel(ch.name)
     if ch.seen <= ch.warmup:
         # the detector is still learning this machine's normal; the champion needs no warm-up
         if p_fault is not None:
-            out += _update_alert(ch, policy.for_channel(ch.name), item, asset_id,
-                                 window_end, 0.0, p_fault, model, xs, proba, z)
-        return out
-    out += _update_alert(ch, policy.for_channel(ch.name), item, asset_id,
-                         window_end, anomaly, p_fault, model, xs, proba, z)
-    out += _feature_drift(ch, item, asset_id, window_end, z)
+            for r in _update_alert(ch, channel_policy, asset_id, window_end, 0.0, p_fault,
+                                   model, xs, proba, z):
+                emit.add("alerts", r)
+        return
+    for r in _update_alert(ch, channel_policy, asset_id, window_end, anomaly, p_fault, model,
+                           xs, proba, z):
+        emit.add("alerts", r)
+    _feature_drift(ch, emit, asset_id, window_end, z)
     ch.drift_detector.update(anomaly)
     if ch.drift_detector.drift_detected:
         est = float(ch.drift_detector.estimation)
         subject = "anomaly_score" if ch.name == "vibration" else f"{ch.name}_anomaly_score"
-        out.append(
-            _drift_row(item, asset_id, window_end, "residual", subject, "ADWIN", est,
-                       f"mean {ch.name} anomaly score changed; now {est:.3f} over the last "
-                       f"{int(ch.drift_detector.width)} windows")
-        )
-    return out
+        emit.add("drift_events", _drift_row(
+            asset_id, window_end, "residual", subject, "ADWIN", est,
+            f"mean {ch.name} anomaly score changed; now {est:.3f} over the last "
+            f"{int(ch.drift_detector.width)} windows"))
 
 
 def _drift_row(
-    item: SinkRows, asset_id: str, window_end: int, kind: str, subject: str, detector: str,
+    asset_id: str, window_end: int, kind: str, subject: str, detector: str,
     statistic: float, detail: str,
-) -> SinkRows:
-    return _one_row(
-        "drift_events",
-        item,
-        {
-            "ts": window_end,
-            "asset_id": asset_id,
-            "subject_kind": kind,
-            "subject": subject,
-            "detector": detector,
-            "statistic": statistic,
-            "detail": detail,
-        },
-    )
+) -> dict[str, Any]:
+    return {
+        "ts": window_end,
+        "asset_id": asset_id,
+        "subject_kind": kind,
+        "subject": subject,
+        "detector": detector,
+        "statistic": statistic,
+        "detail": detail,
+    }
 
 
 def _feature_drift(
-    ch: Channel, item: SinkRows, asset_id: str, window_end: int, z: dict[str, float]
-) -> list[SinkRows]:
+    ch: Channel, emit: Emit, asset_id: str, window_end: int, z: dict[str, float]
+) -> None:
     """Page-Hinkley (upward, in units of the feature's normal spread) on each watched feature;
     a detection is a ``drift_events`` row with the cumulative statistic's input that fired."""
-    out = []
     for name in DRIFT_FEATURES:
         if name not in z or not math.isfinite(z[name]):
             continue
@@ -515,64 +494,40 @@ def _feature_drift(
         )
         ph.update(z[name])
         if ph.drift_detected:
-            out.append(
-                _drift_row(item, asset_id, window_end, "feature", name, "PageHinkley",
-                           float(z[name]), f"{name} rose persistently above this machine's "
-                           f"normal (now {z[name]:.1f} standard deviations)")
-            )
-    return out
+            emit.add("drift_events", _drift_row(
+                asset_id, window_end, "feature", name, "PageHinkley", float(z[name]),
+                f"{name} rose persistently above this machine's normal (now {z[name]:.1f} "
+                f"standard deviations)"))
 
 
-def _score_process(
-    state: AssetScorer, item: SinkRows, row: dict[str, Any], policy: AlertPolicy
-) -> list[SinkRows]:
-    """Collect the asset's scalar sensors per time step (each as its contract's ``watched_as``:
-    the 30 s level or slope); a step is scored once every sensor has reported it (or a later
-    step has begun).  Only for assets without vibration frames (SKAB, NAB, C-MAPSS): one
-    detector per asset."""
+def score_vibration(state: AssetScorer, emit: Emit, row: dict[str, Any],
+                    model: LoadedModel | None, policy: AlertPolicy) -> None:
+    """Score one vibration window (a ``features`` row of a frame) with the champion
+    classifier and the vibration detector."""
+    score_window(state.vib, emit, row["asset_id"], row["window_end"], _features(row), row,
+                 model, policy, DETECTOR_NAME)
+
+
+def score_process(state: AssetScorer, emit: Emit, asset_id: str, sensor_id: str, tick_us: int,
+                  window_end: int, value: float, policy: AlertPolicy) -> None:
+    """Collect the asset's scalar sensors per cadence tick (each as its contract's
+    ``watched_as``: the window's level or slope); a tick is scored once every sensor has
+    reported it (or a later tick has begun).  Only for assets without vibration frames: one
+    detector per asset, scoring the vector of its sensors."""
     if state.vib.seen:  # an asset with vibration frames is watched through them
         state.proc_pending.clear()
-        return []
-    end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
-    sensor = row["sensor_id"]
-    value = row.get(f"proc_{SENSORS[sensor].watched_as}")
-    state.proc_sensors.add(sensor)
-    if value is not None and math.isfinite(value):
-        state.proc_pending.setdefault(end_us, {})[sensor] = float(value)
-    out: list[SinkRows] = []
-    for w in sorted(state.proc_pending):
-        # until one whole step has been seen, the asset's set of sensors is not known yet
-        complete = state.proc_known and len(state.proc_pending[w]) >= len(state.proc_sensors)
-        state.proc_known |= w < end_us
-        if w < end_us or complete:
-            vector = state.proc_pending.pop(w)
-            out += _score_window(state.proc, item, row["asset_id"], w, vector, row, None,
-                                 policy, PROCESS_DETECTOR_NAME)
-    return out
-
-
-def score(
-    state: AssetScorer | None,
-    item: SinkRows,
-    champion: ChampionWatcher | None = None,
-    policy: AlertPolicy = AlertPolicy(),
-) -> tuple[AssetScorer, list[SinkRows]]:
-    """Score one feature window, learn from it, watch the score for drift and open or close
-    alerts: vibration windows with the champion classifier and the vibration detector, process
-    windows with the process detector; frames go through the flight recorder."""
-    state = state or AssetScorer()
-    if isinstance(item, FrameCandidate):
-        return state, _record_frame(state, policy, item)
-    sensor = item.rows.column("sensor_id")[0].as_py()
-    if not SENSORS[sensor].frames:  # a process window of a scalar sensor
-        row = {k: item.rows.column(k)[0].as_py()
-               for k in ("asset_id", "sensor_id", "proc_level", "proc_slope")}
-        return state, [item, *_score_process(state, item, row, policy)]
-    row = item.rows.to_pylist()[0]
-    end_us = item.rows.column("window_end").cast(pa.int64())[0].as_py()
-    model = champion.get() if champion is not None else None
-    return state, [
-        item,
-        *_score_window(state.vib, item, row["asset_id"], end_us, _features(row), row, model,
-                       policy, DETECTOR_NAME),
-    ]
+        return
+    state.proc_sensors.add(sensor_id)
+    if math.isfinite(value):
+        entry = state.proc_pending.setdefault(tick_us, [{}, window_end])
+        entry[0][sensor_id] = float(value)
+        entry[1] = max(entry[1], window_end)
+    for tick in sorted(state.proc_pending):
+        # until one whole tick has been seen, the asset's set of sensors is not known yet
+        complete = (state.proc_known
+                    and len(state.proc_pending[tick][0]) >= len(state.proc_sensors))
+        state.proc_known |= tick < tick_us
+        if tick < tick_us or complete:
+            vector, end = state.proc_pending.pop(tick)
+            score_window(state.proc, emit, asset_id, end, vector, {}, None, policy,
+                         PROCESS_DETECTOR_NAME)
