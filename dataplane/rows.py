@@ -86,11 +86,16 @@ class Out:
     def sink_rows(self) -> list[SinkRows]:
         if not self.tables and not self.dicts:
             return []
-        names: dict[str, int] = {}
-        m_src = np.fromiter((names.setdefault(m.source, len(names)) for m in self.messages),
-                            np.int32, len(self.messages))
-        m_off = np.fromiter((m.offset for m in self.messages), np.int64, len(self.messages))
-        newest = max((m.received_us for m in self.messages), default=0)
+        messages = self.messages
+        src = [m.source for m in messages]
+        names = dict.fromkeys(src)
+        if len(names) == 1:
+            m_src = np.zeros(len(messages), np.int32)
+        else:
+            code = {name: i for i, name in enumerate(names)}
+            m_src = np.array([code[x] for x in src], np.int32)
+        m_off = np.array([m.offset for m in messages], np.int64)
+        newest = max(m.received_us for m in messages) if messages else 0
         sources = tuple(names)
         out = []
         for table in sorted(set(self.tables) | set(self.dicts)):

@@ -76,6 +76,7 @@ LOG_MAX_ROWS = int(os.environ.get("PLANTPULSE_ARRIVAL_LOG_ROWS", "20000000"))
 forgotten anyway); past this bound the oldest are forgotten first."""
 
 _I64_MIN = np.iinfo(np.int64).min
+SENSOR_SPACE = 1 << 24  # sensor numbers of a shard stay below this
 # reading-level reason codes
 _OK, _BAD_TS, _NON_FINITE, _OUT_OF_RANGE, _LATE, _DUPLICATE = range(6)
 _REASON = ("ok", "bad_timestamp", "non_finite", "out_of_range", "late", "duplicate")
@@ -123,35 +124,30 @@ def route(batch: Batch, n_shards: int = 1) -> list[tuple[str, Decoded]]:
     d = decode_batch(batch.messages)
     if n_shards <= 1:
         return [("0", d)] if batch.messages else []
-    cache: dict[str, int] = {}
-
-    def shard(a: str | None) -> int:
-        k = cache.get(a)  # type: ignore[arg-type]
-        if k is None:
-            k = cache[a] = _shard_of(a, n_shards)  # type: ignore[index]
-        return k
-
-    g_shard = np.fromiter((shard(a) for a in d.g_asset), np.int32, len(d.g_asset))
+    asset_shard = np.array([_shard_of(a, n_shards) for a in d.assets], np.int32)
+    g_shard = asset_shard[d.g_a] if d.n_groups else np.empty(0, np.int32)
+    frame_shard = [_shard_of(f.asset_id, n_shards) for _, f in d.frames]
+    reject_shard = [_shard_of(r[3], n_shards) for r in d.rejects]
     out = []
     for k in range(n_shards):
         groups = np.flatnonzero(g_shard == k)
-        frames = [(i, f) for i, f in d.frames if shard(f.asset_id) == k]
-        rejects = [r for r in d.rejects if shard(r[3]) == k]
+        frames = [fr for fr, sh in zip(d.frames, frame_shard, strict=True) if sh == k]
+        rejects = [r for r, sh in zip(d.rejects, reject_shard, strict=True) if sh == k]
         if not groups.size and not frames and not rejects:
             continue
-        used = sorted({d.g_msg[g] for g in groups.tolist()} | {i for i, _ in frames}
-                      | {r[0] for r in rejects})
-        remap = {old: new for new, old in enumerate(used)}
-        piece = Decoded([d.messages[i] for i in used])
-        piece.g_asset = [d.g_asset[g] for g in groups.tolist()]
-        piece.g_sensor = [d.g_sensor[g] for g in groups.tolist()]
-        piece.g_msg = [remap[d.g_msg[g]] for g in groups.tolist()]
-        keep = np.isin(d.group, groups)
-        new_group = np.full(len(d.g_asset), -1, np.int32)
+        used = np.unique(np.concatenate([d.g_msg[groups],
+                                         np.array([i for i, _ in frames], np.int32),
+                                         np.array([r[0] for r in rejects], np.int32)]))
+        remap = np.full(len(d.messages), -1, np.int32)
+        remap[used] = np.arange(used.size, dtype=np.int32)
+        piece = Decoded([d.messages[i] for i in used.tolist()], d.assets, d.sensors)
+        piece.g_a, piece.g_s, piece.g_msg = d.g_a[groups], d.g_s[groups], remap[d.g_msg[groups]]
+        new_group = np.full(d.n_groups, -1, np.int32)
         new_group[groups] = np.arange(groups.size, dtype=np.int32)
+        keep = new_group[d.group] >= 0
         piece.group, piece.ts, piece.value = new_group[d.group[keep]], d.ts[keep], d.value[keep]
-        piece.frames = [(remap[i], f) for i, f in frames]
-        piece.rejects = [(remap[r[0]], *r[1:]) for r in rejects]
+        piece.frames = [(int(remap[i]), f) for i, f in frames]
+        piece.rejects = [(int(remap[r[0]]), *r[1:]) for r in rejects]
         out.append((str(k), piece))
     return out
 
@@ -183,6 +179,10 @@ class ShardState:
 
     index: dict[tuple[str, str], int] = field(default_factory=dict)
     names: list[tuple[str, str]] = field(default_factory=list)
+    sensor_index: dict[str, int] = field(default_factory=dict)
+    # (asset number * SENSOR_SPACE + sensor number) of every series, sorted, and its series
+    pair_keys: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
+    pair_sids: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     contracts: list[SensorContract] = field(default_factory=list)
     assets: list[AssetState] = field(default_factory=list)
     asset_index: dict[str, int] = field(default_factory=dict)
@@ -209,6 +209,7 @@ class ShardState:
     newest_any: int = _I64_MIN
 
     def __getstate__(self) -> dict[str, Any]:
+        self.index_new_series()
         state = dict(self.__dict__)
         state.pop("_names_pa", None)  # a cache, rebuilt on demand
         return state
@@ -225,6 +226,8 @@ class ShardState:
             self.assets.append(AssetState(asset))
         self.index[(asset, sensor)] = sid
         self.names.append((asset, sensor))
+        s_no = self.sensor_index.setdefault(sensor, len(self.sensor_index))
+        self.__dict__.setdefault("_new_pairs", []).append((a * SENSOR_SPACE + s_no, sid))
         self.contracts.append(contract)
         n = sid + 1
         for name, fill in (("s_asset", 0), ("low", 0.0), ("high", 0.0), ("lateness", 0),
@@ -247,6 +250,15 @@ class ShardState:
         self.max_lateness = max(self.max_lateness, int(self.lateness[sid]))
         self.__dict__.pop("_names_pa", None)
         return sid
+
+    def index_new_series(self) -> None:
+        """Fold the series registered since the last call into the sorted key search."""
+        new = self.__dict__.pop("_new_pairs", None)
+        if new:
+            keys = np.concatenate([self.pair_keys, np.array([k for k, _ in new], np.int64)])
+            sids = np.concatenate([self.pair_sids, np.array([s for _, s in new], np.int64)])
+            order = np.argsort(keys, kind="stable")
+            self.pair_keys, self.pair_sids = keys[order], sids[order]
 
     def names_pa(self) -> tuple[pa.Array, pa.Array]:
         """The asset and sensor id of every series as Arrow arrays (to ``take`` from)."""
@@ -341,23 +353,36 @@ def run_batch(state: ShardState | None, batch: Batch, ctx: Context | None = None
 def _series_of_groups(state: ShardState, d: Decoded, ctx: Context,
                       dead: _DeadLetters) -> NDArray[np.int64]:
     """Each group's series number, registering new series; -1 (and a dead letter) for a group
-    that cannot be used: an undeclared sensor, a frame sensor sending scalars, no capacity."""
-    n_groups = len(d.g_asset)
+    that cannot be used: an undeclared sensor, a frame sensor sending scalars, no capacity.
+    Known series are found for the whole batch at once (one search over the shard's sorted
+    series keys); only the others are looked at one by one."""
+    n_groups = d.n_groups
     g_sid = np.full(n_groups, -1, np.int64)
     if not n_groups:
         return g_sid
-    index = state.index
-    counts: NDArray[np.int64] | None = None
-    for g, key in enumerate(zip(d.g_asset, d.g_sensor, strict=True)):
-        sid = index.get(key)
-        if sid is not None:
-            g_sid[g] = sid
-            continue
-        if counts is None:
-            counts = np.bincount(d.group, minlength=n_groups)
+    a_no = np.fromiter((state.asset_index.get(a, -1) for a in d.assets), np.int64,
+                       len(d.assets))
+    s_no = np.fromiter((state.sensor_index.get(x, -1) for x in d.sensors), np.int64,
+                       len(d.sensors))
+    ga, gs = a_no[d.g_a], s_no[d.g_s]
+    if state.pair_keys.size:
+        key = ga * SENSOR_SPACE + gs
+        pos = np.minimum(np.searchsorted(state.pair_keys, key), state.pair_keys.size - 1)
+        hit = (ga >= 0) & (gs >= 0) & (state.pair_keys[pos] == key)
+        g_sid[hit] = state.pair_sids[pos[hit]]
+    missing = np.flatnonzero(g_sid < 0)
+    if not missing.size:
+        return g_sid
+    counts = np.bincount(d.group, minlength=n_groups)
+    per_msg: NDArray[np.int64] | None = None
+    for g in missing.tolist():
         if counts[g] == 0:
             continue
-        asset, sensor = key
+        asset, sensor = d.group_names(g)
+        sid = state.index.get((asset, sensor))
+        if sid is not None:  # registered earlier in this batch
+            g_sid[g] = sid
+            continue
         contract = ctx.plant.contract(asset, sensor)
         problem = None
         if contract is None:
@@ -369,20 +394,21 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context,
                        f"(PLANTPULSE_MAX_SERIES)")
         if problem is None:
             g_sid[g] = state.register(asset, sensor, contract)
-        else:
-            dead.add(d.g_msg[g], *problem, asset, sensor, _group_raw(d, g))
+            continue
+        if per_msg is None:
+            per_msg = np.bincount(d.g_msg, minlength=len(d.messages))
+        raw = None if per_msg[d.g_msg[g]] == 1 else _group_raw(d, g)
+        dead.add(int(d.g_msg[g]), *problem, asset, sensor, raw)
+    state.index_new_series()
     return g_sid
 
 
-def _group_raw(d: Decoded, g: int) -> bytes | None:
-    """The raw payload for a rejected group: the message itself when it has only this group,
-    else the group's readings as JSON (one tag of a multi-sensor message)."""
-    i = d.g_msg[g]
-    if sum(1 for m in d.g_msg if m == i) == 1:
-        return None
+def _group_raw(d: Decoded, g: int) -> bytes:
+    """One group's readings as JSON: the raw input of one rejected tag of a multi-sensor
+    message (a single-sensor message keeps its own payload)."""
+    asset, sensor = d.group_names(g)
     sel = d.group == g
-    return orjson.dumps({"asset_id": d.g_asset[g], "sensor_id": d.g_sensor[g],
-                         "ts": d.ts[sel].tolist(),
+    return orjson.dumps({"asset_id": asset, "sensor_id": sensor, "ts": d.ts[sel].tolist(),
                          "value": [v if math.isfinite(v) else None for v in d.value[sel].tolist()]})
 
 
@@ -397,8 +423,7 @@ def _scalars(state: ShardState, d: Decoded, g_sid: NDArray[np.int64], ctx: Conte
     if not take.size:
         return None
     sid, ts, raw = sid_all[take], d.ts[take], d.value[take]
-    g_msg = np.asarray(d.g_msg, np.intp)
-    msg = g_msg[d.group[take]]
+    msg = d.g_msg[d.group[take]].astype(np.intp)
     code = np.zeros(sid.size, np.int8)
     code[(ts < TS_MIN) | (ts >= TS_MAX)] = _BAD_TS
     finite = np.isfinite(raw)
@@ -633,23 +658,25 @@ def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
     e_msg = last_msg[rows_i]
     state.emitted[present] = np.maximum(state.emitted[present],
                                         np.where(closed, tags, _I64_MIN).max(axis=1))
-    # the window of each emitted bucket: its series' buckets in (bucket - k, bucket]
-    w_tags = state.ring_tag[e_sid]  # (E, RING)
-    k = state.k[e_sid][:, None]
-    in_win = (w_tags <= e_bucket[:, None]) & (w_tags > e_bucket[:, None] - k)
-    agg = state.ring[e_sid] * in_win[:, :, None]  # (E, RING, fields)
-    cad_s = state.cadence[e_sid][:, None] / 1e6
-    dt = np.where(in_win, (w_tags - e_bucket[:, None]) * cad_s, 0.0)  # bucket start offsets
-    n, st, stt = agg[:, :, 0], agg[:, :, 1], agg[:, :, 2]
-    sy, syy, sty = agg[:, :, 3], agg[:, :, 4], agg[:, :, 5]
+    # the window of each emitted bucket: its series' buckets in (bucket - k, bucket], read
+    # from the MAX_K ring slots before and at the bucket's own
+    back = np.arange(MAX_K)
+    want = e_bucket[:, None] - back  # (E, MAX_K) bucket ids of the window
+    slots = want % RING
+    rows2 = e_sid[:, None]
+    in_win = (state.ring_tag[rows2, slots] == want) & (back < state.k[e_sid][:, None])
+    agg = state.ring[rows2, slots]  # (E, MAX_K, fields)
+    w = in_win.astype(np.float64)
+    dt = -back * (state.cadence[e_sid][:, None] / 1e6)  # bucket start offsets, seconds
+    n, st, stt = agg[:, :, 0] * w, agg[:, :, 1] * w, agg[:, :, 2] * w
+    sy, syy, sty = agg[:, :, 3] * w, agg[:, :, 4] * w, agg[:, :, 5] * w
     sums = (n.sum(1), (st + n * dt).sum(1), (stt + 2 * dt * st + n * dt * dt).sum(1),
             sy.sum(1), syy.sum(1), (sty + dt * sy).sum(1))
     stats = stats_from_sums(*sums)
     level = stats["level"] + state.y0[e_sid]
     bucket_start = e_bucket * state.cadence[e_sid]
-    t_min = np.where(in_win & (n > 0), state.ring[e_sid][:, :, 6] + dt, np.inf).min(1)
-    end_slot = e_bucket % RING
-    t_max = state.ring[e_sid, end_slot, 7]
+    t_min = np.where(in_win & (n > 0), agg[:, :, 6] + dt, np.inf).min(1)
+    t_max = agg[:, 0, 7]
     window_start = bucket_start + np.round(t_min * 1e6).astype(np.int64)
     window_end = bucket_start + np.round(t_max * 1e6).astype(np.int64)
     _features_rows(state, out, e_sid, window_start, window_end, sums[0], level,

@@ -338,15 +338,18 @@ def _values(values: list[Any], asset_id: str, sensor_id: str) -> NDArray[np.floa
 class Decoded:
     """A micro-batch decoded into arrays.
 
-    Scalar readings come in *groups*: one group per (message, sensor), with its asset, sensor
-    and message index; ``group`` gives each reading's group.  Frames and whole rejected
-    messages are listed with their message index.  ``messages`` is the batch itself (offsets,
-    arrival times, raw payloads for dead letters)."""
+    Scalar readings come in *groups*: one group per (message, sensor), with its asset and
+    sensor (codes into the batch's ``assets`` and ``sensors`` names) and message index;
+    ``group`` gives each reading's group.  Frames and whole rejected messages are listed with
+    their message index.  ``messages`` is the batch itself (offsets, arrival times, raw
+    payloads for dead letters)."""
 
     messages: list[Message]
-    g_asset: list[str] = field(default_factory=list)
-    g_sensor: list[str] = field(default_factory=list)
-    g_msg: list[int] = field(default_factory=list)
+    assets: list[str] = field(default_factory=list)
+    sensors: list[str] = field(default_factory=list)
+    g_a: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    g_s: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
+    g_msg: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     group: NDArray[np.int32] = field(default_factory=lambda: np.empty(0, np.int32))
     ts: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     value: NDArray[np.float64] = field(default_factory=lambda: np.empty(0))
@@ -359,26 +362,52 @@ class Decoded:
     def n_readings(self) -> int:
         return int(self.ts.size)
 
+    @property
+    def n_groups(self) -> int:
+        return int(self.g_msg.size)
+
+    def group_names(self, g: int) -> tuple[str, str]:
+        return self.assets[self.g_a[g]], self.sensors[self.g_s[g]]
+
 
 class _Builder:
-    """Accumulates groups; per message O(1) Python work (appends), arrays built once.
+    """Accumulates groups; per message O(1) Python work (dictionary look-ups and appends),
+    arrays built once.
 
     Readings of scalar and list messages gather in Python lists (converted by numpy in one
-    call each); array groups (Arrow payloads) are kept as arrays, never turned into lists."""
+    call each); array groups (Arrow payloads, bulk-decoded batches) are kept as arrays."""
 
     def __init__(self, messages: list[Message]):
         self.out = Decoded(messages)
+        self.a_index: dict[str, int] = {}
+        self.s_index: dict[str, int] = {}
+        self.g_a: list[int] = []
+        self.g_s: list[int] = []
+        self.g_msg: list[int] = []
         self.ts: list[Any] = []
         self.values: list[Any] = []
         self.counts: list[int] = []
         self.pending_from = 0  # first group whose readings are still in the Python lists
         self.chunks: list[tuple[NDArray[np.int64], NDArray[np.float64]]] = []
+        self.g_chunks: list[tuple[NDArray, NDArray, NDArray, NDArray]] = []
+
+    def code(self, index: dict[str, int], names: list[str], name: str) -> int:
+        c = index.get(name)
+        if c is None:
+            c = index[name] = len(names)
+            names.append(name)
+        return c
 
     def add(self, i: int, asset: str, sensor: str, ts: Any, value: Any, n: int) -> None:
-        o = self.out
-        o.g_asset.append(asset)
-        o.g_sensor.append(sensor)
-        o.g_msg.append(i)
+        a = self.a_index.get(asset)
+        if a is None:
+            a = self.code(self.a_index, self.out.assets, asset)
+        s = self.s_index.get(sensor)
+        if s is None:
+            s = self.code(self.s_index, self.out.sensors, sensor)
+        self.g_a.append(a)
+        self.g_s.append(s)
+        self.g_msg.append(i)
         self.counts.append(n)
         if n == 1 and type(ts) is not list:
             self.ts.append(ts)
@@ -389,17 +418,32 @@ class _Builder:
 
     def add_arrays(self, i: int, asset: str, sensor: str, ts: NDArray, values: NDArray) -> None:
         self._flush()
-        o = self.out
-        o.g_asset.append(asset)
-        o.g_sensor.append(sensor)
-        o.g_msg.append(i)
+        self.g_a.append(self.code(self.a_index, self.out.assets, asset))
+        self.g_s.append(self.code(self.s_index, self.out.sensors, sensor))
+        self.g_msg.append(i)
         self.counts.append(ts.size)
         self.chunks.append((ts.astype(np.int64, copy=False), values.astype(np.float64)))
         self.pending_from = len(self.counts)
 
+    def add_groups(self, g_a: NDArray, g_s: NDArray, g_msg: NDArray, counts: NDArray,
+                   ts: NDArray[np.int64], values: NDArray[np.float64]) -> None:
+        """Many groups at once (already coded against this builder's names)."""
+        self._flush()
+        self._close_lists()
+        self.g_chunks.append((g_a, g_s, g_msg, counts))
+        self.chunks.append((ts, values))
+
     def reject(self, i: int, reason: str, detail: str, asset: str | None = None,
                sensor: str | None = None, raw: bytes | None = None) -> None:
         self.out.rejects.append((i, reason, detail, asset, sensor, raw))
+
+    def _close_lists(self) -> None:
+        if self.g_msg:
+            self.g_chunks.append((np.array(self.g_a, np.int32), np.array(self.g_s, np.int32),
+                                  np.array(self.g_msg, np.int32),
+                                  np.array(self.counts, np.int64)))
+            self.g_a, self.g_s, self.g_msg, self.counts = [], [], [], []
+            self.pending_from = 0
 
     def _flush(self) -> None:
         if not self.ts:
@@ -425,31 +469,57 @@ class _Builder:
                 self.chunks.append((np.array(ts_l, dtype=np.int64),
                                     np.array(v_l, dtype=np.float64)))
             except (OverflowError, TypeError, ValueError):
-                raw = orjson.dumps({"asset_id": o.g_asset[g], "sensor_id": o.g_sensor[g],
+                asset, sensor = o.assets[self.g_a[g]], o.sensors[self.g_s[g]]
+                raw = orjson.dumps({"asset_id": asset, "sensor_id": sensor,
                                     "ts": str(ts_l)[:200], "value": str(v_l)[:200]})
-                self.reject(o.g_msg[g], "out_of_range", "a timestamp or value does not fit "
-                            "64 bits", o.g_asset[g], o.g_sensor[g], raw)
+                self.reject(self.g_msg[g], "out_of_range", "a timestamp or value does not fit "
+                            "64 bits", asset, sensor, raw)
                 self.counts[g] = 0  # an empty group: nothing of it goes further
 
     def finish(self) -> Decoded:
         self._flush()
+        self._close_lists()
         o = self.out
         if self.chunks:
             o.ts = np.concatenate([c[0] for c in self.chunks])
             o.value = np.concatenate([c[1] for c in self.chunks])
-        o.group = np.repeat(np.arange(len(self.counts), dtype=np.int32), self.counts)
+        if self.g_chunks:
+            o.g_a = np.concatenate([c[0] for c in self.g_chunks]).astype(np.int32, copy=False)
+            o.g_s = np.concatenate([c[1] for c in self.g_chunks]).astype(np.int32, copy=False)
+            o.g_msg = np.concatenate([c[2] for c in self.g_chunks]).astype(np.int32, copy=False)
+            counts = np.concatenate([c[3] for c in self.g_chunks])
+            o.group = np.repeat(np.arange(counts.size, dtype=np.int32), counts)
         return o
 
 
 def decode_batch(messages: list[Message]) -> Decoded:
     """Decode every message of a micro-batch into one ``Decoded``.
 
-    The common shapes (one reading, a list of integer timestamps and numbers, a multi-sensor
-    message, Arrow IPC) take a fast path of a few dictionary look-ups and appends per message;
-    anything else goes through ``decode``, whose ``PayloadError`` becomes a reject.
+    A batch of JSON objects is parsed in one call; when every message has the same common
+    shape (one reading each, or one multi-sensor row each with the same tags) the whole batch
+    becomes arrays in a few C-level passes.  Otherwise each message takes a fast path of a few
+    dictionary look-ups and appends, and anything unusual goes through ``decode``, whose
+    ``PayloadError`` becomes a reject.
     """
     b = _Builder(messages)
-    for i, m in enumerate(messages):
+    json_at = [i for i, m in enumerate(messages)
+               if m.payload[:1] == b"{" and m.set_aside is None
+               and len(m.payload) <= MAX_MESSAGE_BYTES]
+    docs = _bulk_json([messages[i].payload for i in json_at]) if json_at else None
+    doc_of: dict[int, Any] = {}
+    if docs is not None:
+        if _bulk_single(b, docs, json_at) or _bulk_multi(b, docs, json_at):
+            if len(json_at) == len(messages):
+                return b.finish()
+            done = set(json_at)
+            rest = [i for i in range(len(messages)) if i not in done]
+        else:
+            doc_of = dict(zip(json_at, docs, strict=True))
+            rest = range(len(messages))
+    else:
+        rest = range(len(messages))
+    for i in rest:
+        m = messages[i]
         if m.set_aside is not None:
             b.reject(i, *m.set_aside)
             continue
@@ -464,17 +534,102 @@ def decode_batch(messages: list[Message]) -> Decoded:
             elif head == ARROW_MAGIC:
                 _decode_arrow(b, i, p)
             else:
-                _decode_json_fast(b, i, p)
+                _decode_json_fast(b, i, p, doc_of.get(i))
         except PayloadError as exc:
             b.reject(i, exc.reason, exc.detail, exc.asset_id, exc.sensor_id)
     return b.finish()
 
 
-def _decode_json_fast(b: _Builder, i: int, p: bytes) -> None:
+def _bulk_json(payloads: list[bytes]) -> list[Any] | None:
+    """The payloads (each starting with ``{``) parsed by one ``orjson.loads`` of their JSON
+    array, when each is one JSON object (else None: message by message).  A payload that is not
+    one object cannot hide in the array: the array must have one object per payload."""
+    if sum(map(len, payloads)) > 4 * MAX_MESSAGE_BYTES:
+        return None
     try:
-        d = orjson.loads(p)
+        docs = orjson.loads(b"[" + b",".join(payloads) + b"]")
     except orjson.JSONDecodeError:
-        d = None
+        return None
+    if len(docs) != len(payloads) or set(map(type, docs)) != {dict}:
+        return None
+    return docs
+
+
+def _ids_ok(names: Any) -> bool:
+    return all(_clean_id(x) is not None for x in names)
+
+
+def _bulk_single(b: _Builder, docs: list[dict], at: list[int]) -> bool:
+    """The whole batch when every message is one reading (``ts`` an integer)."""
+    if set(map(len, docs)) != {4}:
+        return False
+    assets = [d.get("asset_id") for d in docs]
+    sensors = [d.get("sensor_id") for d in docs]
+    ts = [d.get("ts") for d in docs]
+    values = [d.get("value") for d in docs]
+    if (set(map(type, ts)) != {int} or not set(map(type, values)) <= _NUMBER_TYPES
+            or set(map(type, assets)) != {str} or set(map(type, sensors)) != {str}):
+        return False
+    a_names, s_names = dict.fromkeys(assets), dict.fromkeys(sensors)
+    if not (_ids_ok(a_names) and _ids_ok(s_names)):
+        return False
+    try:
+        ts_arr, v_arr = np.array(ts, np.int64), np.array(values, np.float64)
+    except (OverflowError, ValueError):
+        return False
+    a_idx = {a: b.code(b.a_index, b.out.assets, a) for a in a_names}
+    s_idx = {s: b.code(b.s_index, b.out.sensors, s) for s in s_names}
+    n = len(docs)
+    b.add_groups(np.array([a_idx[a] for a in assets], np.int32),
+                 np.array([s_idx[s] for s in sensors], np.int32),
+                 np.array(at, np.int32), np.ones(n, np.int64), ts_arr, v_arr)
+    return True
+
+
+def _bulk_multi(b: _Builder, docs: list[dict], at: list[int]) -> bool:
+    """The whole batch when every message is one multi-sensor row (``ts`` an integer) with
+    the same tags in the same order: a (messages x tags) matrix of readings."""
+    if set(map(len, docs)) != {3}:
+        return False
+    rows = [d.get("values") for d in docs]
+    if set(map(type, rows)) != {dict}:
+        return False
+    tags = {tuple(r) for r in rows}
+    if len(tags) != 1:
+        return False
+    (tag_names,) = tags
+    assets = [d.get("asset_id") for d in docs]
+    ts = [d.get("ts") for d in docs]
+    if (not tag_names or set(map(type, ts)) != {int} or set(map(type, assets)) != {str}
+            or not _ids_ok(tag_names)):
+        return False
+    a_names = dict.fromkeys(assets)
+    if not _ids_ok(a_names):
+        return False
+    flat = [v for r in rows for v in r.values()]
+    if not set(map(type, flat)) <= _NUMBER_TYPES:
+        return False
+    try:
+        values = np.array(flat, np.float64)
+        ts_arr = np.array(ts, np.int64)
+    except (OverflowError, ValueError):
+        return False
+    a_idx = {a: b.code(b.a_index, b.out.assets, a) for a in a_names}
+    s_codes = np.array([b.code(b.s_index, b.out.sensors, t) for t in tag_names], np.int32)
+    n, k = len(docs), len(tag_names)
+    a_codes = np.array([a_idx[a] for a in assets], np.int32)
+    b.add_groups(np.repeat(a_codes, k), np.tile(s_codes, n),
+                 np.repeat(np.array(at, np.int32), k), np.ones(n * k, np.int64),
+                 np.repeat(ts_arr, k), values)
+    return True
+
+
+def _decode_json_fast(b: _Builder, i: int, p: bytes, d: Any = None) -> None:
+    if d is None:
+        try:
+            d = orjson.loads(p)
+        except orjson.JSONDecodeError:
+            d = None
     if type(d) is dict:
         if "values" in d and "sensor_id" not in d:
             _multi(b, i, d)

@@ -141,8 +141,9 @@ def test_multi_sensor_and_arrow_payloads_decode_to_the_same_readings():
                          [T0_US + 300_000, T0_US, T0_US + 400_000], [24.0, 1.0, 25.0])
     d = decode_batch(_msgs([multi, single, arrow]))
     assert not d.rejects
-    got = sorted(zip([d.g_asset[g] for g in d.group], [d.g_sensor[g] for g in d.group],
-                     d.ts.tolist(), d.value.tolist(), strict=True))
+    names = [d.group_names(g) for g in d.group.tolist()]
+    got = sorted((a, s, t, v) for (a, s), t, v in zip(names, d.ts.tolist(), d.value.tolist(),
+                                                      strict=True))
     assert got == sorted([
         ("pump-01", "motor_current", ts[0], 21.0), ("pump-01", "motor_current", ts[1], 22.0),
         ("pump-01", "discharge_pressure", ts[0], 5.0),
@@ -232,7 +233,7 @@ def test_route_splits_by_asset_and_keeps_every_message_once():
     assert 1 < len(pieces) <= 4
     offsets = sorted(m.offset for _, d in pieces for m in d.messages)
     assert offsets == sorted(m.offset for m in messages)
-    per_shard_assets = [set(d.g_asset) for _, d in pieces]
+    per_shard_assets = [{d.assets[a] for a in d.g_a.tolist()} for _, d in pieces]
     assert sum(len(a) for a in per_shard_assets) == 8  # each asset in exactly one shard
 
 
