@@ -1,0 +1,104 @@
+"""Reading plant files: YAML that remembers where every mapping and key came from.
+
+A ``SafeLoader`` (libyaml's when available) whose mappings are ``LineDict``: a ``dict`` that also
+holds the line of the mapping and of each key, so that a validation error deep inside a plant
+file can name the line it comes from.  Duplicate keys in one mapping are an error (plain YAML
+silently keeps the last one, which would hide a typo'd second declaration).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["LineDict", "PlantError", "load_yaml", "line_of"]
+
+_BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class PlantError(ValueError):
+    """A plant file is not valid: one line naming the file, the line, the field and the problem."""
+
+    def __init__(self, path: str | Path, line: int | None, field: str, message: str):
+        self.path, self.line, self.field, self.message = str(path), line, field, message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.field + ': ' if self.field else ''}{self.message}"
+
+
+class LineDict(dict):
+    """A YAML mapping with the (1-based) line of the mapping and of each of its keys."""
+
+    __slots__ = ("line", "key_lines")
+
+    def __init__(self, *args: Any, line: int = 0, key_lines: dict[Any, int] | None = None):
+        super().__init__(*args)
+        self.line = line
+        self.key_lines = key_lines or {}
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    pass
+
+
+class _LineLoader(_BaseLoader):  # type: ignore[misc, valid-type]
+    """SafeLoader whose mappings record the start mark of the mapping and of every key."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
+        self.flatten_mapping(node)
+        out = LineDict(line=node.start_mark.line + 1)
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in out:
+                raise _DuplicateKey(
+                    None, None, f"duplicate key {key!r} (first at line {out.key_lines[key]})",
+                    key_node.start_mark,
+                )
+            out[key] = self.construct_object(value_node, deep=deep)
+            out.key_lines[key] = key_node.start_mark.line + 1
+        return out
+
+
+_LineLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    lambda loader, node: loader.construct_mapping(node, deep=True),
+)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document at ``path`` with ``LineDict`` mappings; ``PlantError`` on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PlantError(path, None, "", f"cannot read the plant file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PlantError(path, None, "", "not a UTF-8 text file") from None
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        kind = "" if isinstance(exc, _DuplicateKey) else "YAML syntax: "
+        raise PlantError(path, mark.line + 1 if mark else None, "", f"{kind}{problem}") from None
+    except yaml.YAMLError as exc:
+        raise PlantError(path, None, "", f"YAML syntax: {exc}") from None
+
+
+def line_of(root: Any, loc: tuple[Any, ...]) -> int | None:
+    """The line of the deepest node of ``root`` reached along ``loc`` (a pydantic error
+    location; entries that are not in the data, such as a union's tag, are skipped)."""
+    node, line = root, getattr(root, "line", None) or None
+    for part in loc:
+        if isinstance(node, LineDict) and part in node:
+            line = node.key_lines.get(part, line)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            line = getattr(node, "line", None) or line
+        # anything else: a tag or a field the data lacks; stay at the deepest node found
+    return line
