@@ -285,8 +285,28 @@ def _resolve_sensor(
     asset_id: str,
     layers: list[SensorSpec],
     sensor_kinds: dict[str, SensorSpec],
+    cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]],
 ) -> Sensor:
-    """Merge the layers of one sensor (lowest first) over its kind's defaults."""
+    """Merge the layers of one sensor (lowest first) over its kind's defaults.  Assets of one
+    kind without their own declarations share the merge (``cache``, keyed by the layers)."""
+    key = tuple(id(spec) for spec in layers)
+    if key not in cache:
+        cache[key] = _merge_layers(path, where, layers, sensor_kinds)
+    contract, values = cache[key]
+    sensor_id = contract.sensor_id
+    tag = values.get("tag")
+    return Sensor(
+        contract,
+        tag=None if tag is None else tag.format(asset_id=asset_id, sensor_id=sensor_id),
+        component=values.get("component"),
+        column=values.get("column"),
+        watched_as_reason=values.get("watched_as_reason"),
+    )
+
+
+def _merge_layers(
+    path: Path, where: str, layers: list[SensorSpec], sensor_kinds: dict[str, SensorSpec]
+) -> tuple[SensorContract, dict[str, Any]]:
     top = layers[-1]
     sensor_id = top.id or ""
     kind = next((s.kind for s in reversed(layers) if s.kind is not None), None)
@@ -318,14 +338,7 @@ def _resolve_sensor(
         if v is None and k != "stuck_after_s" and k != "max_rate_of_change":
             kwargs[k] = _CONTRACT_DEFAULTS[k]
     contract = SensorContract(sensor_id=sensor_id, low=float(low), high=float(high), **kwargs)
-    tag = values.get("tag")
-    return Sensor(
-        contract,
-        tag=None if tag is None else tag.format(asset_id=asset_id, sensor_id=sensor_id),
-        component=values.get("component"),
-        column=values.get("column"),
-        watched_as_reason=values.get("watched_as_reason"),
-    )
+    return contract, values
 
 
 def _by_id(items: list[Any], path: Path, where: str, what: str) -> dict[str, Any]:
@@ -347,6 +360,7 @@ def _resolve_asset(
     spec: AssetSpec,
     doc: PlantFile,
     bearings: dict[str, BearingGeometry],
+    cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]],
 ) -> Asset:
     template = AssetKindSpec()
     if spec.kind is not None:
@@ -378,15 +392,16 @@ def _resolve_asset(
     order = list(kind_sensors) + [s for s in own_sensors if s not in kind_sensors]
     sensors: dict[str, Sensor] = {}
     own_index = {s: i for i, s in enumerate(own_sensors)}
+    kind_index = {s: i for i, s in enumerate(kind_sensors)}
     for sid in order:
         swhere = (
             f"{where}.sensors[{own_index[sid]}]" if sid in own_index
-            else f"asset_kinds.{spec.kind}.sensors[{list(kind_sensors).index(sid)}]"
+            else f"asset_kinds.{spec.kind}.sensors[{kind_index[sid]}]"
         )
         sensor = _resolve_sensor(
             path, swhere, spec.id, _layers(template.sensor_defaults, spec.sensor_defaults, kind_sensors.get(sid),
                     own_sensors.get(sid)),
-            doc.sensor_kinds,
+            doc.sensor_kinds, cache,
         )
         if sensor.component is not None and sensor.component not in parts:
             layer = own_sensors.get(sid) or kind_sensors[sid]
@@ -451,6 +466,7 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
             raise PlantError(path, b.line(), f"bearings.{name}", str(exc)) from None
     plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay)
     asset_lines: dict[str, int] = {}
+    cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}
     site_ids: set[str] = set()
     for i, site in enumerate(doc.sites):
         if site.id in plant.sites or site.id in site_ids:
@@ -465,7 +481,8 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
                 raise PlantError(path, spec.line("id"), f"{where}.id",
                                  f"duplicate asset id {spec.id!r}"
                                  + (f" (first at line {first})" if first else ""))
-            plant.assets[spec.id] = _resolve_asset(path, where, site.id, spec, doc, bearings)
+            plant.assets[spec.id] = _resolve_asset(path, where, site.id, spec, doc, bearings,
+                                                     cache)
             asset_lines[spec.id] = spec.line("id")
     for inc in doc.include:
         inc_path = (path.parent / inc).resolve()

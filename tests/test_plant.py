@@ -216,3 +216,12 @@ def test_gx_suite_checks_each_asset_against_its_own_contract(tmp_path: Path):
     results = run_suite(df, plant_expectations(plant, pairs))
     ranges = [r for r in results if r.expectation == "expect_column_values_to_be_between"]
     assert [(r.success, r.observed["unexpected_count"]) for r in ranges] == [(False, 1), (True, 0)]
+
+
+def test_bench_plant_model_quick_writes_its_json(tmp_path: Path):
+    from bench import plant_model
+
+    out = tmp_path / "plant_model.json"
+    result = plant_model.main(["--quick", "--out", str(out)])
+    assert result["metrics"]["sensors_resolved"] == 10_000.0
+    assert set(result["targets"]) <= set(result["metrics"]) and out.exists()
