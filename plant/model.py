@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from physics.bearing import BearingGeometry
 from plant.contract import Relationship, SensorContract
+from plant.errors import PlantError
 from plant.schema import (
     CONTRACT_FIELDS,
     AssetKindSpec,
@@ -32,7 +33,7 @@ from plant.schema import (
     PlantFile,
     SensorSpec,
 )
-from plant.yamlio import PlantError, line_of, load_yaml
+from plant.yamlio import line_of, load_yaml
 
 __all__ = [
     "PlantError",

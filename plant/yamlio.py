@@ -13,21 +13,11 @@ from typing import Any
 
 import yaml
 
+from plant.errors import PlantError
+
 __all__ = ["LineDict", "PlantError", "load_yaml", "line_of"]
 
 _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class PlantError(ValueError):
-    """A plant file is not valid: one line naming the file, the line, the field and the problem."""
-
-    def __init__(self, path: str | Path, line: int | None, field: str, message: str):
-        self.path, self.line, self.field, self.message = str(path), line, field, message
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = self.path if self.line is None else f"{self.path}:{self.line}"
-        return f"{where}: {self.field + ': ' if self.field else ''}{self.message}"
 
 
 class LineDict(dict):

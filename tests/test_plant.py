@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -225,3 +226,51 @@ def test_bench_plant_model_quick_writes_its_json(tmp_path: Path):
     result = plant_model.main(["--quick", "--out", str(out)])
     assert result["metrics"]["sensors_resolved"] == 10_000.0
     assert set(result["targets"]) <= set(result["metrics"]) and out.exists()
+
+
+def plant_command(*args: str) -> int:
+    """``plantpulse plant ...`` in-process (the command's own parser and runner)."""
+    import argparse
+
+    from plantpulse_cli.plant import add_parser, run
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return run(parser.parse_args(["plant", *args]))
+
+
+def test_plant_validate_command_prints_one_line_and_exits_2(tmp_path: Path):
+    from tests.test_cli import cli
+
+    path = write(tmp_path, BAD["topology_cycle"][0])
+    out = cli("plant", "validate", str(path), home=tmp_path, timeout=180)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: {path}:") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert "topology cycle" in out.stderr
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_plant_validate_in_process_exit_2_one_line(tmp_path: Path, case: str, capsys):
+    path = write(tmp_path, BAD[case][0])
+    assert plant_command("validate", str(path)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}:") and len(err.strip().splitlines()) == 1
+
+
+def test_plant_validate_and_show_a_good_file(tmp_path: Path, capsys, monkeypatch):
+    path = write(tmp_path, NEW_PLANT)
+    assert plant_command("validate", str(path)) == 0
+    assert "2 sites, 4 assets, 11 sensors, 2 topology edges" in capsys.readouterr().out
+    assert plant_command("show", str(path), "--json") == 0
+    shown = json.loads(capsys.readouterr().out)
+    fan = next(a for a in shown["assets"] if a["asset_id"] == "fan-101")
+    temp = next(s for s in fan["sensors"] if s["sensor_id"] == "bearing_temp")
+    assert (temp["high"], temp["tag"]) == (95.0, "fan-101-TT1")
+    assert {(e["source"], e["target"]) for e in shown["topology"]} == {
+        ("pump-201", "fan-101"), ("fan-101", "fan-102")}
+    monkeypatch.setenv("PLANTPULSE_PLANT", str(path))
+    assert plant_command("show") == 0
+    table = capsys.readouterr().out
+    assert "fan-102-TT1" in table and "pump-201" in table and "drives" in table
+    assert "watched as slope: the housing follows the ambient" in table
