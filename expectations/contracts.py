@@ -11,13 +11,16 @@ both derived from these declarations, so the two planes cannot disagree about wh
 
 from __future__ import annotations
 
-from plant import Plant, Relationship, SensorContract, default_plant
+from pathlib import Path
+
+from plant import Plant, Relationship, SensorContract, default_plant, set_default_plant
 
 __all__ = [
     "SensorContract",
     "SENSORS",
     "contract_for",
     "contract_at",
+    "use_plant",
     "UnknownSensorError",
     "Relationship",
     "RELATIONSHIPS",
@@ -51,3 +54,12 @@ def contract_at(asset_id: str, sensor_id: str, plant: Plant | None = None) -> Se
     if contract is None:
         raise UnknownSensorError(f"unknown sensor {sensor_id!r} on asset {asset_id!r}")
     return contract
+
+
+def use_plant(path: str | Path) -> Plant:
+    """Make the plant file at ``path`` the default plant of this process, and ``SENSORS`` its
+    contracts (updated in place, so modules that imported it see the change)."""
+    plant = set_default_plant(path)
+    SENSORS.clear()
+    SENSORS.update(plant.contracts_by_sensor())
+    return plant

@@ -27,6 +27,7 @@ __all__ = [
     "PLANTS_DIR",
     "bundled_plant",
     "default_plant",
+    "set_default_plant",
     "load_plant",
 ]
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         bundled_plant,
         default_plant,
         load_plant,
+        set_default_plant,
     )
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "Plant",
     "load_plant",
     "default_plant",
+    "set_default_plant",
     "PLANTS_DIR",
     "bundled_plant",
 ]
@@ -511,7 +512,27 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
         lines.append(e.line())
     plant.topology = tuple(edges)
     _check_acyclic(path, plant, lines)
+    if doc.replay is not None:
+        _check_replay(path, doc.replay, plant)
     return plant
+
+
+def _check_replay(path: Path, spec: Any, plant: Plant) -> None:
+    """The replay adapter names a declared asset and sensors it declares."""
+    asset = plant.assets.get(spec.asset)
+    if asset is None:
+        raise PlantError(path, spec.line("asset"), "replay.asset",
+                         f"unknown asset {spec.asset!r}")
+    if spec.adapter in ("skab", "cmapss"):
+        if not any(s.column for s in asset.sensors.values()):
+            raise PlantError(path, spec.line("asset"), "replay.asset",
+                             f"asset {spec.asset!r} has no sensor with a 'column' to read")
+        return
+    keys = ("sensor",) if spec.adapter == "nab" else ("vibration_sensor", "speed_sensor")
+    for key in keys:
+        if getattr(spec, key) not in asset.sensors:
+            raise PlantError(path, spec.line(key), f"replay.{key}",
+                             f"{getattr(spec, key)!r} is not a sensor of asset {spec.asset!r}")
 
 
 def _merge(path: Path, doc: PlantFile, plant: Plant, other: Plant) -> Plant:
@@ -555,6 +576,14 @@ def bundled_plant(name: str) -> Path:
 @functools.cache
 def _cached(path: str) -> Plant:
     return load_plant(path)
+
+
+def set_default_plant(path: str | Path) -> Plant:
+    """Make the plant file at ``path`` this process's default plant (validated first; sets
+    ``PLANTPULSE_PLANT``, so child processes inherit it)."""
+    plant = _cached(str(path))
+    os.environ["PLANTPULSE_PLANT"] = str(path)
+    return plant
 
 
 def default_plant() -> Plant:

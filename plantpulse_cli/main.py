@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="replay a reference data set through the stream into the lake"
     )
-    replay.add_argument("dataset", help="cmapss, cwru, nab or skab")
+    replay.add_argument("dataset", nargs="?", help="cmapss, cwru, nab or skab (or --plant)")
+    replay.add_argument("--plant", default=None, help="a plant file whose replay: section says "
+                        "what to read; the stream checks its contracts")
     pace = replay.add_mutually_exclusive_group()
     pace.add_argument(
         "--speed", type=_positive, default=None, help="N times real time (1 = real time)"
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 
-            return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data)
+            return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data,
+                          plant_file=args.plant)
         if args.command in ("status", "alerts", "promote", "rollback"):
             return _ops(args)
         if args.command == "bench":
