@@ -274,3 +274,26 @@ def test_plant_validate_and_show_a_good_file(tmp_path: Path, capsys, monkeypatch
     table = capsys.readouterr().out
     assert "fan-102-TT1" in table and "pump-201" in table and "drives" in table
     assert "watched as slope: the housing follows the ambient" in table
+
+
+def test_dagster_asset_shows_the_plant_as_markdown_tables(tmp_path: Path):
+    import dagster as dg
+
+    from dagster_project.assets.plant import plant_model
+    from dagster_project.definitions import defs
+
+    assert defs.resolve_assets_def("plant_model") is not None
+    path = write(tmp_path, NEW_PLANT)
+    result = dg.materialize([plant_model],
+                            run_config={"ops": {"plant_model": {"config": {"path": str(path)}}}})
+    meta = result.asset_materializations_for_node("plant_model")[0].metadata
+    assert meta["assets"].value == 4 and meta["sensor_count"].value == 11
+    sensors = meta["sensor_contracts"].value
+    assert "| fan-101 | bearing_temp | fan-101-TT1 | temperature | degC | -20 .. 95 |" in sensors
+    assert "| pump-201 | fan-101 | feeds |" in meta["topology"].value
+    assert "| fan-101 | hall-1 | fan |  | 1480 | nde: SKF_6310, de: FAG_22220 | 3 |" in (
+        meta["asset_table"].value)
+    bad = write(tmp_path, BAD["unknown_bearing"][0], "bad.yaml")
+    failed = dg.materialize([plant_model], raise_on_error=False,
+                            run_config={"ops": {"plant_model": {"config": {"path": str(bad)}}}})
+    assert not failed.success
