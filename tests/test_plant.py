@@ -297,3 +297,12 @@ def test_dagster_asset_shows_the_plant_as_markdown_tables(tmp_path: Path):
     failed = dg.materialize([plant_model], raise_on_error=False,
                             run_config={"ops": {"plant_model": {"config": {"path": str(bad)}}}})
     assert not failed.success
+
+
+def test_yaml_tags_a_safe_loader_refuses_and_duplicate_keys_are_errors(tmp_path: Path):
+    unsafe = write(tmp_path, "plant: x\ndescription: !!python/object/apply:os.getcwd []\n")
+    with pytest.raises(PlantError, match=r"plant.yaml:2: .*could not determine a constructor"):
+        load_plant(unsafe)
+    twice = write(tmp_path, "plant: x\nsites: []\nplant: y\n", "twice.yaml")
+    with pytest.raises(PlantError, match=r"twice.yaml:3: duplicate key 'plant' \(first at line 1\)"):
+        load_plant(twice)
