@@ -74,7 +74,7 @@ class BenchPlant:
             return self.vib
         return self.scalar if sensor_id.startswith("s") else None
 
-    def bearing(self, asset_id: str) -> BearingGeometry:
+    def bearing(self, asset_id: str, sensor_id: str | None = None) -> BearingGeometry:
         return SKF_6205
 
 

@@ -1,5 +1,8 @@
 """Replay of the reference data sets through the stream, as wire-format messages.
 
+What to read and how comes from a plant file's ``replay:`` adapter (``plant_messages``); the
+four reference data sets are the bundled example plants (``dataset_messages("skab", data)``).
+
 One partition per asset (an engine, a SKAB experiment, a CWRU recording, the NAB machine), so
 several workers share a replay.  Messages are ordered by event time; a partition resumes from
 its message index.  ``speed=1`` replays in real time, ``speed=N`` N times faster, ``None`` as
@@ -12,6 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,8 +24,16 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax_flows.sources import now_us
 from dataplane.wire import Batch, Message, encode_frame, encode_scalars
 from physics import datasets as ds
+from plant import Plant, PlantError, bundled_plant, load_plant
 
-__all__ = ["DATASETS", "ReplaySource", "dataset_messages", "UnknownDatasetError"]
+__all__ = [
+    "DATASETS",
+    "ReplaySource",
+    "dataset_messages",
+    "plant_messages",
+    "readings_messages",
+    "UnknownDatasetError",
+]
 
 Timeline = list[tuple[int, bytes]]
 """(event time in us, payload) in event-time order."""
@@ -50,62 +62,107 @@ def readings_messages(readings: pd.DataFrame, batch_s: float) -> dict[str, Timel
     return out
 
 
-def _cmapss(data: Path) -> dict[str, Timeline]:
-    return readings_messages(
-        ds.cmapss_readings(ds.read_cmapss(data)), batch_s=10 * 3600.0
-    )  # 10 cycles
+def plant_messages(plant: Plant, data_dir: str | Path) -> dict[str, Timeline]:
+    """The data set a plant file's ``replay:`` adapter names, as per-asset timelines: which
+    files (any SKAB folder, a NAB series, a C-MAPSS split, CWRU recordings) and which data
+    column is which sensor all come from the file.  Every replayed asset id must fall under
+    the adapter's declared asset (``PlantError`` otherwise)."""
+    spec = plant.replay
+    if spec is None:
+        raise PlantError(plant.path, None, "replay",
+                         "this plant file has no replay section (adapter: cmapss, cwru, nab "
+                         "or skab) to say which data to read")
+    timelines = _ADAPTERS[spec.adapter](plant, spec, Path(data_dir))
+    declared = plant.assets[spec.asset]
+    for asset_id in timelines:
+        if plant.asset(asset_id) is not declared:
+            key = "asset_id" if hasattr(spec, "asset_id") else "asset"
+            raise PlantError(
+                plant.path, spec.line(key), f"replay.{key}",
+                f"replayed asset {asset_id!r} does not fall under asset {spec.asset!r}"
+                + (f" (match: {declared.match!r})" if declared.match else ""),
+            )
+    return timelines
 
 
-def _skab(data: Path) -> dict[str, Timeline]:
-    folder = data / "skab" / "valve1"
-    names = sorted((p.stem for p in folder.glob("*.csv")), key=int) if folder.is_dir() else []
-    if not names:
-        raise ds.DatasetError(f"no SKAB experiments under {folder}; set PLANTPULSE_DATA")
-    parts = [ds.skab_readings(ds.read_skab(data, f"valve1/{n}"), f"skab-valve1-{n}") for n in names]
-    return readings_messages(pd.concat(parts, ignore_index=True), batch_s=10.0)
+def _columns(plant: Plant, spec: Any) -> dict[str, str]:
+    """Data column -> sensor id, from the declared asset's sensors' ``column``."""
+    return {s.column: s.sensor_id for s in plant.assets[spec.asset].sensors.values() if s.column}
 
 
-def _nab(data: Path) -> dict[str, Timeline]:
-    nab = ds.read_nab(data)
-    readings = pd.DataFrame(
-        {
-            "asset_id": "nab-machine",
-            "sensor_id": "nab_machine_temperature",
-            "ts": nab["ts"],
-            "value": nab["value"],
-        }
+def _cmapss(plant: Plant, spec: Any, data: Path) -> dict[str, Timeline]:
+    df = ds.read_cmapss(data, spec.subset, split=spec.split, root=spec.root or "cmapss")
+    readings = ds.cmapss_readings(
+        df, cycle_s=spec.cycle_s, sensor_ids=_columns(plant, spec), asset_id=spec.asset_id
     )
+    return readings_messages(readings, batch_s=spec.batch_cycles * spec.cycle_s)
+
+
+def _skab(plant: Plant, spec: Any, data: Path) -> dict[str, Timeline]:
+    columns = _columns(plant, spec)
+    root = spec.root or "skab"
+    folder_name = Path(spec.folder).name or root
+    parts = []
+    for run in ds.skab_runs(data, spec.folder, spec.files, root=root):
+        asset_id = spec.asset_id.format(folder=folder_name, stem=Path(run).name)
+        df = ds.read_skab(data, run, columns=columns, root=root)
+        parts.append(ds.skab_readings(df, asset_id, {c: c for c in columns.values()}))
+    return readings_messages(pd.concat(parts, ignore_index=True), batch_s=spec.batch_s)
+
+
+def _nab(plant: Plant, spec: Any, data: Path) -> dict[str, Timeline]:
+    nab = ds.read_nab(data, spec.series, root=spec.root or "nab")
     # one message per reading, in file order: the file's one backwards step must reach the stream
-    ts = readings["ts"].to_numpy("datetime64[us]").astype(np.int64)
+    ts = nab["ts"].to_numpy("datetime64[us]").astype(np.int64)
+    asset, sensor = spec.asset, spec.sensor
     return {
-        "nab-machine": [
-            (int(t), encode_scalars("nab-machine", "nab_machine_temperature", [t], [v]))
-            for t, v in zip(ts, readings["value"], strict=True)
+        asset: [
+            (int(t), encode_scalars(asset, sensor, [t], [v]))
+            for t, v in zip(ts, nab["value"], strict=True)
         ]
     }
 
 
-def _cwru(data: Path) -> dict[str, Timeline]:
+def _cwru(plant: Plant, spec: Any, data: Path) -> dict[str, Timeline]:
+    root = spec.root or "cwru"
     out: dict[str, Timeline] = {}
-    for name in ds.cwru_recordings(data):
-        rec = ds.read_cwru(data, name)
-        frames = ds.cwru_frames(rec, 12_000)  # 1 s frames, like the simulator's
-        asset = f"cwru-{name}"
+    for name in ds.cwru_recordings(data, spec.recordings, root=root):
+        rec = ds.read_cwru(data, name, root=root)
+        frames = ds.cwru_frames(rec, spec.frame_len)
+        asset = spec.asset_id.format(name=name)
         timeline: Timeline = []
         for row in frames.itertuples():
             t0 = int(row.ts_start.value // 1000)
-            timeline.append((t0, encode_scalars(asset, "shaft_speed", [t0], [rec.rpm])))
-            timeline.append((t0 + 1, encode_frame(asset, "vib_de", t0, rec.fs, row.samples)))
+            timeline.append((t0, encode_scalars(asset, spec.speed_sensor, [t0], [rec.rpm])))
+            timeline.append(
+                (t0 + 1, encode_frame(asset, spec.vibration_sensor, t0, rec.fs, row.samples))
+            )
         out[asset] = timeline
+    if not out:
+        raise ds.DatasetError(f"no CWRU recordings match {spec.recordings!r} under {data / root}")
     return out
 
 
-DATASETS: dict[str, Callable[[Path], dict[str, Timeline]]] = {
+_ADAPTERS: dict[str, Callable[[Plant, Any, Path], dict[str, Timeline]]] = {
     "cmapss": _cmapss,
     "cwru": _cwru,
     "nab": _nab,
     "skab": _skab,
 }
+
+
+def _bundled(name: str) -> Callable[[Path], dict[str, Timeline]]:
+    def build(data: Path) -> dict[str, Timeline]:
+        return plant_messages(load_plant(bundled_plant(name)), data)
+
+    build.__doc__ = f"The {name} data set as its bundled plant file (plant/plants/{name}.yaml) reads it."
+    return build
+
+
+DATASETS: dict[str, Callable[[Path], dict[str, Timeline]]] = {
+    name: _bundled(name) for name in ("cmapss", "cwru", "nab", "skab")
+}
+"""Each reference data set, replayed through its bundled example plant file."""
 
 
 def dataset_messages(name: str, data_dir: str | Path) -> dict[str, Timeline]:

@@ -12,6 +12,7 @@ from dagster_project.assets.models import (
     rul_training_set,
 )
 from dagster_project.assets.operations import STREAM_TABLES, operations_overview
+from dagster_project.assets.plant import plant_model
 from dagster_project.assets.readings import DAILY, readings, sensor_daily_stats
 from dagster_project.assets.validation import (
     features,
@@ -61,6 +62,7 @@ defs = dg.Definitions(
         rul_candidate,
         rul_promotion,
         operations_overview,
+        plant_model,
         *STREAM_TABLES,
     ],
     jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job, operations_job],

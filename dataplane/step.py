@@ -49,7 +49,7 @@ from dataplane.scoring import (
 )
 from dataplane.wire import TS_MAX, TS_MIN, Batch, Decoded, Frame, decode_batch
 from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem
-from expectations.contracts import SENSORS, SensorContract
+from expectations.contracts import SensorContract
 from lake import table_spec
 from lake.catalogue import TS
 from models.registry import ChampionWatcher
@@ -57,8 +57,9 @@ from physics.bearing import SKF_6205, BearingGeometry
 from physics.features import vibration_features
 from physics.process import stats_from_sums
 from physics.registry import FEATURE_VERSION, PROCESS_WINDOW_S, feature_names
+from plant import default_plant
 
-__all__ = ["Plant", "DefaultPlant", "Context", "ShardState", "route", "process", "run_batch",
+__all__ = ["Plant", "Context", "ShardState", "route", "process", "run_batch",
            "RING", "MAX_SERIES"]
 
 log = logging.getLogger(__name__)
@@ -84,22 +85,12 @@ _NF = ("n", "st", "stt", "sy", "syy", "sty", "tmin", "tmax")  # ring fields
 
 
 class Plant(Protocol):
-    """What the stream needs to know of the plant: each (asset, sensor)'s contract and each
-    asset's bearing geometry."""
+    """What the stream needs to know of the plant (``plant.PlantModel`` is one): each (asset,
+    sensor)'s contract, and the bearing a vibration sensor is mounted on."""
 
     def contract(self, asset_id: str, sensor_id: str) -> SensorContract | None: ...
 
-    def bearing(self, asset_id: str) -> BearingGeometry: ...
-
-
-class DefaultPlant:
-    """The declared sensor contracts (by sensor id, for every asset) and the CWRU bearing."""
-
-    def contract(self, asset_id: str, sensor_id: str) -> SensorContract | None:
-        return SENSORS.get(sensor_id)
-
-    def bearing(self, asset_id: str) -> BearingGeometry:
-        return SKF_6205
+    def bearing(self, asset_id: str, sensor_id: str | None = None) -> BearingGeometry | None: ...
 
 
 @dataclass
@@ -107,7 +98,7 @@ class Context:
     """Per worker, not state: the plant, calibration, the champion model and the alert policy
     (read once at start; the calibration and champion follow their tables/alias by themselves)."""
 
-    plant: Plant = field(default_factory=DefaultPlant)
+    plant: Plant = field(default_factory=default_plant)
     calibration: CalibrationCache | None = None
     champion: ChampionWatcher | None = None
     policy: AlertPolicy = field(default_factory=AlertPolicy)
@@ -771,11 +762,13 @@ def _frames(state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLe
     feats: list[dict[str, float]] = [{}] * len(accepted)
     by_shape: dict[tuple, list[int]] = {}
     for j, (_, f, _, _) in enumerate(accepted):
-        key = (f.sample_rate_hz, f.samples.size, ctx.plant.bearing(f.asset_id))
+        key = (f.sample_rate_hz, f.samples.size, ctx.plant.bearing(f.asset_id, f.sensor_id))
         by_shape.setdefault(key, []).append(j)
     for (rate, _, bearing), js in by_shape.items():
         x = np.stack([accepted[j][1].samples for j in js])
         rpm = np.array([accepted[j][3] for j in js])
+        if bearing is None:  # no declared bearing: no defect orders (never a made-up geometry)
+            bearing, rpm = SKF_6205, np.full(rpm.shape, np.nan)
         computed = vibration_features(x, rate, rpm, bearing)
         for r, j in enumerate(js):
             feats[j] = {name: float(v[r]) for name, v in computed.items()}

@@ -1,17 +1,26 @@
 """Sensor contracts, declared once: what every known sensor measures and what is plausible.
 
+The declarations live in the plant file (``plant/plants/demo.yaml`` by default, or the file
+named by ``PLANTPULSE_PLANT``), per asset: ``default_plant().contract(asset_id, sensor_id)``.
+This module keeps the world-wide view by sensor id that callers used before plant files
+(``SENSORS``, ``contract_for``, ``RELATIONSHIPS``), derived from that same plant.
+
 The stream's vectorised checks (``expectations.checks``) and the batch validation suites are
 both derived from these declarations, so the two planes cannot disagree about what is valid.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pathlib import Path
+
+from plant import Plant, Relationship, SensorContract, default_plant, set_default_plant
 
 __all__ = [
     "SensorContract",
     "SENSORS",
     "contract_for",
+    "contract_at",
+    "use_plant",
     "UnknownSensorError",
     "Relationship",
     "RELATIONSHIPS",
@@ -23,234 +32,11 @@ class UnknownSensorError(KeyError):
         return str(self.args[0])
 
 
-@dataclass(frozen=True)
-class SensorContract:
-    """What a sensor reports and which values are physically plausible.
+SENSORS: dict[str, SensorContract] = default_plant().contracts_by_sensor()
+"""Every sensor id of the default plant and its contract (the first declaration of the id)."""
 
-    ``sample_rate_hz`` is the nominal rate; high-rate sensors (``frames=True``) arrive as frames
-    of samples and must match it within ``rate_tolerance``.  ``max_rate_of_change`` is in units
-    per second.  ``max_gap_s`` and ``max_null_rate`` bound missingness.  A value unchanged for
-    ``stuck_after_s`` is a stuck sensor (None: the sensor may legitimately sit still, e.g. a
-    quantised flow meter).  ``resolution`` is the sensor's quantum (the smallest step it reports),
-    used as the floor of the spike detector's scale.  ``max_spike_rate`` bounds the share of
-    readings the Hampel filter may flag, ``max_clock_error_ppm`` the sample clock's rate error,
-    and ``max_psi`` the population stability index against a reference window.
-    ``min_completeness`` is the least share of expected readings (from the nominal rate) that
-    must arrive.  The stream accepts readings up to ``allowed_lateness_s`` older than the newest
-    one seen for the sensor (event time); older ones are dead-lettered as ``late``.
-    ``watched_as`` is what the process anomaly detector sees of a scalar sensor: its 30 s
-    ``level``, or its 30 s ``slope`` for a slow state that wanders by many of its own standard
-    deviations in normal operation (a motor housing's temperature following its cooling), whose
-    level is context and whose rate of change is the symptom.
-    ``window_every_s`` is the stream's cadence for the sensor's process window (one
-    ``features`` row per cadence of event time, whatever the message rate; default 1 s, and at
-    least one sample period).
-    """
-
-    sensor_id: str
-    kind: str
-    unit: str
-    low: float
-    high: float
-    sample_rate_hz: float
-    frames: bool = False
-    rate_tolerance: float = 0.01
-    max_gap_s: float = 10.0
-    max_null_rate: float = 0.01
-    max_rate_of_change: float | None = None
-    min_frame_samples: int = 1
-    stuck_after_s: float | None = 60.0
-    resolution: float = 0.0
-    max_spike_rate: float = 0.001
-    max_clock_error_ppm: float = 50.0
-    max_psi: float = 0.25
-    min_completeness: float = 0.98
-    allowed_lateness_s: float = 30.0
-    watched_as: str = "level"
-    window_every_s: float | None = None
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.low < self.high:
-            raise ValueError(f"{self.sensor_id}: need low < high, got {self.low}, {self.high}")
-        if self.window_every_s is not None and not self.window_every_s > 0:
-            raise ValueError(f"{self.sensor_id}: window_every_s must be positive, "
-                             f"got {self.window_every_s}")
-        if self.watched_as not in ("level", "slope"):
-            raise ValueError(f"{self.sensor_id}: watched_as must be 'level' or 'slope', "
-                             f"got {self.watched_as!r}")
-
-
-_CONTRACTS = (
-    SensorContract(
-        "bearing_temp",
-        "temperature",
-        "degC",
-        -40.0,
-        200.0,
-        1.0,
-        max_rate_of_change=5.0,
-        description="bearing housing temperature",
-    ),
-    SensorContract(
-        "discharge_pressure",
-        "pressure",
-        "bar",
-        0.0,
-        40.0,
-        10.0,
-        max_rate_of_change=20.0,
-        description="pump discharge pressure",
-    ),
-    SensorContract(
-        "motor_current",
-        "current",
-        "A",
-        0.0,
-        400.0,
-        10.0,
-        max_rate_of_change=200.0,
-        description="motor phase current, RMS",
-    ),
-    SensorContract(
-        "shaft_speed",
-        "speed",
-        "rpm",
-        0.0,
-        20_000.0,
-        10.0,
-        max_rate_of_change=2_000.0,
-        description="shaft speed from the tachometer",
-    ),
-    SensorContract(
-        "vib_de",
-        "vibration",
-        "g",
-        -500.0,
-        500.0,
-        12_000.0,
-        frames=True,
-        max_gap_s=5.0,
-        min_frame_samples=1024,
-        description="drive-end accelerometer",
-    ),
-)
-
-# C-MAPSS (Saxena et al. 2008): one snapshot per flight cycle, replayed at one cycle per hour.
-_CMAPSS = {
-    "setting1": ("altitude", "kft", -1.0, 50.0),
-    "setting2": ("mach", "1", -0.1, 1.0),
-    "setting3": ("throttle_resolver_angle", "deg", 0.0, 120.0),
-    "s1": ("T2", "degR", 400.0, 700.0),
-    "s2": ("T24", "degR", 400.0, 900.0),
-    "s3": ("T30", "degR", 1000.0, 2000.0),
-    "s4": ("T50", "degR", 1000.0, 2000.0),
-    "s5": ("P2", "psia", 0.0, 50.0),
-    "s6": ("P15", "psia", 0.0, 50.0),
-    "s7": ("P30", "psia", 0.0, 1000.0),
-    "s8": ("Nf", "rpm", 0.0, 5000.0),
-    "s9": ("Nc", "rpm", 0.0, 15000.0),
-    "s10": ("epr", "1", 0.0, 5.0),
-    "s11": ("Ps30", "psia", 0.0, 100.0),
-    "s12": ("phi", "pps/psi", 0.0, 1000.0),
-    "s13": ("NRf", "rpm", 0.0, 5000.0),
-    "s14": ("NRc", "rpm", 0.0, 15000.0),
-    "s15": ("BPR", "1", 0.0, 20.0),
-    "s16": ("farB", "1", 0.0, 1.0),
-    "s17": ("htBleed", "1", 0.0, 1000.0),
-    "s18": ("Nf_dmd", "rpm", 0.0, 5000.0),
-    "s19": ("PCNfR_dmd", "rpm", 0.0, 200.0),
-    "s20": ("W31", "lbm/s", 0.0, 100.0),
-    "s21": ("W32", "lbm/s", 0.0, 100.0),
-}
-# SKAB water-pump test bed, nominally 1 Hz; its logger misses about 6 % of seconds, and the
-# pressure and flow readings are coarsely quantised (last field: the sensor's resolution).
-# Its two temperatures are slow states: within the normal stretches of valve1 the motor housing
-# moves by 2-4 degC in a few minutes (7-10 warm-up standard deviations), so the process detector
-# watches their slope, not their level (bench.skab, rows inside alerts: FAR 27.7 % -> 3.6 %,
-# MAR 11.4 % -> 29.4 %: quieter, and later at the gradual onsets).
-_SKAB_SLOW = ("temperature", "thermocouple")
-_SKAB = {
-    "accelerometer1_rms": ("vibration_rms", "g", 0.0, 50.0, 1e-6),
-    "accelerometer2_rms": ("vibration_rms", "g", 0.0, 50.0, 1e-6),
-    "current": ("current", "A", 0.0, 100.0, 1e-6),
-    "pressure": ("pressure", "bar", -5.0, 50.0, 0.328),
-    "temperature": ("temperature", "degC", -40.0, 200.0, 1e-4),
-    "thermocouple": ("temperature", "degC", -40.0, 200.0, 1e-4),
-    "voltage": ("voltage", "V", 0.0, 500.0, 1e-3),
-    "volume_flow_rate_rms": ("flow", "l/min", 0.0, 1000.0, 1.0),
-}
-_DATASETS = (
-    *(
-        SensorContract(
-            f"cmapss_{k}",
-            kind,
-            unit,
-            lo,
-            hi,
-            1 / 3600,
-            max_gap_s=7200.0,
-            stuck_after_s=None,
-            description=f"C-MAPSS {kind}",
-        )
-        for k, (kind, unit, lo, hi) in _CMAPSS.items()
-    ),
-    *(
-        SensorContract(
-            f"skab_{k}",
-            kind,
-            unit,
-            lo,
-            hi,
-            1.0,
-            max_gap_s=10.0,
-            stuck_after_s=None,
-            resolution=res,
-            min_completeness=0.9,
-            watched_as="slope" if k in _SKAB_SLOW else "level",
-            description=f"SKAB {k}",
-        )
-        for k, (kind, unit, lo, hi, res) in _SKAB.items()
-    ),
-    SensorContract(
-        "nab_machine_temperature",
-        "temperature",
-        "degF",
-        -50.0,
-        300.0,
-        1 / 300,
-        max_gap_s=3600.0,
-        stuck_after_s=None,
-        description="NAB: temperature of an internal component of a large industrial machine",
-    ),
-)
-
-SENSORS: dict[str, SensorContract] = {c.sensor_id: c for c in (*_CONTRACTS, *_DATASETS)}
-
-
-@dataclass(frozen=True)
-class Relationship:
-    """A physical relationship: ``target`` is a smooth function of ``inputs`` on one asset.
-
-    Fitted on a reference period, it predicts what the target sensor should read; the measured
-    value against the prediction gives the target's calibration (offset, gain) and its drift.
-    """
-
-    target: str
-    inputs: tuple[str, ...]
-    description: str
-
-
-RELATIONSHIPS: tuple[Relationship, ...] = (
-    Relationship(
-        "motor_current",
-        ("discharge_pressure", "shaft_speed"),
-        "pump affinity: shaft power (current) follows head (pressure) and speed",
-    ),
-    Relationship(
-        "bearing_temp", ("motor_current",), "load heating: bearing temperature follows motor load"
-    ),
-)
+RELATIONSHIPS: tuple[Relationship, ...] = default_plant().all_relationships()
+"""Every distinct sensor relationship of the default plant."""
 
 
 def contract_for(sensor_id: str) -> SensorContract:
@@ -259,3 +45,21 @@ def contract_for(sensor_id: str) -> SensorContract:
         return SENSORS[sensor_id]
     except KeyError:
         raise UnknownSensorError(f"unknown sensor {sensor_id!r}") from None
+
+
+def contract_at(asset_id: str, sensor_id: str, plant: Plant | None = None) -> SensorContract:
+    """The contract of ``sensor_id`` on ``asset_id`` in ``plant`` (default: the default plant);
+    ``UnknownSensorError`` if that asset does not declare it."""
+    contract = (plant or default_plant()).contract(asset_id, sensor_id)
+    if contract is None:
+        raise UnknownSensorError(f"unknown sensor {sensor_id!r} on asset {asset_id!r}")
+    return contract
+
+
+def use_plant(path: str | Path) -> Plant:
+    """Make the plant file at ``path`` the default plant of this process, and ``SENSORS`` its
+    contracts (updated in place, so modules that imported it see the change)."""
+    plant = set_default_plant(path)
+    SENSORS.clear()
+    SENSORS.update(plant.contracts_by_sensor())
+    return plant

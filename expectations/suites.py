@@ -24,10 +24,12 @@ from great_expectations.data_context.types.base import (  # noqa: E402
 from great_expectations.expectations.row_conditions import Column  # noqa: E402
 
 from expectations.contracts import SENSORS  # noqa: E402
+from plant import Plant, SensorContract  # noqa: E402
 
 __all__ = [
     "GxResult",
     "readings_expectations",
+    "plant_expectations",
     "features_expectations",
     "run_suite",
     "READINGS_COLUMNS",
@@ -65,47 +67,74 @@ def _context() -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def readings_expectations(present: list[str] | None = None) -> list[gxe.Expectation]:
+def readings_expectations(
+    present: list[str] | None = None, plant: Plant | None = None
+) -> list[gxe.Expectation]:
     """The contract expectations for a partition of ``readings``.
 
     Table: the declared columns; ``asset_id``/``sensor_id``/``ts`` never null; every sensor
     declared.  Per sensor in ``present`` (default: every scalar sensor; pass the sensors of the
     partition, it is much faster): values within the physical range and at most
-    ``max_null_rate`` null.
+    ``max_null_rate`` null.  Contracts come from ``SENSORS`` (the default plant by sensor id),
+    or with ``plant`` from that plant's own declarations (``plant_expectations`` for per-asset
+    ones).
     """
-    declared = [c for c in SENSORS.values() if not c.frames]
-    contracts = declared if present is None else [SENSORS[s] for s in present if s in SENSORS]
+    by_id = SENSORS if plant is None else plant.contracts_by_sensor()
+    declared = [c for c in by_id.values() if not c.frames]
+    contracts = declared if present is None else [by_id[s] for s in present if s in by_id]
     out: list[gxe.Expectation] = [
+        *_table_expectations(sorted(c.sensor_id for c in declared)),
+    ]
+    for c in contracts:
+        out.extend(_contract_expectations(c, Column("sensor_id") == c.sensor_id,
+                                          {"sensor_id": c.sensor_id}))
+    return out
+
+
+def plant_expectations(
+    plant: Plant, present: list[tuple[str, str]] | None = None
+) -> list[gxe.Expectation]:
+    """The contract expectations for a partition of ``readings`` under ``plant``, per
+    (asset, sensor): each asset's scalar sensors checked against that asset's own contract.
+    ``present`` lists the (asset_id, sensor_id) pairs of the partition (default: every
+    declared pair of the plant's exactly named assets)."""
+    pairs = present if present is not None else [
+        (a.asset_id, s.sensor_id) for a, s in plant.iter_sensors() if a.match is None
+    ]
+    sensor_ids = sorted({s.sensor_id for _, s in plant.iter_sensors() if not s.contract.frames})
+    out: list[gxe.Expectation] = [*_table_expectations(sensor_ids)]
+    for asset_id, sensor_id in pairs:
+        c = plant.contract(asset_id, sensor_id)
+        if c is None or c.frames:
+            continue
+        condition = (Column("asset_id") == asset_id) & (Column("sensor_id") == sensor_id)
+        out.extend(_contract_expectations(c, condition,
+                                          {"asset_id": asset_id, "sensor_id": sensor_id}))
+    return out
+
+
+def _table_expectations(sensor_ids: list[str]) -> list[gxe.Expectation]:
+    return [
         gxe.ExpectTableColumnsToMatchSet(column_set=READINGS_COLUMNS, exact_match=True),
         *(
             gxe.ExpectColumnValuesToNotBeNull(column=column)
             for column in ("asset_id", "sensor_id", "ts")
         ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="sensor_id", value_set=sorted(c.sensor_id for c in declared)
+        gxe.ExpectColumnValuesToBeInSet(column="sensor_id", value_set=sensor_ids),
+    ]
+
+
+def _contract_expectations(
+    c: SensorContract, condition: Any, meta: dict[str, str]
+) -> list[gxe.Expectation]:
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="value", min_value=c.low, max_value=c.high, row_condition=condition, meta=meta
+        ),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column="value", mostly=1.0 - c.max_null_rate, row_condition=condition, meta=meta
         ),
     ]
-    for c in contracts:
-        condition = Column("sensor_id") == c.sensor_id
-        meta = {"sensor_id": c.sensor_id}
-        out.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="value",
-                min_value=c.low,
-                max_value=c.high,
-                row_condition=condition,
-                meta=meta,
-            )
-        )
-        out.append(
-            gxe.ExpectColumnValuesToNotBeNull(
-                column="value",
-                mostly=1.0 - c.max_null_rate,
-                row_condition=condition,
-                meta=meta,
-            )
-        )
-    return out
 
 
 def features_expectations(

@@ -5,12 +5,18 @@ long-format readings ``asset_id, sensor_id, ts, value`` with UTC microsecond tim
 of them can be replayed through the stream, plus a labels table (fault class, RUL, anomaly
 flags) for evaluation.  This is the only file-reading corner of ``physics``; it takes explicit
 paths (the data directory comes from ``PLANTPULSE_DATA`` in the applications).
+
+The readers are adapters a plant file configures (``plant/plants/*.yaml``, ``replay:``): which
+folder of the data directory (``root``), which SKAB folder or files, which C-MAPSS split and
+subset, which NAB series, which CWRU recordings, and which data column is which sensor.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,7 @@ __all__ = [
     "cmapss_readings",
     "CMAPSS_SENSORS",
     "read_skab",
+    "skab_runs",
     "skab_readings",
     "SKAB_SENSORS",
     "read_nab",
@@ -92,19 +99,24 @@ class CwruRecording:
         )
 
 
-def cwru_recordings(data_dir: str | Path) -> list[str]:
-    """Names (file stems) of the CWRU recordings present under ``data_dir``."""
-    folder = _need(Path(data_dir) / "cwru" / "12k_drive_end", "CWRU folder cwru/12k_drive_end")
-    return sorted(p.stem for p in folder.glob("*.mat") if _CWRU_NAME.match(p.stem))
+def cwru_recordings(data_dir: str | Path, pattern: str = "*", root: str = "cwru") -> list[str]:
+    """Names (file stems) of the CWRU recordings under ``data_dir`` matching the glob
+    ``pattern`` (e.g. ``IR*_1``)."""
+    folder = _need(Path(data_dir) / root / "12k_drive_end", f"CWRU folder {root}/12k_drive_end")
+    return sorted(
+        p.stem
+        for p in folder.glob("*.mat")
+        if _CWRU_NAME.match(p.stem) and fnmatch.fnmatchcase(p.stem, pattern)
+    )
 
 
-def read_cwru(data_dir: str | Path, name: str) -> CwruRecording:
+def read_cwru(data_dir: str | Path, name: str, root: str = "cwru") -> CwruRecording:
     """One CWRU recording (e.g. ``IR014_1``) with its labels parsed from the file name."""
     match = _CWRU_NAME.match(name)
     if not match:
         raise DatasetError(f"{name!r} is not a CWRU recording name like 'IR014_1' or 'normal_0'")
     path = _need(
-        Path(data_dir) / "cwru" / "12k_drive_end" / f"{name}.mat", f"CWRU recording {name}"
+        Path(data_dir) / root / "12k_drive_end" / f"{name}.mat", f"CWRU recording {name}"
     )
     mat = loadmat(path)
     de = [k for k in mat if k.endswith("_DE_time")]
@@ -166,11 +178,20 @@ def cwru_frames(
 
 
 def read_cmapss(
-    data_dir: str | Path, subset: str = "FD001", rul_cap: float | None = 125.0
+    data_dir: str | Path,
+    subset: str = "FD001",
+    rul_cap: float | None = 125.0,
+    split: str = "train",
+    root: str = "cmapss",
 ) -> pd.DataFrame:
-    """C-MAPSS training trajectories: unit, cycle, setting1..3, s1..s21 and the RUL label
-    (cycles to the last recorded one, capped at ``rul_cap`` for the piecewise-linear target)."""
-    path = _need(Path(data_dir) / "cmapss" / f"train_{subset}.txt", f"C-MAPSS train_{subset}.txt")
+    """C-MAPSS trajectories of ``{split}_{subset}.txt``: unit, cycle, setting1..3, s1..s21 and
+    the RUL label (cycles to the end of life, capped at ``rul_cap`` for the piecewise-linear
+    target).  A training trajectory ends at failure; a test one ends ``RUL_{subset}.txt``
+    cycles before it (without that file its RUL is unknown: NaN)."""
+    if split not in ("train", "test"):
+        raise DatasetError(f"C-MAPSS split must be 'train' or 'test', got {split!r}")
+    folder = Path(data_dir) / root
+    path = _need(folder / f"{split}_{subset}.txt", f"C-MAPSS {split}_{subset}.txt")
     cols = ["unit", "cycle", "setting1", "setting2", "setting3", *CMAPSS_SENSORS]
     df = pd.read_csv(path, sep=r"\s+", header=None, names=cols, engine="c")
     if df.shape[1] != len(cols) or df[cols].isna().any().any():
@@ -178,27 +199,49 @@ def read_cmapss(
             f"{path} is not in the C-MAPSS layout of {len(cols)} space-separated columns"
         )
     df[["unit", "cycle"]] = df[["unit", "cycle"]].astype(int)
-    rul = df.groupby("unit")["cycle"].transform("max") - df["cycle"]
+    rul = (df.groupby("unit")["cycle"].transform("max") - df["cycle"]).astype(float)
+    if split == "test":
+        final = folder / f"RUL_{subset}.txt"
+        if final.exists():
+            at_end = pd.read_csv(final, header=None, sep=r"\s+").iloc[:, 0].to_numpy(float)
+            rul = rul + df["unit"].map(dict(enumerate(at_end, start=1)))
+        else:
+            rul = rul * np.nan
     df["rul"] = rul.clip(upper=rul_cap) if rul_cap is not None else rul
     df["rul_true"] = rul
+    if split == "train":
+        df[["rul", "rul_true"]] = df[["rul", "rul_true"]].astype(int)
     return df
 
 
 def cmapss_readings(
-    df: pd.DataFrame, start_us: int = 1_767_225_600_000_000, cycle_s: float = 3600.0
+    df: pd.DataFrame,
+    start_us: int = 1_767_225_600_000_000,
+    cycle_s: float = 3600.0,
+    sensor_ids: Mapping[str, str] | None = None,
+    asset_id: str = "engine-{unit:03d}",
 ) -> pd.DataFrame:
-    """Long-format readings: one engine per asset (``engine-001``), one cycle every ``cycle_s``."""
+    """Long-format readings: one engine per asset (``asset_id`` formatted with the unit), one
+    cycle every ``cycle_s``.  ``sensor_ids`` maps data columns to sensor ids (default: every
+    setting and sensor as ``cmapss_<column>``)."""
+    mapping = dict(sensor_ids) if sensor_ids is not None else {
+        c: f"cmapss_{c}" for c in ["setting1", "setting2", "setting3", *CMAPSS_SENSORS]
+    }
+    missing = [c for c in mapping if c not in df.columns]
+    if missing:
+        raise DatasetError(f"C-MAPSS has no column(s) {', '.join(missing)}")
     long = df.melt(
         id_vars=["unit", "cycle"],
-        value_vars=["setting1", "setting2", "setting3", *CMAPSS_SENSORS],
+        value_vars=list(mapping),
         var_name="sensor_id",
         value_name="value",
     )
     ts = start_us + np.round((long["cycle"].to_numpy() - 1) * cycle_s * 1e6).astype(np.int64)
+    units = {u: asset_id.format(unit=u) for u in long["unit"].unique()}
     return pd.DataFrame(
         {
-            "asset_id": [f"engine-{u:03d}" for u in long["unit"]],
-            "sensor_id": "cmapss_" + long["sensor_id"],
+            "asset_id": long["unit"].map(units).to_numpy(),
+            "sensor_id": long["sensor_id"].map(mapping).to_numpy(),
             "ts": pd.to_datetime(ts, unit="us", utc=True),
             "value": long["value"].astype(np.float64),
         }
@@ -208,28 +251,53 @@ def cmapss_readings(
 # -- SKAB ------------------------------------------------------------------------------------
 
 
-def read_skab(data_dir: str | Path, experiment: str) -> pd.DataFrame:
+def read_skab(
+    data_dir: str | Path,
+    experiment: str,
+    columns: Mapping[str, str] | None = None,
+    root: str = "skab",
+) -> pd.DataFrame:
     """One SKAB file (``anomaly-free`` or ``valve1/<n>``), indexed by UTC time, with the
-    sensor columns renamed to snake case and ``anomaly``/``changepoint`` labels where present."""
-    path = _need(Path(data_dir) / "skab" / f"{experiment}.csv", f"SKAB experiment {experiment}")
+    sensor columns renamed by ``columns`` (published name -> new name; default: snake case)
+    and ``anomaly``/``changepoint`` labels where present."""
+    columns = dict(columns) if columns is not None else SKAB_SENSORS
+    path = _need(Path(data_dir) / root / f"{experiment}.csv", f"SKAB experiment {experiment}")
     df = pd.read_csv(path, sep=";", parse_dates=["datetime"])
-    missing = [c for c in SKAB_SENSORS if c not in df.columns]
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DatasetError(f"{path} lacks SKAB column(s) {', '.join(missing)}")
-    df = df.rename(columns=SKAB_SENSORS).set_index("datetime")
+    df = df.rename(columns=columns).set_index("datetime")
     df.index = df.index.tz_localize("UTC")
     return df
 
 
-def skab_readings(df: pd.DataFrame, asset_id: str) -> pd.DataFrame:
-    """Long-format readings of one SKAB experiment."""
-    sensors = list(SKAB_SENSORS.values())
-    values = df[sensors].to_numpy(np.float64)
+def skab_runs(
+    data_dir: str | Path, folder: str = "valve1", files: str = "*.csv", root: str = "skab"
+) -> list[str]:
+    """The experiments (``valve1/0``, ...) of a SKAB folder (``""``: the top level), in
+    numeric order where the names are numbers."""
+    where = Path(data_dir) / root / folder
+    names = [p.stem for p in where.glob(files) if p.suffix == ".csv"] if where.is_dir() else []
+    if not names:
+        raise DatasetError(f"no SKAB experiments ({files}) under {where}; set PLANTPULSE_DATA")
+    names.sort(key=lambda n: (0, int(n), "") if n.isdigit() else (1, 0, n))
+    return [f"{folder}/{n}" if folder else n for n in names]
+
+
+def skab_readings(
+    df: pd.DataFrame, asset_id: str, sensor_ids: Mapping[str, str] | None = None
+) -> pd.DataFrame:
+    """Long-format readings of one SKAB experiment; ``sensor_ids`` maps the frame's columns to
+    sensor ids (default: the snake-case columns as ``skab_<column>``)."""
+    mapping = dict(sensor_ids) if sensor_ids is not None else {
+        s: f"skab_{s}" for s in SKAB_SENSORS.values()
+    }
+    values = df[list(mapping)].to_numpy(np.float64)
     n, k = values.shape
     return pd.DataFrame(
         {
             "asset_id": asset_id,
-            "sensor_id": np.tile(np.array(["skab_" + s for s in sensors]), n),
+            "sensor_id": np.tile(np.array(list(mapping.values())), n),
             "ts": np.repeat(df.index.to_numpy(), k),
             "value": values.ravel(),
         }
@@ -240,23 +308,30 @@ def skab_readings(df: pd.DataFrame, asset_id: str) -> pd.DataFrame:
 
 
 def read_nab(
-    data_dir: str | Path, name: str = "machine_temperature_system_failure"
+    data_dir: str | Path, name: str = "machine_temperature_system_failure", root: str = "nab"
 ) -> pd.DataFrame:
-    """A NAB series (``ts`` UTC, ``value``) with an ``in_window`` label from NAB's anomaly windows."""
-    folder = Path(data_dir) / "nab"
-    df = pd.read_csv(_need(folder / f"{name}.csv", f"NAB series {name}"), parse_dates=["timestamp"])
+    """A NAB series (``ts`` UTC, ``value``) with an ``in_window`` label from NAB's anomaly
+    windows (all False for a series without a labels file)."""
+    folder = Path(data_dir) / root
+    path = _need(folder / f"{name}.csv", f"NAB series {name}")
+    df = pd.read_csv(path)
+    missing = [c for c in ("timestamp", "value") if c not in df.columns]
+    if missing:
+        raise DatasetError(f"{path} lacks NAB column(s) {', '.join(missing)}")
     df = df.rename(columns={"timestamp": "ts"})
-    df["ts"] = df["ts"].dt.tz_localize("UTC")
+    df["ts"] = pd.to_datetime(df["ts"]).dt.tz_localize("UTC")
     df["in_window"] = False
-    for lo, hi in nab_windows(data_dir, name):
+    if not (folder / f"{name}.labels.json").exists():
+        return df
+    for lo, hi in nab_windows(data_dir, name, root):
         df.loc[(df["ts"] >= lo) & (df["ts"] <= hi), "in_window"] = True
     return df
 
 
 def nab_windows(
-    data_dir: str | Path, name: str = "machine_temperature_system_failure"
+    data_dir: str | Path, name: str = "machine_temperature_system_failure", root: str = "nab"
 ) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
     """NAB's labelled anomaly windows for ``name``, as UTC timestamps."""
-    path = _need(Path(data_dir) / "nab" / f"{name}.labels.json", f"NAB labels for {name}")
+    path = _need(Path(data_dir) / root / f"{name}.labels.json", f"NAB labels for {name}")
     windows = json.loads(path.read_text())["anomaly_windows"]
     return [(pd.Timestamp(lo, tz="UTC"), pd.Timestamp(hi, tz="UTC")) for lo, hi in windows]

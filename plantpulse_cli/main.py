@@ -16,10 +16,12 @@ from bytewax_flows.replay import UnknownDatasetError
 from lake import LakeError
 from models.registry import ModelNotFoundError
 from physics.datasets import DatasetError
+from plant.errors import PlantError
 from plantpulse_cli.broker import BrokerError
 
 BENCHES = (
-    "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop"
+    "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop",
+    "plant_model",
 )
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
 
@@ -60,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     replay = sub.add_parser(
         "replay", help="replay a reference data set through the stream into the lake"
     )
-    replay.add_argument("dataset", help="cmapss, cwru, nab or skab")
+    replay.add_argument("dataset", nargs="?", help="cmapss, cwru, nab or skab (or --plant)")
+    replay.add_argument("--plant", default=None, help="a plant file whose replay: section says "
+                        "what to read; the stream checks its contracts")
     pace = replay.add_mutually_exclusive_group()
     pace.add_argument(
         "--speed", type=_positive, default=None, help="N times real time (1 = real time)"
@@ -89,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     be = sub.add_parser("bench", help=f"run a benchmark: {', '.join(BENCHES)}")
     be.add_argument("name", help=", ".join(BENCHES))
     be.add_argument("args", nargs=argparse.REMAINDER, help="passed on (e.g. --quick)")
+    from plantpulse_cli import plant as plant_cli  # argparse only; the model loads when run
+
+    plant_cli.add_parser(sub)
     return p
 
 
@@ -173,18 +180,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 
-            return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data)
+            return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data,
+                          plant_file=args.plant)
         if args.command in ("status", "alerts", "promote", "rollback"):
             return _ops(args)
         if args.command == "bench":
             return _bench(args.name, args.args)
+        if args.command == "plant":
+            from plantpulse_cli.plant import run
+
+            return run(args)
         if args.command == "sql":
             from lake import Lake
             from lake.sql import query
 
             print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
             return 0
-    except (LakeError, DatasetError, UnknownDatasetError, ModelNotFoundError, BrokerError) as exc:
+    except (LakeError, DatasetError, UnknownDatasetError, ModelNotFoundError, BrokerError,
+            PlantError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 1

@@ -1,25 +1,50 @@
-"""``plantpulse replay <dataset>``: a reference data set through the stream into the lake."""
+"""``plantpulse replay [DATASET] [--plant FILE] [--data PATH]``: a data set through the stream.
+
+A data set name replays that reference data set as its bundled plant file describes it
+(``plant/plants/<name>.yaml``); ``--plant FILE`` replays what FILE's ``replay:`` section names
+(any SKAB folder, a NAB series, a C-MAPSS split, CWRU recordings) and makes FILE the plant whose
+contracts the stream checks.  ``--data`` is the data directory (default ``PLANTPULSE_DATA``).
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 
-from bytewax.testing import run_main
 from rich.console import Console
 from rich.table import Table
 
-from bytewax_flows.replay import ReplaySource, dataset_messages
-from bytewax_flows.telemetry import get_flow
 from lake import Lake, Settings
 
 TABLES = ("readings", "features", "scores", "alerts", "drift_events", "frames", "dead_letter")
 
 
-def replay(dataset: str, speed: float | None = None, data_dir: str | None = None) -> int:
+def replay(
+    dataset: str | None,
+    speed: float | None = None,
+    data_dir: str | None = None,
+    plant_file: str | None = None,
+) -> int:
+    from bytewax.testing import run_main
+
+    from bytewax_flows.replay import ReplaySource, dataset_messages, plant_messages
+    from expectations.contracts import use_plant
+
+    if (dataset is None) == (plant_file is None):
+        print("error: give a data set name (cmapss, cwru, nab, skab) or --plant FILE, not both",
+              file=sys.stderr)
+        return 2
     settings = Settings.from_env()
+    data = data_dir or settings.data_dir
     console = Console(stderr=True)
-    with console.status(f"reading {dataset} from {data_dir or settings.data_dir} ..."):
-        timelines = dataset_messages(dataset, data_dir or settings.data_dir)
+    what = dataset or plant_file
+    with console.status(f"reading {what} from {data} ..."):
+        if plant_file is not None:
+            timelines = plant_messages(use_plant(plant_file), data)
+        else:  # the stream keeps the default plant, which includes every data set's rig
+            timelines = dataset_messages(dataset, data)
+    from bytewax_flows.telemetry import get_flow  # after the plant is chosen
+
     lake = Lake(settings.lake_uri)
     lake.create_tables()
     before = {t: lake.count(t) for t in TABLES}
@@ -28,7 +53,7 @@ def replay(dataset: str, speed: float | None = None, data_dir: str | None = None
     with console.status(f"replaying {messages:,} messages of {len(timelines)} assets {pace} ..."):
         logging.getLogger("bytewax").setLevel(logging.WARNING)
         run_main(get_flow(ReplaySource(timelines, speed=speed), settings.lake_uri))
-    table = Table(title=f"replay {dataset} → {settings.lake_uri}")
+    table = Table(title=f"replay {what} → {settings.lake_uri}")
     table.add_column("table")
     table.add_column("new rows", justify="right")
     for t in TABLES:
