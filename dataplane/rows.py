@@ -83,11 +83,19 @@ class Out:
         if rows.num_rows:
             self.tables[table].append((rows, np.asarray(msg, np.intp)))
 
-    def sink_rows(self) -> list[SinkRows]:
+    def sink_rows(self, path: str | None = None) -> list[SinkRows]:
+        """One ``SinkRows`` per table.  ``path`` names the way these rows take to the sink (the
+        shard): each row's source becomes ``<source>#<path>``, so the sink's exactly-once key
+        follows one path, along which a source's offsets only grow.  (Rows of one source reach
+        a table along several shards; a lower offset still in flight on one shard when a higher
+        one was committed on another would otherwise be taken for a replay after a crash.)"""
         if not self.tables and not self.dicts:
             return []
         messages = self.messages
         src = [m.source for m in messages]
+        if path is not None:
+            suffix = f"#{path}"
+            src = [x + suffix for x in src]
         names = dict.fromkeys(src)
         if len(names) == 1:
             m_src = np.zeros(len(messages), np.int32)

@@ -137,6 +137,7 @@ def route(batch: Batch, n_shards: int = 1) -> list[tuple[str, Decoded]]:
         new_group[groups] = np.arange(groups.size, dtype=np.int32)
         keep = new_group[d.group] >= 0
         piece.group, piece.ts, piece.value = new_group[d.group[keep]], d.ts[keep], d.value[keep]
+        piece.shard = str(k)
         piece.frames = [(int(remap[i]), f) for i, f in frames]
         piece.rejects = [(int(remap[r[0]]), *r[1:]) for r in rejects]
         out.append((str(k), piece))
@@ -327,7 +328,7 @@ def process(
         _frames(state, d, ctx, out, dead, speeds)
     _keep_speeds(state, speeds)
     dead.emit(out)
-    return state, out.sink_rows()
+    return state, out.sink_rows(path=d.shard)
 
 
 def run_batch(state: ShardState | None, batch: Batch, ctx: Context | None = None

@@ -357,6 +357,7 @@ class Decoded:
     # (message index, reason, detail, asset_id, sensor_id, raw or None for the whole payload)
     rejects: list[tuple[int, str, str, str | None, str | None, bytes | None]] = field(
         default_factory=list)
+    shard: str = "0"  # which keyed piece of its batch this is (``step.route``)
 
     @property
     def n_readings(self) -> int:
