@@ -166,6 +166,7 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         self.bad_marks = 0  # messages whose pp-publisher/pp-seq could not be used
         self.callback_errors = 0
         self.dropped: int | None = None  # the broker's count of dropped messages, last seen
+        self.finished = False  # the input ended (idle): the session may go with the worker
         self.subscription: int | None = None
         # numbered source -> the highest number it has had: durable in the lake or emitted
         self.high: dict[str, int] = {}
@@ -303,6 +304,7 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         if not taken:
             idle = self.cfg.idle_stop_s
             if idle is not None and time.monotonic() - self.last_message > idle:
+                self.finished = True
                 raise StopIteration()
             return []
         self.last_message = time.monotonic()
@@ -384,10 +386,16 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         return datetime.now(UTC) + timedelta(milliseconds=5) if empty else None
 
     def close(self) -> None:
-        """A clean end: every message handed to the flow is being drained into the lake, so the
-        session (and its unacknowledged deliveries) can go."""
+        """After the input ended (``idle_stop_s``) every message handed to the flow is being
+        drained into the lake, so the session (and its unacknowledged deliveries) can go.  Any
+        other end - an error in the flow, Ctrl-C - keeps the session for ``session_expiry_s``:
+        what was not yet acknowledged is delivered again to the restarted worker."""
         props = Properties(PacketTypes.DISCONNECT)
-        props.SessionExpiryInterval = 0
+        if self.finished:
+            props.SessionExpiryInterval = 0
+        elif self.unacked:
+            log.warning("closing with %d unacknowledged messages: the broker keeps them for "
+                        "the restarted worker", len(self.unacked))
         self.client.disconnect(properties=props)
         self.client.loop_stop()
 

@@ -78,7 +78,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
     proc.wait(10)
 
 
-def _client(port: int, user: str | None = "simulator", client_id: str = "") -> mqtt.Client:
+def _client(port: int, user: str | None = "simulator", client_id: str = "",
+            session_expiry_s: int = 0) -> mqtt.Client:
     """A plain paho client logged in as ``user`` (None: anonymous), connected."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if user is not None:
@@ -87,7 +88,9 @@ def _client(port: int, user: str | None = "simulator", client_id: str = "") -> m
         c.username_pw_set(*auth)
     connected = threading.Event()
     c.on_connect = lambda cl, u, f, reason, p: (setattr(cl, "reason", reason), connected.set())
-    c.connect("127.0.0.1", port)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = session_expiry_s
+    c.connect("127.0.0.1", port, clean_start=True, properties=props)
     c.loop_start()
     assert connected.wait(10)
     return c
@@ -244,8 +247,11 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
     src = "mqtt:edge-01:pump-01:w0"
 
     def send() -> None:
-        for topic, payload in messages:
+        for i, (topic, payload) in enumerate(messages):
             pub.publish(topic, payload).wait_for_publish(10)
+            if i == 20:  # the rest once the worker is running (its start-up varies with load)
+                _wait_for(lambda: lake.exists("readings") and lake.count("readings") > 0, 120,
+                          "the worker's first rows")
             time.sleep(0.02)
 
     sender = threading.Thread(target=send, daemon=True)
@@ -536,7 +542,8 @@ def test_plantpulse_up_mqtt_stream_keeps_its_state_across_a_restart(broker: int,
                                     ("mosquitto", broker), settings.home) if s.name == "stream"]
     assert str(home / "recovery-mqtt") in stream.argv
     client_id = f"plantpulse-{SHARE_GROUP}-w0"
-    session = _client(broker, "worker", client_id=client_id)  # queue from the first message
+    # the worker's session queues from the first message on, while the worker is starting
+    session = _client(broker, "worker", client_id=client_id, session_expiry_s=3600)
     session.subscribe(f"$share/{SHARE_GROUP}/plantpulse/#", qos=1)
     time.sleep(0.5)
     session.loop_stop()
@@ -577,3 +584,24 @@ def test_plantpulse_up_mqtt_stream_keeps_its_state_across_a_restart(broker: int,
     assert lake.count("readings") == 10
     dead = lake.read("dead_letter")
     assert dead["reason"].tolist() == ["duplicate"] * 10
+
+
+def test_a_worker_that_falls_keeps_its_session_for_the_restart(broker: int, tmp_path: Path):
+    """A flow that ends by an error (a poison message) closed its source like a clean end and
+    discarded its session: every delivered-but-unacknowledged message was gone for the
+    restarted worker.  Only an input that went idle ends the session."""
+    source = MQTTSource(port=broker, lake_uri=str(tmp_path / "lake"), group="falls")
+    part = source.build("in", 0, 1)
+    try:
+        publish([(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(3)],
+                port=broker)
+        assert len(_take_all(part, 3)) == 3  # handed to the flow, not yet durable: unacked
+    finally:
+        part.close()  # the flow fell (no idle end)
+    again = source.build("in", 0, 1)
+    try:
+        redelivered = _take_all(again, 3)
+        again.finished = True  # end it cleanly: the session goes
+    finally:
+        again.close()
+    assert sorted(m.payload for m in redelivered) == sorted(_reading(k) for k in range(3))
