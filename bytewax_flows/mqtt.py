@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -151,8 +151,8 @@ class _Received:
     dropped: int = 0  # a report of this many messages the broker dropped (no payload of theirs)
 
 
-class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
-    def __init__(self, source: MQTTSource, worker_index: int):
+class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
+    def __init__(self, source: MQTTSource, worker_index: int, resume: dict | None = None):
         self.cfg = source
         self.worker = worker_index
         self.name = f"mqtt:{source.host}:{source.port}:w{worker_index}"
@@ -168,14 +168,16 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
         self.dropped: int | None = None  # the broker's count of dropped messages, last seen
         self.finished = False  # the input ended (idle): the session may go with the worker
         self.subscription: int | None = None
-        # numbered source -> the highest number it has had: durable in the lake or emitted
-        self.high: dict[str, int] = {}
+        # numbered source -> the highest number it has emitted (or found durable in the lake);
+        # snapshotted with the flow's state, so after a crash it matches the recovered state:
+        # a redelivery at or below it was processed before the snapshot, one above it was not
+        self.high: dict[str, int] = dict((resume or {}).get("high", {}))
         self.unacked: deque[tuple[str, int, int, int]] = deque()  # (source, offset, mid, qos)
         self.lock = threading.Lock()
         self.breaker = CircuitBreaker(source.high_watermark, source.low_watermark,
                                       source.keep_every, source.high_watermark_bytes,
                                       source.low_watermark_bytes)
-        self.last_offset = 0
+        self.last_offset = int((resume or {}).get("last_offset", 0))
         self.last_message = self.last_ack_check = time.monotonic()
         # a stable client id and a persistent session: what was delivered and not acknowledged
         # is delivered again after a crash
@@ -320,8 +322,10 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
                 high = self._high(source)
                 if offset <= high and m.dup:
                     # the broker delivering again what this worker (or the one that crashed)
-                    # already had: acknowledged once durable, not processed twice
+                    # already had: acknowledged once durable, not processed twice (its mark
+                    # goes out again: the one sent before a crash may not have been recorded)
                     self._hold_for_ack(source, offset, m.mid, m.qos)
+                    newest[source] = max(newest.get(source, -1), offset)
                     continue
                 if offset <= high:  # not a redelivery: numbering gone backwards or a repeat
                     set_aside = ("out_of_sequence",
@@ -380,6 +384,9 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
             self.unacked.popleft()
             self.client.ack(mid, qos)
 
+    def snapshot(self) -> dict:
+        return {"high": dict(self.high), "last_offset": self.last_offset}
+
     def next_awake(self) -> datetime | None:
         with self.lock:
             empty = not self.buffer
@@ -406,8 +413,9 @@ def _asset_of(topic: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-class MQTTSource(DynamicSource[Message | Progress]):
-    """Every worker subscribes to ``topic`` in the shared group ``group`` on the broker.
+class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
+    """``partitions`` clients (``w0``, ``w1``, ...: one per worker is the usual) subscribe to
+    ``topic`` in the shared group ``group`` on the broker, each under a stable client id.
 
     With ``lake_uri`` (the lake the flow writes), messages are acknowledged only once their rows
     are durable there (checked every ``ack_check_s``), in a persistent session the broker keeps
@@ -436,6 +444,7 @@ class MQTTSource(DynamicSource[Message | Progress]):
         ack_check_s: float = 0.5,
         username: str | None = None,
         password: str | None = None,
+        partitions: int = 1,
     ):
         if not 1 <= receive_maximum <= 65_535:
             raise ValueError(f"receive_maximum must be in 1..65535, not {receive_maximum}")
@@ -448,9 +457,14 @@ class MQTTSource(DynamicSource[Message | Progress]):
         self.keep_every, self.receive_maximum = keep_every, receive_maximum
         self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
         self.username, self.password = username, password
+        self.partitions = partitions
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MQTTPartition:
-        return _MQTTPartition(self, worker_index)
+    def list_parts(self) -> list[str]:
+        return [f"w{i}" for i in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict | None
+                   ) -> _MQTTPartition:
+        return _MQTTPartition(self, int(for_part[1:]), resume_state)
 
 
 CREDENTIALS_FILE = "credentials.json"
@@ -526,13 +540,15 @@ def publish(
     return len(infos)
 
 
-def mqtt_flow(host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP):
-    """The telemetry flow fed by the broker:
+def mqtt_flow(host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP,
+              partitions: int = 1):
+    """The telemetry flow fed by the broker through ``partitions`` clients (one per worker):
     ``python -m bytewax.run "bytewax_flows.mqtt:mqtt_flow('127.0.0.1', 1883)"``."""
     from bytewax_flows.telemetry import get_flow
 
     lake_uri = Settings.from_env().lake_uri
-    return get_flow(MQTTSource(host, port, lake_uri=lake_uri, group=group), lake_uri)
+    source = MQTTSource(host, port, lake_uri=lake_uri, group=group, partitions=partitions)
+    return get_flow(source, lake_uri)
 
 
 def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:
