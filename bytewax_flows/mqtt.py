@@ -5,22 +5,32 @@ other source (``bytewax_flows.payloads``): a JSON object for a batch of scalar r
 compact binary ``PPF1`` frame for vibration samples.
 
 Several workers share the load through an MQTT *shared subscription*
-(``$share/plantpulse/plantpulse/#``): the broker hands each message to one of them.  Messages
-arrive on paho's network thread into a bounded buffer; when the buffer backs up past the
-breaker's high watermark (input outrunning processing), the breaker opens and keeps one message
-in ``keep_every``, sending the rest to ``dead_letter`` with reason ``shed`` (payload kept, so
-they can be replayed); it closes again below the low watermark.  Nothing is dropped silently.
+(``$share/plantpulse/plantpulse/#``): the source has one partition per worker (``w0``, ``w1``,
+...), each a client under a stable id, and the broker hands each message to one of them.  The
+broker sends each at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control) and
+holds the rest within its queue limits.  Messages arrive on paho's network thread into a buffer
+bounded in messages and bytes; when it backs up past the breaker's high watermarks (input
+outrunning processing), the breaker opens and keeps one message in ``keep_every`` (none at or
+above the marks), sending the rest to ``dead_letter`` with reason ``shed`` (payload kept, so they
+can be replayed); it closes again below the low watermarks.  What the broker itself drops under
+its queue limits is counted from its ``$SYS`` tree into ``dead_letter`` (``dropped_by_broker``).
+Nothing is dropped silently, and no exception escapes paho's callbacks (it would end reception).
 
 Delivery across a crash: QoS 1 from publisher to broker to worker, and the worker acknowledges a
 message only when its rows are durable in every stream table (the sink's durability marks,
-``bytewax_flows.sinks``).  Each worker keeps a persistent session under a stable client id, so
-the broker delivers again, to the restarted worker, whatever was not acknowledged.  Publishers
-that name themselves and number their messages (user properties ``pp-publisher`` and
-``pp-seq``, as ``Publisher`` does) get exactly-once rows: the number is the message's offset
-under the source ``mqtt:<publisher>:w<worker>``, and a redelivered message already written to a
-table is dropped there.  A numbered message that is not a redelivery yet not above its
-publisher's numbers goes to ``dead_letter`` as ``out_of_sequence``.  Messages without them get receive-time offsets: nothing lost, but a
-message written and not yet acknowledged when the worker died is written again.
+``bytewax_flows.sinks``).  Each partition keeps a persistent session, so the broker delivers
+again, to the restarted worker, whatever was not acknowledged; only an input that went idle ends
+the session on close.  Publishers that name themselves and number their messages (user
+properties ``pp-publisher`` and ``pp-seq``, as ``Publisher`` does) get exactly-once rows: the
+number is the message's offset under the source ``mqtt:<publisher>:<asset>:w<partition>`` (the
+asset of the topic, which the broker's ACLs bind to the authenticated client, so a forged
+``pp-publisher`` cannot reach a genuine publisher's numbers), the highest number emitted per
+source is snapshotted with the flow's state, and a redelivered message at or below it is only
+acknowledged.  A numbered message that is not a redelivery yet not above its publisher's
+numbers, or numbered more than ``MAX_SEQ_AHEAD_US`` ahead of the receive clock, goes to
+``dead_letter`` as ``out_of_sequence``.  Messages without usable marks get receive-time
+offsets: nothing lost, but a message written and not yet acknowledged when the worker died is
+written again.
 """
 
 from __future__ import annotations
