@@ -390,8 +390,11 @@ def main(argv: list[str] | None = None) -> dict:
             m, points = kill_matrix(Path(tmp) / "kill", 2 if a.quick else 20, rate_hz=20)
             metrics.update(m)
             extra["kill_delays_after_progress_s"] = points
+            log.info("kill matrix: %s", m)
         if "burst" in parts:
-            metrics.update(burst(Path(tmp) / "burst", 10 if a.quick else 60))
+            m = burst(Path(tmp) / "burst", 10 if a.quick else 60)
+            metrics.update(m)
+            log.info("burst: %s", m)
         if "poison" in parts:
             metrics.update(poison(Path(tmp) / "poison", 50 if a.quick else 200))
     targets = {k: v for k, v in TARGETS.items() if k in metrics}
