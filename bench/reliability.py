@@ -370,9 +370,10 @@ TARGETS = {
     "kill_readings_lost": "<= 0",
     "kill_readings_duplicated": "<= 0",
     "burst_unaccounted": "<= 0",
-    "burst_worker_peak_rss_gib": "< 1",
-    "burst_broker_peak_rss_gib": "< 1",
+    "burst_worker_peak_rss_gib": "<= 1",
+    "burst_broker_peak_rss_gib": "<= 1",
     "poison_worker_crashes": "<= 0",
+    "poison_valid_landed": ">= 200",
 }
 
 
@@ -400,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     targets = {k: v for k, v in TARGETS.items() if k in metrics}
     if a.quick:
         targets.pop("kill_points", None)
+        targets.pop("poison_valid_landed", None)
     return report("reliability", metrics, targets, quick=a.quick, out=a.out, extra=extra)
 
 
