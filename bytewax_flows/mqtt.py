@@ -5,37 +5,50 @@ other source (``bytewax_flows.payloads``): a JSON object for a batch of scalar r
 compact binary ``PPF1`` frame for vibration samples.
 
 Several workers share the load through an MQTT *shared subscription*
-(``$share/plantpulse/plantpulse/#``): the broker hands each message to one of them.  Messages
-arrive on paho's network thread into a bounded buffer; when the buffer backs up past the
-breaker's high watermark (input outrunning processing), the breaker opens and keeps one message
-in ``keep_every``, sending the rest to ``dead_letter`` with reason ``shed`` (payload kept, so
-they can be replayed); it closes again below the low watermark.  Nothing is dropped silently.
+(``$share/plantpulse/plantpulse/#``): the source has one partition per worker (``w0``, ``w1``,
+...), each a client under a stable id, and the broker hands each message to one of them.  The
+broker sends each at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control) and
+holds the rest within its queue limits.  Messages arrive on paho's network thread into a buffer
+bounded in messages and bytes; when it backs up past the breaker's high watermarks (input
+outrunning processing), the breaker opens and keeps one message in ``keep_every`` (none at or
+above the marks), sending the rest to ``dead_letter`` with reason ``shed`` (payload kept, so they
+can be replayed); it closes again below the low watermarks.  What the broker itself drops under
+its queue limits is counted from its ``$SYS`` tree into ``dead_letter`` (``dropped_by_broker``).
+Nothing is dropped silently, and no exception escapes paho's callbacks (it would end reception).
 
 Delivery across a crash: QoS 1 from publisher to broker to worker, and the worker acknowledges a
 message only when its rows are durable in every stream table (the sink's durability marks,
-``bytewax_flows.sinks``).  Each worker keeps a persistent session under a stable client id, so
-the broker delivers again, to the restarted worker, whatever was not acknowledged.  Publishers
-that name themselves and number their messages (user properties ``pp-publisher`` and
-``pp-seq``, as ``Publisher`` does) get exactly-once rows: the number is the message's offset
-under the source ``mqtt:<publisher>:w<worker>``, and a redelivered message already written to a
-table is dropped there.  A numbered message that is not a redelivery yet not above its
-publisher's numbers goes to ``dead_letter`` as ``out_of_sequence``.  Messages without them get receive-time offsets: nothing lost, but a
-message written and not yet acknowledged when the worker died is written again.
+``bytewax_flows.sinks``).  Each partition keeps a persistent session, so the broker delivers
+again, to the restarted worker, whatever was not acknowledged; only an input that went idle ends
+the session on close.  Publishers that name themselves and number their messages (user
+properties ``pp-publisher`` and ``pp-seq``, as ``Publisher`` does) get exactly-once rows: the
+number is the message's offset under the source ``mqtt:<publisher>:<asset>:w<partition>`` (the
+asset of the topic, which the broker's ACLs bind to the authenticated client, so a forged
+``pp-publisher`` cannot reach a genuine publisher's numbers), the highest number emitted per
+source is snapshotted with the flow's state, and a redelivered message at or below it is only
+acknowledged.  A numbered message that is not a redelivery yet not above its publisher's
+numbers, or numbered more than ``MAX_SEQ_AHEAD_US`` ahead of the receive clock, goes to
+``dead_letter`` as ``out_of_sequence``.  Messages without usable marks get receive-time
+offsets: nothing lost, but a message written and not yet acknowledged when the worker died is
+written again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from bytewax.inputs import DynamicSource, StatelessSourcePartition
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -45,12 +58,15 @@ from bytewax_flows.sources import chunk_payloads, now_us
 from dataplane.wire import Batch, as_batch
 from lake import Lake, Settings
 
-__all__ = ["CircuitBreaker", "MQTTSource", "Publisher", "TOPIC", "publish", "topic_for"]
+__all__ = ["CircuitBreaker", "MQTTSource", "Publisher", "TOPIC", "credentials", "publish",
+           "topic_for"]
 
 log = logging.getLogger(__name__)
 
 TOPIC = "plantpulse/#"
 SHARE_GROUP = "plantpulse"
+DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's running count of the messages it dropped under its queue limits."""
 
 
 def topic_for(asset_id: str, sensor_id: str) -> str:
@@ -59,24 +75,32 @@ def topic_for(asset_id: str, sensor_id: str) -> str:
 
 @dataclass
 class CircuitBreaker:
-    """Opens when the backlog exceeds ``high`` messages, closes when it falls below ``low``;
-    while open, admits one message in ``keep_every``."""
+    """Opens when the backlog exceeds ``high`` messages or ``high_bytes`` bytes, closes when it
+    falls below both ``low`` and ``low_bytes``; while open, admits one message in
+    ``keep_every``, and none while the backlog is at or above either high mark (so the backlog
+    never grows past them: a hard bound on the receive buffer)."""
 
     high: int = 50_000
     low: int = 5_000
     keep_every: int = 10
+    high_bytes: int = 64 * 1024 * 1024
+    low_bytes: int = 16 * 1024 * 1024
     open: bool = False
     _n: int = 0
 
-    def admit(self, backlog: int) -> bool:
-        if not self.open and backlog > self.high:
+    def admit(self, backlog: int, backlog_bytes: int = 0) -> bool:
+        if not self.open and (backlog > self.high or backlog_bytes > self.high_bytes):
             self.open = True
-            log.warning("load shedding ON: %d messages waiting (> %d)", backlog, self.high)
-        elif self.open and backlog < self.low:
+            log.warning("load shedding ON: %d messages (%d bytes) waiting (> %d or > %d bytes)",
+                        backlog, backlog_bytes, self.high, self.high_bytes)
+        elif self.open and backlog < self.low and backlog_bytes < self.low_bytes:
             self.open = False
-            log.warning("load shedding OFF: %d messages waiting (< %d)", backlog, self.low)
+            log.warning("load shedding OFF: %d messages (%d bytes) waiting", backlog,
+                        backlog_bytes)
         if not self.open:
             return True
+        if backlog >= self.high or backlog_bytes >= self.high_bytes:
+            return False
         self._n += 1
         return self._n % self.keep_every == 0
 
@@ -85,22 +109,86 @@ PUBLISHER, SEQ = "pp-publisher", "pp-seq"
 """MQTT v5 user properties by which a publisher names itself and numbers its messages
 (increasing); with them a message redelivered after a crash is recognised as already written."""
 
+MAX_SEQ_AHEAD_US = 600_000_000
+"""A ``pp-seq`` more than this ahead of the receive clock (µs) is refused, not adopted: numbers
+are publish times in µs (``Publisher``) or small counters, so a number far in the future is a
+forgery or a broken device, and adopting it would make the publisher's genuine messages
+``out_of_sequence`` until the clock caught up."""
 
-class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
-    def __init__(self, source: MQTTSource, worker_index: int):
+_SEQ_DIGITS = 19  # below 2**63: an int64 offset
+
+
+def _marks(properties: Properties | None) -> tuple[str | None, int | None, str | None]:
+    """``(publisher, seq, problem)`` from a message's user properties.  Never raises: a mark
+    that is not a plain decimal number (``'²'`` passes ``str.isdigit``), too long for an int64
+    or not text leaves the message unnumbered, with the problem said."""
+    publisher: str | None = None
+    seq: int | None = None
+    problem: str | None = None
+    for pair in getattr(properties, "UserProperty", None) or ():
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            problem = f"unreadable user property {pair!r:.80}"
+            continue
+        key, value = pair
+        if key == PUBLISHER:
+            if isinstance(value, str) and value and value.isprintable() and len(value) <= 128:
+                publisher = value
+            else:
+                problem = f"pp-publisher {value!r:.80} is not a printable name of 1..128 chars"
+        elif key == SEQ:
+            if (isinstance(value, str) and value.isascii() and value.isdigit()
+                    and len(value) <= _SEQ_DIGITS):
+                seq = int(value)
+            else:
+                problem = f"pp-seq {value!r:.80} is not a decimal number below 10**19"
+    if problem is not None:
+        return None, None, problem
+    return publisher, seq, None
+
+
+@dataclass(frozen=True)
+class _Received:
+    """One message as paho's network thread hands it over."""
+
+    received_us: int
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    dup: bool
+    publisher: str | None
+    seq: int | None
+    shed: bool  # the breaker was open when it arrived
+    dropped: int = 0  # a report of this many messages the broker dropped (no payload of theirs)
+
+
+class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
+    def __init__(self, source: MQTTSource, worker_index: int, resume: dict | None = None):
         self.cfg = source
         self.worker = worker_index
         self.name = f"mqtt:{source.host}:{source.port}:w{worker_index}"
         self.lake = Lake(source.lake_uri) if source.lake_uri else None
-        # (received_us, payload, mid, qos, dup, publisher, seq), filled by paho's network thread
-        self.buffer: deque[tuple[int, bytes, int, int, bool, str | None, int | None]] = deque()
-        # numbered source -> the highest number it has had: durable in the lake or emitted
-        self.high: dict[str, int] = {}
+        # filled by paho's network thread, in the order received (a publisher's numbers must
+        # be seen rising): admitted messages, and those the breaker set aside on arrival, which
+        # do not count against its bounds and go out with the admitted ones around them
+        self.buffer: deque[_Received] = deque()
+        self.admitted = 0  # admitted messages in the buffer
+        self.buffered_bytes = 0  # their payload bytes
+        self.bad_marks = 0  # messages whose pp-publisher/pp-seq could not be used
+        self.callback_errors = 0
+        self.dropped: int | None = None  # the broker's count of dropped messages, last seen
+        self.finished = False  # the input ended (idle): the session may go with the worker
+        self.subscription: int | None = None
+        # numbered source -> the highest number it has emitted (or found durable in the lake);
+        # snapshotted with the flow's state, so after a crash it matches the recovered state:
+        # a redelivery at or below it was processed before the snapshot, one above it was not
+        self.high: dict[str, int] = dict((resume or {}).get("high", {}))
         self.unacked: deque[tuple[str, int, int, int]] = deque()  # (source, offset, mid, qos)
         self.lock = threading.Lock()
         self.breaker = CircuitBreaker(source.high_watermark, source.low_watermark,
-                                      source.keep_every)
-        self.last_offset = 0
+                                      source.keep_every, source.high_watermark_bytes,
+                                      source.low_watermark_bytes)
+        self.last_offset = int((resume or {}).get("last_offset", 0))
         self.last_message = self.last_ack_check = time.monotonic()
         # a stable client id and a persistent session: what was delivered and not acknowledged
         # is delivered again after a crash
@@ -110,77 +198,178 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
             protocol=mqtt.MQTTv5,
             manual_ack=self.lake is not None,
         )
+        # an exception in a callback would end paho's network thread (the worker would stay up
+        # and receive nothing more): paho logs it instead, and ours catch their own
+        self.client.suppress_exceptions = True
+        self.client.enable_logger(logging.getLogger("paho.mqtt"))
+        auth = (source.username, source.password) if source.username else credentials("worker")
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.subscribed = threading.Event()
+        self.refused: str | None = None
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = source.session_expiry_s
+        # MQTT 5 flow control: the broker sends at most this many unacknowledged QoS 1
+        # messages; the rest wait in the broker (within its queue limits), not in this worker
+        props.ReceiveMaximum = source.receive_maximum
         self.client.connect(source.host, source.port, keepalive=30, clean_start=False,
                             properties=props)
         self.client.loop_start()
-        if not self.subscribed.wait(10):
-            raise ConnectionError(f"no subscription to {source.topic} on "
+        if not self.subscribed.wait(10) or self.refused:
+            self.client.loop_stop()
+            raise ConnectionError(self.refused or f"no subscription to {source.topic} on "
                                   f"{source.host}:{source.port} within 10 s")
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
-        client.subscribe(f"$share/{self.cfg.group}/{self.cfg.topic}", qos=self.cfg.qos)
+        if reason.is_failure:
+            self.refused = (f"the broker on {self.cfg.host}:{self.cfg.port} refused the "
+                            f"connection: {reason} (credentials: PLANTPULSE_MQTT_USERNAME/"
+                            f"PLANTPULSE_MQTT_PASSWORD or the set-up's credentials.json)")
+            self.subscribed.set()
+            return
+        _, self.subscription = client.subscribe(f"$share/{self.cfg.group}/{self.cfg.topic}",
+                                                qos=self.cfg.qos)
+        if self.worker == 0:  # one worker records what the broker drops (a broker-wide count)
+            client.subscribe(DROPPED_TOPIC, qos=0)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if mid != self.subscription:
+            if any(r.is_failure for r in reason_codes):
+                log.warning("cannot read %s: what the broker drops goes unrecorded",
+                            DROPPED_TOPIC)
+            return
+        failed = [str(r) for r in reason_codes if r.is_failure]
+        if failed:
+            self.refused = f"the broker refused the subscription to {self.cfg.topic}: {failed}"
+        self.subscribed.set()
+
+    def _on_dropped(self, payload: bytes, received: int) -> None:
+        """The broker's count of QoS 1 messages it dropped (queue limits) went up: one
+        ``dropped_by_broker`` dead letter per increase, with the count, and a warning."""
+        try:
+            total = int(payload.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return
+        if self.dropped is None:
+            self.dropped = total
+            if total:
+                log.warning("the broker has dropped %d messages since it started", total)
+            return
+        if total <= self.dropped:
+            self.dropped = min(self.dropped, total)  # a restarted broker counts from 0
+            return
+        n, self.dropped = total - self.dropped, total
+        log.warning("the broker dropped %d messages (its queue limits); %d in all", n, total)
+        with self.lock:
+            self.buffer.append(_Received(received, DROPPED_TOPIC, payload, 0, 0, False, None,
+                                         None, shed=True, dropped=n))
 
     def _on_message(self, client, userdata, msg) -> None:
-        publisher, seq = None, None
-        for key, value in getattr(msg.properties, "UserProperty", None) or ():
-            if key == PUBLISHER:
-                publisher = value
-            elif key == SEQ and value.isdigit():
-                seq = int(value)
-        with self.lock:
-            self.buffer.append((now_us(), msg.payload, msg.mid, msg.qos, bool(msg.dup),
-                                publisher, seq))
+        """On paho's network thread: must not raise (it would end reception)."""
+        try:
+            received = now_us()
+            if msg.topic == DROPPED_TOPIC:
+                self._on_dropped(msg.payload, received)
+                return
+            publisher, seq, problem = _marks(msg.properties)
+            if problem is not None:
+                self.bad_marks += 1
+                if self.bad_marks == 1 or self.bad_marks % 1000 == 0:
+                    log.warning("%d message(s) with unusable sequence marks, taken as "
+                                "unnumbered (newest on %s: %s)", self.bad_marks, msg.topic,
+                                problem)
+            payload = bytes(msg.payload)
+            with self.lock:
+                shed = not self.breaker.admit(self.admitted, self.buffered_bytes)
+                self.buffer.append(_Received(received, msg.topic, payload, msg.mid, msg.qos,
+                                             bool(msg.dup), publisher, seq, shed))
+                if not shed:
+                    self.admitted += 1
+                    self.buffered_bytes += len(payload)
+        except Exception:  # noqa: BLE001 (contained: reception goes on)
+            self.callback_errors += 1
+            log.exception("MQTT message on %r could not be taken in (%d so far); it stays "
+                          "unacknowledged in the broker's session", getattr(msg, "topic", "?"),
+                          self.callback_errors)
 
-    def next_batch(self) -> Iterable[Batch]:
+    def next_batch(self) -> list[Batch]:
+        taken = self._take()
+        return [as_batch(taken)] if taken else []  # one micro-batch: the flow's unit of work
+
+    def _take(self) -> list[Message | Progress]:
+        """The oldest messages received (up to ``batch`` admitted ones, with the shed ones
+        among them) as ``Message`` items, then one ``Progress`` mark per source."""
         self._acknowledge_durable()
+        taken: list[_Received] = []
+        n_admitted = 0
         with self.lock:
-            taken = [self.buffer.popleft() for _ in range(min(len(self.buffer),
-                                                              self.cfg.batch))]
-            backlog = len(self.buffer)
+            while (self.buffer and n_admitted < self.cfg.batch
+                   and len(taken) < 16 * self.cfg.batch):
+                item = self.buffer.popleft()
+                if not item.shed:
+                    n_admitted += 1
+                    self.buffered_bytes -= len(item.payload)
+                taken.append(item)
+            self.admitted -= n_admitted
+            backlog = self.admitted
         if not taken:
             idle = self.cfg.idle_stop_s
             if idle is not None and time.monotonic() - self.last_message > idle:
+                self.finished = True
                 raise StopIteration()
             return []
         self.last_message = time.monotonic()
         out: list[Message | Progress] = []
         newest: dict[str, int] = {}
-        for received, payload, mid, qos, dup, publisher, seq in taken:
+        for m in taken:
             set_aside = None
-            if publisher is not None and seq is not None:
-                source, offset = f"mqtt:{publisher}:w{self.worker}", seq
+            if m.publisher is not None and m.seq is not None:
+                # the publisher's numbers are its own per asset topic: the broker's ACLs let a
+                # client write only its assets' topics, so a forged pp-publisher cannot reach
+                # the numbers of a genuine publisher's assets
+                source, offset = f"mqtt:{m.publisher}:{_asset_of(m.topic)}:w{self.worker}", m.seq
                 high = self._high(source)
-                if offset <= high and dup:
+                if offset <= high and m.dup:
                     # the broker delivering again what this worker (or the one that crashed)
-                    # already had: acknowledged once durable, not processed twice
-                    self._hold_for_ack(source, offset, mid, qos)
+                    # already had: acknowledged once durable, not processed twice (its mark
+                    # goes out again: the one sent before a crash may not have been recorded)
+                    self._hold_for_ack(source, offset, m.mid, m.qos)
+                    newest[source] = max(newest.get(source, -1), offset)
                     continue
                 if offset <= high:  # not a redelivery: numbering gone backwards or a repeat
                     set_aside = ("out_of_sequence",
-                                 f"pp-seq {seq} of publisher {publisher!r} is not above {high}, "
-                                 f"already received; a publisher must keep its numbers rising, "
-                                 f"also across its restarts")
+                                 f"pp-seq {m.seq} of publisher {m.publisher!r} is not above "
+                                 f"{high}, already received; a publisher must keep its numbers "
+                                 f"rising, also across its restarts")
+                elif offset > m.received_us + MAX_SEQ_AHEAD_US:
+                    set_aside = ("out_of_sequence",
+                                 f"pp-seq {m.seq} of publisher {m.publisher!r} is more than "
+                                 f"{MAX_SEQ_AHEAD_US // 1_000_000} s ahead of the receive clock "
+                                 f"({m.received_us} µs); refused, not adopted")
                 else:
                     self.high[source] = offset
-            if publisher is None or seq is None or set_aside is not None:
+            if m.publisher is None or m.seq is None or set_aside is not None:
                 # anonymous (or set aside): positions are receive times (at least once)
-                source, offset = self.name, max(received, self.last_offset + 1)
+                source, offset = self.name, max(m.received_us, self.last_offset + 1)
                 self.last_offset = offset
-            if set_aside is None and not self.breaker.admit(backlog):
-                set_aside = ("shed", f"load shedding: {backlog} messages waiting "
-                             f"(> {self.breaker.high}); kept 1 in {self.breaker.keep_every}")
-            out.append(Message(source, offset, received, payload, set_aside))
+            if m.dropped:
+                set_aside = ("dropped_by_broker",
+                             f"the broker dropped {m.dropped} QoS 1 messages (a client's queue "
+                             f"over max_queued_messages/max_queued_bytes); their payloads are "
+                             f"gone, raw is the broker's running count")
+            elif set_aside is None and m.shed:
+                set_aside = ("shed", f"load shedding: more than {self.breaker.high} messages "
+                             f"or {self.breaker.high_bytes} bytes waiting ({backlog} now); "
+                             f"kept 1 in {self.breaker.keep_every}")
+            out.append(Message(source, offset, m.received_us, m.payload, set_aside))
             newest[source] = max(newest.get(source, -1), offset)
-            self._hold_for_ack(source, offset, mid, qos)
+            self._hold_for_ack(source, offset, m.mid, m.qos)
         if self.lake is not None:
             out += [Progress(s, o) for s, o in newest.items()]
-        return [as_batch(out)]  # one micro-batch: the flow's unit of work
+        return out
 
     def _high(self, source: str) -> int:
         if source not in self.high:  # first sight in this run: what the lake already has
@@ -207,26 +396,44 @@ class _MQTTPartition(StatelessSourcePartition[Message | Progress]):
             self.unacked.popleft()
             self.client.ack(mid, qos)
 
+    def snapshot(self) -> dict:
+        return {"high": dict(self.high), "last_offset": self.last_offset}
+
     def next_awake(self) -> datetime | None:
         with self.lock:
             empty = not self.buffer
         return datetime.now(UTC) + timedelta(milliseconds=5) if empty else None
 
     def close(self) -> None:
-        """A clean end: every message handed to the flow is being drained into the lake, so the
-        session (and its unacknowledged deliveries) can go."""
+        """After the input ended (``idle_stop_s``) every message handed to the flow is being
+        drained into the lake, so the session (and its unacknowledged deliveries) can go.  Any
+        other end - an error in the flow, Ctrl-C - keeps the session for ``session_expiry_s``:
+        what was not yet acknowledged is delivered again to the restarted worker."""
         props = Properties(PacketTypes.DISCONNECT)
-        props.SessionExpiryInterval = 0
+        if self.finished:
+            props.SessionExpiryInterval = 0
+        elif self.unacked:
+            log.warning("closing with %d unacknowledged messages: the broker keeps them for "
+                        "the restarted worker", len(self.unacked))
         self.client.disconnect(properties=props)
         self.client.loop_stop()
 
 
-class MQTTSource(DynamicSource[Message | Progress]):
-    """Every worker subscribes to ``topic`` in the shared group ``group`` on the broker.
+def _asset_of(topic: str) -> str:
+    """``plantpulse/<asset_id>/<sensor_id>`` -> ``asset_id`` (what the broker's ACL checked)."""
+    parts = topic.split("/")
+    return parts[1] if len(parts) > 1 else ""
+
+
+class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
+    """``partitions`` clients (``w0``, ``w1``, ...: one per worker is the usual) subscribe to
+    ``topic`` in the shared group ``group`` on the broker, each under a stable client id.
 
     With ``lake_uri`` (the lake the flow writes), messages are acknowledged only once their rows
     are durable there (checked every ``ack_check_s``), in a persistent session the broker keeps
-    for ``session_expiry_s`` after a crash; without it, paho acknowledges on receipt."""
+    for ``session_expiry_s`` after a crash; without it, paho acknowledges on receipt.  The
+    broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control).
+    ``username``/``password`` default to ``credentials("worker")``."""
 
     def __init__(
         self,
@@ -240,30 +447,82 @@ class MQTTSource(DynamicSource[Message | Progress]):
         batch: int = 1024,
         high_watermark: int = 50_000,
         low_watermark: int = 5_000,
+        high_watermark_bytes: int = 64 * 1024 * 1024,
+        low_watermark_bytes: int = 16 * 1024 * 1024,
         keep_every: int = 10,
+        receive_maximum: int = 2000,
         idle_stop_s: float | None = None,
         session_expiry_s: int = 3600,
         ack_check_s: float = 0.5,
+        username: str | None = None,
+        password: str | None = None,
+        partitions: int = 1,
     ):
+        if not 1 <= receive_maximum <= 65_535:
+            raise ValueError(f"receive_maximum must be in 1..65535, not {receive_maximum}")
         self.host, self.port, self.topic, self.group, self.qos = host, port, topic, group, qos
         self.lake_uri = lake_uri
         self.batch, self.idle_stop_s = batch, idle_stop_s
         self.high_watermark, self.low_watermark = high_watermark, low_watermark
-        self.keep_every = keep_every
+        self.high_watermark_bytes, self.low_watermark_bytes = (high_watermark_bytes,
+                                                               low_watermark_bytes)
+        self.keep_every, self.receive_maximum = keep_every, receive_maximum
         self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
+        self.username, self.password = username, password
+        self.partitions = partitions
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MQTTPartition:
-        return _MQTTPartition(self, worker_index)
+    def list_parts(self) -> list[str]:
+        return [f"w{i}" for i in range(self.partitions)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: dict | None
+                   ) -> _MQTTPartition:
+        return _MQTTPartition(self, int(for_part[1:]), resume_state)
+
+
+CREDENTIALS_FILE = "credentials.json"
+"""Written by the set-up (``plantpulse_cli.broker.write_config``) beside the broker's password
+file and ACLs, readable by its owner only: ``{"<username>": "<password>", ...}``; the workers
+log in as ``worker``, each publisher under its own name."""
+
+
+def credentials(role: str, env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """``(username, password)`` for ``role``: ``PLANTPULSE_MQTT_USERNAME`` and
+    ``PLANTPULSE_MQTT_PASSWORD`` when set, else the set-up's entry for ``role`` in
+    ``$PLANTPULSE_MQTT_CREDENTIALS`` (default ``<state dir>/mosquitto/credentials.json``);
+    None when there is neither (a broker without authentication)."""
+    env = dict(os.environ if env is None else env)
+    if env.get("PLANTPULSE_MQTT_USERNAME"):
+        return env["PLANTPULSE_MQTT_USERNAME"], env.get("PLANTPULSE_MQTT_PASSWORD", "")
+    path = Path(env.get("PLANTPULSE_MQTT_CREDENTIALS")
+                or Path(Settings.from_env(env).home) / "mosquitto" / CREDENTIALS_FILE)
+    try:
+        users = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"cannot read MQTT credentials from {path}: {exc}") from None
+    password = users.get(role) if isinstance(users, dict) else None
+    return (role, password) if isinstance(password, str) else None
+
+
+DEFAULT_PUBLISHER = "simulator"
 
 
 class Publisher:
     """Publishes ``(topic, payload)`` pairs at QoS 1 as publisher ``name``, numbering each
     message (``pp-seq``: its publish time in microseconds, strictly increasing, so numbers keep
-    growing across restarts of the publisher)."""
+    growing across restarts of the publisher).  Logs in with ``auth`` (default: the set-up's
+    credentials for ``name``, else for ``simulator``)."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 1883):
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 1883, *,
+                 auth: tuple[str, str] | None = None):
         self.name, self.seq = name, 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.suppress_exceptions = True
+        self.client.enable_logger(logging.getLogger("paho.mqtt"))
+        auth = auth or credentials(name) or credentials(DEFAULT_PUBLISHER)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(1000)
         self.client.connect(host, port)
@@ -282,10 +541,10 @@ class Publisher:
 
 def publish(
     messages: Iterable[tuple[str, bytes]], host: str = "127.0.0.1", port: int = 1883,
-    qos: int = 1, name: str | None = None,
+    qos: int = 1, name: str | None = None, auth: tuple[str, str] | None = None,
 ) -> int:
     """Publish ``(topic, payload)`` pairs and wait until the broker has them all."""
-    pub = Publisher(name or f"publish-{now_us()}", host, port)
+    pub = Publisher(name or f"publish-{now_us()}", host, port, auth=auth)
     infos = [pub.publish(topic, payload, qos) for topic, payload in messages]
     for info in infos:
         info.wait_for_publish(30)
@@ -293,13 +552,15 @@ def publish(
     return len(infos)
 
 
-def mqtt_flow(host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP):
-    """The telemetry flow fed by the broker:
+def mqtt_flow(host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP,
+              partitions: int = 1):
+    """The telemetry flow fed by the broker through ``partitions`` clients (one per worker):
     ``python -m bytewax.run "bytewax_flows.mqtt:mqtt_flow('127.0.0.1', 1883)"``."""
     from bytewax_flows.telemetry import get_flow
 
     lake_uri = Settings.from_env().lake_uri
-    return get_flow(MQTTSource(host, port, lake_uri=lake_uri, group=group), lake_uri)
+    source = MQTTSource(host, port, lake_uri=lake_uri, group=group, partitions=partitions)
+    return get_flow(source, lake_uri)
 
 
 def publish_simulator(host: str, port: int, n_machines: int = 3) -> None:

@@ -35,7 +35,10 @@ REASONS: dict[str, str] = {
     "short_frame": "frame shorter than the sensor's minimum for spectral features",
     "shed": "set aside unprocessed by the load-shedding circuit breaker (payload kept)",
     "out_of_sequence": "an MQTT message numbered (pp-seq) at or below what its publisher already "
-    "sent, not a redelivery: a repeat, or a publisher that restarted its numbering (payload kept)",
+    "sent, not a redelivery: a repeat, or a publisher that restarted its numbering (payload kept), "
+    "or numbered too far ahead of the receive clock (refused, not adopted)",
+    "dropped_by_broker": "the MQTT broker dropped QoS 1 messages under its queue limits (the row "
+    "counts them; their payloads never reached the stream)",
 }
 OK = "ok"
 

@@ -1,15 +1,20 @@
 """A local Mosquitto broker for ``plantpulse up --mqtt`` and the tests: installed by
-``scripts/install-mosquitto.sh`` when missing, configured under the state directory."""
+``scripts/install-mosquitto.sh`` when missing, configured under the state directory with
+authentication, per-client topic ACLs and memory limits."""
 
 from __future__ import annotations
 
+import getpass
+import json
+import os
+import secrets
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
 
-__all__ = ["BrokerError", "ensure_mosquitto", "write_config", "wait_for_port"]
+__all__ = ["BrokerError", "LIMITS", "WORKER", "ensure_mosquitto", "write_config", "wait_for_port"]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-mosquitto.sh"
 
@@ -30,19 +35,88 @@ def ensure_mosquitto() -> str:
     return shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def write_config(directory: Path, port: int) -> Path:
-    """A loopback-only listener; no per-client queue limit, so the broker never drops QoS 1
-    messages on its own (bursts are the stream's circuit breaker's job, which records them)."""
+WORKER = "worker"
+"""The username the stream workers log in with (read-only on ``plantpulse/#``)."""
+
+LIMITS = {
+    # outgoing QoS 1 messages in flight per MQTT 3 client (an MQTT 5 client sets its own with
+    # Receive Maximum: the workers ask for 2,000); also the most a publisher may have unacked
+    "max_inflight_messages": 1000,
+    # per client session beyond what is in flight: the broker holds a burst back here instead
+    # of pushing it into a worker; beyond either limit a QoS 1 message is dropped and counted
+    # ($SYS/broker/publish/messages/dropped, which worker 0 records in dead_letter)
+    "max_queued_messages": 100_000,
+    "max_queued_bytes": 256 * 1024 * 1024,
+    # twice the payload decoder's limit: 4-8 MiB reach dead_letter as ``oversized``, larger ones
+    # are refused at the broker (an MQTT 5 publisher gets the reason code)
+    "message_size_limit": 8 * 1024 * 1024,
+}
+
+
+def write_config(
+    directory: Path,
+    port: int,
+    publishers: dict[str, list[str]] | None = None,
+    limits: dict[str, int] | None = None,
+) -> Path:
+    """A loopback-only listener with authentication: a password file (``mosquitto_passwd``)
+    with the ``worker`` user and one user per publisher, and ACLs by topic (a publisher may
+    write only ``plantpulse/<asset>/#`` of its own assets; workers read ``plantpulse/#``).
+    The generated passwords go to ``credentials.json`` beside them, readable by the owner only
+    (where ``bytewax_flows.mqtt.credentials`` finds them).  ``publishers`` maps a publisher's
+    name to its asset ids (default: the simulator, for the demo fleet).  Queue and size limits
+    bound the broker's memory (``LIMITS``, updated with ``limits``)."""
     directory.mkdir(parents=True, exist_ok=True)
+    if publishers is None:
+        publishers = {"simulator": ["pump-01", "pump-02", "pump-03"]}
+    for name in [WORKER, *publishers]:
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise BrokerError(f"MQTT user {name!r}: use letters, digits, '-', '_' and '.'")
+    creds_path = directory / "credentials.json"
+    try:
+        known = json.loads(creds_path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    users = {name: known.get(name) or secrets.token_urlsafe(24)
+             for name in [WORKER, *publishers]}
+    _private_write(creds_path, json.dumps(users, indent=1) + "\n")
+    passwd = directory / "passwd"
+    _private_write(passwd, "".join(f"{u}:{pw}\n" for u, pw in users.items()))
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    done = subprocess.run([tool, "-U", str(passwd)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise BrokerError(f"mosquitto_passwd -U {passwd} failed: {done.stderr.strip()}")
+    acl = [f"user {WORKER}", "topic read plantpulse/#",
+           "topic read $SYS/broker/publish/messages/dropped", ""]
+    for name, assets in publishers.items():
+        acl.append(f"user {name}")
+        for asset in assets:
+            if not asset or any(c in asset for c in "/+#"):
+                raise BrokerError(f"asset id {asset!r} cannot be an MQTT topic level")
+            acl.append(f"topic write plantpulse/{asset}/#")
+        acl.append("")
+    _private_write(directory / "acl", "\n".join(acl))
     conf = directory / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
-        "allow_anonymous true\n"
+        "allow_anonymous false\n"
+        f"password_file {passwd}\n"
+        f"acl_file {directory / 'acl'}\n"
+        # as the account that starts it (when that is root, mosquitto would otherwise switch to
+        # the 'mosquitto' user, who cannot read these owner-only files)
+        f"user {getpass.getuser()}\n"
         "persistence false\n"
-        "max_queued_messages 0\n"
-        "max_inflight_messages 0\n"
+        "sys_interval 2\n"
+        + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
     )
     return conf
+
+
+def _private_write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:

@@ -57,15 +57,26 @@ SNAPSHOT_S = 2
 resumes from the last snapshot (the sink's offset-keyed commits drop what was already written)."""
 
 
-def prepare(settings: Settings) -> None:
-    """Create the state directory, the Dagster instance, the lake's tables and the stream's
-    recovery store."""
-    recovery = Path(settings.recovery_dir)
-    if not recovery.exists():
+def mqtt_recovery_dir(settings: Settings) -> Path:
+    """The MQTT stream's own Bytewax recovery store (its flow's steps and partitions are not the
+    simulator flow's, so the two cannot share one)."""
+    return Path(settings.home) / "recovery-mqtt"
+
+
+def init_recovery(directory: Path) -> None:
+    """A Bytewax recovery store with one partition, created on first start only (later starts
+    resume from it)."""
+    if not directory.exists():
         from bytewax.recovery import init_db_dir
 
-        recovery.mkdir(parents=True)
-        init_db_dir(recovery, 1)
+        directory.mkdir(parents=True)
+        init_db_dir(directory, 1)
+
+
+def prepare(settings: Settings, mqtt: bool = False) -> None:
+    """Create the state directory, the Dagster instance, the lake's tables and the stream's
+    recovery store (with ``mqtt``, the MQTT stream's)."""
+    init_recovery(mqtt_recovery_dir(settings) if mqtt else Path(settings.recovery_dir))
     Path(settings.dagster_home).mkdir(parents=True, exist_ok=True)
     yaml = Path(settings.dagster_home) / "dagster.yaml"
     if not yaml.exists():
@@ -89,19 +100,23 @@ def services(
     ui: bool = True,
     recovery_dir: str | None = None,
     mqtt: tuple[str, int] | None = None,
+    home: str | None = None,
 ) -> list[Service]:
-    """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker, the stream
-    reading from it, and the simulated fleet publishing to it.  The MQTT stream runs without
-    Bytewax recovery (its recovery store belongs to the simulator flow): after a restart the
-    broker delivers again what was not yet durable, and the detectors learn afresh."""
+    """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker (with
+    authentication, its files under ``<home>/mosquitto``), the stream reading from it with
+    Bytewax recovery in ``<home>/recovery-mqtt`` (alert state and duplicate tracking survive a
+    restart; the broker delivers again what was not yet durable), and the simulated fleet
+    publishing to it."""
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
     flow = "bytewax_flows.telemetry:flow"
     out: list[Service] = []
     if mqtt is not None:
-        conf = write_config(Path(recovery_dir or ".").parent / "mosquitto", mqtt[1])
+        state = Path(home) if home else Path(recovery_dir or "./recovery").parent
+        conf = write_config(state / "mosquitto", mqtt[1])
         out.append(Service("mosquitto", [mqtt[0], "-c", str(conf)]))
-        flow, recovery_dir = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})", None
+        flow = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})"
+        recovery_dir = str(state / "recovery-mqtt")
     stream = [py, "-m", "bytewax.run", flow, "-s", str(SNAPSHOT_S)]
     if recovery_dir:
         stream += ["-r", recovery_dir, "-b", "0"]
@@ -128,12 +143,15 @@ def up(
 ) -> int:
     """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
     settings = Settings.from_env()
-    prepare(settings)
+    prepare(settings, mqtt=mqtt_port is not None)
     mqtt = (ensure_mosquitto(), mqtt_port) if mqtt_port is not None else None
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+    if mqtt is not None:  # the stream and the publisher log in with what the set-up generates
+        env["PLANTPULSE_MQTT_CREDENTIALS"] = str(Path(settings.home) / "mosquitto"
+                                                 / "credentials.json")
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    running = services(host, port, ui, settings.recovery_dir, mqtt)
+    running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:
