@@ -29,6 +29,7 @@ __all__ = [
     "FAULT_CLASSES",
     "FAULT_FEATURES",
     "RUL_CAP",
+    "RUL_PARAMS",
     "Evaluation",
     "label_faults",
     "split_by_machine",
@@ -169,18 +170,28 @@ def rul_frame(trajectories: pd.DataFrame, builder: ProcessFeatureBuilder) -> pd.
     return pd.concat([trajectories.loc[x.index, ["unit", "rul"]], x], axis=1)
 
 
+RUL_PARAMS: dict[str, float | int] = {
+    "max_depth": 4,
+    "learning_rate": 0.03,
+    "subsample": 0.8,
+    "colsample_bytree": 0.7,
+    "min_child_weight": 5,
+}
+"""The RUL regressor's default settings (``bench.rul`` chooses among alternatives by nested
+cross-validation and reports which it chose)."""
+
+
 def fit_rul_regressor(
-    x: pd.DataFrame, rul: np.ndarray, n_estimators: int = 600
+    x: pd.DataFrame,
+    rul: np.ndarray,
+    n_estimators: int = 600,
+    params: dict[str, float | int] | None = None,
+    n_jobs: int = 2,
 ) -> XGBRegressor:
-    """The RUL regressor (settings found by engine-wise cross-validation in ``bench.rul``)."""
+    """The RUL regressor: XGBoost with ``RUL_PARAMS`` updated by ``params``.  ``n_jobs=1`` when
+    several fits share a busy machine (OpenMP threads competing for cores slow a fit ~10x)."""
     model = XGBRegressor(
-        n_estimators=n_estimators,
-        max_depth=4,
-        learning_rate=0.03,
-        subsample=0.8,
-        colsample_bytree=0.7,
-        min_child_weight=5,
-        n_jobs=2,
+        n_estimators=n_estimators, **{**RUL_PARAMS, **(params or {})}, n_jobs=n_jobs,
         random_state=0,
     )
     model.fit(x, rul)
