@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from rich.progress import track
 from sklearn.model_selection import GroupKFold
+from sklearn.utils.parallel import Parallel, delayed
 
 from bench.common import data_dir, parser, report
 from models.prognostics import fit_hybrid
@@ -98,7 +99,25 @@ def all_cycles(df: pd.DataFrame, quick: bool) -> pd.DataFrame:
     return pd.concat(out)
 
 
-def nested(df: pd.DataFrame, cuts: pd.DataFrame, quick: bool) -> tuple[pd.DataFrame, list[str]]:
+def _inner_errors(tr: pd.DataFrame, va: pd.DataFrame, cuts: pd.DataFrame, n: int,
+                  params: dict) -> np.ndarray:
+    """Errors at the inner validation engines' cuts of one setting fitted on ``tr``."""
+    m = fit_rul_regressor(tr.drop(columns=META), tr["rul"].to_numpy(), n, params, 1)
+    at = _at_cuts(va, np.clip(m.predict(va.drop(columns=META)), 0, RUL_CAP), cuts)
+    return at["predicted"].to_numpy() - at["rul"].to_numpy()
+
+
+def _inner_hybrid(tr: pd.DataFrame, va: pd.DataFrame, cuts: pd.DataFrame, n: int,
+                  params: dict) -> pd.DataFrame:
+    """The hybrid fitted on ``tr``, predicting the inner validation engines at their cuts."""
+    h = fit_hybrid(tr.drop(columns=META), tr["rul"].to_numpy(), tr["unit"].to_numpy(),
+                   n_estimators=n, params=params, n_jobs=1)
+    return _at_cuts(va, h.predict(va.drop(columns=META), va["unit"].to_numpy()), cuts)
+
+
+def nested(
+    df: pd.DataFrame, cuts: pd.DataFrame, quick: bool, jobs: int = 2
+) -> tuple[pd.DataFrame, list[str]]:
     """Protocols 2 and 3: per outer fold, choose a setting by inner CV at the inner engines'
     cuts, refit, score the outer engines at their cuts (XGBoost and hybrid, with interval)."""
     grid = {k: (20, p) for k, (_, p) in list(GRID.items())[:2]} if quick else GRID
@@ -110,25 +129,23 @@ def nested(df: pd.DataFrame, cuts: pd.DataFrame, quick: bool) -> tuple[pd.DataFr
             GroupKFold(n_splits=2 if quick else 3).split(outer_train, groups=outer_train["unit"])
         )
         inner_frames = [_features(outer_train.iloc[a], outer_train.iloc[b]) for a, b in inner]
-        inner_rmse = {}
-        for name, (n, params) in grid.items():
-            errs = []
-            for tr, va in inner_frames:
-                m = fit_rul_regressor(tr.drop(columns=META), tr["rul"].to_numpy(), n, params, 1)
-                at = _at_cuts(va, np.clip(m.predict(va.drop(columns=META)), 0, RUL_CAP), cuts)
-                errs.append(at["predicted"].to_numpy() - at["rul"].to_numpy())
-            inner_rmse[name] = float(np.sqrt(np.mean(np.concatenate(errs) ** 2)))
+        pairs = [(name, f) for name in grid for f in range(len(inner_frames))]
+        errors = Parallel(n_jobs=jobs)(
+            delayed(_inner_errors)(*inner_frames[f], cuts, *grid[name]) for name, f in pairs
+        )
+        inner_rmse = {
+            name: float(np.sqrt(np.mean(np.concatenate(
+                [e for (nm, _), e in zip(pairs, errors, strict=True) if nm == name]) ** 2)))
+            for name in grid
+        }
         best = min(inner_rmse, key=inner_rmse.get)
         chosen.append(best)
         log.info("fold %d inner RMSE %s -> %s", fold, inner_rmse, best)
         n, params = grid[best]
         # calibration: the hybrid's out-of-sample predictions on the inner folds
-        calib = []
-        for tr, va in inner_frames:
-            h = fit_hybrid(tr.drop(columns=META), tr["rul"].to_numpy(), tr["unit"].to_numpy(),
-                           n_estimators=n, params=params, n_jobs=1)
-            pred = h.predict(va.drop(columns=META), va["unit"].to_numpy())
-            calib.append(_at_cuts(va, pred, cuts))
+        calib = Parallel(n_jobs=jobs)(
+            delayed(_inner_hybrid)(tr, va, cuts, n, params) for tr, va in inner_frames
+        )
         calib_cuts = pd.concat(calib)
         train, test = _features(outer_train, df.iloc[test_idx])
         x_train, x_test = train.drop(columns=META), test.drop(columns=META)
@@ -150,7 +167,10 @@ def _per_draw_phm08(at: pd.DataFrame, column: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser("rul", __doc__.splitlines()[0]).parse_args(argv)
+    p = parser("rul", __doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=2,
+                   help="processes for the inner-fold fits (one XGBoost thread each; default 2)")
+    args = p.parse_args(argv)
     df = read_cmapss(data_dir(args.data), "FD001", rul_cap=RUL_CAP)
     if args.quick:
         df = df[df["unit"] <= 12]
@@ -158,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     oof = all_cycles(df, args.quick)
     last = oof.sort_values("cycle").groupby("unit").tail(1)
     cuts = truncation_points(df, draws)
-    at, chosen = nested(df, cuts, args.quick)
+    at, chosen = nested(df, cuts, args.quick, args.jobs)
     y, y_true = at["rul"].to_numpy(), at["rul_true"].to_numpy()
     inside = (y >= at["low"]) & (y <= at["high"])
     metrics = {
