@@ -4,6 +4,11 @@ champion, and the rollback.
 Every rule is evaluated and reported, pass or fail; ``champion`` moves only when all pass.  Each
 decision (promote, refuse, rollback) is a row in ``model_decisions`` with its evidence as JSON,
 and the same evidence is set as tags on the candidate's MLflow model version.
+
+The gate never promotes without comparing: when a champion needs inputs the candidate's holdout
+lacks (the candidate was trained without some features), they are read from the lake table the
+holdout came from (the ``holdout_source`` tag: table and key columns) for exactly the holdout's
+rows; if the lake cannot supply them for every row, the candidate is refused with that reason.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 import pandas as pd
 
-from lake import Lake
+from lake import Lake, LakeError
 from models.registry import (
     CHAMPION,
     LoadedModel,
@@ -27,7 +32,15 @@ from models.registry import (
 from models.training import Evaluation, evaluate_classifier, evaluate_regressor
 from physics.registry import FEATURE_VERSION
 
-__all__ = ["GatePolicy", "Decision", "decide", "evaluate", "run_gate", "rollback"]
+__all__ = [
+    "GatePolicy",
+    "Decision",
+    "decide",
+    "evaluate",
+    "champion_holdout",
+    "run_gate",
+    "rollback",
+]
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,13 @@ def decide(
     training_validated: bool,
     feature_version: int,
     signature_ok: tuple[bool, str],
+    champion_unavailable: str | None = None,
 ) -> tuple[bool, list[str]]:
-    """Apply every rule of ``policy``; returns (all passed, one line per rule)."""
+    """Apply every rule of ``policy``; returns (all passed, one line per rule).
+
+    ``champion`` None with ``champion_unavailable`` set means there is a champion but it could
+    not be evaluated on the holdout (the text says why): the comparison rule fails, since a
+    candidate is never promoted over a champion it was not compared with."""
     rules: list[tuple[bool, str]] = []
     if policy.require_validated_training:
         rules.append((training_validated, "training data validated"
@@ -100,7 +118,9 @@ def decide(
         )
     )
     m = candidate.metric
-    if champion is None:
+    if champion is None and champion_unavailable:
+        rules.append((False, f"not compared with the champion: {champion_unavailable}"))
+    elif champion is None:
         rules.append((True, f"no champion yet; {m} {candidate.overall:.4f}"))
     else:
         gain = -_worse_by(candidate.overall, champion.overall, candidate.higher_is_better)
@@ -134,6 +154,52 @@ def evaluate(model: LoadedModel, holdout: pd.DataFrame) -> Evaluation:
     if model.task == "regressor":
         return evaluate_regressor(model.model, holdout, slice_by)
     return evaluate_classifier(model.model, model.classes or [], holdout, slice_by)
+
+
+def champion_holdout(
+    lake: Lake, holdout: pd.DataFrame, missing: list[str], source: dict[str, object] | None
+) -> tuple[pd.DataFrame | None, str]:
+    """``holdout`` with the columns ``missing`` added from the lake, for every one of its rows.
+
+    ``source`` is the candidate's ``holdout_source`` tag: ``{"table": ..., "keys": [...]}``, the
+    lake table the holdout's rows came from and the columns that identify a row there.  Returns
+    the completed holdout and a one-line account, or None and the reason it cannot be done (no
+    source, a key or input the table does not have, holdout rows the lake has no row for)."""
+    if not source or not source.get("table") or not source.get("keys"):
+        return None, (
+            f"the champion needs {missing}, which the candidate's holdout lacks, and the holdout "
+            "names no lake table to read them from"
+        )
+    table, keys = str(source["table"]), [str(k) for k in source["keys"]]  # type: ignore[union-attr]
+    absent_keys = [k for k in keys if k not in holdout]
+    if absent_keys or holdout.empty:
+        return None, f"the candidate's holdout lacks the key column(s) {absent_keys} of {table!r}"
+    filters = []
+    if "asset_id" in keys:
+        filters.append(("asset_id", "in", sorted(holdout["asset_id"].astype(str).unique())))
+    for k in keys:  # bound the read by the holdout's time range
+        if pd.api.types.is_datetime64_any_dtype(holdout[k]):
+            filters += [(k, ">=", holdout[k].min()), (k, "<=", holdout[k].max())]
+    try:
+        if not lake.exists(table):
+            return None, f"the champion needs {missing}; lake table {table!r} does not exist"
+        found = lake.read(table, filters=filters or None, columns=[*keys, *missing])
+    except LakeError as exc:
+        return None, f"the champion needs {missing}, which the lake cannot supply: {exc}"
+    for k in keys:  # the same key types on both sides of the join
+        if found[k].dtype != holdout[k].dtype:
+            found[k] = found[k].astype(holdout[k].dtype)
+    found = found.drop_duplicates(subset=keys, keep="last")
+    merged = holdout.merge(found, on=keys, how="left", indicator=True, validate="many_to_one")
+    unmatched = int((merged["_merge"] != "both").sum())
+    if unmatched:
+        return None, (
+            f"the champion needs {missing}; {unmatched} of {len(holdout)} holdout rows have no "
+            f"row in lake table {table!r}"
+        )
+    merged = merged.drop(columns="_merge")
+    merged.index = holdout.index
+    return merged, f"champion inputs {missing} read from lake table {table!r} for all {len(holdout)} holdout rows"
 
 
 def _record(lake: Lake, tracking_uri: str, d: Decision) -> None:
@@ -175,14 +241,24 @@ def run_gate(
     cand_eval = evaluate(cand, holdout)
     current = champion_version(c, name)
     champ_eval: Evaluation | None = None
+    unavailable: str | None = None
+    completed_from_lake: str | None = None
     if current is not None and str(current.version) == cand.version:
         return Decision("refuse", name, cand.version, cand.version,
                         [f"FAIL: version {cand.version} is already the champion"])
     if current is not None:
         champ = load_version(tracking_uri, name, str(current.version))
         missing = [f for f in champ.features if f not in holdout]
-        if not missing:
-            champ_eval = evaluate(champ, holdout)
+        champ_rows: pd.DataFrame | None = holdout
+        if missing:
+            source = json.loads(cand.tags.get("holdout_source", "null"))
+            champ_rows, account = champion_holdout(lake, holdout, missing, source)
+            if champ_rows is None:
+                unavailable = f"version {current.version}: {account}"
+            else:
+                completed_from_lake = account
+        if champ_rows is not None:
+            champ_eval = evaluate(champ, champ_rows)
     missing_inputs = [f for f in cand.features if f not in holdout]
     signature_ok = (
         (True, f"signature: {len(cand.features)} inputs, all present in the holdout")
@@ -196,7 +272,10 @@ def run_gate(
         training_validated=cand.tags.get("training_validated") == "true",
         feature_version=cand.feature_version,
         signature_ok=signature_ok,
+        champion_unavailable=unavailable,
     )
+    if completed_from_lake:
+        reasons.append(f"NOTE: {completed_from_lake}")
     d = Decision(
         "promote" if ok else "refuse",
         name,
@@ -206,6 +285,8 @@ def run_gate(
         {
             "candidate": cand_eval.as_dict(),
             "champion": champ_eval.as_dict() if champ_eval else None,
+            "champion_unavailable": unavailable,
+            "champion_inputs_from_lake": completed_from_lake,
             "policy": asdict(policy),
         },
     )

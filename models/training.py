@@ -29,6 +29,7 @@ __all__ = [
     "FAULT_CLASSES",
     "FAULT_FEATURES",
     "RUL_CAP",
+    "RUL_PARAMS",
     "Evaluation",
     "label_faults",
     "split_by_machine",
@@ -108,14 +109,31 @@ def holdout_split(
     df: pd.DataFrame, label: str, time_column: str = "window_end", asset: str = "asset_id"
 ) -> tuple[pd.Series, str]:
     """The holdout mask and how it was chosen: by machine (``split_by_machine``) when some
-    history is shared by two machines; otherwise (a small fleet, e.g. the three demo pumps) the
-    last quarter of each machine's time, which every reader of the decision should know is a
-    weaker test."""
+    history is shared by two machines; otherwise (a small fleet, e.g. the three demo pumps) by
+    time, stratified: the last quarter of each label's windows on each machine.  Stratifying
+    keeps every label in training even when it has begun late on one machine and has few
+    windows yet (a plain last-quarter-of-time split would put all of them in the holdout, and
+    the model could not name that fault).  Every reader of the decision should know the time
+    split is a weaker test.
+
+    >>> t = pd.date_range("2026-01-01", periods=8, freq="min", tz="UTC")
+    >>> df = pd.DataFrame({"asset_id": "pump-03", "window_end": t,
+    ...                    "condition": ["normal"] * 6 + ["inner_race"] * 2})
+    >>> mask, how = holdout_split(df, "condition")
+    >>> sorted(set(df.loc[~mask, "condition"])), int(mask.sum()), how.split(" (")[0]
+    (['inner_race', 'normal'], 3, 'by time')
+    """
     by_machine = split_by_machine(df, label, asset)
     if by_machine.any():
         return by_machine, "by machine"
-    cutoff = df.groupby(asset)[time_column].transform(lambda t: t.quantile(0.75))
-    return df[time_column] > cutoff, "by time (last 25 % of each machine; no two machines share a history)"
+    order = df.groupby([asset, label])[time_column].rank(method="first")
+    size = df.groupby([asset, label])[time_column].transform("size")
+    # the first 75 % of each (machine, label) segment trains, at least one window of each
+    keep = np.maximum(np.floor(0.75 * size), 1)
+    return order > keep, (
+        "by time (last 25 % of each condition's windows on each machine; no two machines "
+        "share a history)"
+    )
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -152,18 +170,28 @@ def rul_frame(trajectories: pd.DataFrame, builder: ProcessFeatureBuilder) -> pd.
     return pd.concat([trajectories.loc[x.index, ["unit", "rul"]], x], axis=1)
 
 
+RUL_PARAMS: dict[str, float | int] = {
+    "max_depth": 4,
+    "learning_rate": 0.03,
+    "subsample": 0.8,
+    "colsample_bytree": 0.7,
+    "min_child_weight": 5,
+}
+"""The RUL regressor's default settings (``bench.rul`` chooses among alternatives by nested
+cross-validation and reports which it chose)."""
+
+
 def fit_rul_regressor(
-    x: pd.DataFrame, rul: np.ndarray, n_estimators: int = 600
+    x: pd.DataFrame,
+    rul: np.ndarray,
+    n_estimators: int = 600,
+    params: dict[str, float | int] | None = None,
+    n_jobs: int = 2,
 ) -> XGBRegressor:
-    """The RUL regressor (settings found by engine-wise cross-validation in ``bench.rul``)."""
+    """The RUL regressor: XGBoost with ``RUL_PARAMS`` updated by ``params``.  ``n_jobs=1`` when
+    several fits share a busy machine (OpenMP threads competing for cores slow a fit ~10x)."""
     model = XGBRegressor(
-        n_estimators=n_estimators,
-        max_depth=4,
-        learning_rate=0.03,
-        subsample=0.8,
-        colsample_bytree=0.7,
-        min_child_weight=5,
-        n_jobs=2,
+        n_estimators=n_estimators, **{**RUL_PARAMS, **(params or {})}, n_jobs=n_jobs,
         random_state=0,
     )
     model.fit(x, rul)

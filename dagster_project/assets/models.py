@@ -14,7 +14,12 @@ from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GroupShuffleSplit
 
-from dagster_project.assets.validation import features, validate_features_day, validated_dates
+from dagster_project.assets.validation import (
+    features,
+    validate_features_day,
+    validate_readings_day,
+    validated_dates,
+)
 from dagster_project.plots import png_markdown
 from dagster_project.resources import DatasetsResource, LakeResource, MLflowResource
 from expectations.checks import OK, scalar_reasons
@@ -96,20 +101,34 @@ def fault_training_set(
 ) -> dg.Output[pd.DataFrame]:
     """Feature windows labelled with the bearing condition at their end time (point in time,
     from ``maintenance_events``), from validated days only, split into train and holdout by
-    machine. Days the features suite has not seen yet are validated first; days that fail it
-    are left out and listed."""
+    machine. Days the features suite or the readings checks have not seen yet are validated
+    first; days that fail either (error level) are left out and listed. A day that could not be
+    validated (no readings to check) is kept but marks the set as not validated (column
+    ``validated``; the candidate's ``training_validated`` tag), which the gate refuses."""
     store = lake.lake()
     if not store.exists("features"):
         raise dg.Failure("no features table yet: run the stream (`plantpulse up`) first")
     days = sorted(str(p["date"]) for p in store.table("features").partitions())
-    known = _checked_dates(store)
+    run_id = context.run.run_id
+    known_features = _checked_dates(store, "features")
+    known_readings = _checked_dates(store, "readings")
     for day in days:
-        if day not in known:
-            validate_features_day(store, day, context.run.run_id)
-    good = sorted(validated_dates(store, "features") & set(days))
-    skipped = sorted(set(days) - set(good))
+        if day not in known_features:
+            validate_features_day(store, day, run_id)
+        if day not in known_readings:
+            validate_readings_day(store, day, run_id)
+    features_ok = validated_dates(store, "features") & set(days)
+    readings_ok = validated_dates(store, "readings") & set(days)
+    readings_judged = _checked_dates(store, "readings")
+    readings_failed = sorted((readings_judged - readings_ok) & set(days))
+    good = sorted(features_ok - set(readings_failed))
+    skipped = sorted(set(days) - features_ok)
+    unvalidated = sorted(set(good) - readings_ok)  # no readings on that day to validate
     if not good:
-        raise dg.Failure(f"no validated day of features (failed validation: {skipped})")
+        raise dg.Failure(
+            f"no validated day of features (features failed validation: {skipped}; "
+            f"readings failed validation: {readings_failed})"
+        )
     frame_sensors = sorted(s for s, c in SENSORS.items() if c.frames)
     feats = store.read(  # vibration windows only: process windows have no vibration features
         "features",
@@ -124,6 +143,7 @@ def fault_training_set(
         )
     )
     labelled = label_faults(feats, events)
+    labelled["validated"] = ~labelled["date"].astype(str).isin(unvalidated)
     labelled["holdout"], split = holdout_split(labelled, "condition")
     counts = labelled.groupby(["condition", "holdout"]).size().unstack(fill_value=0)
     return dg.Output(
@@ -133,6 +153,9 @@ def fault_training_set(
             "split": split,
             "days_used": dg.MetadataValue.json(good),
             "days_skipped_failed_validation": dg.MetadataValue.json(skipped),
+            "days_skipped_readings_failed_validation": dg.MetadataValue.json(readings_failed),
+            "days_readings_not_validated": dg.MetadataValue.json(unvalidated),
+            "training_validated": bool(labelled["validated"].all()),
             "holdout_machines": dg.MetadataValue.json(
                 sorted(labelled.loc[labelled["holdout"], "asset_id"].unique().tolist())
             ),
@@ -141,11 +164,11 @@ def fault_training_set(
     )
 
 
-def _checked_dates(store) -> set[str]:
-    """Days of ``features`` the suite has already judged, pass or fail."""
+def _checked_dates(store, table: str) -> set[str]:
+    """Days of ``table`` whose validation has already run, pass or fail."""
     if not store.exists("validation_results"):
         return set()
-    res = store.read("validation_results", filters=[("table_name", "=", "features")])
+    res = store.read("validation_results", filters=[("table_name", "=", table)])
     return set(res["partition"])
 
 
@@ -209,7 +232,7 @@ def fault_candidate(
         ),
         "feature_importance.png": _importance_figure(model, "fault classifier: top features"),
     }
-    keep = ["asset_id", "window_end", "condition", *used]
+    keep = ["asset_id", "sensor_id", "window_end", "condition", *used]
     mv = log_candidate(
         mlflow.tracking_uri,
         mlflow.experiment_id(EXPERIMENT),
@@ -225,7 +248,12 @@ def fault_candidate(
         tags={
             "classes": json.dumps(classes),
             "slice_by": json.dumps(["asset_id", "condition"]),
-            "training_validated": "true",
+            # every day of the set passed the readings checks and the features suite
+            "training_validated": "true" if bool(df["validated"].all()) else "false",
+            # where a champion trained on other features reads them for these holdout rows
+            "holdout_source": json.dumps(
+                {"table": "features", "keys": ["asset_id", "sensor_id", "window_end"]}
+            ),
             "dagster_run_id": context.run.run_id,
         },
         figures=figures,

@@ -22,6 +22,7 @@ __all__ = [
     "sensor_calibration",
     "validated_dates",
     "validate_features_day",
+    "validate_readings_day",
     "reference_window",
     "load_partition",
 ]
@@ -153,23 +154,8 @@ def readings_validation(
 ) -> dg.MaterializeResult:
     """Validates one day of ``readings`` against the sensor contracts and the time-series checks,
     appends every result to ``validation_results`` and shows the failures with what to do."""
-    day, store = context.partition_key, lake.lake()
-    data = load_partition(store, "readings", day)
-    dead = load_partition(store, "dead_letter", day)
-    reference = reference_window(store, day, config)
-    report = (
-        validate_readings(data, dead_letter=dead, reference=reference)
-        if len(data)
-        else ValidationReport()
-    )
-    run_id = context.run.run_id
-    results = _results_rows(report, run_id, "readings", day)
-    if len(results):
-        store.append(
-            "validation_results",
-            results,
-            idempotency_key=(f"validation:readings:{day}:{run_id}", 0),
-        )
+    data, report = validate_readings_day(lake.lake(), context.partition_key,
+                                         context.run.run_id, config)
     errors = [o for o in report.failed if o.severity == "error"]
     warnings = [o for o in report.failed if o.severity != "error"]
     pass_rate = 1 - len(report.failed) / len(report.outcomes) if report.outcomes else 0.0
@@ -247,6 +233,29 @@ def features_validation(
             )
         ],
     )
+
+
+def validate_readings_day(
+    store: Lake, day: str, run_id: str, config: ValidationConfig | None = None
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Validate one day of readings and record the results in ``validation_results`` (nothing
+    is recorded for a day without readings)."""
+    data = load_partition(store, "readings", day)
+    dead = load_partition(store, "dead_letter", day)
+    reference = reference_window(store, day, config or ValidationConfig())
+    report = (
+        validate_readings(data, dead_letter=dead, reference=reference)
+        if len(data)
+        else ValidationReport()
+    )
+    results = _results_rows(report, run_id, "readings", day)
+    if len(results):
+        store.append(
+            "validation_results",
+            results,
+            idempotency_key=(f"validation:readings:{day}:{run_id}", 0),
+        )
+    return data, report
 
 
 def validate_features_day(
