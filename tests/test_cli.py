@@ -47,6 +47,7 @@ def test_sql_prints_results(tmp_path: Path):
     "bad", ["selec 1", "select * from no_such_table", "copy readings to '/tmp/x.csv'"]
 )
 def test_bad_sql_is_one_line_and_exit_2(tmp_path: Path, bad: str):
+    Lake(tmp_path / "lake").create_tables()
     out = cli("sql", bad, home=tmp_path)
     assert out.returncode == 2
     assert out.stderr.startswith("error: query failed:") and "Traceback" not in out.stderr
@@ -187,3 +188,138 @@ def test_operator_mistakes_are_one_line_and_exit_2(
     assert out.returncode == 2, out.stdout + out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in out.stderr
+
+
+# -- sql: read-only, one statement, bounded ----------------------------------------------------
+def _sql(*args: str, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PLANTPULSE, "sql", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PLANTPULSE_HOME": str(home)},
+    )
+
+
+def test_sql_cannot_write_or_read_any_file_not_even_duckdbs_temp_dir(tmp_path: Path):
+    Lake(tmp_path / "lake").append("readings", readings_rows(3))
+    spill = tmp_path / ".tmp"  # DuckDB allows its spill directory even with external access off
+    spill.mkdir()
+    (spill / "secret.txt").write_text("secret")
+    for bad in (
+        f"copy readings to '{spill}/out.csv'",
+        "copy readings to '.tmp/out.csv'",
+        "attach '.tmp/other.db'",
+        "select * from read_text('.tmp/secret.txt')",
+        "select * from read_csv('.tmp/secret.txt')",
+        "create table t as select 1 as x",
+        "insert into readings select * from readings",
+        "set enable_external_access = true",
+    ):
+        out = _sql(bad, home=tmp_path, cwd=tmp_path)
+        assert out.returncode == 2, (bad, out.stdout, out.stderr)
+        assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, bad
+        assert "secret" not in out.stdout
+    assert sorted(p.name for p in spill.iterdir()) == ["secret.txt"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("select 1; select 2", "2 statements given"),
+        ("", "empty query"),
+        ("   ", "empty query"),
+        ("-- only a comment", "empty query"),
+    ],
+)
+def test_sql_needs_exactly_one_statement(tmp_path: Path, text: str, message: str):
+    Lake(tmp_path / "lake").append("readings", readings_rows(1))
+    out = _sql(text, home=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+
+
+def test_sql_limits_rows_and_says_so(tmp_path: Path):
+    Lake(tmp_path / "lake").append("readings", readings_rows(30))
+    out = _sql("select value from readings order by value", "--limit", "5", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["value", "40.0", "41.0", "42.0", "43.0", "44.0"]
+    assert "5 rows shown" in out.stderr and "--limit" in out.stderr
+    exact = _sql("select value from readings", "--limit", "30", home=tmp_path)
+    assert len(exact.stdout.split()) == 31 and "shown" not in exact.stderr
+    default = _sql("select * from range(5000)", home=tmp_path)
+    assert len(default.stdout.strip().splitlines()) == 1 + 1000 and "1000 rows shown" in default.stderr
+    every = _sql("select * from range(5000)", "--all", home=tmp_path)
+    assert len(every.stdout.strip().splitlines()) == 1 + 5000
+
+
+def test_sql_empty_result_is_a_table_with_its_columns(tmp_path: Path):
+    Lake(tmp_path / "lake").append("readings", readings_rows(2))
+    out = _sql("select asset_id, sensor_id, value from readings where value < 0", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["asset_id", "sensor_id", "value"]
+    assert "(0 rows)" in out.stderr
+
+
+# -- a mistyped or unusable lake is an error for the read commands ---------------------------
+@pytest.mark.parametrize("command", [("status",), ("alerts",), ("sql", "select 1")])
+@pytest.mark.parametrize("where", ["missing_parent", "file", "empty_dir", "missing"])
+def test_read_commands_refuse_a_lake_that_is_not_there(tmp_path: Path, command, where):
+    target = {
+        "missing_parent": tmp_path / "no" / "such" / "lake",
+        "missing": tmp_path / "lak",  # a typo of .../lake
+        "file": tmp_path / "a_file",
+        "empty_dir": tmp_path / "empty",
+    }[where]
+    if where == "file":
+        target.write_text("x")
+    if where == "empty_dir":
+        target.mkdir()
+    Lake(tmp_path / "lake").append("readings", readings_rows(1))  # the real one is elsewhere
+    out = cli(*command, home=tmp_path, PLANTPULSE_LAKE=str(target))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.startswith("error: PLANTPULSE_LAKE=") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (target.exists() and target.is_dir() and any(target.iterdir()))  # nothing created
+
+
+def test_unwritable_lake_with_tables_is_still_readable(tmp_path: Path):
+    lake = tmp_path / "lake"
+    Lake(lake).append("readings", readings_rows(2))
+    lake.chmod(0o555)
+    try:
+        out = cli("sql", "select count(*) as n from readings", home=tmp_path)
+    finally:
+        lake.chmod(0o755)
+    assert out.returncode == 0 and out.stdout.split() == ["n", "2"], out.stderr
+
+
+def test_missing_model_names_a_job_that_exists(mlops: dict, tmp_path: Path):
+    from dagster_project.definitions import defs
+
+    out = cli("rollback", "rul", "--reason", "x", home=tmp_path, **_ops_env(mlops))
+    assert out.returncode == 2
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert "retrain_rul" in out.stderr and "retrain_rul" in jobs
+    assert "retrain_models" not in out.stderr
+
+
+# -- startup: the CLI imports what a command needs, when it runs -------------------------------
+HEAVY = ("mlflow", "bytewax", "scipy", "dagster", "xgboost", "sklearn", "great_expectations")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sql", "--help"], ["sql", "select 1 as x"]])
+def test_cli_does_not_import_heavy_packages_it_does_not_need(tmp_path: Path, argv: list[str]):
+    Lake(tmp_path / "lake").append("readings", readings_rows(1))
+    probe = (
+        "import sys\n"
+        "from plantpulse_cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "LOADED []"
