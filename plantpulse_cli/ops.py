@@ -56,16 +56,42 @@ def _iso(ts: pd.Timestamp | float | None) -> str | None:
     return ts.isoformat(timespec="seconds")
 
 
+NEWEST_COLUMN = {
+    "calibration": "valid_from",
+    "maintenance_events": "ts",
+    "model_decisions": "ts",
+    "sensor_daily_stats": "last_ts",
+}
+"""The column ``status`` reports as ``newest`` for the tables without a declared time column."""
+
+
+def newest_column(name: str) -> str | None:
+    return TABLES[name].time_column or NEWEST_COLUMN.get(name)
+
+
+def _newest(lake: Lake, name: str, actions: pd.DataFrame, col: str) -> pd.Timestamp | None:
+    """The newest value of ``col``: from the files' statistics when every file has them,
+    otherwise (files written without statistics for it) by scanning that one column."""
+    if not len(actions):
+        return None
+    stat = f"max.{col}"
+    if stat in actions and actions[stat].notna().all():
+        return pd.Timestamp(actions[stat].max())
+    import pyarrow.compute as pc
+
+    values = lake.dataset(name).to_table(columns=[col])[col]
+    newest = pc.max(values).as_py()
+    return None if newest is None else pd.Timestamp(newest)
+
+
 def _table_status(lake: Lake, name: str) -> dict[str, Any]:
     if not lake.exists(name):
         return {"table": name, "rows": 0, "newest": None, "last_commit": None, "version": None}
     dt = lake.table(name)
     actions = pa.table(dt.get_add_actions(flatten=True)).to_pandas()
     rows = int(actions["num_records"].sum()) if "num_records" in actions else lake.count(name)
-    col = TABLES[name].time_column
-    newest = None
-    if col and f"max.{col}" in actions and len(actions):
-        newest = pd.Timestamp(actions[f"max.{col}"].max())
+    col = newest_column(name)
+    newest = _newest(lake, name, actions, col) if col else None
     last = dt.history(1)[0]
     return {
         "table": name,
