@@ -70,42 +70,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_up_serves_the_ui_grows_readings_and_stops_cleanly(tmp_path: Path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [PLANTPULSE, "up", "--port", str(port), "--duration", "60"],
-        cwd=REPO,
-        env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lake = Lake(tmp_path / "lake")
-    ui_ok, counts = False, []
-    deadline = time.monotonic() + 55
-    while time.monotonic() < deadline and not (
-        ui_ok and len(counts) >= 2 and counts[-1] > counts[0] > 0
-    ):
-        time.sleep(2)
-        with contextlib.suppress(OSError):
-            ui_ok = (
-                ui_ok
-                or urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
-            )
-        n = lake.count("readings") if lake.exists("readings") else 0
-        if n:
-            counts.append(n)
-    proc.send_signal(2)  # Ctrl-C
-    output, _ = proc.communicate(timeout=60)
-    assert ui_ok, output
-    assert len(counts) >= 2 and counts[-1] > counts[0] > 0, (counts, output)
-    assert proc.returncode == 0, output
-    assert "stopping" in output
-    leftovers = subprocess.run(["pgrep", "-f", f"-p {port}"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
-
-
 # -- operator commands against a trained plant -----------------------------------------------
 def _ops_env(mlops: dict) -> dict[str, str]:
     return {"PLANTPULSE_LAKE": mlops["lake"].uri, "MLFLOW_TRACKING_URI": mlops["tracking"]}
@@ -323,3 +287,56 @@ def test_cli_does_not_import_heavy_packages_it_does_not_need(tmp_path: Path, arg
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_second_up_is_refused_and_the_first_keeps_running_then_leaves_nothing(tmp_path: Path):
+    import re
+
+    port = _free_port()
+    log = tmp_path / "first.log"
+    with open(log, "w") as sink:
+        first = subprocess.Popen(
+            [PLANTPULSE, "up", "--port", str(port), "--duration", "400"],
+            cwd=REPO, env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
+            stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        ui_ok = False
+        while time.monotonic() < deadline and not ui_ok:
+            time.sleep(2)
+            assert first.poll() is None, log.read_text()
+            with contextlib.suppress(OSError):
+                ui_ok = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+        assert ui_ok, log.read_text()
+        # the same state directory, another port: the lock refuses it
+        same_home = cli("up", "--port", str(_free_port()), "--duration", "5", home=tmp_path)
+        assert same_home.returncode == 2, same_home.stdout + same_home.stderr
+        assert "already running" in same_home.stderr and "PlantPulse is up" not in same_home.stdout
+        # another state directory, the same port: the port check refuses it
+        other = tmp_path / "other"
+        same_port = cli("up", "--port", str(port), "--duration", "5", home=other)
+        assert same_port.returncode == 2, same_port.stdout + same_port.stderr
+        assert "already in use" in same_port.stderr and not (other / "lake").exists()
+        # the first is untouched: still running, still streaming
+        lake = Lake(tmp_path / "lake")
+        before = lake.count("readings")
+        time.sleep(8)
+        assert first.poll() is None, log.read_text()
+        assert lake.count("readings") > before
+        pgids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", log.read_text())]
+        assert len(pgids) >= 4, log.read_text()
+        # the webserver and the daemon each run a code server of their own (dagster api grpc)
+        assert any(len(_group_members(g)) > 1 for g in pgids)
+    finally:
+        first.send_signal(2)  # Ctrl-C
+        first.wait(timeout=120)
+    assert first.returncode == 0 and "stopping" in log.read_text(), log.read_text()
+    survivors = {g: _group_members(g) for g in pgids}
+    assert not any(survivors.values()), survivors
