@@ -167,9 +167,10 @@ LABEL_KINDS = ("failure", "fault_injected", "repair")
 
 
 def label_requests(events: pd.DataFrame, cursor: dict) -> tuple[list[str], dict]:
-    """New labels since the cursor: the keys (``asset_id@ts``) of rows of ``events`` recorded
-    after ``cursor['seen_ts_us']`` by write order, i.e. not seen before.  ``events`` has
-    ``asset_id``, ``ts``, ``kind``; the cursor keeps the set of keys already counted."""
+    """New labels: the keys (``asset_id@ts@kind``) of the rows of ``events`` (with ``asset_id``,
+    ``ts``, ``kind``) that are not in ``cursor['seen']``, and the cursor with them added.  Only
+    kinds that change a window's label count; labels are few (people write them), so the
+    cursor keeps them all."""
     seen = set(cursor.get("seen", []))
     keys = [
         f"{a}@{int(t.value // 1000)}@{k}"
@@ -183,26 +184,36 @@ def label_requests(events: pd.DataFrame, cursor: dict) -> tuple[list[str], dict]
 def build_label_sensor(job: Any) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Retrains the fault classifier when new labels arrive in maintenance_events "
         "(a technician's confirmation through `plantpulse label`, a CMMS import): retraining "
         "uses what is labelled, whenever it is labelled.",
     )
     def new_labels_sensor(
-        context: dg.SensorEvaluationContext, lake: LakeResource
+        context: dg.SensorEvaluationContext, lake: LakeResource, mlflow: MLflowResource
     ) -> dg.SensorResult | dg.SkipReason:
+        """Labels the serving champion was not trained with count as new: on the first
+        evaluation, those committed after the champion was registered; then, those not in the
+        cursor."""
         store = lake.lake()
         if not store.exists("maintenance_events"):
             return dg.SkipReason("no maintenance_events table yet")
-        events = store.read("maintenance_events", columns=["asset_id", "ts", "kind"])
-        cursor = json.loads(context.cursor) if context.cursor else {}
+        columns = ["asset_id", "ts", "kind"]
+        cursor = json.loads(context.cursor) if context.cursor else None
+        if cursor is None:
+            champ = champion_version(mlflow.client(), FAULT_MODEL)
+            trained_ms = int(champ.creation_timestamp) if champ is not None else -1
+            before = [h["version"] for h in store.history("maintenance_events")
+                      if h["timestamp"] <= trained_ms]
+            known = (store.read("maintenance_events", columns=columns, version=max(before))
+                     if before else pd.DataFrame(columns=columns))
+            _, cursor = label_requests(known, {})
+        events = store.read("maintenance_events", columns=columns)
         new, new_cursor = label_requests(events, cursor)
         if not new:
-            return dg.SkipReason("no new labels")
-        if not cursor:  # first evaluation: labels that were there before the sensor ran
             context.update_cursor(json.dumps(new_cursor))
-            return dg.SkipReason(f"{len(new)} existing label(s) taken as seen")
+            return dg.SkipReason("no new labels")
         assets = sorted({k.split("@")[0] for k in new})
         return dg.SensorResult(
             run_requests=[

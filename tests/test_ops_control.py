@@ -188,24 +188,34 @@ def test_label_refuses_what_it_cannot_vouch_for(tmp_path: Path, args: tuple, mes
 
 
 def test_a_new_label_requests_a_retrain(tmp_path: Path):
+    from dagster_project.resources import MLflowResource
+
     lake = Lake(tmp_path / "lake")
     t = pd.Timestamp("2026-01-01T00:10", tz="UTC")
     old = dict(asset_id="pump-02", ts=t, kind="fault_injected", component="bearing_outer_race",
                detail=None, source="simulator")
     lake.append("maintenance_events", pd.DataFrame([old]))
     sensor = defs.resolve_sensor_def("new_labels_sensor")
-    resources = {"lake": LakeResource(uri=lake.uri)}
+    resources = {
+        "lake": LakeResource(uri=lake.uri),
+        "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                                 artifact_root=str(tmp_path / "a")),
+    }
     with dg.build_sensor_context(resources=resources) as ctx:
-        first = sensor(ctx)  # labels there before the sensor ran were trained on already
-        assert isinstance(first, dg.SkipReason)
-        cursor = ctx.cursor
+        first = sensor(ctx)  # no champion has been trained on any label yet
+    assert len(first.run_requests) == 1
+    with dg.build_sensor_context(resources=resources, cursor=first.cursor) as ctx:
+        assert isinstance(sensor(ctx), dg.SkipReason)
     lake.append("maintenance_events", pd.DataFrame([dict(
         old, asset_id="pump-03", component="bearing_inner_race", kind="failure",
         source="technician")]))
-    with dg.build_sensor_context(resources=resources, cursor=cursor) as ctx:
+    with dg.build_sensor_context(resources=resources, cursor=first.cursor) as ctx:
         result = sensor(ctx)
     assert len(result.run_requests) == 1
     assert result.run_requests[0].tags["plantpulse/assets"] == "pump-03"
+    assert result.run_requests[0].run_key != first.run_requests[0].run_key
+    inspection = dict(old, ts=t + pd.Timedelta(hours=1), kind="inspection")
+    lake.append("maintenance_events", pd.DataFrame([inspection]))  # changes no window's label
     with dg.build_sensor_context(resources=resources, cursor=result.cursor) as ctx:
         assert isinstance(sensor(ctx), dg.SkipReason)
 
