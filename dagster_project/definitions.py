@@ -30,7 +30,8 @@ from dagster_project.sensors import (
 # process per step (each importing MLflow, XGBoost, GX) took longer than the steps themselves.
 QUEUE_TAG = "plantpulse/queue"
 """Run tag the instance's run queue limits by (``dagster.yaml`` written by ``plantpulse up``:
-one ``validate_day`` and one ``retrain`` run at a time)."""
+one ``validate_day`` and one ``retrain`` run at a time).  Retrains carry a higher
+``dagster/priority``: when runs queue, the new champion is the one waiting for."""
 
 daily_profile_job = dg.define_asset_job("daily_sensor_profile", selection=[sensor_daily_stats])
 validation_job = dg.define_asset_job(
@@ -45,14 +46,14 @@ retrain_fault_job = dg.define_asset_job(
     selection=[fault_training_set, fault_candidate, fault_promotion],
     description="Label validated feature windows, train a fault classifier, and gate it "
     "against the champion the stream serves.",
-    run_tags={QUEUE_TAG: "retrain"},
+    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "10"},
     executor_def=dg.in_process_executor,
 )
 retrain_rul_job = dg.define_asset_job(
     "retrain_rul",
     selection=[rul_training_set, rul_candidate, rul_promotion],
     description="Train the RUL regressor on C-MAPSS and gate it against the champion.",
-    run_tags={QUEUE_TAG: "retrain"},
+    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "10"},
     executor_def=dg.in_process_executor,
 )
 

@@ -214,6 +214,18 @@ def build_label_sensor(job: Any) -> dg.SensorDefinition:
         if not new:
             context.update_cursor(json.dumps(new_cursor))
             return dg.SkipReason("no new labels")
+        waiting = context.instance.get_runs_count(
+            dg.RunsFilter(
+                job_name=job.name,
+                statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                          dg.DagsterRunStatus.STARTING],
+            )
+        )
+        if waiting:  # it has not read the lake yet: it will train with these labels too
+            context.update_cursor(json.dumps(new_cursor))
+            return dg.SkipReason(
+                f"{len(new)} new label(s); a {job.name} run that has not started yet will use them"
+            )
         assets = sorted({k.split("@")[0] for k in new})
         return dg.SensorResult(
             run_requests=[

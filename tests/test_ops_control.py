@@ -196,27 +196,28 @@ def test_a_new_label_requests_a_retrain(tmp_path: Path):
                detail=None, source="simulator")
     lake.append("maintenance_events", pd.DataFrame([old]))
     sensor = defs.resolve_sensor_def("new_labels_sensor")
+    instance = dg.DagsterInstance.ephemeral()
     resources = {
         "lake": LakeResource(uri=lake.uri),
         "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
                                  artifact_root=str(tmp_path / "a")),
     }
-    with dg.build_sensor_context(resources=resources) as ctx:
+    with dg.build_sensor_context(resources=resources, instance=instance) as ctx:
         first = sensor(ctx)  # no champion has been trained on any label yet
     assert len(first.run_requests) == 1
-    with dg.build_sensor_context(resources=resources, cursor=first.cursor) as ctx:
+    with dg.build_sensor_context(resources=resources, instance=instance, cursor=first.cursor) as ctx:
         assert isinstance(sensor(ctx), dg.SkipReason)
     lake.append("maintenance_events", pd.DataFrame([dict(
         old, asset_id="pump-03", component="bearing_inner_race", kind="failure",
         source="technician")]))
-    with dg.build_sensor_context(resources=resources, cursor=first.cursor) as ctx:
+    with dg.build_sensor_context(resources=resources, instance=instance, cursor=first.cursor) as ctx:
         result = sensor(ctx)
     assert len(result.run_requests) == 1
     assert result.run_requests[0].tags["plantpulse/assets"] == "pump-03"
     assert result.run_requests[0].run_key != first.run_requests[0].run_key
     inspection = dict(old, ts=t + pd.Timedelta(hours=1), kind="inspection")
     lake.append("maintenance_events", pd.DataFrame([inspection]))  # changes no window's label
-    with dg.build_sensor_context(resources=resources, cursor=result.cursor) as ctx:
+    with dg.build_sensor_context(resources=resources, instance=instance, cursor=result.cursor) as ctx:
         assert isinstance(sensor(ctx), dg.SkipReason)
 
 
@@ -266,3 +267,24 @@ def test_status_gives_newest_for_every_table_with_rows(tmp_path: Path):
     blank = [n for n, r in tables.items() if r["rows"] and not r["newest"]]
     assert blank == []
     assert all(r["newest"].startswith("2026-01-02T03:04:05") for r in tables.values()), tables
+
+
+def test_labels_wait_for_a_retrain_that_has_not_started(tmp_path: Path):
+    from dagster_project.resources import MLflowResource
+
+    lake = Lake(tmp_path / "lake")
+    row = dict(asset_id="pump-03", ts=pd.Timestamp("2026-01-01", tz="UTC"), kind="failure",
+               component="bearing_inner_race", detail=None, source="technician")
+    lake.append("maintenance_events", pd.DataFrame([row]))
+    sensor = defs.resolve_sensor_def("new_labels_sensor")
+    resources = {
+        "lake": LakeResource(uri=lake.uri),
+        "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                                 artifact_root=str(tmp_path / "a")),
+    }
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_job_def("retrain_fault_classifier")
+        instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED)
+        with dg.build_sensor_context(resources=resources, instance=instance) as ctx:
+            result = sensor(ctx)
+        assert isinstance(result, dg.SkipReason) and "has not started" in str(result.skip_message)
