@@ -258,8 +258,8 @@ def test_unwritable_lake_with_tables_is_still_readable(tmp_path: Path):
 def test_missing_model_names_a_job_that_exists(mlops: dict, tmp_path: Path):
     from dagster_project.definitions import defs
 
-    out = cli("rollback", "rul", "--reason", "x", home=tmp_path, **_ops_env(mlops))
-    assert out.returncode == 2
+    out = cli("promote", "rul", "999", home=tmp_path, **_ops_env(mlops))
+    assert out.returncode == 2 and "has no version 999" in out.stderr, out.stderr
     jobs = {j.name for j in defs.resolve_all_job_defs()}
     assert "retrain_rul" in out.stderr and "retrain_rul" in jobs
     assert "retrain_models" not in out.stderr
