@@ -21,24 +21,41 @@ from dagster_project.assets.validation import (
     sensor_calibration,
 )
 from dagster_project.resources import default_resources
-from dagster_project.sensors import build_drift_sensor, build_new_readings_sensor
+from dagster_project.sensors import (
+    build_drift_sensor,
+    build_label_sensor,
+    build_new_readings_sensor,
+)
+
+# The jobs run their steps in the run's own process: on a small machine starting one Python
+# process per step (each importing MLflow, XGBoost, GX) took longer than the steps themselves.
+QUEUE_TAG = "plantpulse/queue"
+"""Run tag the instance's run queue limits by (``dagster.yaml`` written by ``plantpulse up``:
+one ``validate_day`` and one ``retrain`` run at a time).  Retrains carry a higher
+``dagster/priority``: when runs queue, the new champion is the one waiting for."""
 
 daily_profile_job = dg.define_asset_job("daily_sensor_profile", selection=[sensor_daily_stats])
 validation_job = dg.define_asset_job(
     "validate_day",
     selection=[readings_validation, features_validation, sensor_calibration],
     description="Validate one day of readings and features, then recalibrate sensors that drifted.",
+    run_tags={QUEUE_TAG: "validate_day"},
+    executor_def=dg.in_process_executor,
 )
 retrain_fault_job = dg.define_asset_job(
     "retrain_fault_classifier",
     selection=[fault_training_set, fault_candidate, fault_promotion],
     description="Label validated feature windows, train a fault classifier, and gate it "
     "against the champion the stream serves.",
+    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "10"},
+    executor_def=dg.in_process_executor,
 )
 retrain_rul_job = dg.define_asset_job(
     "retrain_rul",
     selection=[rul_training_set, rul_candidate, rul_promotion],
     description="Train the RUL regressor on C-MAPSS and gate it against the champion.",
+    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "10"},
+    executor_def=dg.in_process_executor,
 )
 
 operations_job = dg.define_asset_job(
@@ -87,6 +104,19 @@ defs = dg.Definitions(
             description="Weekly RUL retrain.",
         ),
     ],
-    sensors=[build_new_readings_sensor(validation_job, DAILY), build_drift_sensor(retrain_fault_job)],
+    sensors=[
+        build_new_readings_sensor(validation_job, DAILY),
+        build_drift_sensor(retrain_fault_job),
+        build_label_sensor(retrain_fault_job),
+        # evaluates the assets' AutomationConditions (off unless a sensor like this one runs)
+        dg.AutomationConditionSensorDefinition(
+            "default_automation_condition_sensor",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=60,
+            description="Keeps downstream assets fresh as their AutomationConditions say "
+            "(e.g. the promotion gate after a new candidate).",
+        ),
+    ],
     resources=default_resources(),
 )

@@ -13,16 +13,25 @@ from models.registry import FAULT_MODEL, champion_version
 
 DEBOUNCE_S = 15 * 60
 """A day with fresh data is revalidated at most this often (the stream commits every second)."""
+MAX_DAYS_PER_TICK = 3
+"""Validation runs requested per sensor tick at most: a replay of a year of history queues its
+days a few at a time (newest first), not one run per day at once; the rest stay pending in the
+cursor for the next ticks, and the instance's run queue runs one ``validate_day`` at a time."""
 
 
 def new_readings_requests(
-    store_files: list[dict], cursor: dict, now_s: float, valid_keys: set[str] | None = None
+    store_files: list[dict],
+    cursor: dict,
+    now_s: float,
+    valid_keys: set[str] | None = None,
+    max_days: int = MAX_DAYS_PER_TICK,
 ) -> tuple[list[str], dict]:
     """Which daily partitions to validate, given the ``readings`` table's files.
 
     ``store_files`` rows have ``modification_time`` (ms) and ``date``; the cursor remembers the
     newest file seen, the days with unvalidated data (``pending``) and when each day was last
-    requested, so a burst of commits gives one run per day per ``DEBOUNCE_S``.
+    requested, so a burst of commits gives one run per day per ``DEBOUNCE_S``.  At most
+    ``max_days`` days are due per call, the newest first; the others stay pending.
     """
     seen_ms = cursor.get("seen_ms", 0)
     pending = set(cursor.get("pending", []))
@@ -32,9 +41,10 @@ def new_readings_requests(
         if f["modification_time"] > seen_ms:
             pending.add(f["date"])
             newest = max(newest, f["modification_time"])
-    due = sorted(d for d in pending if now_s - last_run.get(d, 0.0) >= DEBOUNCE_S)
+    due = sorted((d for d in pending if now_s - last_run.get(d, 0.0) >= DEBOUNCE_S), reverse=True)
     if valid_keys is not None:
         due = [d for d in due if d in valid_keys]
+    due = sorted(due[:max_days])
     for d in due:
         last_run[d] = now_s
         pending.discard(d)
@@ -47,7 +57,8 @@ def build_new_readings_sensor(job: Any, partitions: dg.PartitionsDefinition) -> 
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Validates a day of readings when the stream has written new data to it "
-        f"(at most once per {DEBOUNCE_S // 60} minutes per day).",
+        f"(at most once per {DEBOUNCE_S // 60} minutes per day, at most {MAX_DAYS_PER_TICK} days"
+        " per tick, newest first).",
     )
     def new_readings_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource
@@ -149,3 +160,84 @@ def build_drift_sensor(job: Any) -> dg.SensorDefinition:
         )
 
     return drift_retrain_sensor
+
+
+LABEL_KINDS = ("failure", "fault_injected", "repair")
+"""``maintenance_events`` kinds that change what a window is labelled (inspections do not)."""
+
+
+def label_requests(events: pd.DataFrame, cursor: dict) -> tuple[list[str], dict]:
+    """New labels: the keys (``asset_id@ts@kind``) of the rows of ``events`` (with ``asset_id``,
+    ``ts``, ``kind``) that are not in ``cursor['seen']``, and the cursor with them added.  Only
+    kinds that change a window's label count; labels are few (people write them), so the
+    cursor keeps them all."""
+    seen = set(cursor.get("seen", []))
+    keys = [
+        f"{a}@{int(t.value // 1000)}@{k}"
+        for a, t, k in zip(events["asset_id"], events["ts"], events["kind"], strict=True)
+        if k in LABEL_KINDS
+    ]
+    new = sorted(set(keys) - seen)
+    return new, {"seen": sorted(seen | set(keys))}
+
+
+def build_label_sensor(job: Any) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Retrains the fault classifier when new labels arrive in maintenance_events "
+        "(a technician's confirmation through `plantpulse label`, a CMMS import): retraining "
+        "uses what is labelled, whenever it is labelled.",
+    )
+    def new_labels_sensor(
+        context: dg.SensorEvaluationContext, lake: LakeResource, mlflow: MLflowResource
+    ) -> dg.SensorResult | dg.SkipReason:
+        """Labels the serving champion was not trained with count as new: on the first
+        evaluation, those committed after the champion was registered; then, those not in the
+        cursor."""
+        store = lake.lake()
+        if not store.exists("maintenance_events"):
+            return dg.SkipReason("no maintenance_events table yet")
+        columns = ["asset_id", "ts", "kind"]
+        cursor = json.loads(context.cursor) if context.cursor else None
+        if cursor is None:
+            champ = champion_version(mlflow.client(), FAULT_MODEL)
+            trained_ms = int(champ.creation_timestamp) if champ is not None else -1
+            before = [h["version"] for h in store.history("maintenance_events")
+                      if h["timestamp"] <= trained_ms]
+            known = (store.read("maintenance_events", columns=columns, version=max(before))
+                     if before else pd.DataFrame(columns=columns))
+            _, cursor = label_requests(known, {})
+        events = store.read("maintenance_events", columns=columns)
+        new, new_cursor = label_requests(events, cursor)
+        if not new:
+            context.update_cursor(json.dumps(new_cursor))
+            return dg.SkipReason("no new labels")
+        waiting = context.instance.get_runs_count(
+            dg.RunsFilter(
+                job_name=job.name,
+                statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+                          dg.DagsterRunStatus.STARTING],
+            )
+        )
+        if waiting:  # it has not read the lake yet: it will train with these labels too
+            context.update_cursor(json.dumps(new_cursor))
+            return dg.SkipReason(
+                f"{len(new)} new label(s); a {job.name} run that has not started yet will use them"
+            )
+        assets = sorted({k.split("@")[0] for k in new})
+        return dg.SensorResult(
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"labels:{new[-1]}:{len(new_cursor['seen'])}",
+                    tags={
+                        "plantpulse/trigger": "maintenance_events",
+                        "plantpulse/assets": ",".join(assets)[:200],
+                    },
+                )
+            ],
+            cursor=json.dumps(new_cursor),
+        )
+
+    return new_labels_sensor

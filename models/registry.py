@@ -52,6 +52,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar
 CHAMPION = "champion"
 FAULT_MODEL = "plantpulse-fault-classifier"
 RUL_MODEL = "plantpulse-rul"
+RETRAIN_JOBS = {FAULT_MODEL: "retrain_fault_classifier", RUL_MODEL: "retrain_rul"}
+"""The Dagster job that trains each model (named in the error when a model has no version)."""
 
 
 class ModelNotFoundError(LookupError):
@@ -160,9 +162,10 @@ class LoadedModel:
 
 
 def _not_found(name: str, what: str) -> ModelNotFoundError:
+    job = RETRAIN_JOBS.get(name, "retrain_fault_classifier or retrain_rul")
     return ModelNotFoundError(
         f"model {name!r} has no {what}; train one with the Dagster job "
-        "'retrain_models' (or `plantpulse status` to see what is registered)"
+        f"{job} (or `plantpulse status` to see what is registered)"
     )
 
 

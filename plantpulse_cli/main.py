@@ -9,21 +9,34 @@ import logging
 import sys
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
-from bytewax_flows.replay import UnknownDatasetError
-from lake import LakeError
-from models.registry import ModelNotFoundError
-from physics.datasets import DatasetError
-from plant.errors import PlantError
-from plantpulse_cli.broker import BrokerError
+# Only the standard library at import time: `plantpulse --help` must not pay for MLflow, SciPy,
+# Bytewax or Dagster (seconds each).  Each command imports what it needs when it runs.
 
 BENCHES = (
     "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop",
-    "plant_model",
+    "plant_model", "plant", "reliability", "storage",
 )
+LABEL_KINDS = ("failure", "repair", "inspection")
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
+
+USER_ERRORS = (
+    ("lake.store", "LakeError"),
+    ("physics.datasets", "DatasetError"),
+    ("bytewax_flows.replay", "UnknownDatasetError"),
+    ("models.registry", "ModelNotFoundError"),
+    ("plantpulse_cli.broker", "BrokerError"),
+    ("plantpulse_cli.checks", "UsageError"),
+    ("plant.errors", "PlantError"),
+)
+"""Errors the user can fix (printed as one line, exit 2), by module and class name: a module
+that was never imported cannot have raised its error, so none is imported just to catch it."""
+
+
+def _user_error(exc: BaseException) -> bool:
+    classes = [
+        getattr(sys.modules[mod], name) for mod, name in USER_ERRORS if mod in sys.modules
+    ]
+    return isinstance(exc, tuple(classes))
 
 
 def _positive(text: str) -> float:
@@ -33,6 +46,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
     return value
 
 
@@ -57,8 +80,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="run a Mosquitto broker (installed if missing) on PORT (1883) and stream from it",
     )
-    sql = sub.add_parser("sql", help="run a read-only SQL query over the lake's tables")
-    sql.add_argument("query")
+    up.add_argument(
+        "--no-technician", action="store_true",
+        help="no simulated technician confirming alerts on faulted machines (simulator only)",
+    )
+    sql = sub.add_parser(
+        "sql", help="run one read-only SQL query over the lake's tables (DuckDB)"
+    )
+    sql.add_argument("query", help='one SELECT, e.g. "select * from alerts"')
+    sql.add_argument(
+        "--limit", type=_positive_int, default=1000,
+        help="print at most N rows (default 1000; says so when rows were cut)",
+    )
+    sql.add_argument("--all", action="store_true", help="no row limit")
     replay = sub.add_parser(
         "replay", help="replay a reference data set through the stream into the lake"
     )
@@ -90,6 +124,23 @@ def _parser() -> argparse.ArgumentParser:
     rb.add_argument("model", help="fault, rul or a registered model name")
     rb.add_argument("--reason", required=True, help="why (recorded in model_decisions)")
     rb.add_argument("--json", action="store_true")
+    lb = sub.add_parser(
+        "label",
+        help="record a technician's finding (failure, repair, inspection) in maintenance_events",
+    )
+    lb.add_argument("target", help="an alert_id (the label confirms that alert) or an asset_id")
+    lb.add_argument("--kind", required=True, choices=LABEL_KINDS)
+    lb.add_argument(
+        "--component", required=True,
+        help="outer_race, inner_race, ball (bearing_ prefix optional) or <sensor_id>_sensor",
+    )
+    lb.add_argument(
+        "--ts", default=None,
+        help="when the condition held (ISO 8601, UTC if no zone); default: the alert's opening "
+        "time, or now for an asset",
+    )
+    lb.add_argument("--detail", default=None, help="free text, e.g. the work order")
+    lb.add_argument("--json", action="store_true")
     be = sub.add_parser("bench", help=f"run a benchmark: {', '.join(BENCHES)}")
     be.add_argument("name", help=", ".join(BENCHES))
     be.add_argument("args", nargs=argparse.REMAINDER, help="passed on (e.g. --quick)")
@@ -99,7 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _table(rows: list[dict[str, Any]], title: str) -> Table:
+def _table(rows: list[dict[str, Any]], title: str) -> Any:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left")
     for col in rows[0] if rows else ["(none)"]:
         t.add_column(col)
@@ -112,10 +165,12 @@ def _show(args: argparse.Namespace, data: Any, render) -> None:
     if getattr(args, "json", False):
         print(json.dumps(data, indent=2, default=str))
     else:
+        from rich.console import Console
+
         render(Console(width=200), data)
 
 
-def _render_status(con: Console, s: dict[str, Any]) -> None:
+def _render_status(con: Any, s: dict[str, Any]) -> None:
     con.print(_table(s["tables"], f"lake: {s['lake']}"))
     con.print(_table(s["models"], "models (MLflow alias 'champion')"))
     stream = s["stream"]
@@ -127,7 +182,7 @@ def _render_status(con: Console, s: dict[str, Any]) -> None:
     )
 
 
-def _render_decision(con: Console, d: dict[str, Any]) -> None:
+def _render_decision(con: Any, d: dict[str, Any]) -> None:
     con.print(f"[bold]{d['decision']}[/bold] {d['model']}")
     for r in d["reasons"]:
         con.print(f"  {r}")
@@ -135,10 +190,12 @@ def _render_decision(con: Console, d: dict[str, Any]) -> None:
 
 def _ops(args: argparse.Namespace) -> int:
     from lake import Settings
-    from models.gate import GatePolicy
     from plantpulse_cli import ops
+    from plantpulse_cli.checks import check_readable_lake
 
     settings = Settings.from_env()
+    if args.command in ("status", "alerts"):
+        check_readable_lake(settings.lake_uri)
     if args.command == "status":
         s = ops.status(settings)
         _show(args, s, _render_status)
@@ -148,12 +205,58 @@ def _ops(args: argparse.Namespace) -> int:
         _show(args, rows, lambda con, r: con.print(_table(r, "alerts")))
         return 0
     if args.command == "promote":
+        from models.gate import GatePolicy
+
         policy = GatePolicy(args.min_improvement, args.slice_tolerance, args.latency_budget_ms)
         d = ops.promote(settings, args.model, args.version, policy)
         _show(args, d, _render_decision)
         return 0 if d["decision"] == "promote" else EXIT_REFUSED
     d = ops.roll_back(settings, args.model, args.reason)
     _show(args, d, _render_decision)
+    return 0
+
+
+def _format_rows(names: list[str], rows: list[tuple]) -> str:
+    """A plain, aligned text table (header line, then one line per row; NULL for nulls)."""
+    cells = [["NULL" if v is None else str(v) for v in r] for r in rows]
+    widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _sql(args: argparse.Namespace) -> int:
+    from lake import Lake, Settings
+    from lake.sql import run
+    from plantpulse_cli.checks import check_readable_lake
+
+    settings = Settings.from_env()
+    check_readable_lake(settings.lake_uri)
+    result = run(Lake(settings.lake_uri), args.query, limit=None if args.all else args.limit)
+    table = result.table
+    names = table.column_names
+    rows = list(zip(*(table.column(n).to_pylist() for n in names), strict=True)) if names else []
+    print(_format_rows(names, rows) if names else "(no columns)")
+    n = table.num_rows
+    if result.truncated:
+        print(f"({n} rows shown; the query returned more: cut at --limit {result.limit},"
+              " raise it or use --all)", file=sys.stderr)
+    elif n == 0:
+        print("(0 rows)", file=sys.stderr)
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from lake import Settings
+    from plantpulse_cli.label import record_label
+
+    row = record_label(Settings.from_env(), args.target, kind=args.kind,
+                       component=args.component, ts=args.ts, detail=args.detail)
+    if args.json:
+        print(json.dumps(row, default=str))
+    else:
+        print(f"recorded {row['kind']} of {row['component']} on {row['asset_id']} at "
+              f"{row['ts']} in maintenance_events")
     return 0
 
 
@@ -176,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             from plantpulse_cli.up import up
 
             return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration,
-                      mqtt_port=args.mqtt)
+                      mqtt_port=args.mqtt, technician=not args.no_technician)
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 
@@ -191,13 +294,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(args)
         if args.command == "sql":
-            from lake import Lake
-            from lake.sql import query
-
-            print(query(Lake.from_env(), args.query).to_pandas().to_string(index=False))
-            return 0
-    except (LakeError, DatasetError, UnknownDatasetError, ModelNotFoundError, BrokerError,
-            PlantError) as exc:
+            return _sql(args)
+        if args.command == "label":
+            return _label(args)
+    except Exception as exc:
+        if not _user_error(exc):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 1

@@ -8,24 +8,27 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 
 from lake import TABLES, Lake, Settings, current_alerts
-from models.gate import GatePolicy, rollback, run_gate
-from models.registry import (
-    FAULT_MODEL,
-    RUL_MODEL,
-    ModelNotFoundError,
-    champion_version,
-    client,
-)
 
-__all__ = ["MODELS", "model_name", "status", "alerts", "promote", "roll_back"]
+if TYPE_CHECKING:
+    from models.gate import GatePolicy
 
-MODELS = {"fault": FAULT_MODEL, "rul": RUL_MODEL}
+# models.* (MLflow, XGBoost) is imported by the functions that need it: `alerts` does not.
+
+__all__ = ["models", "model_name", "status", "alerts", "promote", "roll_back"]
+
+
+def models() -> dict[str, str]:
+    """The short names the commands accept for the registered models."""
+    from models.registry import FAULT_MODEL, RUL_MODEL
+
+    return {"fault": FAULT_MODEL, "rul": RUL_MODEL}
+
 STREAM_STALE_S = 30.0
 """The stream commits every few seconds; no commit for this long means the worker is not running
 (or not receiving data)."""
@@ -33,12 +36,15 @@ STREAM_STALE_S = 30.0
 
 def model_name(name: str) -> str:
     """``fault``/``rul`` or a full registered name; anything else is a ``ModelNotFoundError``."""
-    if name in MODELS:
-        return MODELS[name]
-    if name in MODELS.values():
+    from models.registry import ModelNotFoundError
+
+    known = models()
+    if name in known:
+        return known[name]
+    if name in known.values():
         return name
     raise ModelNotFoundError(
-        f"unknown model {name!r}; use one of: {', '.join([*MODELS, *MODELS.values()])}"
+        f"unknown model {name!r}; use one of: {', '.join([*known, *known.values()])}"
     )
 
 
@@ -50,16 +56,42 @@ def _iso(ts: pd.Timestamp | float | None) -> str | None:
     return ts.isoformat(timespec="seconds")
 
 
+NEWEST_COLUMN = {
+    "calibration": "valid_from",
+    "maintenance_events": "ts",
+    "model_decisions": "ts",
+    "sensor_daily_stats": "last_ts",
+}
+"""The column ``status`` reports as ``newest`` for the tables without a declared time column."""
+
+
+def newest_column(name: str) -> str | None:
+    return TABLES[name].time_column or NEWEST_COLUMN.get(name)
+
+
+def _newest(lake: Lake, name: str, actions: pd.DataFrame, col: str) -> pd.Timestamp | None:
+    """The newest value of ``col``: from the files' statistics when every file has them,
+    otherwise (files written without statistics for it) by scanning that one column."""
+    if not len(actions):
+        return None
+    stat = f"max.{col}"
+    if stat in actions and actions[stat].notna().all():
+        return pd.Timestamp(actions[stat].max())
+    import pyarrow.compute as pc
+
+    values = lake.dataset(name).to_table(columns=[col])[col]
+    newest = pc.max(values).as_py()
+    return None if newest is None else pd.Timestamp(newest)
+
+
 def _table_status(lake: Lake, name: str) -> dict[str, Any]:
     if not lake.exists(name):
         return {"table": name, "rows": 0, "newest": None, "last_commit": None, "version": None}
     dt = lake.table(name)
     actions = pa.table(dt.get_add_actions(flatten=True)).to_pandas()
     rows = int(actions["num_records"].sum()) if "num_records" in actions else lake.count(name)
-    col = TABLES[name].time_column
-    newest = None
-    if col and f"max.{col}" in actions and len(actions):
-        newest = pd.Timestamp(actions[f"max.{col}"].max())
+    col = newest_column(name)
+    newest = _newest(lake, name, actions, col) if col else None
     last = dt.history(1)[0]
     return {
         "table": name,
@@ -72,6 +104,8 @@ def _table_status(lake: Lake, name: str) -> dict[str, Any]:
 
 
 def _champion(settings: Settings, lake: Lake, name: str) -> dict[str, Any]:
+    from models.registry import champion_version, client
+
     mv = champion_version(client(settings.mlflow_tracking_uri), name)
     if mv is None:
         return {"model": name, "champion": None}
@@ -102,7 +136,7 @@ def status(settings: Settings) -> dict[str, Any]:
     return {
         "lake": settings.lake_uri,
         "tables": tables,
-        "models": [_champion(settings, lake, n) for n in MODELS.values()],
+        "models": [_champion(settings, lake, n) for n in models().values()],
         "open_alerts": int((alerts_now["status"] == "open").sum()),
         "stream": {
             "last_commit_s_ago": None if age is None else round(age, 1),
@@ -137,6 +171,8 @@ def alerts(settings: Settings, days: float = 7.0, only_open: bool = False) -> li
 
 
 def promote(settings: Settings, name: str, version: str, policy: GatePolicy) -> dict[str, Any]:
+    from models.gate import run_gate
+
     d = run_gate(settings.mlflow_tracking_uri, Lake(settings.lake_uri), model_name(name),
                  version, policy)
     return {"decision": d.decision, "model": d.model_name, "candidate": d.candidate_version,
@@ -144,6 +180,8 @@ def promote(settings: Settings, name: str, version: str, policy: GatePolicy) -> 
 
 
 def roll_back(settings: Settings, name: str, reason: str) -> dict[str, Any]:
+    from models.gate import rollback
+
     d = rollback(settings.mlflow_tracking_uri, Lake(settings.lake_uri), model_name(name), reason)
     return {"decision": d.decision, "model": d.model_name, "from": d.candidate_version,
             "to": d.champion_version, "reasons": d.reasons}

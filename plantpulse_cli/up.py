@@ -1,30 +1,58 @@
 """``plantpulse up``: the Dagster webserver and daemon plus one streaming worker, on localhost.
 
-Each service runs as a child process in its own session; Ctrl-C (or SIGTERM) stops them all,
-and if one dies the others are stopped too, so nothing is left running in the background.
+Each service runs as a child process in its own session (process group); Ctrl-C (or SIGTERM)
+stops them all, and if one dies the others are stopped too.  Stopping a service stops its whole
+process group, so what it started itself (the ``dagster api grpc`` code server of the webserver
+and of the daemon) does not outlive it.
+
+One ``plantpulse up`` per state directory: the launcher holds an exclusive lock on
+``$PLANTPULSE_HOME/up.lock`` while it runs, and checks that the UI (and broker) port is free
+before starting anything, so a second launch is refused with a message and leaves the first
+running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from lake import Lake, Settings
 from plantpulse_cli.broker import ensure_mosquitto, wait_for_port, write_config
+from plantpulse_cli.checks import UsageError
 
 log = logging.getLogger(__name__)
 
-DAGSTER_YAML = """\
-# written by `plantpulse up`: local instance, no telemetry (this machine may be offline)
+DAGSTER_YAML_MARK = "# written by `plantpulse up`"
+DAGSTER_YAML = f"""\
+{DAGSTER_YAML_MARK} (rewritten at each start; delete this line to keep your own edits)
+# local instance, no telemetry (this machine may be offline)
 telemetry:
   enabled: false
+# The daemon's run queue (the default QueuedRunCoordinator): at most two runs at a time on this
+# small machine, one validation day and one retrain at a time; the rest wait in the queue.
+concurrency:
+  runs:
+    max_concurrent_runs: 2
+    tag_concurrency_limits:
+      - key: plantpulse/queue
+        value: validate_day
+        limit: 1
+      - key: plantpulse/queue
+        value: retrain
+        limit: 1
 """
+LOCK_FILE = "up.lock"
 
 
 @dataclass
@@ -39,17 +67,99 @@ class Service:
             self.argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def stop(self, timeout: float = 20.0, grace_s: float = 5.0) -> None:
+        """Ctrl-C to the service's process group; SIGKILL if it has not exited in ``timeout``.
+        Then whatever is left of the group (children the service started) gets SIGTERM, and
+        SIGKILL after ``grace_s``: the group is empty when this returns."""
+        if self.proc is None:
             return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        stop_group(self.proc.pid, grace_s)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False when the group has no process left."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal (cannot happen for our own children)
+        return True
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is still running."""
+    return _signal_group(pgid, 0)
+
+
+def stop_group(pgid: int, grace_s: float = 5.0) -> None:
+    """Stop every process left in group ``pgid``: SIGTERM, then SIGKILL after ``grace_s``."""
+    if not _signal_group(pgid, signal.SIGTERM):
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not group_alive(pgid):
+            return
+        time.sleep(0.1)
+    if _signal_group(pgid, signal.SIGKILL):
+        log.warning("process group %d did not stop on SIGTERM within %g s; killed", pgid, grace_s)
+        deadline = time.monotonic() + 5.0
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def state_lock(home: str) -> Iterator[Path]:
+    """Hold the exclusive ``up`` lock of the state directory ``home`` (``UsageError`` when
+    another launcher holds it).  The lock is the kernel's (flock): it goes with the process,
+    so a killed launcher leaves no stale lock behind."""
+    path = Path(home) / LOCK_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot use the state directory {home} ({exc.strerror or exc}); set PLANTPULSE_HOME"
+            " to a writable directory"
+        ) from None
+    try:
         try:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        except ProcessLookupError:
-            pass
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise UsageError(
+                f"another `plantpulse up` (pid {holder}) is already running on {home}; stop it"
+                " first (Ctrl-C), or set PLANTPULSE_HOME to another state directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_port_free(host: str, port: int, what: str, option: str) -> None:
+    """``UsageError`` when something already listens on ``host:port``."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise UsageError(
+                f"{what} port {host}:{port} is already in use ({exc.strerror or exc}); is another"
+                f" PlantPulse running? Stop it or choose another port with {option}"
+            ) from None
 
 
 SNAPSHOT_S = 2
@@ -63,24 +173,45 @@ def mqtt_recovery_dir(settings: Settings) -> Path:
     return Path(settings.home) / "recovery-mqtt"
 
 
-def init_recovery(directory: Path) -> None:
+def init_recovery(directory: Path) -> bool:
     """A Bytewax recovery store with one partition, created on first start only (later starts
-    resume from it)."""
-    if not directory.exists():
-        from bytewax.recovery import init_db_dir
+    resume from it); True when it was created now."""
+    if directory.exists():
+        return False
+    from bytewax.recovery import init_db_dir
 
-        directory.mkdir(parents=True)
-        init_db_dir(directory, 1)
+    directory.mkdir(parents=True)
+    init_db_dir(directory, 1)
+    return True
+
+
+SIMULATION_EPOCH = "simulation_epoch_us"
+"""File in the state directory: when the current recovery store (and so the live simulated
+fleet's clock) was created, in µs since the epoch."""
+
+
+def write_dagster_yaml(dagster_home: str) -> Path:
+    """The instance configuration: written when missing, and rewritten when it is still the
+    launcher's own (so an old state directory gets the current run queue limits)."""
+    yaml = Path(dagster_home) / "dagster.yaml"
+    if not yaml.exists() or yaml.read_text().startswith(DAGSTER_YAML_MARK):
+        yaml.write_text(DAGSTER_YAML)
+    return yaml
 
 
 def prepare(settings: Settings, mqtt: bool = False) -> None:
     """Create the state directory, the Dagster instance, the lake's tables and the stream's
-    recovery store (with ``mqtt``, the MQTT stream's)."""
-    init_recovery(mqtt_recovery_dir(settings) if mqtt else Path(settings.recovery_dir))
+    recovery store (with ``mqtt``, the MQTT stream's).  The lake first: a mistyped
+    PLANTPULSE_LAKE fails in a second, before the slow set-up of the Dagster and MLflow stores."""
+    Lake(settings.lake_uri).create_tables()
+    if mqtt:
+        init_recovery(mqtt_recovery_dir(settings))
+    elif init_recovery(Path(settings.recovery_dir)):
+        # a fresh recovery store: the simulated fleet starts its clock anew (the technician
+        # finds each machine's start from the first reading after this moment)
+        Path(settings.home, SIMULATION_EPOCH).write_text(f"{time.time_ns() // 1000}\n")
     Path(settings.dagster_home).mkdir(parents=True, exist_ok=True)
-    yaml = Path(settings.dagster_home) / "dagster.yaml"
-    if not yaml.exists():
-        yaml.write_text(DAGSTER_YAML)
+    write_dagster_yaml(settings.dagster_home)
     # create the instance's storage once, here: the webserver and the daemon racing to create
     # it on a fresh DAGSTER_HOME fails one of them ("table alembic_version already exists")
     from dagster import DagsterInstance
@@ -91,7 +222,6 @@ def prepare(settings: Settings, mqtt: bool = False) -> None:
     from models.registry import client
 
     client(settings.mlflow_tracking_uri).search_experiments(max_results=1)
-    Lake(settings.lake_uri).create_tables()
 
 
 def services(
@@ -101,6 +231,7 @@ def services(
     recovery_dir: str | None = None,
     mqtt: tuple[str, int] | None = None,
     home: str | None = None,
+    technician: bool = True,
 ) -> list[Service]:
     """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker (with
     authentication, its files under ``<home>/mosquitto``), the stream reading from it with
@@ -123,6 +254,8 @@ def services(
     out.append(Service("stream", stream))
     if mqtt is not None:
         out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
+    elif technician:  # confirms alerts on machines the simulator has faulted, late or never
+        out.append(Service("technician", [py, "-m", "plantpulse_cli.technician"]))
     if ui:
         out += [
             Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *code]),
@@ -140,9 +273,27 @@ def up(
     ui: bool = True,
     duration_s: float | None = None,
     mqtt_port: int | None = None,
+    technician: bool = True,
 ) -> int:
     """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
     settings = Settings.from_env()
+    with state_lock(settings.home):
+        if ui:
+            check_port_free(host, port, "the Dagster UI", "--port")
+        if mqtt_port is not None:
+            check_port_free("127.0.0.1", mqtt_port, "the MQTT broker", "--mqtt PORT")
+        return _run(settings, host, port, ui, duration_s, mqtt_port, technician)
+
+
+def _run(
+    settings: Settings,
+    host: str,
+    port: int,
+    ui: bool,
+    duration_s: float | None,
+    mqtt_port: int | None,
+    technician: bool,
+) -> int:
     prepare(settings, mqtt=mqtt_port is not None)
     mqtt = (ensure_mosquitto(), mqtt_port) if mqtt_port is not None else None
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
@@ -151,7 +302,7 @@ def up(
                                                  / "credentials.json")
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home)
+    running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home, technician)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:

@@ -47,6 +47,7 @@ def test_sql_prints_results(tmp_path: Path):
     "bad", ["selec 1", "select * from no_such_table", "copy readings to '/tmp/x.csv'"]
 )
 def test_bad_sql_is_one_line_and_exit_2(tmp_path: Path, bad: str):
+    Lake(tmp_path / "lake").create_tables()
     out = cli("sql", bad, home=tmp_path)
     assert out.returncode == 2
     assert out.stderr.startswith("error: query failed:") and "Traceback" not in out.stderr
@@ -67,42 +68,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_up_serves_the_ui_grows_readings_and_stops_cleanly(tmp_path: Path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [PLANTPULSE, "up", "--port", str(port), "--duration", "60"],
-        cwd=REPO,
-        env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lake = Lake(tmp_path / "lake")
-    ui_ok, counts = False, []
-    deadline = time.monotonic() + 55
-    while time.monotonic() < deadline and not (
-        ui_ok and len(counts) >= 2 and counts[-1] > counts[0] > 0
-    ):
-        time.sleep(2)
-        with contextlib.suppress(OSError):
-            ui_ok = (
-                ui_ok
-                or urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
-            )
-        n = lake.count("readings") if lake.exists("readings") else 0
-        if n:
-            counts.append(n)
-    proc.send_signal(2)  # Ctrl-C
-    output, _ = proc.communicate(timeout=60)
-    assert ui_ok, output
-    assert len(counts) >= 2 and counts[-1] > counts[0] > 0, (counts, output)
-    assert proc.returncode == 0, output
-    assert "stopping" in output
-    leftovers = subprocess.run(["pgrep", "-f", f"-p {port}"], capture_output=True, text=True)
-    assert leftovers.stdout.strip() == ""
 
 
 # -- operator commands against a trained plant -----------------------------------------------
@@ -187,3 +152,191 @@ def test_operator_mistakes_are_one_line_and_exit_2(
     assert out.returncode == 2, out.stdout + out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last and "Traceback" not in out.stderr
+
+
+# -- sql: read-only, one statement, bounded ----------------------------------------------------
+def _sql(*args: str, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PLANTPULSE, "sql", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PLANTPULSE_HOME": str(home)},
+    )
+
+
+def test_sql_cannot_write_or_read_any_file_not_even_duckdbs_temp_dir(tmp_path: Path):
+    Lake(tmp_path / "lake").append("readings", readings_rows(3))
+    spill = tmp_path / ".tmp"  # DuckDB allows its spill directory even with external access off
+    spill.mkdir()
+    (spill / "secret.txt").write_text("secret")
+    for bad in (
+        f"copy readings to '{spill}/out.csv'",
+        "copy readings to '.tmp/out.csv'",
+        "attach '.tmp/other.db'",
+        "select * from read_text('.tmp/secret.txt')",
+        "select * from read_csv('.tmp/secret.txt')",
+        "create table t as select 1 as x",
+        "insert into readings select * from readings",
+        "set enable_external_access = true",
+    ):
+        out = _sql(bad, home=tmp_path, cwd=tmp_path)
+        assert out.returncode == 2, (bad, out.stdout, out.stderr)
+        assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, bad
+        assert "secret" not in out.stdout
+    assert sorted(p.name for p in spill.iterdir()) == ["secret.txt"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("select 1; select 2", "2 statements given"),
+        ("", "empty query"),
+        ("   ", "empty query"),
+        ("-- only a comment", "empty query"),
+    ],
+)
+def test_sql_needs_exactly_one_statement(tmp_path: Path, text: str, message: str):
+    Lake(tmp_path / "lake").append("readings", readings_rows(1))
+    out = _sql(text, home=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+
+
+def test_sql_limits_rows_and_says_so(tmp_path: Path):
+    Lake(tmp_path / "lake").append("readings", readings_rows(30))
+    out = _sql("select value from readings order by value", "--limit", "5", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["value", "40.0", "41.0", "42.0", "43.0", "44.0"]
+    assert "5 rows shown" in out.stderr and "--limit" in out.stderr
+    exact = _sql("select value from readings", "--limit", "30", home=tmp_path)
+    assert len(exact.stdout.split()) == 31 and "shown" not in exact.stderr
+    default = _sql("select * from range(5000)", home=tmp_path)
+    assert len(default.stdout.strip().splitlines()) == 1 + 1000 and "1000 rows shown" in default.stderr
+    every = _sql("select * from range(5000)", "--all", home=tmp_path)
+    assert len(every.stdout.strip().splitlines()) == 1 + 5000
+
+
+def test_sql_empty_result_is_a_table_with_its_columns(tmp_path: Path):
+    Lake(tmp_path / "lake").append("readings", readings_rows(2))
+    out = _sql("select asset_id, sensor_id, value from readings where value < 0", home=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["asset_id", "sensor_id", "value"]
+    assert "(0 rows)" in out.stderr
+
+
+# -- a mistyped or unusable lake is an error for the read commands ---------------------------
+@pytest.mark.parametrize("command", [("status",), ("alerts",), ("sql", "select 1")])
+@pytest.mark.parametrize("where", ["missing_parent", "file", "empty_dir", "missing"])
+def test_read_commands_refuse_a_lake_that_is_not_there(tmp_path: Path, command, where):
+    target = {
+        "missing_parent": tmp_path / "no" / "such" / "lake",
+        "missing": tmp_path / "lak",  # a typo of .../lake
+        "file": tmp_path / "a_file",
+        "empty_dir": tmp_path / "empty",
+    }[where]
+    if where == "file":
+        target.write_text("x")
+    if where == "empty_dir":
+        target.mkdir()
+    Lake(tmp_path / "lake").append("readings", readings_rows(1))  # the real one is elsewhere
+    out = cli(*command, home=tmp_path, PLANTPULSE_LAKE=str(target))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    assert out.stderr.startswith("error: PLANTPULSE_LAKE=") and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (target.exists() and target.is_dir() and any(target.iterdir()))  # nothing created
+
+
+def test_unwritable_lake_with_tables_is_still_readable(tmp_path: Path):
+    lake = tmp_path / "lake"
+    Lake(lake).append("readings", readings_rows(2))
+    lake.chmod(0o555)
+    try:
+        out = cli("sql", "select count(*) as n from readings", home=tmp_path)
+    finally:
+        lake.chmod(0o755)
+    assert out.returncode == 0 and out.stdout.split() == ["n", "2"], out.stderr
+
+
+def test_missing_model_names_a_job_that_exists(mlops: dict, tmp_path: Path):
+    from dagster_project.definitions import defs
+
+    out = cli("promote", "rul", "999", home=tmp_path, **_ops_env(mlops))
+    assert out.returncode == 2 and "has no version 999" in out.stderr, out.stderr
+    jobs = {j.name for j in defs.resolve_all_job_defs()}
+    assert "retrain_rul" in out.stderr and "retrain_rul" in jobs
+    assert "retrain_models" not in out.stderr
+
+
+# -- startup: the CLI imports what a command needs, when it runs -------------------------------
+HEAVY = ("mlflow", "bytewax", "scipy", "dagster", "xgboost", "sklearn", "great_expectations")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sql", "--help"], ["sql", "select 1 as x"]])
+def test_cli_does_not_import_heavy_packages_it_does_not_need(tmp_path: Path, argv: list[str]):
+    Lake(tmp_path / "lake").append("readings", readings_rows(1))
+    probe = (
+        "import sys\n"
+        "from plantpulse_cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_second_up_is_refused_and_the_first_keeps_running_then_leaves_nothing(tmp_path: Path):
+    import re
+
+    port = _free_port()
+    log = tmp_path / "first.log"
+    with open(log, "w") as sink:
+        first = subprocess.Popen(
+            [PLANTPULSE, "up", "--port", str(port), "--duration", "400"],
+            cwd=REPO, env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
+            stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )
+    try:
+        deadline = time.monotonic() + 240
+        ui_ok = False
+        while time.monotonic() < deadline and not ui_ok:
+            time.sleep(2)
+            assert first.poll() is None, log.read_text()
+            with contextlib.suppress(OSError):
+                ui_ok = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status == 200
+        assert ui_ok, log.read_text()
+        # the same state directory, another port: the lock refuses it
+        same_home = cli("up", "--port", str(_free_port()), "--duration", "5", home=tmp_path)
+        assert same_home.returncode == 2, same_home.stdout + same_home.stderr
+        assert "already running" in same_home.stderr and "PlantPulse is up" not in same_home.stdout
+        # another state directory, the same port: the port check refuses it
+        other = tmp_path / "other"
+        same_port = cli("up", "--port", str(port), "--duration", "5", home=other)
+        assert same_port.returncode == 2, same_port.stdout + same_port.stderr
+        assert "already in use" in same_port.stderr and not (other / "lake").exists()
+        # the first is untouched: still running, still streaming
+        lake = Lake(tmp_path / "lake")
+        before = lake.count("readings")
+        time.sleep(8)
+        assert first.poll() is None, log.read_text()
+        assert lake.count("readings") > before
+        pgids = [int(p) for p in re.findall(r"started \S+ \(pid (\d+)\)", log.read_text())]
+        assert len(pgids) >= 4, log.read_text()
+        # the webserver and the daemon each run a code server of their own (dagster api grpc)
+        assert any(len(_group_members(g)) > 1 for g in pgids)
+    finally:
+        first.send_signal(2)  # Ctrl-C
+        first.wait(timeout=120)
+    assert first.returncode == 0 and "stopping" in log.read_text(), log.read_text()
+    survivors = {g: _group_members(g) for g in pgids}
+    assert not any(survivors.values()), survivors
