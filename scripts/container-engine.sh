@@ -71,6 +71,10 @@ build_base() {
     $SUDO ln -sf /usr/bin/python3.11 "$root/usr/local/bin/python3"
     $SUDO rm -rf "$root/var/cache/apt/archives/"*.deb "$root/var/lib/apt/lists/"*
   fi
+  # Trust what this host trusts (a site CA for TLS to the package index, if there is one).
+  if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    $SUDO cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+  fi
   log "docker import -> $BASE_IMAGE"
   $SUDO tar -C "$root" -c . | docker import \
     --change 'ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin' \
