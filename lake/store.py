@@ -24,7 +24,8 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from lake.catalogue import TableSpec, table_names, table_spec
-from lake.settings import Settings, is_remote_uri
+from lake.settings import Settings, SettingsError, is_remote_uri
+from lake.settings import storage_options as _env_storage_options
 
 __all__ = ["Lake", "LakeError", "SchemaMismatchError", "Filters"]
 
@@ -107,6 +108,14 @@ class Lake:
 
     def __init__(self, uri: str | Path, storage_options: dict[str, str] | None = None):
         self.uri = str(uri)
+        # An object-store lake without explicit options takes them from the environment
+        # (AWS_* and PLANTPULSE_LAKE_OPTIONS), so every component configured by PLANTPULSE_LAKE
+        # alone (the stream's sink, the Dagster resource, the CLI) reaches the same store.
+        if storage_options is None:
+            try:
+                storage_options = _env_storage_options(self.uri)
+            except SettingsError as exc:
+                raise LakeError(str(exc)) from None
         self.storage_options = storage_options
         self._tables: dict[str, DeltaTable] = {}
 
@@ -308,11 +317,15 @@ class Lake:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)
 
-    # -- maintenance -------------------------------------------------------------------------
+    # -- maintenance (the rules per table: lake.maintenance) -----------------------------------
     def compact(self, name: str) -> dict[str, Any]:
         """Fold small files into large ones (the stream commits often)."""
         return self.table(name).optimize.compact()
 
-    def vacuum(self, name: str, retention_hours: int = 168) -> list[str]:
-        """Delete files no longer referenced by versions younger than ``retention_hours``."""
-        return self.table(name).vacuum(retention_hours=retention_hours, dry_run=False)
+    def vacuum(self, name: str, retention_hours: int | None = None) -> list[str]:
+        """Delete files out of the table for longer than ``retention_hours`` (default: the
+        table's declared ``vacuum_hours``)."""
+        hours = table_spec(name).vacuum_hours if retention_hours is None else retention_hours
+        return self.table(name).vacuum(
+            retention_hours=hours, dry_run=False, enforce_retention_duration=False
+        )
