@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from deltalake.exceptions import CommitFailedError
 
 from lake.catalogue import table_names, table_spec
-from lake.store import Lake, LakeError
+from lake.store import Lake, LakeError, writer_properties
 
 __all__ = [
     "TableMaintenance",
@@ -129,9 +129,12 @@ def compact(
 
         def run(filters: Any = filters, z_order: bool = bool(z_order)) -> dict[str, Any]:
             optimizer = lake.table(name).optimize
+            props = writer_properties(spec)
             if z_order:
-                return optimizer.z_order(list(spec.z_order), partition_filters=filters)
-            return optimizer.compact(partition_filters=filters)
+                return optimizer.z_order(
+                    list(spec.z_order), partition_filters=filters, writer_properties=props
+                )
+            return optimizer.compact(partition_filters=filters, writer_properties=props)
 
         metrics = _retry(f"compact {name} {partition}", run)
         log.info(

@@ -20,7 +20,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from lake.catalogue import TableSpec, table_names, table_spec
@@ -101,6 +108,26 @@ def conform(spec: TableSpec, data: Any) -> pa.Table:
         ts = columns[expected.get_field_index(spec.time_column)]
         columns.append(ts.cast(pa.date32()))
     return pa.Table.from_arrays(columns, schema=spec.schema)
+
+
+def writer_properties(spec: TableSpec) -> WriterProperties:
+    """How a table's Parquet files are written (by the writer and by compaction alike): zstd,
+    and float columns (measurements, features, the frames' samples) without a dictionary,
+    because they are nearly all distinct values: Parquet's default tries a dictionary first and,
+    when it overflows, keeps the dictionary page *and* the plain values (1.5x the raw float32
+    size for a frame's samples).  Top-level float columns are also byte-stream-split; delta-rs
+    applies per-column settings to top-level columns only, so a table with a list of floats
+    (``frames.samples``) turns dictionaries off for all its columns."""
+    floats = ColumnProperties(dictionary_enabled=False, encoding="BYTE_STREAM_SPLIT")
+    columns = {f.name: floats for f in spec.schema if pa.types.is_floating(f.type)}
+    nested = any(
+        pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type) for f in spec.schema
+    )
+    return WriterProperties(
+        compression="ZSTD",
+        default_column_properties=ColumnProperties(dictionary_enabled=False) if nested else None,
+        column_properties=columns or None,
+    )
 
 
 class Lake:
@@ -262,6 +289,7 @@ class Lake:
                 mode=mode,  # type: ignore[arg-type]
                 predicate=predicate,
                 commit_properties=commit,
+                writer_properties=writer_properties(spec),
             )
         except (DeltaError, OSError) as exc:
             raise LakeError(f"writing table {spec.name!r} at {self.uri} failed: {exc}") from None

@@ -165,3 +165,26 @@ def test_maintain_reports_every_existing_table(lake: Lake):
     assert [r.table for r in reports] == ["readings"]
     assert reports[0].files_before == 4 and reports[0].files_after == 2
     assert reports[0].as_row()["compacted_partitions"] == 2
+
+
+def test_frames_are_stored_no_larger_than_raw_float32_also_after_compaction(lake: Lake):
+    """Parquet's default dictionary attempt on distinct floats stored 1.5x the raw samples."""
+    import pyarrow.parquet as pq
+
+    samples = 12_000
+    for i in range(2):
+        lake.append("frames", frames_rows(T0_US + i * 10_000_000, n=3, samples=samples))
+    raw = 2 * 3 * samples * 4
+
+    def stored() -> tuple[int, set[str]]:
+        files = [Path(u) for u in lake.table("frames").file_uris()]
+        encodings = {e for f in files for e in pq.ParquetFile(f).metadata.row_group(0)
+                     .column(5).encodings}
+        return sum(f.stat().st_size for f in files), encodings
+
+    size, encodings = stored()
+    assert size < raw and "RLE_DICTIONARY" not in encodings
+    compact(lake, "frames", now=NOW)
+    size, encodings = stored()
+    assert len(lake.table("frames").file_uris()) == 1
+    assert size < raw and "RLE_DICTIONARY" not in encodings
