@@ -172,7 +172,7 @@ def test_an_append_loop_and_compaction_at_the_same_time_lose_no_commit(s3_lake: 
     """Two processes commit to one table through S3 conditional puts: every batch of the
     appending process and every compaction lands, none overwrites another's commit."""
     s3_lake.create_tables(["readings"])
-    n = 40
+    n = 20
     writer = subprocess.Popen(
         [sys.executable, "-c", _APPEND_LOOP, s3_lake.uri, str(n)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -182,7 +182,7 @@ def test_an_append_loop_and_compaction_at_the_same_time_lose_no_commit(s3_lake: 
     while writer.poll() is None:
         if sum(partition_files(s3_lake, "readings").values()) >= 2:
             compactions += len(compact(s3_lake, "readings"))
-        time.sleep(0.05)
+        time.sleep(0.2)
     out, err = writer.communicate()
     assert writer.returncode == 0 and out.strip() == "done", err[-3000:]
     compactions += len(compact(s3_lake, "readings"))
