@@ -17,9 +17,14 @@ say() { echo "deploy-test [$(( $(date +%s) - T0 )) s]: $*"; }
 
 scripts/container-engine.sh all
 
+# BuildKit: the legacy builder makes (and on vfs copies) a container for every ENV/CMD line.
+# Debian's docker.io client has BuildKit built in; a newer client without buildx does not.
+export DOCKER_BUILDKIT=1
+DOCKER=docker
+docker buildx version >/dev/null 2>&1 || { [ -x /usr/bin/docker ] && DOCKER=/usr/bin/docker; }
 for target in mosquitto postgres worker code webserver daemon mlflow; do
   say "building plantpulse/$target"
-  docker build -q --network host --build-arg BASE_IMAGE="$BASE_IMAGE" --target "$target" \
+  $DOCKER build --progress plain --network host --build-arg BASE_IMAGE="$BASE_IMAGE" --target "$target" \
     -t "plantpulse/$target:latest" . >"$LOGS/build-$target.log" 2>&1 \
     || { tail -30 "$LOGS/build-$target.log"; exit 1; }
 done
