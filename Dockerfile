@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # PlantPulse images, one multi-stage file:
 #   worker    - a Bytewax streaming worker (one process of the cluster)
 #   code      - the Dagster code location (gRPC server)
