@@ -29,6 +29,8 @@ for target in mosquitto postgres worker code webserver daemon mlflow; do
     || { tail -30 "$LOGS/build-$target.log"; exit 1; }
 done
 
+# Creating a container copies its whole image on vfs: slower than compose's 60 s default.
+export COMPOSE_HTTP_TIMEOUT=${COMPOSE_HTTP_TIMEOUT:-900}
 compose() { docker-compose -p "$PROJECT" -f compose.yaml "$@"; }
 teardown() {
   status=$?
