@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint lock clean bench
+.PHONY: setup run test lint lock clean bench deploy-test
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -n "$(PYTHON)" || { echo "error: need Python 3.11 or 3.12 on PATH (bytewax 0.21 has no wheel for 3.13)"; exit 1; }
@@ -34,3 +34,8 @@ lock:
 
 clean:
 	rm -rf $(VENV) .plantpulse .pytest_cache
+
+# The container deployment end to end (slow; not part of `make test`): engine, images, compose up,
+# readings in the object-store lake, UI answers, teardown.  See docs/operations.md.
+deploy-test: setup
+	nice -n 15 scripts/deploy-test.sh

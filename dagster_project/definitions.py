@@ -2,6 +2,12 @@
 
 import dagster as dg
 
+from dagster_project.assets.maintenance import (
+    lake_compaction,
+    lake_vacuum,
+    maintenance_job,
+    maintenance_schedule,
+)
 from dagster_project.assets.models import (
     fault_candidate,
     fault_promotion,
@@ -81,9 +87,13 @@ defs = dg.Definitions(
         operations_overview,
         plant_model,
         *STREAM_TABLES,
+        lake_compaction,
+        lake_vacuum,
     ],
-    jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job, operations_job],
+    jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job, operations_job,
+          maintenance_job],
     schedules=[
+        maintenance_schedule,
         dg.build_schedule_from_partitioned_job(daily_profile_job, hour_of_day=0, minute_of_hour=30),
         dg.build_schedule_from_partitioned_job(validation_job, hour_of_day=0, minute_of_hour=45),
         dg.ScheduleDefinition(

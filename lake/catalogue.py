@@ -2,6 +2,10 @@
 
 Declared once here and used by both planes.  Timestamps are UTC microseconds; tables that grow
 with time are partitioned by a ``date`` column that the writer derives from ``time_column``.
+Each table also declares how long its rows are kept (``retention_days``: raw frames two weeks,
+features three years, labels and decisions for ever), how long vacuum leaves removed files for
+time travel (``vacuum_hours``) and what compaction clusters by (``z_order``); the lake
+maintenance assets of the control plane apply them (``lake.maintenance``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ class TableSpec:
     description: str
     time_column: str | None = None
     partition_by: tuple[str, ...] = ()
+    retention_days: int | None = None
+    """Rows are kept this many days (whole ``date`` partitions older are deleted by lake
+    maintenance); None keeps them for ever."""
+    vacuum_hours: int = 168
+    """Files no longer in the table are deleted by ``vacuum`` once they have been out of it this
+    long: the window for time travel and for readers still on an older version."""
+    z_order: tuple[str, ...] = ()
+    """Columns compaction clusters each partition by (Z-order), for the usual queries: one
+    asset over a time range.  Empty: plain bin-packing compaction."""
 
     @property
     def columns(self) -> list[str]:
@@ -74,6 +87,8 @@ _TABLES: tuple[TableSpec, ...] = (
         "One accepted scalar reading.",
         time_column="ts",
         partition_by=("date",),
+        retention_days=400,
+        z_order=("asset_id", "sensor_id", "ts"),
     ),
     TableSpec(
         "frames",
@@ -92,6 +107,9 @@ _TABLES: tuple[TableSpec, ...] = (
         "One window of high-rate samples kept for diagnosis (around alerts, or sampled).",
         time_column="ts_start",
         partition_by=("date",),
+        retention_days=14,
+        vacuum_hours=24,
+        z_order=("asset_id", "ts_start"),
     ),
     TableSpec(
         "dead_letter",
@@ -110,6 +128,7 @@ _TABLES: tuple[TableSpec, ...] = (
         "One rejected input, with the raw payload and a reason code.",
         time_column="received_ts",
         partition_by=("date",),
+        retention_days=90,
     ),
     TableSpec(
         "features",
@@ -128,6 +147,8 @@ _TABLES: tuple[TableSpec, ...] = (
         "One feature window per asset and sensor.",
         time_column="window_end",
         partition_by=("date",),
+        retention_days=3 * 365,
+        z_order=("asset_id", "window_end"),
     ),
     TableSpec(
         "scores",
@@ -147,6 +168,8 @@ _TABLES: tuple[TableSpec, ...] = (
         "One scored window.",
         time_column="window_end",
         partition_by=("date",),
+        retention_days=400,
+        z_order=("asset_id", "window_end"),
     ),
     TableSpec(
         "alerts",

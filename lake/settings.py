@@ -15,15 +15,23 @@ variable                   meaning                                         defau
 ``PLANTPULSE_RECOVERY``    Bytewax recovery directory                      ``$HOME/recovery``
 ``PLANTPULSE_DATA``        the reference data sets                         ``<project>/../shared/data``
 =========================  ==============================================  =====================
+
+An object-store lake (``PLANTPULSE_LAKE=s3://bucket/lake``) takes its delta-rs storage options
+from the standard ``AWS_*`` variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_REGION``, ``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``, ...) plus any JSON object in
+``PLANTPULSE_LAKE_OPTIONS``.  Commits to S3 are made safe for concurrent writers by S3's
+conditional writes (``If-None-Match: *``), which delta-rs 1.x uses when ``conditional_put`` is
+``etag``: that is the default here unless a locking provider or unsafe renames are configured.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "is_remote_uri"]
+__all__ = ["Settings", "is_remote_uri", "storage_options", "SettingsError"]
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout this package runs from; the reference data sit beside it in ``../shared/data``."""
@@ -32,6 +40,43 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def is_remote_uri(location: str) -> bool:
     """True for object-store URIs such as ``s3://bucket/lake`` (anything with a scheme but file)."""
     return "://" in location and not location.startswith("file://")
+
+
+class SettingsError(ValueError):
+    """A configuration variable with a value that cannot be used; the message names it."""
+
+
+_AWS_PREFIXES = ("AWS_",)
+_SAFE_COMMIT_KEYS = ("conditional_put", "aws_conditional_put", "AWS_CONDITIONAL_PUT",
+                     "AWS_S3_LOCKING_PROVIDER", "AWS_S3_ALLOW_UNSAFE_RENAME")
+
+
+def storage_options(lake_uri: str, env: dict[str, str] | None = None) -> dict[str, str] | None:
+    """The delta-rs storage options for ``lake_uri``: None for a local lake; for ``s3://`` the
+    ``AWS_*`` variables of ``env`` (default ``os.environ``), then ``PLANTPULSE_LAKE_OPTIONS``
+    (a JSON object) on top, and ``conditional_put=etag`` unless another commit protocol is set.
+
+    >>> storage_options("/tmp/lake") is None
+    True
+    >>> storage_options("s3://b/lake", {"AWS_REGION": "eu-west-1", "HOME": "/root"})
+    {'AWS_REGION': 'eu-west-1', 'conditional_put': 'etag'}
+    """
+    if not is_remote_uri(lake_uri):
+        return None
+    env = dict(os.environ if env is None else env)
+    options = {k: v for k, v in env.items() if k.startswith(_AWS_PREFIXES) and v}
+    extra = env.get("PLANTPULSE_LAKE_OPTIONS")
+    if extra:
+        try:
+            parsed = json.loads(extra)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"PLANTPULSE_LAKE_OPTIONS is not valid JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise SettingsError("PLANTPULSE_LAKE_OPTIONS must be a JSON object of strings")
+        options.update({str(k): str(v) for k, v in parsed.items()})
+    if lake_uri.startswith(("s3://", "s3a://")) and not any(k in options for k in _SAFE_COMMIT_KEYS):
+        options["conditional_put"] = "etag"
+    return options
 
 
 def _absolute(location: str) -> str:

@@ -20,11 +20,19 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    Transaction,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from lake.catalogue import TableSpec, table_names, table_spec
-from lake.settings import Settings, is_remote_uri
+from lake.settings import Settings, SettingsError, is_remote_uri
+from lake.settings import storage_options as _env_storage_options
 
 __all__ = ["Lake", "LakeError", "SchemaMismatchError", "Filters"]
 
@@ -102,11 +110,39 @@ def conform(spec: TableSpec, data: Any) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=spec.schema)
 
 
+def writer_properties(spec: TableSpec) -> WriterProperties:
+    """How a table's Parquet files are written (by the writer and by compaction alike): zstd,
+    and float columns (measurements, features, the frames' samples) without a dictionary,
+    because they are nearly all distinct values: Parquet's default tries a dictionary first and,
+    when it overflows, keeps the dictionary page *and* the plain values (1.5x the raw float32
+    size for a frame's samples).  Top-level float columns are also byte-stream-split; delta-rs
+    applies per-column settings to top-level columns only, so a table with a list of floats
+    (``frames.samples``) turns dictionaries off for all its columns."""
+    floats = ColumnProperties(dictionary_enabled=False, encoding="BYTE_STREAM_SPLIT")
+    columns = {f.name: floats for f in spec.schema if pa.types.is_floating(f.type)}
+    nested = any(
+        pa.types.is_list(f.type) and pa.types.is_floating(f.type.value_type) for f in spec.schema
+    )
+    return WriterProperties(
+        compression="ZSTD",
+        default_column_properties=ColumnProperties(dictionary_enabled=False) if nested else None,
+        column_properties=columns or None,
+    )
+
+
 class Lake:
     """The Delta tables under one root (a local directory or an object-store URI)."""
 
     def __init__(self, uri: str | Path, storage_options: dict[str, str] | None = None):
         self.uri = str(uri)
+        # An object-store lake without explicit options takes them from the environment
+        # (AWS_* and PLANTPULSE_LAKE_OPTIONS), so every component configured by PLANTPULSE_LAKE
+        # alone (the stream's sink, the Dagster resource, the CLI) reaches the same store.
+        if storage_options is None:
+            try:
+                storage_options = _env_storage_options(self.uri)
+            except SettingsError as exc:
+                raise LakeError(str(exc)) from None
         self.storage_options = storage_options
         self._tables: dict[str, DeltaTable] = {}
 
@@ -253,6 +289,7 @@ class Lake:
                 mode=mode,  # type: ignore[arg-type]
                 predicate=predicate,
                 commit_properties=commit,
+                writer_properties=writer_properties(spec),
             )
         except (DeltaError, OSError) as exc:
             raise LakeError(f"writing table {spec.name!r} at {self.uri} failed: {exc}") from None
@@ -308,11 +345,15 @@ class Lake:
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)
 
-    # -- maintenance -------------------------------------------------------------------------
+    # -- maintenance (the rules per table: lake.maintenance) -----------------------------------
     def compact(self, name: str) -> dict[str, Any]:
         """Fold small files into large ones (the stream commits often)."""
         return self.table(name).optimize.compact()
 
-    def vacuum(self, name: str, retention_hours: int = 168) -> list[str]:
-        """Delete files no longer referenced by versions younger than ``retention_hours``."""
-        return self.table(name).vacuum(retention_hours=retention_hours, dry_run=False)
+    def vacuum(self, name: str, retention_hours: int | None = None) -> list[str]:
+        """Delete files out of the table for longer than ``retention_hours`` (default: the
+        table's declared ``vacuum_hours``)."""
+        hours = table_spec(name).vacuum_hours if retention_hours is None else retention_hours
+        return self.table(name).vacuum(
+            retention_hours=hours, dry_run=False, enforce_retention_duration=False
+        )
