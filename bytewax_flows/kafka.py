@@ -48,7 +48,7 @@ from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import StatefulSourcePartition
 
-from bytewax_flows.payloads import Message
+from bytewax_flows.payloads import Batch, Message
 from bytewax_flows.sources import now_us
 
 __all__ = [
@@ -167,7 +167,7 @@ class _TelemetryPartition(StatefulSourcePartition[Message, Any]):
     def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int):
         self._inner, self._source = inner, source_name(topic, partition)
 
-    def next_batch(self) -> list[Message]:
+    def next_batch(self) -> list[Batch]:
         received = now_us()
         out = []
         for msg in self._inner.next_batch():
@@ -175,7 +175,7 @@ class _TelemetryPartition(StatefulSourcePartition[Message, Any]):
                 out.append(Message(self._source, msg.offset, received, msg.value or b""))
             else:  # only with raise_on_errors=False, which this source does not set
                 raise RuntimeError(f"Kafka error on {self._source}: {msg.err}")
-        return out
+        return [Batch(out)] if out else []  # one micro-batch: the flow's unit of work
 
     def next_awake(self):
         return self._inner.next_awake()
