@@ -320,6 +320,11 @@ def series_checks(
 # -- relationships and calibration -----------------------------------------------------------
 
 
+COVERED_SHARE = 0.5
+"""Share of a window's rows whose relationship inputs must lie inside the reference's range for
+its calibration to be judged."""
+
+
 @dataclass(frozen=True)
 class RelationshipModel:
     relationship: Relationship
@@ -327,6 +332,20 @@ class RelationshipModel:
     std: NDArray[np.float64]
     coef: NDArray[np.float64]
     residual_sigma: float
+    low: NDArray[np.float64] | None = None  # the reference's range of each input
+    high: NDArray[np.float64] | None = None
+
+    def covers(self, current: pd.DataFrame, share: float = COVERED_SHARE) -> bool:
+        """Whether ``share`` of the current window's rows lie inside the reference's range of
+        every input: a quadratic fitted on one operating point says nothing about another, so
+        judging a sensor there would be extrapolation, not calibration."""
+        if self.low is None or self.high is None:
+            return True
+        x = current[list(self.relationship.inputs)].dropna().to_numpy(np.float64)
+        if not len(x):
+            return False
+        inside = ((x >= self.low) & (x <= self.high)).all(axis=1)
+        return bool(inside.mean() >= share)
 
 
 def _design(
@@ -362,7 +381,8 @@ def fit_relationship(reference: pd.DataFrame, rel: Relationship) -> Relationship
     design = _design(x, mean, std)
     coef, *_ = np.linalg.lstsq(design, data[rel.target].to_numpy(np.float64), rcond=None)
     resid = data[rel.target].to_numpy() - design @ coef
-    return RelationshipModel(rel, mean, std, coef, float(resid.std()))
+    return RelationshipModel(rel, mean, std, coef, float(resid.std()), x.min(axis=0),
+                             x.max(axis=0))
 
 
 def estimate_calibration(
@@ -530,6 +550,16 @@ def _relationships(
     for rel in RELATIONSHIPS:
         model = fit_relationship(wide_ref, rel)
         if model is None or rel.target not in wide.columns:
+            continue
+        if not model.covers(wide):
+            found[rel.target] = Outcome(
+                "calibration", asset_id, rel.target, False,
+                {"method": f"physics_regression({'+'.join(rel.inputs)})",
+                 "covered_share_needed": COVERED_SHARE},
+                severity="warning",
+                message=f"the reference window does not cover this window's operating range of "
+                        f"{', '.join(rel.inputs)}: {rel.target} not judged (a longer reference "
+                        f"is needed)")
             continue
         est = estimate_calibration(model, wide, asset_id, raw=raw[rel.target])
         if est is None:
