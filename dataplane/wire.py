@@ -694,7 +694,8 @@ def _multi(b: _Builder, i: int, d: dict) -> None:
 def _decode_arrow(b: _Builder, i: int, p: bytes) -> None:
     try:
         table = pa.ipc.open_stream(pa.py_buffer(p)[4:]).read_all()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        table.validate(full=True)  # untrusted bytes: offsets, lengths, UTF-8 (Arrow reads lazily)
+    except (pa.ArrowException, OSError, ValueError) as exc:
         raise PayloadError("malformed", f"not an Arrow IPC stream: {str(exc)[:200]}") from None
     missing = [c for c in ("asset_id", "sensor_id", "ts", "value") if c not in table.column_names]
     if missing:

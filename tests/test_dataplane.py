@@ -260,3 +260,12 @@ def test_sink_rows_split_by_source():
                     source_index=np.array([0, 1, 0], np.int32))
     parts = {s: (o.tolist(), None if t is None else t.tolist()) for s, o, t in item.parts()}
     assert parts == {"a": ([5, 7], [0, 2]), "b": ([6], [1])}
+
+
+def test_an_arrow_payload_with_invalid_utf8_is_malformed_not_a_crash():
+    """Found by bench.reliability's fuzzer: Arrow reads untrusted IPC bytes lazily, so a bad
+    id only blew up (or crashed the process) when read; the payload is validated in full."""
+    good = encode_arrow("pump-01", "motor_current", [T0_US], [1.0])
+    bad = good.replace(b"pump-01", b"pu\xc1p-01")
+    d = decode_batch(_msgs([bad, good]))
+    assert [r[1] for r in d.rejects] == ["malformed"] and d.n_readings == 1
