@@ -3,6 +3,7 @@ C-MAPSS split the file names - through the real flow into a real lake, no Python
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +19,14 @@ from tests.test_process_and_data import DATA, needs_data
 
 
 @pytest.fixture
-def restore_default_plant(monkeypatch):
-    monkeypatch.delenv("PLANTPULSE_PLANT", raising=False)
+def restore_default_plant():
+    # os.environ directly: a monkeypatch.delenv at teardown is itself undone afterwards, which
+    # put the test's plant back as every later test's default plant
+    before = os.environ.pop("PLANTPULSE_PLANT", None)
     yield
-    monkeypatch.delenv("PLANTPULSE_PLANT", raising=False)
+    os.environ.pop("PLANTPULSE_PLANT", None)
+    if before is not None:
+        os.environ["PLANTPULSE_PLANT"] = before
     contracts.SENSORS.clear()
     contracts.SENSORS.update(load_plant(PLANTS_DIR / "demo.yaml").contracts_by_sensor())
 
