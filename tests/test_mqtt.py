@@ -340,7 +340,7 @@ def _take_all(part, want: int, timeout: float = 30.0) -> list:
     got: list = []
     deadline = time.monotonic() + timeout
     while len(got) < want and time.monotonic() < deadline:
-        got += [m for m in part.next_batch() if isinstance(m, Message)]
+        got += [m for m in part._take() if isinstance(m, Message)]
         time.sleep(0.05)
     return got
 
@@ -518,7 +518,7 @@ def test_what_the_broker_drops_is_counted_in_dead_letter(tmp_path: Path,
         got: list = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not any(m.set_aside for m in got):
-            got += [m for m in part.next_batch() if isinstance(m, Message)]
+            got += [m for m in part._take() if isinstance(m, Message)]
             time.sleep(0.1)
     finally:
         part.close()
