@@ -60,11 +60,11 @@ def test_cwru_replay_features_show_the_fault_in_the_stream(lake: Lake):
 def test_paced_replay_follows_event_time(lake: Lake):
     t0 = 1_767_225_600_000_000
     timeline = [
-        (t0 + i * 1_000_000, encode_scalars("a", "bearing_temp", [t0 + i * 1_000_000], [40.0]))
+        (t0 + i * 1_000_000, encode_scalars("pump-a", "bearing_temp", [t0 + i * 1_000_000], [40.0]))
         for i in range(4)
     ]
     start = time.perf_counter()
-    run_main(get_flow(ReplaySource({"a": timeline}, speed=10.0), lake.uri))
+    run_main(get_flow(ReplaySource({"pump-a": timeline}, speed=10.0), lake.uri))
     elapsed = time.perf_counter() - start
     assert 0.3 <= elapsed < 5.0  # 3 s of event time at 10x
     assert lake.count("readings") == 4

@@ -11,10 +11,10 @@ from bytewax_flows.replay import ReplaySource, readings_messages
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
 from dataplane.scoring import DETECTOR_NAME
-from expectations.contracts import SENSORS
 from lake import Lake, current_alerts
 from physics.datasets import read_skab, skab_readings
 from physics.simulator import Fault, FleetSimulator, MachineSpec
+from plant import default_plant
 from tests.test_process_and_data import DATA, needs_data
 
 ONSET_S = 200
@@ -23,8 +23,8 @@ ONSET_S = 200
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     sim = FleetSimulator(
-        [MachineSpec("healthy"), MachineSpec("faulty")],
-        [Fault("faulty", "outer_race", start_s=ONSET_S, time_to_failure_s=250)],
+        [MachineSpec("pump-healthy"), MachineSpec("pump-faulty")],
+        [Fault("pump-faulty", "outer_race", start_s=ONSET_S, time_to_failure_s=250)],
         seed=1,
     )
     lake = Lake(tmp_path_factory.mktemp("lake"))
@@ -44,15 +44,15 @@ def test_anomaly_score_separates_the_developing_fault(scored: Lake):
     s = scored.read("scores")
     s["t"] = (s["window_end"] - s["window_end"].min()).dt.total_seconds()
     after_warmup = s[s["t"] >= 60]
-    healthy = after_warmup[after_warmup["asset_id"] == "healthy"]["anomaly_score"]
-    late = s[(s["asset_id"] == "faulty") & (s["t"] >= 350)]["anomaly_score"]
+    healthy = after_warmup[after_warmup["asset_id"] == "pump-healthy"]["anomaly_score"]
+    late = s[(s["asset_id"] == "pump-faulty") & (s["t"] >= 350)]["anomaly_score"]
     assert healthy.quantile(0.99) < 5.0
     assert late.median() > 20 * healthy.median()
 
 
 def test_drift_events_only_for_the_faulty_machine_soon_after_onset(scored: Lake):
     events = scored.read("drift_events")
-    assert set(events["asset_id"]) == {"faulty"}  # nothing on the healthy machine
+    assert set(events["asset_id"]) == {"pump-faulty"}  # nothing on the healthy machine
     by = events.groupby(["detector", "subject"])["ts"].min()
     adwin = by.loc[("ADWIN", "anomaly_score")]  # the combined score ...
     features = by.loc["PageHinkley"]  # ... and the physics features one by one
@@ -74,11 +74,20 @@ def test_a_wandering_motor_temperature_is_context_not_an_alarm(
     before the fault and one during it; watched as a level, the detector alarms early."""
     df = read_skab(DATA, "valve1/12")
     assert df["temperature"].iloc[:400].mean() - df["temperature"].iloc[450:560].mean() > 2.5
-    for s in ("skab_temperature", "skab_thermocouple"):
-        monkeypatch.setitem(SENSORS, s, replace(SENSORS[s], watched_as=temperature_as))
+    declared = default_plant()
+
+    class Edited:  # the SKAB plant with the temperatures watched as ``temperature_as``
+        def contract(self, asset_id, sensor_id):
+            c = declared.contract(asset_id, sensor_id)
+            slow = sensor_id in ("skab_temperature", "skab_thermocouple")
+            return replace(c, watched_as=temperature_as) if c is not None and slow else c
+
+        def bearing(self, asset_id, sensor_id=None):
+            return declared.bearing(asset_id, sensor_id)
+
     lake = Lake(tmp_path)
     timelines = readings_messages(skab_readings(df, "skab-12"), batch_s=1.0)
-    run_main(get_flow(ReplaySource(timelines), lake.uri))
+    run_main(get_flow(ReplaySource(timelines), lake.uri, plant=Edited()))
     onset = df.index[df["anomaly"].to_numpy() > 0][0]
     opened = current_alerts(lake)["opened_ts"]
     early = opened[opened < onset]
