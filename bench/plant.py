@@ -262,6 +262,8 @@ def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    if proc.returncode:
+        raise RuntimeError(f"the paced flow exited with {proc.returncode}")
     t = lake.dataset("scores").to_table(columns=["asset_id", "window_end", "latency_ms",
                                                   "__filename"])
     lat = np.asarray(t.column("latency_ms"))
