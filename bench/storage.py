@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 from bytewax.testing import run_main
 
 from bench.common import Timer, parser, report
-from bytewax_flows.scoring import FRAME_KEEP_EVERY
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
+from dataplane.scoring import FRAME_KEEP_EVERY
 from lake import Lake, table_spec
 from lake.maintenance import compact
 from physics.simulator import VIBRATION_SENSOR, Fault, FleetSimulator, MachineSpec
