@@ -48,7 +48,7 @@ from dataplane.scoring import (
     score_vibration,
 )
 from dataplane.wire import TS_MAX, TS_MIN, Batch, Decoded, Frame, decode_batch
-from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem
+from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, value_problems
 from expectations.contracts import SensorContract
 from lake import table_spec
 from lake.catalogue import TS
@@ -418,10 +418,9 @@ def _scalars(state: ShardState, d: Decoded, g_sid: NDArray[np.int64], ctx: Conte
     msg = d.g_msg[d.group[take]].astype(np.intp)
     code = np.zeros(sid.size, np.int8)
     code[(ts < TS_MIN) | (ts >= TS_MAX)] = _BAD_TS
-    finite = np.isfinite(raw)
-    code[(code == 0) & ~finite] = _NON_FINITE
-    with np.errstate(invalid="ignore"):
-        code[(code == 0) & ((raw < state.low[sid]) | (raw > state.high[sid]))] = _OUT_OF_RANGE
+    non_finite, out_of_range = value_problems(raw, state.low[sid], state.high[sid])
+    code[(code == 0) & non_finite] = _NON_FINITE
+    code[(code == 0) & out_of_range] = _OUT_OF_RANGE
     valid = np.flatnonzero(code == 0)
     if valid.size:
         code[valid] = _arrivals(state, sid[valid], ts[valid])

@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from expectations.contracts import SensorContract
 
-__all__ = ["REASONS", "OK", "scalar_reasons", "frame_problem", "Arrivals", "arrival_reasons"]
+__all__ = ["REASONS", "OK", "scalar_reasons", "value_problems", "frame_problem", "Arrivals", "arrival_reasons"]
 
 REASONS: dict[str, str] = {
     "ok": "valid",
@@ -54,11 +54,25 @@ def scalar_reasons(contract: SensorContract, values: NDArray[np.float64]) -> NDA
     ['ok', 'non_finite', 'out_of_range']
     """
     codes = np.zeros(values.shape, dtype=np.int8)
-    finite = np.isfinite(values)
-    codes[~finite] = _IDX["non_finite"]
-    with np.errstate(invalid="ignore"):
-        codes[finite & ((values < contract.low) | (values > contract.high))] = _IDX["out_of_range"]
+    non_finite, out_of_range = value_problems(values, contract.low, contract.high)
+    codes[non_finite] = _IDX["non_finite"]
+    codes[out_of_range] = _IDX["out_of_range"]
     return _CODES[codes]
+
+
+def value_problems(
+    values: NDArray[np.float64], low: float | NDArray[np.float64], high: float | NDArray[np.float64]
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Masks of the values that are not finite, and of the finite ones outside ``[low, high]``
+    (one range, or one per value: the stream checks every series of a batch at once).
+
+    >>> value_problems(np.array([1.0, np.nan, 9.0]), np.array([0.0, 0.0, 0.0]), 5.0)
+    (array([False,  True, False]), array([False, False,  True]))
+    """
+    finite = np.isfinite(values)
+    with np.errstate(invalid="ignore"):
+        outside = finite & ((values < low) | (values > high))
+    return ~finite, outside
 
 
 @dataclass
