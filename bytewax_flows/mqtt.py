@@ -364,7 +364,8 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
                 set_aside = ("shed", f"load shedding: more than {self.breaker.high} messages "
                              f"or {self.breaker.high_bytes} bytes waiting ({backlog} now); "
                              f"kept 1 in {self.breaker.keep_every}")
-            out.append(Message(source, offset, m.received_us, m.payload, set_aside))
+            out.append(Message(source, offset, m.received_us, m.payload, set_aside,
+                               None if m.dropped else _asset_of(m.topic)))
             newest[source] = max(newest.get(source, -1), offset)
             self._hold_for_ack(source, offset, m.mid, m.qos)
         if self.lake is not None:

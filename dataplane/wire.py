@@ -89,6 +89,10 @@ class Message:
     # (reason, detail) when the source sets it aside unprocessed (load shedding, a numbered
     # message out of sequence): it goes to dead_letter with its payload
     set_aside: tuple[str, str] | None = None
+    # the asset the channel it came by is bound to (an MQTT topic ``plantpulse/<asset>/...``,
+    # which the broker's ACL lets only that asset's publishers write): every reading and frame
+    # in the payload must be of this asset, else the whole message is dead-lettered
+    channel_asset: str | None = None
 
 
 @dataclass(frozen=True)
@@ -494,6 +498,49 @@ class _Builder:
 
 
 def decode_batch(messages: list[Message]) -> Decoded:
+    """Decode every message of a micro-batch into one ``Decoded``; a message whose payload
+    speaks for another asset than its channel's (``Message.channel_asset``) is rejected whole
+    as ``asset_mismatch``."""
+    d = _decode_all(messages)
+    if any(m.channel_asset is not None for m in messages):
+        d = _hold_to_channel(d)
+    return d
+
+
+def _hold_to_channel(d: Decoded) -> Decoded:
+    """``d`` without the messages that carry readings or frames of an asset other than their
+    channel's, each of those as one whole-payload reject."""
+    code = {name: i for i, name in enumerate(d.assets)}
+    bound = np.array([-1 if m.channel_asset is None else code.get(m.channel_asset, -2)
+                      for m in d.messages], np.int32)
+    bad_g = (bound[d.g_msg] != -1) & (bound[d.g_msg] != d.g_a) if d.n_groups else \
+        np.zeros(0, bool)
+    found: dict[int, str] = {int(i): d.assets[d.g_a[g]]
+                             for g, i in zip(np.flatnonzero(bad_g), d.g_msg[bad_g], strict=True)}
+    for i, f in d.frames:
+        if d.messages[i].channel_asset not in (None, f.asset_id):
+            found.setdefault(i, f.asset_id)
+    if not found:
+        return d
+    gone = np.zeros(len(d.messages), bool)
+    gone[list(found)] = True
+    keep_g = ~gone[d.g_msg] if d.n_groups else np.zeros(0, bool)
+    new_group = np.cumsum(keep_g, dtype=np.int32) - 1
+    keep_r = keep_g[d.group] if d.n_readings else np.zeros(0, bool)
+    d.group, d.ts, d.value = new_group[d.group[keep_r]], d.ts[keep_r], d.value[keep_r]
+    d.g_a, d.g_s, d.g_msg = d.g_a[keep_g], d.g_s[keep_g], d.g_msg[keep_g]
+    d.frames = [(i, f) for i, f in d.frames if not gone[i]]
+    d.rejects = [r for r in d.rejects if not gone[r[0]]]
+    for i, other in sorted(found.items()):
+        bound_to = d.messages[i].channel_asset
+        d.rejects.append((i, "asset_mismatch",
+                          f"the payload has readings of asset {other!r} but came on the channel "
+                          f"of asset {bound_to!r}: a client may send only its own assets' "
+                          f"readings, each on its asset's topic", bound_to, None, None))
+    return d
+
+
+def _decode_all(messages: list[Message]) -> Decoded:
     """Decode every message of a micro-batch into one ``Decoded``.
 
     A batch of JSON objects is parsed in one call; when every message has the same common

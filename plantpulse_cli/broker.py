@@ -13,8 +13,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-__all__ = ["BrokerError", "LIMITS", "WORKER", "ensure_mosquitto", "write_config", "wait_for_port"]
+__all__ = ["BrokerError", "LIMITS", "WORKER", "ensure_mosquitto", "publishers_for", "write_config",
+           "wait_for_port"]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-mosquitto.sh"
 
@@ -51,6 +53,25 @@ LIMITS = {
     # are refused at the broker (an MQTT 5 publisher gets the reason code)
     "message_size_limit": 8 * 1024 * 1024,
 }
+
+
+def publishers_for(plant: Any, simulated: list[str] | None = None) -> dict[str, list[str]]:
+    """The broker's publishers as the plant file declares them: one login per site (its
+    gateway), allowed to write the topics of that site's assets, and ``simulator`` for the
+    simulated fleet's assets.  An asset the plant declares only by a ``match`` pattern has no
+    fixed topic to grant: its ids must come concretely (``simulated``), and each of those must
+    be one the plant declares."""
+    out: dict[str, list[str]] = {}
+    for asset in plant.assets.values():
+        if asset.match is None:
+            out.setdefault(f"site-{asset.site}", []).append(asset.asset_id)
+    if simulated:
+        unknown = [a for a in simulated if plant.asset(a) is None]
+        if unknown:
+            raise BrokerError(f"the plant {plant.path} declares no asset {unknown[0]!r}: add it "
+                              f"(or a match pattern for it) before publishing its readings")
+        out["simulator"] = list(simulated)
+    return out
 
 
 def write_config(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lake import Lake, Settings
-from plantpulse_cli.broker import ensure_mosquitto, wait_for_port, write_config
+from plantpulse_cli.broker import ensure_mosquitto, publishers_for, wait_for_port, write_config
 from plantpulse_cli.checks import UsageError
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,12 @@ def services(
     out: list[Service] = []
     if mqtt is not None:
         state = Path(home) if home else Path(recovery_dir or "./recovery").parent
-        conf = write_config(state / "mosquitto", mqtt[1])
+        from physics.simulator import default_fleet
+        from plant import default_plant
+
+        # logins and topic ACLs from the plant file: readings only for the assets it declares
+        publishers = publishers_for(default_plant(), default_fleet().asset_ids)
+        conf = write_config(state / "mosquitto", mqtt[1], publishers)
         out.append(Service("mosquitto", [mqtt[0], "-c", str(conf)]))
         flow = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})"
         recovery_dir = str(state / "recovery-mqtt")

@@ -269,3 +269,30 @@ def test_an_arrow_payload_with_invalid_utf8_is_malformed_not_a_crash():
     bad = good.replace(b"pump-01", b"pu\xc1p-01")
     d = decode_batch(_msgs([bad, good]))
     assert [r[1] for r in d.rejects] == ["malformed"] and d.n_readings == 1
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_a_message_off_its_channels_asset_is_rejected_whole(multi: bool):
+    """Messages bound to a channel's asset (an MQTT topic): the one whose payload speaks for
+    another asset is one ``asset_mismatch`` reject, the rest decode as without the binding,
+    whether the batch takes the bulk path (same shape throughout) or not."""
+    def payload(asset: str, k: int) -> bytes:
+        if multi:
+            return json.dumps({"asset_id": asset, "ts": T0_US + k,
+                               "values": {"a": float(k), "b": 2.0 * k}}).encode()
+        return json.dumps({"asset_id": asset, "sensor_id": "a", "ts": T0_US + k,
+                           "value": float(k)}).encode()
+
+    claimed = ["pump-01", "pump-01", "pump-02", "pump-01", "pump-01"]
+    plain = [Message("s", k, 0, payload(a, k)) for k, a in enumerate(claimed)]
+    bound = [Message("s", k, 0, payload(a, k), channel_asset="pump-01")
+             for k, a in enumerate(claimed)]
+    free, held = decode_batch(plain), decode_batch(bound)
+    assert free.n_readings == (10 if multi else 5) and not free.rejects
+    assert [r[:2] for r in held.rejects] == [(2, "asset_mismatch")]
+    assert held.rejects[0][3] == "pump-01" and "'pump-02'" in held.rejects[0][2]
+    keep = np.array([free.g_msg[g] != 2 for g in free.group])
+    assert held.ts.tolist() == free.ts[keep].tolist()
+    assert held.value.tolist() == free.value[keep].tolist()
+    assert {held.group_names(g)[0] for g in held.group} == {"pump-01"}
+    assert sorted(set(held.g_msg.tolist())) == [0, 1, 3, 4]

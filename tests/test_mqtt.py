@@ -607,3 +607,72 @@ def test_a_worker_that_falls_keeps_its_session_for_the_restart(broker: int, tmp_
     finally:
         again.close()
     assert sorted(m.payload for m in redelivered) == sorted(_reading(k) for k in range(3))
+
+
+def test_a_payload_speaking_for_another_asset_than_its_topic_is_dead_lettered(broker: int,
+                                                                            tmp_path: Path):
+    """The intruder may write only ``plantpulse/pump-99/#``; a payload there that claims to be
+    pump-01's readings (or a frame of pump-01) is dead-lettered whole as ``asset_mismatch``, and
+    the readings it carried stay out of ``readings``; its own asset's readings land."""
+    lake = Lake(tmp_path / "lake")
+    sim = default_fleet(1, start_us=T0_US)
+    _, t0, rate, x = sim.chunk("pump-01", 0).frames[0]
+    forged = [_reading(k) for k in range(3)] + [encode_frame("pump-01", "vib_de", t0, rate, x)]
+    own = [_reading(k, "pump-99") for k in range(4)]
+    intruder = _client(broker, "intruder")
+    source = MQTTSource(port=broker, group="mismatch", idle_stop_s=3.0)
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            run_main(build_flow(source, DeltaSink(lake.uri, max_rows=10_000, max_age_s=0.2)))
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    time.sleep(1.5)
+    try:
+        for payload in forged + own:
+            intruder.publish(topic_for("pump-99", "motor_current"), payload, 1).wait_for_publish(5)
+    finally:
+        intruder.loop_stop()
+        intruder.disconnect()
+    assert done.wait(60)
+    readings = lake.read("readings")
+    assert set(readings["asset_id"]) == {"pump-99"} and len(readings) == 4
+    dead = lake.read("dead_letter")
+    assert dead["reason"].tolist() == ["asset_mismatch"] * 4
+    assert set(dead["raw"]) == set(forged) and (dead["asset_id"] == "pump-99").all()
+    assert lake.read("features", filters=[("asset_id", "=", "pump-01")]).empty
+
+
+def test_the_broker_grants_topics_from_the_plant_file(tmp_path: Path):
+    """One login per site with the topics of its declared assets; the simulator's assets must
+    be ones the plant declares (a pattern is not a topic, so it grants nothing by itself)."""
+    from plant import load_plant
+    from plantpulse_cli.broker import BrokerError, publishers_for
+
+    plant_file = tmp_path / "plant.yaml"
+    plant_file.write_text(
+        "plant: two-sites\n"
+        "sensor_kinds:\n"
+        "  temperature: {unit: degC, range: [-40.0, 200.0], rate_hz: 1.0}\n"
+        "sites:\n"
+        "  - id: north\n"
+        "    assets:\n"
+        "      - {id: fan-1, sensors: [{id: t, kind: temperature}]}\n"
+        "      - {id: fan-2, sensors: [{id: t, kind: temperature}]}\n"
+        "  - id: south\n"
+        "    assets:\n"
+        "      - {id: chiller-1, sensors: [{id: t, kind: temperature}]}\n"
+        "      - {id: sim, match: 'sim-*', sensors: [{id: t, kind: temperature}]}\n")
+    plant = load_plant(plant_file)
+    pubs = publishers_for(plant, ["sim-1", "sim-2"])
+    assert pubs == {"site-north": ["fan-1", "fan-2"], "site-south": ["chiller-1"],
+                    "simulator": ["sim-1", "sim-2"]}
+    write_config(tmp_path / "broker", 1883, pubs)
+    acl = (tmp_path / "broker" / "acl").read_text()
+    assert "user site-north\ntopic write plantpulse/fan-1/#\ntopic write plantpulse/fan-2/#" in acl
+    assert "plantpulse/sim/#" not in acl and "sim-*" not in acl
+    with pytest.raises(BrokerError, match="declares no asset 'pump-01'"):
+        publishers_for(plant, ["pump-01"])
