@@ -133,11 +133,11 @@ def _guess_kind(sensor_id: str, lo: float | None, hi: float | None, rate: float 
     parts = set(name.split("_"))
     for kind in scalar:
         words = _HINTS.get(kind, ()) + (kind,)
-        if any(w in parts or (len(w) > 3 and w in name) for w in words):
-            if lo is None or (scalar[kind].low <= lo and hi <= scalar[kind].high):
-                return kind, f"its id {sensor_id!r} names a {kind}" + (
-                    "" if lo is None else f" and its values lie in {kind}'s range "
-                    f"[{scalar[kind].low:g}, {scalar[kind].high:g}]")
+        named = any(w in parts or (len(w) > 3 and w in name) for w in words)
+        if named and (lo is None or (scalar[kind].low <= lo and hi <= scalar[kind].high)):
+            return kind, f"its id {sensor_id!r} names a {kind}" + (
+                "" if lo is None else f" and its values lie in {kind}'s range "
+                f"[{scalar[kind].low:g}, {scalar[kind].high:g}]")
     if lo is None:
         return None, "no finite values to judge by"
     best, best_score = None, -math.inf
