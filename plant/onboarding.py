@@ -126,23 +126,33 @@ def _runs(values: NDArray[np.float64], ts_s: NDArray[np.float64]) -> tuple[int, 
     return int(stuck.sum()), (float(dur[stuck].max()) if stuck.any() else None)
 
 
-def _guess_kind(sensor_id: str, lo: float | None, hi: float | None, rate: float | None,
+INSIDE_SHARE = 0.99
+"""A kind's range holds a sensor's values when at least this share of them lie in it (a few
+spikes or faulty readings do not decide the kind; the contract then rejects them)."""
+
+
+def _guess_kind(sensor_id: str, v: NDArray[np.float64], rate: float | None,
                 kinds: dict[str, KindInfo]) -> tuple[str | None, str]:
-    scalar = {k: v for k, v in kinds.items() if not v.frames}
+    scalar = {k: i for k, i in kinds.items() if not i.frames}
     name = sensor_id.lower().replace("-", "_")
     parts = set(name.split("_"))
-    for kind in scalar:
-        words = _HINTS.get(kind, ()) + (kind,)
+
+    def holds(info: KindInfo) -> bool:
+        return bool(v.size) and float(np.mean((v >= info.low) & (v <= info.high))) >= INSIDE_SHARE
+
+    for kind, info in scalar.items():
+        words = (*_HINTS.get(kind, ()), kind)
         named = any(w in parts or (len(w) > 3 and w in name) for w in words)
-        if named and (lo is None or (scalar[kind].low <= lo and hi <= scalar[kind].high)):
+        if named and (not v.size or holds(info)):
             return kind, f"its id {sensor_id!r} names a {kind}" + (
-                "" if lo is None else f" and its values lie in {kind}'s range "
-                f"[{scalar[kind].low:g}, {scalar[kind].high:g}]")
-    if lo is None:
+                "" if not v.size else f" and its values lie in {kind}'s range "
+                f"[{info.low:g}, {info.high:g}]")
+    if not v.size:
         return None, "no finite values to judge by"
+    lo, hi = np.quantile(v, [0.005, 0.995]).tolist()
     best, best_score = None, -math.inf
     for kind, info in scalar.items():
-        if not (info.low <= lo and hi <= info.high):
+        if not holds(info):
             continue
         # a tight range that holds the values and a rate near the kind's are more telling
         span = max(hi - lo, 1e-9)
@@ -181,7 +191,7 @@ def profile_sensor(asset_id: str, sensor_id: str, ts_us: NDArray[np.int64],
     stuck, longest_stuck = _runs(v, t_s[finite])
     lo = float(v.min()) if v.size else None
     hi = float(v.max()) if v.size else None
-    kind, why = _guess_kind(sensor_id, lo, hi, rate, plant_kinds(plant))
+    kind, why = _guess_kind(sensor_id, v, rate, plant_kinds(plant))
     return SensorProfile(
         asset_id, sensor_id, int(values.size), int(ts_us[0]) if ts_us.size else 0,
         int(ts_us[-1]) if ts_us.size else 0, lo, hi, rate, _resolution(v), gaps, longest_gap,
