@@ -4,7 +4,8 @@ contracts (``sensor_proposals``), and the replay of an accepted sensor's backlog
 
 Exactly once: the replay of (asset, sensor) commits to ``readings`` (and the backlog's rejects
 to ``dead_letter``) with the Delta application transaction ``onboard:<asset>/<sensor>`` whose
-version is the newest ``ingest_ts`` (µs) of the landed rows it covers.  A later run takes only
+version is the newest ``ingest_ts`` (µs) of the landed rows it covers (rows landed within a
+settle margin of now are left for the next run: they may still be in the stream's sink).  A later run takes only
 rows landed after that watermark: accepting twice, or re-running after a crash between the two
 tables' commits, adds nothing twice, and readings that landed after a first run (the stream
 had not yet reloaded the plant) are picked up by the next.  Landed rows themselves are kept
@@ -127,13 +128,20 @@ class Replayed:
     readings: int
     dead_letters: int
     already: int  # landed rows an earlier run had replayed
+    pending: int  # landed within the settle margin: left for the next run
 
 
 def replay_backlog(lake: Lake, plant: Plant, asset_id: str, sensor_id: str,
-                   now_us: int) -> Replayed:
+                   now_us: int, settle_s: float = 0.0) -> Replayed:
     """Replay the landed readings of a now declared sensor into ``readings`` (values outside
     its contract's range, non-finite values and repeated timestamps into ``dead_letter``),
-    each landed row exactly once (see the module's docstring)."""
+    each landed row exactly once (see the module's docstring).
+
+    Only rows landed at least ``settle_s`` before ``now_us`` are taken: a running stream
+    stamps ``ingest_ts`` when it lands a row and commits it up to one snapshot interval later
+    (2 s in ``plantpulse up``), so a row stamped inside the margin may not be visible yet, and
+    a watermark past it would skip it for ever.  Those are counted as ``pending`` and taken by
+    the next run."""
     contract = plant.contract(asset_id, sensor_id)
     if contract is None:
         raise LakeError(f"{asset_id}/{sensor_id} is not declared in the plant "
@@ -142,10 +150,10 @@ def replay_backlog(lake: Lake, plant: Plant, asset_id: str, sensor_id: str,
         raise LakeError(f"{asset_id}/{sensor_id} is declared as a frame sensor; landed "
                         "scalar readings cannot be replayed into it")
     if not lake.exists("unknown_readings"):
-        return Replayed(0, 0, 0)
+        return Replayed(0, 0, 0, 0)
     t = landed_readings(lake, asset_id, sensor_id)
     if not t.num_rows:
-        return Replayed(0, 0, 0)
+        return Replayed(0, 0, 0, 0)
     key = app_id(asset_id, sensor_id)
     ingest = t["ingest_ts"].cast(pa.int64()).to_numpy()
     ts = t["ts"].cast(pa.int64()).to_numpy()
@@ -159,17 +167,19 @@ def replay_backlog(lake: Lake, plant: Plant, asset_id: str, sensor_id: str,
                                               np.full(ts.size, contract.high))
     reason = np.where(dup, "duplicate", np.where(non_finite, "non_finite",
                                                  np.where(out_of_range, "out_of_range", "")))
-    version = int(ingest.max())
+    cutoff = now_us - round(settle_s * 1e6)
+    settled = ingest <= cutoff
     counts, already = {}, 0
     for table in ("readings", "dead_letter"):
         done = lake.committed_version(table, key)
         done = -1 if done is None else done
         wanted = (reason == "") if table == "readings" else (reason != "")
-        new = wanted & (ingest > done)
+        new = wanted & (ingest > done) & settled
         already += int((wanted & (ingest <= done)).sum())
         counts[table] = int(new.sum())
-        if done >= version:
+        if not new.any():
             continue
+        version = int(ingest[settled].max())  # every settled row up to here is now taken
         idx = pa.array(np.flatnonzero(new))
         rows = t.take(idx)
         if table == "readings":
@@ -193,6 +203,7 @@ def replay_backlog(lake: Lake, plant: Plant, asset_id: str, sensor_id: str,
                 "asset_id": rows["asset_id"], "sensor_id": rows["sensor_id"],
             }
         lake.append(table, data, idempotency_key=(key, version))
-    log.info("replayed %s/%s: %d readings, %d dead letters (%d done before)", asset_id,
-             sensor_id, counts["readings"], counts["dead_letter"], already)
-    return Replayed(counts["readings"], counts["dead_letter"], already)
+    pending = int((~settled).sum())
+    log.info("replayed %s/%s: %d readings, %d dead letters (%d done before, %d pending)",
+             asset_id, sensor_id, counts["readings"], counts["dead_letter"], already, pending)
+    return Replayed(counts["readings"], counts["dead_letter"], already, pending)

@@ -4,10 +4,10 @@ stream kept in ``unknown_readings``.
 ``list`` shows every landed sensor (readings, time span, whether it is declared now, the
 proposal's kind); ``show ASSET SENSOR`` its profile and the proposed plant-file entry;
 ``accept ASSET SENSOR`` writes that entry into the plant file (``--plant``, else
-``PLANTPULSE_PLANT``, else the bundled demo plant), waits ``--settle`` seconds for a running
-stream to reload the plant (it checks every 2 s; what it had landed meanwhile is committed by
-then), and replays the sensor's backlog into ``readings`` exactly once (accepting again, or
-re-running, adds nothing twice).  Errors are one line, exit 2.
+``PLANTPULSE_PLANT``, else the bundled demo plant), waits for a running stream to reload the
+plant (it checks every 2 s) and to commit what it landed until then (``--settle`` seconds), and
+replays the sensor's backlog into ``readings`` exactly once (accepting again, or re-running,
+adds nothing twice; rows landed within the settle margin are taken by the next accept).  Errors are one line, exit 2.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def add_parser(sub: Any) -> None:
         if name == "accept":
             c.add_argument("--kind", default=None, help="override the guessed sensor kind")
             c.add_argument("--settle", type=float, default=SETTLE_S,
-                           help=f"seconds to let a running stream reload the plant before the "
-                           f"replay (default {SETTLE_S:g}; 0 when no stream runs)")
+                           help=f"seconds a running stream may take to commit what it lands "
+                           f"(its snapshot interval and more; default {SETTLE_S:g}); rows landed "
+                           "more recently wait for the next accept.  0 when no stream runs")
 
 
 def _plant_path(arg: str | None) -> str:
@@ -142,20 +143,24 @@ def _accept(lake: Any, path: str, plant: Any, args: argparse.Namespace) -> int:
             entry = dict(entry, kind=args.kind)
         changed = add_sensor(path, args.asset, entry)
         plant = load_plant(path)
-        if args.settle > 0:
-            time.sleep(args.settle)
+        if args.settle > 0:  # the stream reloads within REFRESH_S, then commits what it landed
+            from plant.watch import REFRESH_S
+
+            time.sleep(args.settle + REFRESH_S)
     result = replay_backlog(lake, plant, args.asset, args.sensor,
-                            now_us=time.time_ns() // 1000)
+                            now_us=time.time_ns() // 1000, settle_s=args.settle)
     out = {"asset_id": args.asset, "sensor_id": args.sensor,
            "plant_file": str(changed) if changed else None,
            "replayed_readings": result.readings, "replayed_dead_letters": result.dead_letters,
-           "replayed_before": result.already}
+           "replayed_before": result.already, "pending": result.pending}
     if args.json:
         print(json.dumps(out))
     else:
         print((f"declared {args.asset}/{args.sensor} in {changed}" if changed
                else f"{args.asset}/{args.sensor} was already declared")
               + f"; replayed {result.readings} readings into readings, "
-              f"{result.dead_letters} into dead_letter ({result.already} replayed before)")
+              f"{result.dead_letters} into dead_letter ({result.already} replayed before)"
+              + (f"; {result.pending} landed in the last {args.settle:g} s: run accept again "
+                 "to replay them" if result.pending else ""))
     return 0
 

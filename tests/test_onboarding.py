@@ -189,3 +189,23 @@ def test_the_onboarding_sensor_requests_a_run_once_per_new_sensor():
     assert new == ["pump-01/oil_temp"]
     assert new_landed_pairs(["pump-01/oil_temp"], cursor)[0] == []
     assert new_landed_pairs(["pump-01/oil_temp", "pump-02/x"], cursor)[0] == ["pump-02/x"]
+
+
+def test_rows_landed_within_the_settle_margin_wait_for_the_next_replay(lake: Lake,
+                                                                      plant_file: Path):
+    from lake.onboarding import replay_backlog
+
+    now = T0_US + 100 * 1_000_000
+    lake.append("unknown_readings", {
+        "asset_id": ["pump-01"] * 3, "sensor_id": ["oil_temp"] * 3,
+        "ts": [T0_US, T0_US + 1_000_000, T0_US + 2_000_000], "value": [40.0, 41.0, 42.0],
+        "raw": [b"{}"] * 3, "source": ["test"] * 3,
+        # the last one landed 2 s ago: a running stream may still hold rows stamped before it
+        "ingest_ts": [now - 60_000_000, now - 30_000_000, now - 2_000_000]})
+    add_sensor(plant_file, "pump-01", {"id": "oil_temp", "kind": "temperature"})
+    plant = load_plant(plant_file)
+    first = replay_backlog(lake, plant, "pump-01", "oil_temp", now, settle_s=5.0)
+    assert (first.readings, first.pending) == (2, 1)
+    later = replay_backlog(lake, plant, "pump-01", "oil_temp", now + 10_000_000, settle_s=5.0)
+    assert (later.readings, later.already, later.pending) == (1, 2, 0)
+    assert len(_sensor_rows(lake, "readings")) == 3
