@@ -472,7 +472,7 @@ def fuzz(root: Path, n_decode: int, n_flow: int) -> dict[str, float]:
         flow_crashed = 1
     # which messages produced a row: the lake keeps rows, not message offsets, so the core is
     # run again on the same batches (deterministic) and its row counts must equal the lake's
-    state, offsets, core_rows = None, set(), {"readings": 0, "dead_letter": 0}
+    state, offsets, core_rows = None, set(), {"readings": 0, "dead_letter": 0, "unknown_readings": 0}
     for b in batches:
         state, rows = run_batch(state, Batch(b))
         for r in rows:

@@ -26,10 +26,13 @@ from bytewax_flows.sources import SimulatorSource
 from dataplane.calibration import CalibrationCache
 from dataplane.rows import SinkRows
 from dataplane.step import Context, Plant, process, route
+from dataplane.topology import shard_groups
 from dataplane.wire import Batch, as_batch
 from lake import Settings
 from models.registry import FAULT_MODEL, ChampionWatcher
 from physics.simulator import default_fleet
+from plant.model import Plant as PlantModel
+from plant.watch import PlantWatcher
 
 __all__ = ["get_flow", "build_flow", "flow", "simulated_flow", "SHARDS"]
 
@@ -58,8 +61,8 @@ def get_flow(
         tracking_uri or settings.mlflow_tracking_uri, FAULT_MODEL
     )
     ctx = Context(calibration=CalibrationCache(lake_uri), champion=champion)
-    if plant is not None:
-        ctx.plant = plant
+    if plant is not None:  # a loaded plant file is followed like the default one
+        ctx.plant = PlantWatcher.following(plant) if isinstance(plant, PlantModel) else plant
     return build_flow(source, DeltaSink(lake_uri), ctx, shards=shards)
 
 
@@ -83,7 +86,10 @@ def build_flow(
     items = op.input("source", flow, source)  # Batch (or Message / list of them)
     batches = op.map("as_batch", items, as_batch)  # Batch
     marks = op.flat_map("to_every_table", batches, _marks)  # (table, SinkRows) durability
-    pieces = op.flat_map("route", batches, partial(route, n_shards=shards or SHARDS))
+    # assets joined by the plant's topology share a shard (fixed at start, dataplane.topology)
+    groups = shard_groups(ctx.plant) if getattr(ctx.plant, "topology", None) else None
+    pieces = op.flat_map("route", batches, partial(route, n_shards=shards or SHARDS,
+                                                    groups=groups))
     # (shard, Decoded): the batch's readings, frames and rejects of one shard's assets
     processed = op.stateful_map("process", pieces, partial(process, ctx=ctx))
     # (shard, [SinkRows]): readings, features, scores, alerts, drift, frames, dead letters

@@ -17,6 +17,12 @@ from dagster_project.assets.models import (
     rul_promotion,
     rul_training_set,
 )
+from dagster_project.assets.onboarding import (
+    build_unknown_sensors_sensor,
+    onboarding_job,
+    sensor_proposals,
+    unknown_readings,
+)
 from dagster_project.assets.operations import STREAM_TABLES, operations_overview
 from dagster_project.assets.plant import plant_model
 from dagster_project.assets.readings import DAILY, readings, sensor_daily_stats
@@ -86,12 +92,14 @@ defs = dg.Definitions(
         rul_promotion,
         operations_overview,
         plant_model,
+        sensor_proposals,
+        unknown_readings,
         *STREAM_TABLES,
         lake_compaction,
         lake_vacuum,
     ],
     jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job, operations_job,
-          maintenance_job],
+          maintenance_job, onboarding_job],
     schedules=[
         maintenance_schedule,
         dg.build_schedule_from_partitioned_job(daily_profile_job, hour_of_day=0, minute_of_hour=30),
@@ -118,6 +126,7 @@ defs = dg.Definitions(
         build_new_readings_sensor(validation_job, DAILY),
         build_drift_sensor(retrain_fault_job),
         build_label_sensor(retrain_fault_job),
+        build_unknown_sensors_sensor(onboarding_job),
         # evaluates the assets' AutomationConditions (off unless a sensor like this one runs)
         dg.AutomationConditionSensorDefinition(
             "default_automation_condition_sensor",

@@ -27,6 +27,7 @@ import math
 import os
 import zlib
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +48,7 @@ from dataplane.scoring import (
     score_process,
     score_vibration,
 )
+from dataplane.topology import TopologyBoard, annotate_alerts
 from dataplane.wire import TS_MAX, TS_MIN, Batch, Decoded, Frame, decode_batch
 from expectations.checks import OK, Arrivals, arrival_reasons, frame_problem, value_problems
 from expectations.contracts import SensorContract
@@ -58,6 +60,7 @@ from physics.features import vibration_features
 from physics.process import stats_from_sums
 from physics.registry import FEATURE_VERSION, PROCESS_WINDOW_S, feature_names
 from plant import default_plant
+from plant.watch import PlantWatcher
 
 __all__ = ["Plant", "Context", "ShardState", "route", "process", "run_batch",
            "RING", "MAX_SERIES"]
@@ -93,12 +96,17 @@ class Plant(Protocol):
     def bearing(self, asset_id: str, sensor_id: str | None = None) -> BearingGeometry | None: ...
 
 
+def _watched_default_plant() -> Plant:
+    return PlantWatcher.following(default_plant())
+
+
 @dataclass
 class Context:
-    """Per worker, not state: the plant, calibration, the champion model and the alert policy
-    (read once at start; the calibration and champion follow their tables/alias by themselves)."""
+    """Per worker, not state: the plant, calibration, the champion model and the alert policy.
+    The plant (a ``plant.watch.PlantWatcher`` by default), the calibration and the champion
+    follow their file, table and alias by themselves: edits take effect without a restart."""
 
-    plant: Plant = field(default_factory=default_plant)
+    plant: Plant = field(default_factory=_watched_default_plant)
     calibration: CalibrationCache | None = None
     champion: ChampionWatcher | None = None
     policy: AlertPolicy = field(default_factory=AlertPolicy)
@@ -106,19 +114,26 @@ class Context:
 
 
 # -- routing ----------------------------------------------------------------------------------
-def _shard_of(asset: str | None, n_shards: int) -> int:
-    return 0 if asset is None else zlib.crc32(asset.encode("utf-8", "replace")) % n_shards
+def _shard_of(asset: str | None, n_shards: int, groups: Mapping[str, str] | None = None) -> int:
+    if asset is None:
+        return 0
+    if groups:  # the assets of one topology component share a shard (dataplane.topology)
+        asset = groups.get(asset, asset)
+    return zlib.crc32(asset.encode("utf-8", "replace")) % n_shards
 
 
-def route(batch: Batch, n_shards: int = 1) -> list[tuple[str, Decoded]]:
-    """Decode a micro-batch and split it by asset into ``n_shards`` keyed pieces."""
+def route(batch: Batch, n_shards: int = 1, groups: Mapping[str, str] | None = None
+          ) -> list[tuple[str, Decoded]]:
+    """Decode a micro-batch and split it by asset into ``n_shards`` keyed pieces; ``groups``
+    (``dataplane.topology.shard_groups``) routes an asset by the id of its topology component
+    instead of its own, so that connected assets' alerts meet on one shard."""
     d = decode_batch(batch.messages)
     if n_shards <= 1:
         return [("0", d)] if batch.messages else []
-    asset_shard = np.array([_shard_of(a, n_shards) for a in d.assets], np.int32)
+    asset_shard = np.array([_shard_of(a, n_shards, groups) for a in d.assets], np.int32)
     g_shard = asset_shard[d.g_a] if d.n_groups else np.empty(0, np.int32)
-    frame_shard = [_shard_of(f.asset_id, n_shards) for _, f in d.frames]
-    reject_shard = [_shard_of(r[3], n_shards) for r in d.rejects]
+    frame_shard = [_shard_of(f.asset_id, n_shards, groups) for _, f in d.frames]
+    reject_shard = [_shard_of(r[3], n_shards, groups) for r in d.rejects]
     out = []
     for k in range(n_shards):
         groups = np.flatnonzero(g_shard == k)
@@ -199,6 +214,8 @@ class ShardState:
     log_rows: int = 0
     max_lateness: int = 0
     newest_any: int = _I64_MIN
+    plant_version: int = 0  # the ``version`` of the (watched) plant the contracts come from
+    topology: TopologyBoard = field(default_factory=TopologyBoard)
 
     def __getstate__(self) -> dict[str, Any]:
         self.index_new_series()
@@ -242,6 +259,25 @@ class ShardState:
         self.max_lateness = max(self.max_lateness, int(self.lateness[sid]))
         self.__dict__.pop("_names_pa", None)
         return sid
+
+    def refresh_contracts(self, plant: Plant) -> int:
+        """After the plant file changed: each registered series takes its new contract's
+        checks (range, lateness, what is watched); its cadence and window stay as registered
+        (its rings are built on them).  A series the plant no longer declares keeps its last
+        contract until a restart.  Returns how many series changed."""
+        changed = 0
+        for sid, (asset, sensor) in enumerate(self.names):
+            c = plant.contract(asset, sensor)
+            if c is None or c == self.contracts[sid] or c.frames:
+                continue
+            self.contracts[sid] = c
+            self.low[sid], self.high[sid] = c.low, c.high
+            self.lateness[sid] = round(c.allowed_lateness_s * 1e6)
+            self.slope[sid] = c.watched_as == "slope"
+            changed += 1
+        if changed:
+            self.max_lateness = int(self.lateness[: self.n].max(initial=0))
+        return changed
 
     def index_new_series(self) -> None:
         """Fold the series registered since the last call into the sorted key search."""
@@ -319,14 +355,22 @@ def process(
     the rows of every lake table."""
     state = state or ShardState()
     ctx = ctx or Context()
+    version = getattr(ctx.plant, "version", 0)
+    if version != state.plant_version:  # the plant file changed: take the new contracts
+        state.plant_version = version
+        if state.refresh_contracts(ctx.plant):
+            log.info("shard %s: contracts refreshed from plant version %d", d.shard, version)
     out, dead = Out(d.messages), _DeadLetters(d)
     for i, reason, detail, asset, sensor, raw in d.rejects:
         dead.add(i, reason, detail, asset, sensor, raw)
-    g_sid = _series_of_groups(state, d, ctx, dead)
+    g_sid, unknown = _series_of_groups(state, d, ctx, dead)
+    if unknown:
+        _land_unknown(d, unknown, out, dead)
     speeds = _scalars(state, d, g_sid, ctx, out, dead)
     if d.frames:
         _frames(state, d, ctx, out, dead, speeds)
     _keep_speeds(state, speeds)
+    annotate_alerts(state.topology, ctx.plant, out)
     dead.emit(out)
     return state, out.sink_rows(path=d.shard)
 
@@ -342,16 +386,18 @@ def run_batch(state: ShardState | None, batch: Batch, ctx: Context | None = None
     return state or ShardState(), rows
 
 
-def _series_of_groups(state: ShardState, d: Decoded, ctx: Context,
-                      dead: _DeadLetters) -> NDArray[np.int64]:
-    """Each group's series number, registering new series; -1 (and a dead letter) for a group
-    that cannot be used: an undeclared sensor, a frame sensor sending scalars, no capacity.
-    Known series are found for the whole batch at once (one search over the shard's sorted
-    series keys); only the others are looked at one by one."""
+def _series_of_groups(state: ShardState, d: Decoded, ctx: Context, dead: _DeadLetters
+                      ) -> tuple[NDArray[np.int64], list[tuple[int, bytes | None]]]:
+    """Each group's series number, registering new series; -1 for a group that is not a
+    series: a dead letter for a frame sensor sending scalars or no capacity; an undeclared
+    sensor is returned in the list of (group, raw input or None for the message's payload)
+    for the landing table.  Known series are found for the whole batch at once (one search
+    over the shard's sorted series keys); only the others are looked at one by one."""
     n_groups = d.n_groups
     g_sid = np.full(n_groups, -1, np.int64)
+    unknown: list[tuple[int, bytes | None]] = []
     if not n_groups:
-        return g_sid
+        return g_sid, unknown
     a_no = np.fromiter((state.asset_index.get(a, -1) for a in d.assets), np.int64,
                        len(d.assets))
     s_no = np.fromiter((state.sensor_index.get(x, -1) for x in d.sensors), np.int64,
@@ -364,7 +410,7 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context,
         g_sid[hit] = state.pair_sids[pos[hit]]
     missing = np.flatnonzero(g_sid < 0)
     if not missing.size:
-        return g_sid
+        return g_sid, unknown
     counts = np.bincount(d.group, minlength=n_groups)
     per_msg: NDArray[np.int64] | None = None
     for g in missing.tolist():
@@ -377,9 +423,12 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context,
             continue
         contract = ctx.plant.contract(asset, sensor)
         problem = None
-        if contract is None:
-            problem = ("unknown_sensor", f"sensor {sensor!r} has no contract")
-        elif contract.frames:
+        if contract is None:  # schema on read: kept in the landing table, not rejected
+            if per_msg is None:
+                per_msg = np.bincount(d.g_msg, minlength=len(d.messages))
+            unknown.append((g, None if per_msg[d.g_msg[g]] == 1 else _group_raw(d, g)))
+            continue
+        if contract.frames:
             problem = ("wrong_type", f"sensor {sensor!r} sends frames")
         elif state.n >= ctx.max_series:
             problem = ("capacity", f"this shard already tracks {state.n} series "
@@ -392,7 +441,46 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context,
         raw = None if per_msg[d.g_msg[g]] == 1 else _group_raw(d, g)
         dead.add(int(d.g_msg[g]), *problem, asset, sensor, raw)
     state.index_new_series()
-    return g_sid
+    return g_sid, unknown
+
+
+def _land_unknown(d: Decoded, unknown: list[tuple[int, bytes | None]], out: Out,
+                  dead: _DeadLetters) -> None:
+    """The readings of undeclared sensors as ``unknown_readings`` rows (each with the input it
+    came in); a reading whose timestamp cannot be stored (outside 1990..2100) is a dead
+    letter, as for a declared sensor."""
+    groups = np.array([g for g, _ in unknown], np.int64)
+    pos = np.full(d.n_groups, -1, np.int64)
+    pos[groups] = np.arange(groups.size)
+    sel = np.flatnonzero(pos[d.group] >= 0)
+    ts, values, k = d.ts[sel], d.value[sel], pos[d.group[sel]]
+    msg = d.g_msg[groups[k]].astype(np.intp)
+    names = [d.group_names(int(g)) for g in groups.tolist()]
+    bad = (ts < TS_MIN) | (ts >= TS_MAX)
+    for j in np.flatnonzero(bad).tolist():
+        asset, sensor = names[int(k[j])]
+        v = float(values[j])
+        dead.add(int(msg[j]), _REASON[_BAD_TS], "timestamp outside 1990..2100", asset, sensor, orjson.dumps({"asset_id": asset, "sensor_id": sensor,
+                                              "ts": int(ts[j]),
+                                              "value": v if math.isfinite(v) else None}))
+    if bad.any():
+        keep = ~bad
+        ts, values, k, msg = ts[keep], values[keep], k[keep], msg[keep]
+    if not ts.size:
+        return
+    k_pa = pa.array(k)
+    raws = [d.messages[int(d.g_msg[g])].payload if raw is None else raw for g, raw in unknown]
+    rows = pa.Table.from_arrays([
+        pa.array([a for a, _ in names], pa.string()).take(k_pa),
+        pa.array([s for _, s in names], pa.string()).take(k_pa),
+        pa.array(ts).view(TS),
+        pa.array(values),
+        pa.array(raws, pa.binary()).take(k_pa),
+        pa.array([d.messages[int(d.g_msg[g])].source for g, _ in unknown], pa.string()
+                 ).take(k_pa),
+        pa.array(np.full(ts.size, now_us(), np.int64)).view(TS),
+    ], schema=table_spec("unknown_readings").input_schema)
+    out.add_table("unknown_readings", rows, msg)
 
 
 def _group_raw(d: Decoded, g: int) -> bytes:

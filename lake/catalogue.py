@@ -131,6 +131,54 @@ _TABLES: tuple[TableSpec, ...] = (
         retention_days=90,
     ),
     TableSpec(
+        "unknown_readings",
+        pa.schema(
+            [
+                _f("asset_id", pa.string(), doc="asset id as received (may be undeclared)"),
+                _f("sensor_id", pa.string(), doc="a sensor the plant model does not declare"),
+                _f("ts", TS, doc="event time of the reading"),
+                _f("value", pa.float64(), True, doc="value as received (NaN/null kept)"),
+                _f("raw", pa.binary(), doc="the input it came in: the message's payload, or "
+                   "this sensor's part of a multi-sensor message"),
+                _f("source", pa.string(), doc="where it came from"),
+                _f("ingest_ts", TS, doc="when the stream landed it"),
+                _DATE,
+            ]
+        ),
+        "One reading of a sensor the plant model does not declare (schema on read): kept "
+        "apart from readings until `plantpulse sensors accept` declares it and replays it.",
+        time_column="ts",
+        partition_by=("date",),
+        retention_days=30,
+        z_order=("asset_id", "sensor_id", "ts"),
+    ),
+    TableSpec(
+        "sensor_proposals",
+        pa.schema(
+            [
+                _f("asset_id", pa.string()),
+                _f("sensor_id", pa.string()),
+                _f("profiled_ts", TS, doc="when the profile was computed"),
+                _f("n_readings", pa.int64()),
+                _f("first_ts", TS),
+                _f("last_ts", TS),
+                _f("min", pa.float64(), True),
+                _f("max", pa.float64(), True),
+                _f("rate_hz", pa.float64(), True, doc="median reading rate"),
+                _f("resolution", pa.float64(), True, doc="smallest step between values"),
+                _f("gaps", pa.int64(), doc="intervals longer than 5 median intervals"),
+                _f("longest_gap_s", pa.float64(), True),
+                _f("stuck_stretches", pa.int64(), doc="runs of one repeated value >= 10 s"),
+                _f("longest_stuck_s", pa.float64(), True),
+                _f("non_finite", pa.int64(), doc="null, NaN or infinite values"),
+                _f("kind", pa.string(), True, doc="guessed sensor kind (plant's sensor_kinds)"),
+                _f("kind_reason", pa.string(), True),
+                _f("proposal", pa.string(), doc="the proposed plant-file sensor entry, YAML"),
+            ]
+        ),
+        "One proposed contract per unknown sensor, from its profile (built by Dagster).",
+    ),
+    TableSpec(
         "features",
         pa.schema(
             [
@@ -192,6 +240,11 @@ _TABLES: tuple[TableSpec, ...] = (
                     pa.list_(pa.struct([("feature", pa.string()), ("contribution", pa.float64())])),
                     doc="features that contributed most (SHAP)",
                 ),
+                _f("suspected_cause", pa.string(), True,
+                   doc="an upstream asset's open alert or drift event (plant topology), "
+                   "e.g. 'upstream pump-01 in alert since 10:02:00'"),
+                _f("downstream_effects", pa.list_(pa.string()), True,
+                   doc="alerts of downstream assets that opened while this one was open"),
                 _DATE,
             ]
         ),

@@ -253,6 +253,14 @@ class Lake:
         self._write(spec, table, mode="append", transactions=txns)
         return True
 
+    def replace(self, name: str, data: Any) -> None:
+        """Replace all rows of an unpartitioned table with ``data`` in one commit (a snapshot
+        table rebuilt by each run, e.g. ``sensor_proposals``): reruns are safe."""
+        spec = table_spec(name)
+        if spec.partition_by:
+            raise LakeError(f"table {name!r} is partitioned; replace one partition instead")
+        self._write(spec, conform(spec, data), mode="overwrite")
+
     def replace_partition(self, name: str, data: Any, **partition: Any) -> None:
         """Replace exactly one partition (e.g. ``date=2026-11-21``) with ``data``: reruns are safe."""
         spec = table_spec(name)

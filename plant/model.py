@@ -128,6 +128,8 @@ class Plant:
     topology: tuple[Edge, ...] = ()
     bearings: dict[str, BearingGeometry] = field(default_factory=dict)
     replay: Any = None  # the file's replay adapter (plant.schema.*Replay), if any
+    files: tuple[str, ...] = ()  # this file and every file it includes
+    asset_files: dict[str, str] = field(default_factory=dict)  # asset id -> declaring file
     _resolved: dict[str, Asset | None] = field(default_factory=dict, repr=False)
 
     # -- look-ups --------------------------------------------------------------------------
@@ -466,7 +468,8 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
                                              b.contact_angle_deg)
         except ValueError as exc:
             raise PlantError(path, b.line(), f"bearings.{name}", str(exc)) from None
-    plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay)
+    plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay,
+                  files=(str(path),))
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}
     site_ids: set[str] = set()
@@ -486,6 +489,7 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
             plant.assets[spec.id] = _resolve_asset(path, where, site.id, spec, doc, bearings,
                                                      cache)
             asset_lines[spec.id] = spec.line("id")
+            plant.asset_files[spec.id] = str(path)
     for inc in doc.include:
         inc_path = (path.parent / inc).resolve()
         if inc_path in seen:
@@ -548,7 +552,9 @@ def _merge(path: Path, doc: PlantFile, plant: Plant, other: Plant) -> Plant:
         if plant.bearings.setdefault(name, b) != b:
             raise PlantError(path, doc.line("include"), "include",
                              f"bearing {name!r} differs in {other.path}")
-    return replace(plant, topology=plant.topology + other.topology, _resolved={})
+    plant.asset_files.update(other.asset_files)
+    return replace(plant, topology=plant.topology + other.topology, _resolved={},
+                   files=plant.files + other.files)
 
 
 def _load(path: Path, seen: tuple[Path, ...]) -> Plant:

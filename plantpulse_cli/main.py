@@ -147,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     from plantpulse_cli import plant as plant_cli  # argparse only; the model loads when run
 
     plant_cli.add_parser(sub)
+    from plantpulse_cli import sensors as sensors_cli
+
+    sensors_cli.add_parser(sub)
     return p
 
 
@@ -293,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             from plantpulse_cli.plant import run
 
             return run(args)
+        if args.command == "sensors":
+            from plantpulse_cli.sensors import run as run_sensors
+
+            return run_sensors(args)
         if args.command == "sql":
             return _sql(args)
         if args.command == "label":

@@ -162,9 +162,14 @@ def test_one_bad_tag_of_a_multi_sensor_message_is_rejected_alone():
     _, rows = run_batch(None, Batch(_msgs([payload])))
     tables = {r.table: r.rows.to_pandas() for r in rows}
     assert tables["readings"]["sensor_id"].tolist() == ["motor_current"]
-    dead = tables["dead_letter"].sort_values("reason")
-    assert dead["reason"].tolist() == ["unknown_sensor", "wrong_type"]
-    assert json.loads(dead["raw"].iloc[1])["sensor_id"] == "discharge_pressure"
+    dead = tables["dead_letter"]
+    assert dead["reason"].tolist() == ["wrong_type"]
+    assert json.loads(dead["raw"].iloc[0])["sensor_id"] == "discharge_pressure"
+    # the undeclared tag is kept (schema on read) with its own part of the message
+    unknown = tables["unknown_readings"]
+    assert unknown[["sensor_id", "value"]].values.tolist() == [["oil_colour", 3.0]]
+    assert json.loads(unknown["raw"].iloc[0]) == {"asset_id": "pump-01", "sensor_id": "oil_colour",
+                                                  "ts": [T0_US], "value": [3.0]}
 
 
 @pytest.mark.parametrize(

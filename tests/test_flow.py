@@ -52,7 +52,7 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     t = T0_US
     messages = [
         msg(0, b"{not json"),  # malformed
-        msg(1, reading("oil_colour", t, 1.0)),  # unknown sensor
+        msg(1, reading("oil_colour", t, 1.0)),  # unknown sensor: landed, schema on read
         msg(
             2,
             reading(
@@ -89,7 +89,6 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     reasons = dead(lake)["reason"].value_counts().to_dict()
     assert reasons == {
         "malformed": 1,
-        "unknown_sensor": 1,
         "out_of_range": 1,
         "non_finite": 2,
         "duplicate": 2,
@@ -115,7 +114,9 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     assert process["proc_level"].notna().all() and process["vib_rms"].isna().all()
     assert lake.count("frames") == 1  # the first accepted frame is kept as a sample
     total_inputs = 1 + 1 + 4 + 4 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1  # readings or whole messages
-    assert len(readings) + len(features) + len(dead(lake)) == total_inputs
+    unknown = lake.read("unknown_readings")
+    assert unknown[["sensor_id", "value"]].values.tolist() == [["oil_colour", 1.0]]
+    assert len(readings) + len(features) + len(dead(lake)) + len(unknown) == total_inputs
 
 
 def test_dead_letter_keeps_raw_payload_of_each_rejected_reading(lake: Lake):
