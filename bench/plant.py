@@ -45,7 +45,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from bench.common import Timer, parser, report
+from bench.common import Timer, parser, report, start_cluster
 from bench.stream import commit_times_ms
 from dataplane.wire import Message, decode_batch, encode_frame
 from expectations.contracts import SensorContract
@@ -169,29 +169,11 @@ def flow_for(shape: str, seconds: int, lake_uri: str, n_assets: int = 500, n_sen
     return build_flow(source, DeltaSink(lake_uri, max_age_s=max_age), ctx)
 
 
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def run_processes(target: str, processes: int, env_extra: dict[str, str] | None = None,
                   timeout_s: float = 900.0) -> int:
     """Run ``target`` as ``processes`` Bytewax processes on loopback; returns the largest
     peak RSS in bytes."""
-    ports = _free_ports(processes)
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
-    env = {**os.environ, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "bytewax.run", target]
-    procs = [subprocess.Popen(cmd + (["-i", str(i), "-a", addresses] if processes > 1 else []),
-                              cwd=ROOT, env=env, start_new_session=True)
-             for i in range(processes)]
+    procs = start_cluster(target, processes, {**os.environ, **(env_extra or {})}, cwd=ROOT)
     peak, deadline = 0, time.monotonic() + timeout_s
     try:
         for p in procs:

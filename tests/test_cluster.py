@@ -1,0 +1,144 @@
+"""Bytewax's own cluster mode, without containers: the telemetry flow as 2 and 4 processes
+(``python -m bytewax.run ... -i I -a ADDRESSES`` on loopback) over partitioned sources - the
+replay source (one partition per machine) and MQTT (one client per worker in a shared
+subscription) - writes the same table contents as one worker; kill -9 of one process of the
+cluster and a restart of the whole cluster (Bytewax recovery on) lose and duplicate nothing.
+
+Tables are compared as multisets of rows, without the columns that record wall-clock time
+(``ingest_ts``, ``latency_ms``, ``received_ts``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from bytewax.recovery import init_db_dir
+from bytewax.testing import run_main
+
+from bench.common import start_cluster
+from lake import Lake
+from tests.cluster_flows import fleet_replay_flow
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+TABLES = ("readings", "features", "scores", "alerts", "dead_letter", "frames", "drift_events")
+WALL_CLOCK = {"readings": ["ingest_ts"], "scores": ["latency_ms"],
+              "dead_letter": ["received_ts", "date"], "frames": ["samples"]}
+MACHINES, CHUNKS = 6, 40
+
+
+def rows(lake: Lake, table: str) -> Counter:
+    """The table's rows as a multiset (a duplicate counts twice), wall-clock columns left out."""
+    if not lake.exists(table):
+        return Counter()
+    df = lake.read(table)
+    df = df.drop(columns=[c for c in WALL_CLOCK.get(table, []) if c in df.columns])
+    df = df[sorted(df.columns)]
+    return Counter(tuple(repr(v) for v in r) for r in df.itertuples(index=False))
+
+
+def contents(lake: Lake) -> dict[str, Counter]:
+    return {t: rows(lake, t) for t in TABLES}
+
+
+def assert_same_contents(expected: dict[str, Counter], lake: Lake, what: str) -> None:
+    got = contents(lake)
+    for table in TABLES:
+        dup = sum(n - 1 for n in got[table].values() if n > 1)
+        assert dup == 0, f"{what}: {dup} duplicated rows in {table}"
+        lost, extra = expected[table] - got[table], got[table] - expected[table]
+        assert not lost and not extra, (
+            f"{what}: {table} differs from one worker: {sum(lost.values())} rows missing, "
+            f"{sum(extra.values())} rows extra")
+
+
+def cluster_env(tmp_path: Path, lake: Lake) -> dict[str, str]:
+    """Every process of a cluster shares the lake and one MLflow store (created once here)."""
+    from models.registry import client
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client(tracking).search_experiments(max_results=1)
+    return {**os.environ, "PLANTPULSE_HOME": str(tmp_path), "PLANTPULSE_LAKE": lake.uri,
+            "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO)}
+
+
+def stop(procs: list, grace_s: float = 10.0) -> None:
+    """The survivors of a killed process cannot go on without their peer: they exit, or are
+    killed after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+def wait_all(procs: list, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.wait(max(1.0, deadline - time.monotonic()))
+    return [p.returncode for p in procs]
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Counter]:
+    """The fleet's replay through one worker: what every cluster must write."""
+    lake = Lake(tmp_path_factory.mktemp("one") / "lake")
+    run_main(fleet_replay_flow(lake.uri, MACHINES, CHUNKS))
+    got = contents(lake)
+    for table in ("readings", "features", "scores", "dead_letter", "frames"):
+        assert got[table], f"the reference run wrote no {table}"
+    return got
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_a_cluster_over_the_partitioned_replay_writes_what_one_worker_writes(
+        one_worker: dict[str, Counter], tmp_path: Path, processes: int):
+    lake = Lake(tmp_path / "lake")
+    lake.create_tables()  # once, not by N processes racing
+    target = f"tests.cluster_flows:fleet_replay_flow({lake.uri!r}, {MACHINES}, {CHUNKS})"
+    log = tmp_path / "cluster.log"
+    procs = start_cluster(target, processes, cluster_env(tmp_path, lake), log=log)
+    codes = wait_all(procs, 240)
+    assert codes == [0] * processes, log.read_text()[-3000:]
+    assert_same_contents(one_worker, lake, f"{processes} processes")
+
+
+def test_kill_9_of_one_process_and_a_cluster_restart_lose_and_duplicate_nothing(
+        one_worker: dict[str, Counter], tmp_path: Path):
+    """The replay paced (so the kill lands mid-run) through 2 processes with recovery
+    (snapshots every second): one process is SIGKILLed once rows are committed, the other falls
+    with the cluster; the restarted cluster resumes from the last snapshot, and the sink's
+    offset-keyed commits drop what the replay writes again."""
+    lake = Lake(tmp_path / "lake")
+    lake.create_tables()
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 2)
+    env = cluster_env(tmp_path, lake)
+    target = (f"tests.cluster_flows:fleet_replay_flow({lake.uri!r}, {MACHINES}, {CHUNKS}, "
+              f"speed=4.0)")
+    log = tmp_path / "cluster.log"
+    procs = start_cluster(target, 2, env, recovery=recovery, log=log)
+    total = sum(one_worker["readings"].values())
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (lake.count("readings") > total // 5):
+        assert all(p.poll() is None for p in procs), log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.kill(procs[1].pid, signal.SIGKILL)
+    stop(procs)
+    partial = lake.count("readings")
+    assert 0 < partial < total, "the kill must land mid-run"
+
+    again = start_cluster(target.replace("speed=4.0", "speed=None"), 2, env, recovery=recovery,
+                          log=log)
+    codes = wait_all(again, 240)
+    assert codes == [0, 0], log.read_text()[-3000:]
+    assert_same_contents(one_worker, lake, "kill -9 and restart")
