@@ -142,7 +142,7 @@ def free_ports(n: int) -> list[int]:
 
 
 def cluster_argv(target: str, processes: int, recovery: str | Path | None = None,
-                 snapshot_s: float = 1.0, addresses: str | None = None) -> list[list[str]]:
+                 snapshot_s: int = 1, addresses: str | None = None) -> list[list[str]]:
     """The command line of each process of a Bytewax cluster running ``target``
     (``python -m bytewax.run target -i I -a ADDRESSES``, one worker per process, on loopback);
     with ``recovery`` (a store made by ``bytewax.recovery.init_db_dir``), snapshots every
@@ -157,7 +157,7 @@ def cluster_argv(target: str, processes: int, recovery: str | Path | None = None
 
 
 def start_cluster(target: str, processes: int, env: Mapping[str, str] | None = None,
-                  recovery: str | Path | None = None, snapshot_s: float = 1.0,
+                  recovery: str | Path | None = None, snapshot_s: int = 1,
                   log: Path | None = None, cwd: Path | None = None) -> list[Any]:
     """Start the processes of a Bytewax cluster running ``target`` (``cluster_argv``), each in
     a session of its own, output appended to ``log`` (default: this process's output)."""
