@@ -29,6 +29,7 @@ messages after the poison, 5,000 / 500 fuzzed payloads).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import free_ports, parser, report, start_cluster
+from bench.common import RESULTS, free_ports, parser, report, start_cluster
 from bytewax_flows.mqtt import Publisher, credentials, topic_for
 from bytewax_flows.payloads import encode_frame, encode_scalars
 from lake import Lake
@@ -509,6 +510,18 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("burst: %s", m)
         if "poison" in parts:
             metrics.update(poison(Path(tmp) / "poison", 50 if a.quick else 200))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    extra["parts_run"] = {part: now for part in sorted(parts)}
+    previous = RESULTS / "reliability.json"
+    if not a.quick and a.out is None and previous.exists():
+        # a run of some parts keeps the other parts' last figures (each dated in parts_run)
+        old = json.loads(previous.read_text())
+        metrics = {**{k: v for k, v in old.get("metrics", {}).items()
+                      if not any(k.startswith(f"{part}_") for part in parts)}, **metrics}
+        kept = {k: v for k, v in old.get("details", {}).items() if k != "note"}
+        extra = {**kept, **extra,
+                 "parts_run": {**old.get("details", {}).get("parts_run", {}),
+                               **extra["parts_run"]}}
     targets = {k: v for k, v in TARGETS.items() if k in metrics}
     if a.quick:
         targets.pop("kill_points", None)

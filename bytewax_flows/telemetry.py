@@ -21,12 +21,13 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from bytewax_flows.routing import worker_key
 from bytewax_flows.sinks import DeltaSink, progress_rows
 from bytewax_flows.sources import SimulatorSource
 from dataplane.calibration import CalibrationCache
 from dataplane.rows import SinkRows
 from dataplane.step import Context, Plant, process, route
-from dataplane.wire import Batch, as_batch
+from dataplane.wire import Batch, Decoded, as_batch
 from lake import Settings
 from models.registry import FAULT_MODEL, ChampionWatcher
 from physics.simulator import default_fleet
@@ -83,13 +84,19 @@ def build_flow(
     items = op.input("source", flow, source)  # Batch (or Message / list of them)
     batches = op.map("as_batch", items, as_batch)  # Batch
     marks = op.flat_map("to_every_table", batches, _marks)  # (table, SinkRows) durability
-    pieces = op.flat_map("route", batches, partial(route, n_shards=shards or SHARDS))
+    pieces = op.flat_map("route", batches, partial(_route, n_shards=shards or SHARDS))
     # (shard, Decoded): the batch's readings, frames and rejects of one shard's assets
     processed = op.stateful_map("process", pieces, partial(process, ctx=ctx))
     # (shard, [SinkRows]): readings, features, scores, alerts, drift, frames, dead letters
     rows = op.flat_map("rows", processed, _by_table)  # (table, SinkRows)
     op.output("lake", op.merge("all_rows", rows, marks), sink)
     return flow
+
+
+def _route(batch: Batch, n_shards: int) -> list[tuple[str, Decoded]]:
+    """``dataplane.step.route``, each piece keyed for the worker its shard belongs on (the
+    piece keeps its shard number: the sink's exactly-once key, ``Decoded.shard``)."""
+    return [(worker_key(int(shard)), piece) for shard, piece in route(batch, n_shards)]
 
 
 def _marks(batch: Batch) -> list[tuple[str, SinkRows]]:

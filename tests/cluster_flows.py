@@ -1,4 +1,4 @@
-"""Flows the cluster tests and ``bench.scale`` start as separate processes
+"""Flows the cluster tests start as separate processes
 (``python -m bytewax.run "tests.cluster_flows:fleet_replay_flow(...)" -i I -a ADDRS``).
 
 A module of its own, not a test module: importing ``tests.conftest`` would reset the environment
@@ -6,12 +6,12 @@ A module of its own, not a test module: importing ``tests.conftest`` would reset
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from bytewax.dataflow import Dataflow
 
-from bytewax_flows.replay import ReplaySource, Timeline
-from bytewax_flows.sources import chunk_payloads
-from bytewax_flows.telemetry import get_flow
-from physics.simulator import default_fleet
+if TYPE_CHECKING:
+    from bytewax_flows.replay import Timeline
 
 T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, as tests.conftest
 
@@ -25,6 +25,9 @@ def bad_payload(asset: str, k: int) -> bytes:
 def fleet_timelines(n_machines: int, n_chunks: int) -> dict[str, Timeline]:
     """The demo fleet (an outer-race fault on the first pumps from 20 s) as per-machine replay
     timelines, one hostile message every ten seconds of each machine."""
+    from bytewax_flows.sources import chunk_payloads
+    from physics.simulator import default_fleet
+
     fleet = default_fleet(n_machines, seed=3, start_us=T0_US, outer_race_at_s=20,
                           inner_race_at_s=40, time_to_failure_s=200)
     out: dict[str, Timeline] = {}
@@ -43,5 +46,29 @@ def fleet_replay_flow(lake_uri: str, n_machines: int = 6, n_chunks: int = 40,
                       speed: float | None = None) -> Dataflow:
     """The telemetry flow over the fleet's replay: one source partition per machine, so the
     processes of a cluster each read their part."""
+    from bytewax_flows.replay import ReplaySource
+    from bytewax_flows.telemetry import get_flow
+
     return get_flow(ReplaySource(fleet_timelines(n_machines, n_chunks), speed=speed, batch=64),
                     lake_uri)
+
+
+def key_probe_flow(out_dir: str) -> Dataflow:
+    """Every ``WORKER_KEYS`` key through a stateful step; each process notes, in a file named
+    by its pid, which keys it got (what Bytewax's routing does with them)."""
+    import os
+
+    import bytewax.operators as op
+    from bytewax.testing import TestingSource
+
+    from bytewax_flows.routing import WORKER_KEYS
+
+    def note(state: None, key: str) -> tuple[None, str]:
+        with open(f"{out_dir}/{os.getpid()}", "a") as f:
+            f.write(key + "\n")
+        return state, key
+
+    flow = Dataflow("key_probe")
+    keys = op.input("keys", flow, TestingSource([(k, k) for k in WORKER_KEYS]))
+    op.inspect("done", op.stateful_map("note", keys, note), lambda *_: None)
+    return flow

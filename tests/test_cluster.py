@@ -24,7 +24,8 @@ from bytewax.testing import run_main
 
 from bench.common import start_cluster
 from bench.reliability import ASSETS, SCALARS, Rig, kill_matrix, scalar_message
-from bytewax_flows.mqtt import Publisher, topic_for
+from bytewax_flows.mqtt import Publisher, credentials, topic_for
+from bytewax_flows.routing import WORKER_KEYS
 from lake import Lake
 from tests.cluster_flows import fleet_replay_flow
 from tests.conftest import REPO
@@ -125,6 +126,19 @@ def one_worker(reference: Lake) -> dict[str, Counter]:
 
 
 @pytest.mark.parametrize("processes", [2, 4])
+def test_the_shards_spread_evenly_over_the_processes(tmp_path: Path, processes: int):
+    """Shard ``k``'s state key lands on process ``k % n`` (plain "0".."3" all landed on one
+    process of two: a 2-process cluster did no more work than one)."""
+    target = f"tests.cluster_flows:key_probe_flow({str(tmp_path)!r})"
+    procs = start_cluster(target, processes, {**os.environ, "PYTHONPATH": str(REPO)},
+                          log=tmp_path / "log")
+    assert wait_all(procs, 120) == [0] * processes
+    got = {key: i for i, p in enumerate(procs)
+           for key in (tmp_path / str(p.pid)).read_text().split()}
+    assert got == {key: k % processes for k, key in enumerate(WORKER_KEYS)}
+
+
+@pytest.mark.parametrize("processes", [2, 4])
 def test_a_cluster_over_the_partitioned_replay_writes_what_one_worker_writes(
         one_worker: dict[str, Counter], tmp_path: Path, processes: int):
     lake = Lake(tmp_path / "lake")
@@ -177,7 +191,7 @@ def _publish(rig: Rig, n: int) -> int:
     """``n`` numbered messages of 10 readings, round the demo pumps' scalar sensors (5 s of
     event time: within every contract's allowed lateness, so the order in which the two workers
     of a shared subscription deliver them does not matter)."""
-    pub = Publisher("simulator", port=rig.port)
+    pub = Publisher("simulator", port=rig.port, auth=credentials("simulator", rig.env))
     try:
         infos = []
         for k in range(n):
