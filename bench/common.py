@@ -126,3 +126,45 @@ def point_metrics(flag, truth) -> dict[str, float]:
     fn, tn = int((~flag & truth).sum()), int((~flag & ~truth).sum())
     f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
     return {"f1": f1, "far": fp / max(fp + tn, 1), "mar": fn / max(fn + tp, 1)}
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports (bound to port 0 together, then released)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def cluster_argv(target: str, processes: int, recovery: str | Path | None = None,
+                 snapshot_s: int = 1, addresses: str | None = None) -> list[list[str]]:
+    """The command line of each process of a Bytewax cluster running ``target``
+    (``python -m bytewax.run target -i I -a ADDRESSES``, one worker per process, on loopback);
+    with ``recovery`` (a store made by ``bytewax.recovery.init_db_dir``), snapshots every
+    ``snapshot_s`` and no backup delay."""
+    argv = [sys.executable, "-m", "bytewax.run", target]
+    if recovery is not None:
+        argv += ["-r", str(recovery), "-s", str(snapshot_s), "-b", "0"]
+    if processes == 1:
+        return [argv]
+    addresses = addresses or ";".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    return [argv + ["-i", str(i), "-a", addresses] for i in range(processes)]
+
+
+def start_cluster(target: str, processes: int, env: Mapping[str, str] | None = None,
+                  recovery: str | Path | None = None, snapshot_s: int = 1,
+                  log: Path | None = None, cwd: Path | None = None) -> list[Any]:
+    """Start the processes of a Bytewax cluster running ``target`` (``cluster_argv``), each in
+    a session of its own, output appended to ``log`` (default: this process's output)."""
+    import subprocess
+
+    out = open(log, "ab") if log else None  # noqa: SIM115 (kept by the children)
+    return [subprocess.Popen(argv, cwd=cwd or Path(__file__).resolve().parents[1],
+                             env=dict(env or os.environ), stdout=out,
+                             stderr=subprocess.STDOUT if log else None, start_new_session=True)
+            for argv in cluster_argv(target, processes, recovery, snapshot_s)]

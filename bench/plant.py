@@ -45,7 +45,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from bench.common import Timer, parser, report
+from bench.common import Timer, parser, report, start_cluster
 from bench.stream import commit_times_ms
 from dataplane.wire import Message, decode_batch, encode_frame
 from expectations.contracts import SensorContract
@@ -160,38 +160,25 @@ def flow_for(shape: str, seconds: int, lake_uri: str, n_assets: int = 500, n_sen
     from dataplane.calibration import CalibrationCache
     from dataplane.step import Context
 
-    marks = Path(lake_uri).parent / (Path(lake_uri).name + ".marks")
-    marks.mkdir(exist_ok=True)
-    source = _marked_source(_Timelines(shape, seconds, n_assets, n_sensors, n_vib), speed, batch,
-                            marks)
+    timelines = _Timelines(shape, seconds, n_assets, n_sensors, n_vib)
+    if speed:  # the paced run notes its partitions' start times beside a local lake
+        marks = Path(lake_uri).parent / (Path(lake_uri).name + ".marks")
+        marks.mkdir(exist_ok=True)
+        source = _marked_source(timelines, speed, batch, marks)
+    else:
+        from bytewax_flows.replay import ReplaySource
+
+        source = ReplaySource(timelines, batch=batch)
     ctx = Context(plant=BenchPlant(), calibration=CalibrationCache(lake_uri))
     max_age = 0.25 if speed else 1.0
     return build_flow(source, DeltaSink(lake_uri, max_age_s=max_age), ctx)
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_processes(target: str, processes: int, env_extra: dict[str, str] | None = None,
                   timeout_s: float = 900.0) -> int:
     """Run ``target`` as ``processes`` Bytewax processes on loopback; returns the largest
     peak RSS in bytes."""
-    ports = _free_ports(processes)
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
-    env = {**os.environ, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "bytewax.run", target]
-    procs = [subprocess.Popen(cmd + (["-i", str(i), "-a", addresses] if processes > 1 else []),
-                              cwd=ROOT, env=env, start_new_session=True)
-             for i in range(processes)]
+    procs = start_cluster(target, processes, {**os.environ, **(env_extra or {})}, cwd=ROOT)
     peak, deadline = 0, time.monotonic() + timeout_s
     try:
         for p in procs:
@@ -219,7 +206,7 @@ def throughput(lake: Lake) -> tuple[float, int]:
     n = lake.count("readings")
     first = lake.dataset("readings").to_table(columns=["ingest_ts"]).column("ingest_ts")
     first_ms = pa.compute.min(first).cast(pa.int64()).as_py() / 1000.0
-    last_ms = max(commit_times_ms(lake, "readings").values())
+    last_ms = float(lake.history("readings", 1)[0]["timestamp"])  # local or object store
     return n / ((last_ms - first_ms) / 1000.0), n
 
 

@@ -21,13 +21,14 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
+from bytewax_flows.routing import worker_key
 from bytewax_flows.sinks import DeltaSink, progress_rows
 from bytewax_flows.sources import SimulatorSource
 from dataplane.calibration import CalibrationCache
 from dataplane.rows import SinkRows
 from dataplane.step import Context, Plant, process, route
 from dataplane.topology import shard_groups
-from dataplane.wire import Batch, as_batch
+from dataplane.wire import Batch, Decoded, as_batch
 from lake import Settings
 from models.registry import FAULT_MODEL, ChampionWatcher
 from physics.simulator import default_fleet
@@ -88,7 +89,7 @@ def build_flow(
     marks = op.flat_map("to_every_table", batches, _marks)  # (table, SinkRows) durability
     # assets joined by the plant's topology share a shard (fixed at start, dataplane.topology)
     groups = shard_groups(ctx.plant) if getattr(ctx.plant, "topology", None) else None
-    pieces = op.flat_map("route", batches, partial(route, n_shards=shards or SHARDS,
+    pieces = op.flat_map("route", batches, partial(_route, n_shards=shards or SHARDS,
                                                     groups=groups))
     # (shard, Decoded): the batch's readings, frames and rejects of one shard's assets
     processed = op.stateful_map("process", pieces, partial(process, ctx=ctx))
@@ -96,6 +97,14 @@ def build_flow(
     rows = op.flat_map("rows", processed, _by_table)  # (table, SinkRows)
     op.output("lake", op.merge("all_rows", rows, marks), sink)
     return flow
+
+
+def _route(batch: Batch, n_shards: int, groups: dict[str, str] | None = None
+           ) -> list[tuple[str, Decoded]]:
+    """``dataplane.step.route``, each piece keyed for the worker its shard belongs on (the
+    piece keeps its shard number: the sink's exactly-once key, ``Decoded.shard``)."""
+    return [(worker_key(int(shard)), piece)
+            for shard, piece in route(batch, n_shards, groups=groups)]
 
 
 def _marks(batch: Batch) -> list[tuple[str, SinkRows]]:

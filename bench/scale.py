@@ -1,0 +1,138 @@
+"""Scale-out: readings/s of ``bench.plant``'s plant-shaped load through the real telemetry flow
+as a Bytewax cluster of 1, 2 and 4 processes (``python -m bytewax.run -i I -a ADDRESSES`` on
+loopback, one worker each), with the speedup over one process, into a local lake and into an S3
+lake (moto's S3 server on a loopback port, delta-rs with conditional puts, as ``tests/test_s3.py``).
+
+The load is ``bench.plant``'s: 500 assets x 20 scalar sensors at 10 Hz plus 50 vibration
+sensors (1 s frames at 12.8 kHz) from eight gateway partitions, in one message shape (default
+``multi``: one multi-sensor message per asset per 100 ms).  Readings/s are the scalar readings
+committed to ``readings`` over the time from the first reading processed to the last
+``readings`` commit (``bench.plant.throughput``); every run must commit every reading.
+
+``python -m bench.scale [--quick] [--shape multi|ten|one] [--processes 1,2,4] [--lakes local,s3]``
+(quick: 40 assets, 3 s of event time, 1 and 2 processes).  The machine's load average is printed
+and stored beside the figures: on a shared machine they are pessimistic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+from bench.common import free_ports, parser, report
+from bench.plant import SCALAR_HZ, SHAPES, run_processes, throughput
+from lake import Lake
+
+TARGETS = {"speedup_2p": ">= 1.6"}
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free loopback port; yields the ``AWS_*`` environment reaching it."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("moto's S3 server did not start") from None
+                time.sleep(0.1)
+        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_ALLOW_HTTP": "true"}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _s3_lake(env: dict[str, str]) -> str:
+    import boto3
+
+    bucket = f"scale-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
+                 aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/lake"
+
+
+def run(lake_uri: str, env: dict[str, str], shape: str, processes: int, seconds: int,
+        n_assets: int, n_sensors: int, n_vib: int) -> tuple[float, float]:
+    """One cluster run into a fresh lake: (readings/s, peak RSS MiB of the largest process)."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # this process reads the lake too
+    try:
+        lake = Lake(lake_uri)
+        lake.create_tables()  # once, not by N processes racing
+        target = (f"bench.plant:flow_for({shape!r}, {seconds}, {lake_uri!r}, {n_assets}, "
+                  f"{n_sensors}, {n_vib})")
+        peak = run_processes(target, processes, env)
+        rate, n = throughput(lake)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    expected = n_assets * n_sensors * SCALAR_HZ * seconds
+    if n != expected:
+        raise RuntimeError(f"{processes} processes on {lake_uri}: {n} readings committed, "
+                           f"{expected} sent")
+    return rate, peak / 2**20
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser("scale", __doc__.splitlines()[0])
+    p.add_argument("--shape", default="multi", choices=SHAPES)
+    p.add_argument("--seconds", type=int, default=None, help="seconds of event time per run")
+    p.add_argument("--processes", default=None, help="process counts (default 1,2,4)")
+    p.add_argument("--lakes", default="local,s3", help="local, s3 or both")
+    a = p.parse_args(argv)
+    n_assets, n_sensors, n_vib = (40, 20, 4) if a.quick else (500, 20, 50)
+    seconds = a.seconds or (3 if a.quick else 10)
+    counts = [int(x) for x in (a.processes or ("1,2" if a.quick else "1,2,4")).split(",")]
+    metrics: dict[str, float] = {}
+    load: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        for kind in a.lakes.split(","):
+            with contextlib.ExitStack() as stack:
+                env = stack.enter_context(moto_s3()) if kind == "s3" else {}
+                prefix = "" if kind == "local" else f"{kind}_"
+                for procs in counts:
+                    uri = _s3_lake(env) if kind == "s3" else f"{tmp}/{kind}-{procs}p"
+                    before = os.getloadavg()[0]
+                    rate, rss = run(uri, env, a.shape, procs, seconds, n_assets, n_sensors, n_vib)
+                    load[f"{prefix}{procs}p"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+                    metrics[f"{prefix}readings_per_s_{procs}p"] = rate
+                    metrics[f"{prefix}peak_rss_mb_{procs}p"] = rss
+                    print(f"{kind} lake, {procs} process(es): {rate:,.0f} readings/s "
+                          f"(load average {before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+                base = metrics.get(f"{prefix}readings_per_s_1p")
+                for procs in counts:
+                    if base and procs > 1:
+                        metrics[f"{prefix}speedup_{procs}p"] = (
+                            metrics[f"{prefix}readings_per_s_{procs}p"] / base)
+    targets = {k: v for k, v in TARGETS.items() if k in metrics}
+    if "s3_speedup_2p" in metrics:
+        targets["s3_speedup_2p"] = TARGETS["speedup_2p"]
+    print(f"uptime: load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+          f"on {os.cpu_count()} cores")
+    return report("scale", metrics, targets, quick=a.quick, out=a.out,
+                  extra={"shape": a.shape, "assets": n_assets, "scalar_sensors_per_asset":
+                         n_sensors, "vibration_sensors": n_vib, "seconds_of_event_time": seconds,
+                         "load_average_before_after": load})
+
+
+if __name__ == "__main__":
+    main()
