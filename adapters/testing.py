@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from typing import Any
 
 from asyncua import Server, ua
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-__all__ = ["free_port", "OpcuaTestServer", "ModbusTestServer"]
+__all__ = ["free_port", "OpcuaTestServer", "ModbusTestServer", "SparkplugEdge"]
 
 
 def free_port() -> int:
@@ -104,3 +105,77 @@ class ModbusTestServer:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+
+
+class SparkplugEdge:
+    """A Sparkplug B edge node on a broker (what a gateway at the machine publishes): births
+    with aliases, data by alias with per-metric timestamps, numbered 0..255; it answers a
+    rebirth command with new births and records it (``rebirths``)."""
+
+    def __init__(self, host: str, port: int, group: str, node: str,
+                 devices: dict[str, list[str]], auth: tuple[str, str] | None = None):
+        import paho.mqtt.client as mqtt
+
+        from adapters.proto.sparkplug_b_pb2 import Payload
+
+        self.Payload = Payload
+        self.group, self.node, self.devices = group, node, devices
+        self.seq = 0
+        self.rebirths = 0
+        self.alias = {(d, m): i + 1 for i, (d, m) in
+                      enumerate((d, m) for d, ms in devices.items() for m in ms)}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"edge-{group}-{node}", protocol=mqtt.MQTTv5)
+        if auth:
+            self.client.username_pw_set(*auth)
+        self.client.on_message = self._on_command
+        self.client.connect(host, port)
+        self.client.subscribe(f"spBv1.0/{group}/NCMD/{node}", qos=0)
+        self.client.loop_start()
+
+    def _topic(self, kind: str, device: str | None = None) -> str:
+        return f"spBv1.0/{self.group}/{kind}/{self.node}" + (f"/{device}" if device else "")
+
+    def _next(self) -> int:
+        seq, self.seq = self.seq, (self.seq + 1) % 256
+        return seq
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def births(self) -> None:
+        self.seq = 0
+        p = self.Payload(timestamp=int(time.time() * 1000), seq=self._next())
+        p.metrics.add(name="bdSeq", datatype=8, long_value=0)
+        p.metrics.add(name="Node Control/Rebirth", datatype=11, boolean_value=False)
+        self.publish(self._topic("NBIRTH"), p.SerializeToString())
+        for device, metrics in self.devices.items():
+            p = self.Payload(timestamp=int(time.time() * 1000), seq=self._next())
+            for m in metrics:
+                p.metrics.add(name=m, alias=self.alias[(device, m)], datatype=10,
+                              double_value=0.0)
+            self.publish(self._topic("DBIRTH", device), p.SerializeToString())
+
+    def data_payload(self, device: str, values: dict[str, Any], ts_ms: int,
+                     seq: int | None = None) -> bytes:
+        p = self.Payload(timestamp=ts_ms, seq=self._next() if seq is None else seq)
+        for m, v in values.items():
+            metric = p.metrics.add(alias=self.alias[(device, m)], timestamp=ts_ms)
+            if isinstance(v, str):
+                metric.datatype, metric.string_value = 12, v
+            else:
+                metric.datatype, metric.double_value = 10, float(v)
+        return p.SerializeToString()
+
+    def data(self, device: str, values: dict[str, Any], ts_ms: int | None = None) -> None:
+        ts_ms = int(time.time() * 1000) if ts_ms is None else ts_ms
+        self.publish(self._topic("DDATA", device), self.data_payload(device, values, ts_ms))
+
+    def _on_command(self, client, userdata, msg) -> None:
+        p = self.Payload.FromString(msg.payload)
+        if any(m.name == "Node Control/Rebirth" and m.boolean_value for m in p.metrics):
+            self.rebirths += 1
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()

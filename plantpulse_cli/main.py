@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run a Mosquitto broker (installed if missing) on PORT (1883) and stream from it",
     )
     up.add_argument(
+        "--adapters", default=None, metavar="PLANT.yaml",
+        help="run the protocol adapters this plant file declares beside the stream (implies "
+        "--mqtt; the stream checks that plant's contracts)",
+    )
+    up.add_argument(
         "--no-technician", action="store_true",
         help="no simulated technician confirming alerts on faulted machines (simulator only)",
     )
@@ -147,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     from plantpulse_cli import plant as plant_cli  # argparse only; the model loads when run
 
     plant_cli.add_parser(sub)
+    from plantpulse_cli import adapters as adapters_cli
+
+    adapters_cli.add_parser(sub)
     return p
 
 
@@ -278,8 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from plantpulse_cli.up import up
 
+            mqtt = args.mqtt if args.mqtt is not None or not args.adapters else 1883
             return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration,
-                      mqtt_port=args.mqtt, technician=not args.no_technician)
+                      mqtt_port=mqtt, technician=not args.no_technician,
+                      adapters=args.adapters)
+        if args.command == "adapters":
+            from plantpulse_cli.adapters import run as run_adapters
+
+            return run_adapters(args)
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 
