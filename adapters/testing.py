@@ -57,6 +57,9 @@ class OpcuaTestServer:
 
     async def write(self, values: dict[str, float], ts: Any = None) -> None:
         """Write ``{node id: value}`` (with source timestamp ``ts``, default now)."""
+        from datetime import UTC, datetime
+
+        ts = ts or datetime.now(UTC)
         for nid, v in values.items():
             dv = ua.DataValue(ua.Variant(v, ua.VariantType.Double if isinstance(v, float)
                                          else ua.VariantType.String),
