@@ -433,6 +433,8 @@ class Adapter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff.next())
         finally:
+            if stop.is_set():  # the periodic tasks end by themselves (none mid-write)
+                await asyncio.gather(*tasks, return_exceptions=True)
             for t in tasks:
                 t.cancel()
             self.flush()

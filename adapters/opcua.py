@@ -22,6 +22,7 @@ readings reach the stream in time order and none twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -196,10 +197,8 @@ class OpcuaAdapter(Adapter):
                 t.cancel()
             if not stop.is_set():
                 raise ConnectionError(f"lost the OPC UA server {self.spec.endpoint}")
-            try:
+            with contextlib.suppress(Exception):  # closing anyway
                 await asyncio.wait_for(sub.delete(), 2)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
         finally:
             self.holding = None
             try:

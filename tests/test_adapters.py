@@ -243,11 +243,13 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
 # -- Sparkplug B ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def spb_broker(tmp_path_factory):
-    """Mosquitto with a Sparkplug host user and an edge user (readwrite spBv1.0/#)."""
+    """Mosquitto with a Sparkplug host user and an edge user (readwrite spBv1.0/#), and an
+    adapter ``plc`` that may write ``plantpulse/+/plc`` (as ``plantpulse up`` sets it up)."""
     directory = tmp_path_factory.mktemp("mosquitto-spb")
     port = free_port()
     conf = write_config(directory, port, {}, acl={
-        "host": ["topic readwrite spBv1.0/#"], "edge": ["topic readwrite spBv1.0/#"]})
+        "host": ["topic readwrite spBv1.0/#"], "edge": ["topic readwrite spBv1.0/#"],
+        "plc": ["topic write plantpulse/+/plc"]})
     proc = subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     wait_for_port(port)
@@ -393,3 +395,99 @@ def test_buffer_is_bounded_and_overflow_is_recorded(tmp_path):
     assert again.overflow_readings == emitted - kept
     table = rows(read_statuses(tmp_path / "home"), time.time_ns() // 1000)
     assert table[0]["adapter"] == "plc" and table[0]["overflow"] == emitted - kept
+
+
+# -- into the stream --------------------------------------------------------------------------
+def test_modbus_readings_reach_the_lake_through_the_broker_and_the_stream(tmp_path, spb_broker):
+    """The adapter forwards into the stream's broker (as its own user, numbered messages); the
+    MQTT stream decodes the Arrow payloads and writes every reading once."""
+    import threading
+
+    from bytewax.testing import run_main
+
+    from adapters.sinks import MqttSink
+    from bytewax_flows.mqtt import MQTTSource
+    from bytewax_flows.sinks import DeltaSink
+    from bytewax_flows.telemetry import build_flow
+
+    port, users = spb_broker
+    lake = Lake(tmp_path / "lake")
+    source = MQTTSource(port=port, idle_stop_s=4.0, username="worker",
+                        password=users["worker"])
+    done = threading.Event()
+
+    def stream() -> None:
+        try:
+            run_main(build_flow(source, DeltaSink(lake.uri, max_rows=10_000, max_age_s=0.2)))
+        finally:
+            done.set()
+
+    async def main() -> ModbusAdapter:
+        server = ModbusTestServer(n_holding=10)
+        await server.start()
+        spec = ModbusSpec.model_validate({
+            "id": "plc", "kind": "modbus", "endpoint": f"tcp://127.0.0.1:{server.port}",
+            "poll_ms": 100, "flush_ms": 100, "bindings": [
+                {"register": 0, "scale": 0.01, "asset": "pump-02",
+                 "sensor": "discharge_pressure"},
+                {"register": 1, "type": "float32", "asset": "pump-02",
+                 "sensor": "motor_current"}]})
+        from pymodbus.client import AsyncModbusTcpClient
+
+        c = AsyncModbusTcpClient("127.0.0.1", port=server.port)
+        await c.connect()
+        await c.write_registers(0, [350, *registers_for(21.5, "float32")], device_id=1)
+        c.close()
+        await asyncio.to_thread(start_stream)
+        sink = MqttSink("127.0.0.1", port, "plantpulse-adapter-plc", ("plc", users["plc"]))
+        adapter = ModbusAdapter(spec, tmp_path / "home", lake, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        await _until(lambda: adapter.status.readings_forwarded >= 20, 20, "forwarding")
+        stop.set()
+        await task
+        sink.close()
+        await server.stop()
+        return adapter
+
+    def start_stream() -> None:
+        threading.Thread(target=stream, daemon=True).start()
+        time.sleep(1.5)  # the worker connects and subscribes
+
+    adapter = asyncio.run(main())
+    assert done.wait(60), "the stream did not stop after its input went idle"
+    forwarded = adapter.status.readings_forwarded
+    assert forwarded == adapter.status.readings_in and adapter.buffer.messages == 0
+    readings = lake.read("readings")
+    assert len(readings) == forwarded  # every reading once
+    assert set(readings["sensor_id"]) == {"discharge_pressure", "motor_current"}
+    assert set(readings["asset_id"]) == {"pump-02"}
+    assert readings.loc[readings["sensor_id"] == "motor_current", "value"].eq(21.5).all()
+    assert lake.count("dead_letter") == 0
+
+
+def test_up_runs_the_adapters_with_their_own_broker_users(tmp_path):
+    from plantpulse_cli.up import adapter_acl, services
+
+    acl = adapter_acl(str(EXAMPLE), 1883)
+    assert acl["plc-modbus"] == ["topic write plantpulse/+/plc-modbus"]
+    assert "topic readwrite spBv1.0/plant1/#" in acl["sparkplug"]
+    running = services("127.0.0.1", 3000, ui=False, mqtt=("/usr/sbin/mosquitto", 1883),
+                       home=str(tmp_path), adapters=str(EXAMPLE))
+    argv = {s.name: s.argv for s in running}
+    assert argv["adapters"][1:] == ["-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883"]
+    users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())
+    assert {"worker", "scada-opcua", "plc-modbus", "edge-sparkplug", "sparkplug"} <= set(users)
+
+
+def test_cli_adapters_status_and_browse_errors(tmp_path, monkeypatch, capsys):
+    from plantpulse_cli.main import main
+
+    monkeypatch.setenv("PLANTPULSE_HOME", str(tmp_path))
+    assert main(["adapters", "status"]) == 0
+    assert "no adapter has run" in capsys.readouterr().out
+    assert main(["adapters", "browse", "http://nowhere"]) == 2
+    assert "not an OPC UA endpoint" in capsys.readouterr().err
+    assert main(["adapters", "browse", f"opc.tcp://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot browse") and "Traceback" not in err
