@@ -11,6 +11,7 @@ Readings are timestamped when the response arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -106,10 +107,8 @@ class ModbusAdapter(Adapter):
                 if delay < -period:  # fell behind (a slow device): skip, do not burst
                     next_due = time.monotonic()
                     delay = 0
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), max(0.0, delay))
-                except TimeoutError:
-                    pass
         finally:
             client.close()
 

@@ -5,6 +5,7 @@ device), each on a free port, restartable on the same port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -182,3 +183,90 @@ class SparkplugEdge:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+
+
+# -- servers as processes (the benchmark runs them beside the adapter, on the other core) ------
+async def _serve_opcua(items: int, port: int, period_s: float) -> None:
+    """``items`` variables under ``n`` objects, every value rewritten every ``period_s`` in one
+    batched write (the server side of the OPC UA benchmark)."""
+    from datetime import UTC, datetime
+
+    per_asset = 100
+    tags = {f"pump-{a:03d}": [f"s{s:03d}" for s in range(per_asset)]
+            for a in range((items + per_asset - 1) // per_asset)}
+    server = OpcuaTestServer(tags, port=port, history=False)
+    await server.start()
+    nodes = list(server.nodes.values())[:items]
+    print("ready", flush=True)
+    k = 0
+    while True:
+        k += 1
+        now = datetime.now(UTC)
+        params = ua.WriteParameters()
+        for i, n in enumerate(nodes):
+            wv = ua.WriteValue()
+            wv.NodeId, wv.AttributeId = n.nodeid, ua.AttributeIds.Value
+            wv.Value = ua.DataValue(ua.Variant(float(k + i % 7), ua.VariantType.Double),
+                                    SourceTimestamp=now, ServerTimestamp=now)
+            params.NodesToWrite.append(wv)
+        await server.server.iserver.isession.write(params)
+        await asyncio.sleep(period_s)
+
+
+async def _serve_modbus(port: int, n: int) -> None:
+    server = ModbusTestServer(n_holding=n, port=port)
+    await server.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def _publish_sparkplug(port: int, devices: int, metrics: int, seconds: float,
+                       auth: tuple[str, str] | None, nodes: int = 10) -> None:
+    """``nodes`` edge nodes with ``devices`` devices in all, each of ``metrics`` metrics:
+    births, then DDATA of every device (by alias, per-metric timestamps) as fast as the
+    broker takes them, for ``seconds``; prints how many metrics it published."""
+    per_node = devices // nodes
+    edges = [SparkplugEdge("127.0.0.1", port, "bench", f"node-{n}",
+                           {f"pump-{n * per_node + d:03d}": [f"m{m:02d}" for m in range(metrics)]
+                            for d in range(per_node)}, auth=auth) for n in range(nodes)]
+    for e in edges:
+        e.births()
+    print("ready", flush=True)
+    sent = 0
+    end = time.monotonic() + seconds
+    values = {f"m{m:02d}": float(m) for m in range(metrics)}
+    while time.monotonic() < end:
+        ts = int(time.time() * 1000)
+        for e in edges:
+            for device in e.devices:
+                payload = e.data_payload(device, values, ts)
+                while e.client.publish(e._topic("DDATA", device), payload, qos=0).rc:
+                    time.sleep(0.001)  # the client's queue is full: wait for the socket
+                sent += metrics
+    for e in edges:
+        e.close()
+    print(f"sent {sent}", flush=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="a loopback server for the adapters' benchmark")
+    ap.add_argument("kind", choices=["opcua", "modbus", "sparkplug"])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--items", type=int, default=1000)
+    ap.add_argument("--period", type=float, default=0.1)
+    ap.add_argument("--metrics", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--user", default=None)
+    ap.add_argument("--password", default=None)
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if a.kind == "sparkplug":
+        _publish_sparkplug(a.port, a.items, a.metrics, a.seconds,
+                           (a.user, a.password) if a.user else None)
+        raise SystemExit(0)
+    main = (_serve_opcua(a.items, a.port, a.period) if a.kind == "opcua"
+            else _serve_modbus(a.port, a.items))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main)
