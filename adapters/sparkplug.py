@@ -202,39 +202,47 @@ class SparkplugAdapter(Adapter):
     def _metrics(self, topic: str, p: Any, node_id: str, device: str | None,
                  aliases: dict[int, str], node: _Node, birth: bool, received: int) -> None:
         out: dict[str, tuple[list[str], list[int], list[float]]] = {}
-        default_ts = p.timestamp * 1000 if p.HasField("timestamp") else received
+        default_ts = p.timestamp * 1000 if p.timestamp else received
         unknown: list[int] = []
+        binding, types, bad = self.binding, node.types, self._wrong_type
+        n = 0
         for m in p.metrics:
+            # proto2 optionals read as 0 / "" when absent (cheaper than HasField on the hot path)
             name = m.name
             if name:
-                if birth and m.HasField("alias"):
-                    aliases[m.alias] = name
                 if birth:
-                    node.types[(device, name)] = m.datatype
-            elif m.HasField("alias"):
+                    if m.HasField("alias"):
+                        aliases[m.alias] = name
+                    types[(device, name)] = m.datatype
+            else:
                 name = aliases.get(m.alias)
                 if name is None:
                     unknown.append(m.alias)
                     continue
-            else:
-                continue
-            self.metrics += 1
-            bound = self.binding(node_id, device, name)
+            n += 1
+            bound = binding(node_id, device, name)
             if bound is None:
                 self.unbound += 1
                 continue
             asset, sensor, scale, offset = bound
-            if not m.HasField("datatype"):  # data messages may leave it to the birth
-                m.datatype = node.types.get((device, name), 0)
-            value = metric_value(m)
-            if value is None:
-                self._wrong_type(topic, m, name, asset, sensor)
-                continue
-            ts = m.timestamp * 1000 if m.HasField("timestamp") else default_ts
-            sensors, tss, values = out.setdefault(asset, ([], [], []))
+            dt = m.datatype or types.get((device, name), 0)
+            if dt == _DOUBLE and not m.is_null:
+                value = m.double_value
+            else:
+                if dt != m.datatype:  # data messages may leave the type to the birth
+                    m.datatype = dt
+                value = metric_value(m)
+                if value is None:
+                    bad(topic, m, name, asset, sensor)
+                    continue
+            try:
+                sensors, tss, values = out[asset]
+            except KeyError:
+                sensors, tss, values = out[asset] = ([], [], [])
             sensors.append(sensor)
-            tss.append(ts)
+            tss.append(m.timestamp * 1000 or default_ts)
             values.append(value * scale + offset)
+        self.metrics += n
         for asset, (sensors, tss, values) in out.items():
             self.emit(asset, sensors, tss, values)
         if unknown:
