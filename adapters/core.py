@@ -311,7 +311,9 @@ class Forwarder(threading.Thread):
                 continue
             try:
                 self.sink.send(self.adapter_id, records)
-            except (ConnectionError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # noqa: BLE001 - not sent: they stay, sent again later
+                if not isinstance(exc, ConnectionError | OSError | TimeoutError):
+                    log.exception("%s: forwarding failed", self.adapter_id)
                 self.status.sink_connected = False
                 self.status.last_error = f"forwarding: {exc}"
                 self.stopping.wait(backoff.next())

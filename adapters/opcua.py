@@ -168,8 +168,8 @@ class OpcuaAdapter(Adapter):
 
     # -- the connection --------------------------------------------------------------------
     async def session(self, stop: asyncio.Event) -> None:
-        client = Client(self.spec.endpoint, timeout=4, watchdog_intervall=1.0,
-                        auto_reconnect=False)
+        client = Client(self.spec.endpoint, timeout=self.spec.timeout_s,
+                        watchdog_intervall=1.0, auto_reconnect=False)
         auth = credentials(self.spec.credentials, self.dir.parent.parent)
         if auth is not None:
             client.set_user(auth[0])

@@ -318,6 +318,7 @@ class OpcuaAdapter(_Connection):
     queue_size: int = Field(10, ge=1)
     backfill: bool = True
     backfill_max_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # a request unanswered this long: the session is lost
     bindings: list[OpcuaBinding] = Field(min_length=1)
 
 
