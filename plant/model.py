@@ -55,6 +55,9 @@ PLANTS_DIR = Path(__file__).parent / "plants"
 """The bundled example plants: ``demo`` (the simulated fleet and every data set), and one per
 reference data set (``cmapss``, ``cwru``, ``skab``, ``nab``)."""
 
+ADAPTER_KINDS = ("modbus", "opcua", "sparkplug")
+_ENDPOINT_SCHEMES = {"opcua": "opc.tcp://", "modbus": "tcp://", "sparkplug": "mqtt://"}
+
 _CONTRACT_DEFAULTS = {f.name: f.default for f in fields(SensorContract)}
 
 
@@ -130,6 +133,8 @@ class Plant:
     replay: Any = None  # the file's replay adapter (plant.schema.*Replay), if any
     files: tuple[str, ...] = ()  # this file and every file it includes
     asset_files: dict[str, str] = field(default_factory=dict)  # asset id -> declaring file
+    # the protocol adapters (plant.schema.OpcuaAdapter, ModbusAdapter, SparkplugAdapter)
+    adapters: tuple[Any, ...] = ()
     _resolved: dict[str, Asset | None] = field(default_factory=dict, repr=False)
 
     # -- look-ups --------------------------------------------------------------------------
@@ -255,6 +260,9 @@ def _pydantic_error(path: Path, raw: Any, exc: ValidationError) -> PlantError:
             field_path += f"[{part}]"
         elif part in ("cmapss", "skab", "nab", "cwru") and field_path == "replay":
             continue  # the discriminated union's tag
+        elif part in ADAPTER_KINDS and field_path.startswith("adapters[") and (
+                field_path.endswith("]")):
+            continue
         else:
             field_path += ("." if field_path else "") + str(part)
     if err["type"] == "extra_forbidden":
@@ -264,6 +272,8 @@ def _pydantic_error(path: Path, raw: Any, exc: ValidationError) -> PlantError:
     message = err["msg"]
     if err["type"] == "missing":
         message = "required field missing"
+    elif err["type"].startswith("union_tag") and field_path.startswith("adapters"):
+        message = f"kind must be one of {', '.join(ADAPTER_KINDS)}"
     elif err["type"].startswith("union_tag"):
         message = "adapter must be one of cmapss, cwru, nab, skab"
     return PlantError(path, line_of(raw, loc), field_path, message)
@@ -469,7 +479,7 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
         except ValueError as exc:
             raise PlantError(path, b.line(), f"bearings.{name}", str(exc)) from None
     plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay,
-                  files=(str(path),))
+                  files=(str(path),), adapters=tuple(doc.adapters))
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}
     site_ids: set[str] = set()
@@ -518,7 +528,84 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
     _check_acyclic(path, plant, lines)
     if doc.replay is not None:
         _check_replay(path, doc.replay, plant)
+    _check_adapters(path, doc.adapters, plant)
     return plant
+
+
+def _source_key(kind: str, b: Any) -> tuple[Any, ...]:
+    if kind == "opcua":
+        return (b.node,)
+    if kind == "sparkplug":
+        return (b.node, b.device, b.metric)
+    return (b.table, b.address)
+
+
+def _check_adapters(path: Path, specs: list[Any], plant: Plant) -> None:
+    """Adapter ids are unique, endpoints have their protocol's scheme, each binding reads a
+    source once and feeds a declared sensor of a declared asset (in the sensor's unit), and
+    Modbus bindings do not overlap."""
+    from plant.schema import MODBUS_TYPES
+
+    ids: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        where = f"adapters[{i}]"
+        if spec.id in ids:
+            raise PlantError(path, spec.line("id"), f"{where}.id",
+                             f"duplicate adapter id {spec.id!r} (first at line {ids[spec.id]})")
+        ids[spec.id] = spec.line("id")
+        scheme = _ENDPOINT_SCHEMES[spec.kind]
+        rest = spec.endpoint[len(scheme):] if spec.endpoint.startswith(scheme) else None
+        if not rest or (spec.kind != "opcua" and not _host_port(rest)):
+            form = f"{scheme}host" + ("[:port][/path]" if spec.kind == "opcua" else ":port")
+            raise PlantError(path, spec.line("endpoint"), f"{where}.endpoint",
+                             f"{spec.endpoint!r} is not a {spec.kind} endpoint ({form})")
+        sources: dict[tuple[Any, ...], int] = {}
+        targets: dict[tuple[str, str], int] = {}
+        words: dict[tuple[str, int], int] = {}
+        for j, b in enumerate(spec.bindings):
+            bwhere = f"{where}.bindings[{j}]"
+            key = _source_key(spec.kind, b)
+            if key in sources:
+                raise PlantError(path, b.line(), bwhere, f"source {'/'.join(map(str, key))} is "
+                                 f"bound twice (first at line {sources[key]})")
+            sources[key] = b.line()
+            templated = "{" in b.asset
+            if templated:
+                if b.asset not in ("{device}", "{node}"):
+                    raise PlantError(path, b.line("asset"), f"{bwhere}.asset",
+                                     f"{b.asset!r}: an asset is an id, '{{device}}' or "
+                                     f"'{{node}}'")
+            else:
+                target = (b.asset, b.sensor)
+                if target in targets:
+                    raise PlantError(path, b.line(), bwhere,
+                                     f"sensor {b.asset}/{b.sensor} is bound twice (first at "
+                                     f"line {targets[target]})")
+                targets[target] = b.line()
+                asset = plant.asset(b.asset)
+                if asset is None:
+                    raise PlantError(path, b.line("asset"), f"{bwhere}.asset",
+                                     f"unknown asset {b.asset!r}")
+                sensor = asset.sensors.get(b.sensor)
+                if sensor is None:
+                    raise PlantError(path, b.line("sensor"), f"{bwhere}.sensor",
+                                     f"{b.sensor!r} is not a sensor of asset {b.asset!r}")
+                if b.unit is not None and b.unit != sensor.contract.unit:
+                    raise PlantError(path, b.line("unit"), f"{bwhere}.unit",
+                                     f"{b.unit!r} is not the unit of {b.asset}/{b.sensor} "
+                                     f"({sensor.contract.unit!r}); convert with scale/offset")
+            if spec.kind == "modbus":
+                for w in range(b.address, b.address + MODBUS_TYPES[b.type]):
+                    if (b.table, w) in words:
+                        raise PlantError(path, b.line("register"), f"{bwhere}.register",
+                                         f"{b.table} register {w} is already read by the "
+                                         f"binding at line {words[(b.table, w)]}")
+                    words[(b.table, w)] = b.line()
+
+
+def _host_port(text: str) -> bool:
+    host, _, port = text.partition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65_536
 
 
 def _check_replay(path: Path, spec: Any, plant: Plant) -> None:
@@ -554,7 +641,7 @@ def _merge(path: Path, doc: PlantFile, plant: Plant, other: Plant) -> Plant:
                              f"bearing {name!r} differs in {other.path}")
     plant.asset_files.update(other.asset_files)
     return replace(plant, topology=plant.topology + other.topology, _resolved={},
-                   files=plant.files + other.files)
+                   files=plant.files + other.files, adapters=plant.adapters + other.adapters)
 
 
 def _load(path: Path, seen: tuple[Path, ...]) -> Plant:

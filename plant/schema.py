@@ -23,6 +23,14 @@ __all__ = [
     "SiteSpec",
     "EdgeSpec",
     "ReplaySpec",
+    "OpcuaBinding",
+    "ModbusBinding",
+    "SparkplugBinding",
+    "OpcuaAdapter",
+    "ModbusAdapter",
+    "SparkplugAdapter",
+    "AdapterSpec",
+    "MODBUS_TYPES",
     "PlantFile",
     "CONTRACT_FIELDS",
 ]
@@ -236,6 +244,110 @@ ReplaySpec = Annotated[
 ]
 
 
+# -- protocol adapters (``adapters/``): a connection and its bindings -------------------------
+
+class _Binding(_Node):
+    """Where one sensor's values come from: the reading is ``raw * scale + offset``, in
+    ``unit`` (optional; when given it must be the sensor's unit, a check that the scaling
+    delivers what the contract expects)."""
+
+    asset: Id
+    sensor: Id
+    unit: str | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+
+
+class OpcuaBinding(_Binding):
+    """An OPC UA variable (``node``: a NodeId string such as ``ns=2;s=Pump01.Temp``)."""
+
+    node: str = Field(min_length=1)
+
+
+MODBUS_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2,
+                "int64": 4, "uint64": 4, "float64": 4}
+"""Modbus data types and the number of 16-bit registers each takes."""
+
+
+class ModbusBinding(_Binding):
+    """A holding or input register (``register``: the 0-based address of its first word);
+    ``type`` says how many words and how to read them, ``word_order`` which word comes first
+    (``big``: the most significant, the Modbus convention)."""
+
+    address: int = Field(alias="register", ge=0, le=65_535)  # ("register" is ABCMeta's)
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64",
+                  "float64"] = "uint16"
+    word_order: Literal["big", "little"] = "big"
+
+
+class SparkplugBinding(_Binding):
+    """A Sparkplug B metric (by ``metric`` name) of edge node ``node`` (any node if absent),
+    device ``device`` (the node's own metrics if absent; ``*`` any device).  ``asset`` may be
+    ``{device}`` or ``{node}``: the asset id is then the device's (node's) id."""
+
+    asset: str = Field(min_length=1)  # type: ignore[assignment]
+    node: str | None = None
+    device: str | None = None
+    metric: str = Field(min_length=1)
+
+
+class _Connection(_Node):
+    """One adapter: an ``id``, the server it reads (``endpoint``), the name of its credentials
+    (``credentials``: looked up in the environment or the state directory, never written in
+    the plant file), the bound of its store-and-forward buffer on disk (``buffer_mb``) and the
+    longest wait between reconnection attempts (``reconnect_max_s``)."""
+
+    id: Id
+    endpoint: str = Field(min_length=1)
+    credentials: Id | None = None
+    buffer_mb: float = Field(64.0, gt=0)
+    reconnect_max_s: float = Field(5.0, gt=0)
+    flush_ms: float = Field(100.0, gt=0)
+    description: str = ""
+
+
+class OpcuaAdapter(_Connection):
+    """OPC UA subscriptions (data change): the server samples every ``sampling_ms`` and
+    publishes every ``publishing_ms``; after an outage, the gap is read back from the server's
+    history (``backfill``, at most ``backfill_max_s``)."""
+
+    kind: Literal["opcua"]
+    sampling_ms: float = Field(100.0, ge=0)
+    publishing_ms: float = Field(500.0, gt=0)
+    queue_size: int = Field(10, ge=1)
+    backfill: bool = True
+    backfill_max_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)  # a request unanswered this long: the session is lost
+    bindings: list[OpcuaBinding] = Field(min_length=1)
+
+
+class ModbusAdapter(_Connection):
+    """Modbus TCP (``endpoint`` ``tcp://host:port``), polled every ``poll_ms`` from unit
+    ``unit_id``."""
+
+    kind: Literal["modbus"]
+    unit_id: int = Field(1, ge=0, le=255)
+    poll_ms: float = Field(100.0, gt=0)
+    timeout_s: float = Field(2.0, gt=0)
+    bindings: list[ModbusBinding] = Field(min_length=1)
+
+
+class SparkplugAdapter(_Connection):
+    """Sparkplug B over MQTT (``endpoint`` ``mqtt://host:port``): the edge nodes of ``group``;
+    a sequence gap or an unknown alias asks the node to rebirth (NCMD)."""
+
+    kind: Literal["sparkplug"]
+    group: str = Field(min_length=1, pattern=r"^[^/+#]+$")
+    host_id: str = Field("plantpulse", pattern=r"^[^/+#]+$")
+    bindings: list[SparkplugBinding] = Field(min_length=1)
+
+
+AdapterSpec = Annotated[
+    OpcuaAdapter | ModbusAdapter | SparkplugAdapter, Field(discriminator="kind")
+]
+
+
 class PlantFile(_Node):
     """A whole plant file."""
 
@@ -248,6 +360,7 @@ class PlantFile(_Node):
     sites: list[SiteSpec] = []
     topology: list[EdgeSpec] = []
     replay: ReplaySpec | None = None
+    adapters: list[AdapterSpec] = []
 
     @field_validator("sensor_kinds")
     @classmethod

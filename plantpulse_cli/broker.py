@@ -79,6 +79,7 @@ def write_config(
     port: int,
     publishers: dict[str, list[str]] | None = None,
     limits: dict[str, int] | None = None,
+    acl: dict[str, list[str]] | None = None,
 ) -> Path:
     """A loopback-only listener with authentication: a password file (``mosquitto_passwd``)
     with the ``worker`` user and one user per publisher, and ACLs by topic (a publisher may
@@ -86,11 +87,14 @@ def write_config(
     The generated passwords go to ``credentials.json`` beside them, readable by the owner only
     (where ``bytewax_flows.mqtt.credentials`` finds them).  ``publishers`` maps a publisher's
     name to its asset ids (default: the simulator, for the demo fleet).  Queue and size limits
-    bound the broker's memory (``LIMITS``, updated with ``limits``)."""
+    bound the broker's memory (``LIMITS``, updated with ``limits``).  ``acl`` adds users with
+    their own ACL lines (``topic readwrite spBv1.0/#`` for a Sparkplug host or edge node;
+    ``topic write plantpulse/+/<adapter>`` for a protocol adapter feeding the stream)."""
     directory.mkdir(parents=True, exist_ok=True)
     if publishers is None:
         publishers = {"simulator": ["pump-01", "pump-02", "pump-03"]}
-    for name in [WORKER, *publishers]:
+    acl = acl or {}
+    for name in [WORKER, *publishers, *acl]:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise BrokerError(f"MQTT user {name!r}: use letters, digits, '-', '_' and '.'")
     creds_path = directory / "credentials.json"
@@ -99,7 +103,7 @@ def write_config(
     except (OSError, ValueError):
         known = {}
     users = {name: known.get(name) or secrets.token_urlsafe(24)
-             for name in [WORKER, *publishers]}
+             for name in dict.fromkeys([WORKER, *publishers, *acl])}
     _private_write(creds_path, json.dumps(users, indent=1) + "\n")
     passwd = directory / "passwd"
     _private_write(passwd, "".join(f"{u}:{pw}\n" for u, pw in users.items()))
@@ -107,16 +111,18 @@ def write_config(
     done = subprocess.run([tool, "-U", str(passwd)], capture_output=True, text=True)
     if done.returncode != 0:
         raise BrokerError(f"mosquitto_passwd -U {passwd} failed: {done.stderr.strip()}")
-    acl = [f"user {WORKER}", "topic read plantpulse/#",
+    lines = [f"user {WORKER}", "topic read plantpulse/#",
            "topic read $SYS/broker/publish/messages/dropped", ""]
     for name, assets in publishers.items():
-        acl.append(f"user {name}")
+        lines.append(f"user {name}")
         for asset in assets:
             if not asset or any(c in asset for c in "/+#"):
                 raise BrokerError(f"asset id {asset!r} cannot be an MQTT topic level")
-            acl.append(f"topic write plantpulse/{asset}/#")
-        acl.append("")
-    _private_write(directory / "acl", "\n".join(acl))
+            lines.append(f"topic write plantpulse/{asset}/#")
+        lines.append("")
+    for name, rules in acl.items():
+        lines += [f"user {name}", *rules, ""]
+    _private_write(directory / "acl", "\n".join(lines))
     conf = directory / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"

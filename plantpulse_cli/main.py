@@ -14,7 +14,7 @@ from typing import Any
 
 BENCHES = (
     "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop",
-    "plant_model", "plant", "reliability", "storage",
+    "plant_model", "plant", "reliability", "storage", "adapters",
 )
 LABEL_KINDS = ("failure", "repair", "inspection")
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PORT",
         help="run a Mosquitto broker (installed if missing) on PORT (1883) and stream from it",
+    )
+    up.add_argument(
+        "--adapters", default=None, metavar="PLANT.yaml",
+        help="run the protocol adapters this plant file declares beside the stream (implies "
+        "--mqtt; the stream checks that plant's contracts)",
     )
     up.add_argument(
         "--no-technician", action="store_true",
@@ -150,6 +155,9 @@ def _parser() -> argparse.ArgumentParser:
     from plantpulse_cli import sensors as sensors_cli
 
     sensors_cli.add_parser(sub)
+    from plantpulse_cli import adapters as adapters_cli
+
+    adapters_cli.add_parser(sub)
     return p
 
 
@@ -281,8 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from plantpulse_cli.up import up
 
+            mqtt = args.mqtt if args.mqtt is not None or not args.adapters else 1883
             return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration,
-                      mqtt_port=args.mqtt, technician=not args.no_technician)
+                      mqtt_port=mqtt, technician=not args.no_technician,
+                      adapters=args.adapters)
+        if args.command == "adapters":
+            from plantpulse_cli.adapters import run as run_adapters
+
+            return run_adapters(args)
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 

@@ -232,12 +232,14 @@ def services(
     mqtt: tuple[str, int] | None = None,
     home: str | None = None,
     technician: bool = True,
+    adapters: str | None = None,
 ) -> list[Service]:
     """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker (with
     authentication, its files under ``<home>/mosquitto``), the stream reading from it with
     Bytewax recovery in ``<home>/recovery-mqtt`` (alert state and duplicate tracking survive a
     restart; the broker delivers again what was not yet durable), and the simulated fleet
-    publishing to it."""
+    publishing to it.  With ``adapters`` (a plant file): the protocol adapters it declares,
+    each publishing into the broker as its own user (``python -m adapters.run``)."""
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
     flow = "bytewax_flows.telemetry:flow"
@@ -249,7 +251,8 @@ def services(
 
         # logins and topic ACLs from the plant file: readings only for the assets it declares
         publishers = publishers_for(default_plant(), default_fleet().asset_ids)
-        conf = write_config(state / "mosquitto", mqtt[1], publishers)
+        conf = write_config(state / "mosquitto", mqtt[1], publishers,
+                            acl=adapter_acl(adapters, mqtt[1]))
         out.append(Service("mosquitto", [mqtt[0], "-c", str(conf)]))
         flow = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})"
         recovery_dir = str(state / "recovery-mqtt")
@@ -259,6 +262,9 @@ def services(
     out.append(Service("stream", stream))
     if mqtt is not None:
         out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
+    if mqtt is not None and adapters is not None:
+        out.append(Service("adapters", [py, "-m", "adapters.run", adapters, "--broker-port",
+                                        str(mqtt[1])]))
     elif technician:  # confirms alerts on machines the simulator has faulted, late or never
         out.append(Service("technician", [py, "-m", "plantpulse_cli.technician"]))
     if ui:
@@ -272,6 +278,25 @@ def services(
     return out
 
 
+def adapter_acl(plant_file: str | None, port: int) -> dict[str, list[str]]:
+    """Broker users for a plant's adapters: each writes ``plantpulse/+/<its id>``; a Sparkplug
+    adapter on this broker reads and commands ``spBv1.0/<group>/#`` as its credentials' user,
+    beside which a ``sparkplug-edge`` user may publish there (the edge nodes)."""
+    if plant_file is None:
+        return {}
+    from plant import load_plant
+
+    out: dict[str, list[str]] = {}
+    for spec in load_plant(plant_file).adapters:
+        out[spec.id] = [f"topic write plantpulse/+/{spec.id}"]
+        if spec.kind == "sparkplug" and spec.endpoint.endswith(f":{port}"):
+            rules = [f"topic readwrite spBv1.0/{spec.group}/#",
+                     f"topic readwrite spBv1.0/STATE/{spec.host_id}"]
+            out.setdefault(spec.credentials or spec.id, []).extend(rules)
+            out.setdefault("sparkplug-edge", []).append(f"topic readwrite spBv1.0/{spec.group}/#")
+    return out
+
+
 def up(
     host: str = "127.0.0.1",
     port: int = 3000,
@@ -279,15 +304,20 @@ def up(
     duration_s: float | None = None,
     mqtt_port: int | None = None,
     technician: bool = True,
+    adapters: str | None = None,
 ) -> int:
     """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
     settings = Settings.from_env()
+    if adapters is not None:  # checked before anything starts; the stream uses its contracts
+        from plant import set_default_plant
+
+        set_default_plant(adapters)
     with state_lock(settings.home):
         if ui:
             check_port_free(host, port, "the Dagster UI", "--port")
         if mqtt_port is not None:
             check_port_free("127.0.0.1", mqtt_port, "the MQTT broker", "--mqtt PORT")
-        return _run(settings, host, port, ui, duration_s, mqtt_port, technician)
+        return _run(settings, host, port, ui, duration_s, mqtt_port, technician, adapters)
 
 
 def _run(
@@ -298,6 +328,7 @@ def _run(
     duration_s: float | None,
     mqtt_port: int | None,
     technician: bool,
+    adapters: str | None = None,
 ) -> int:
     prepare(settings, mqtt=mqtt_port is not None)
     mqtt = (ensure_mosquitto(), mqtt_port) if mqtt_port is not None else None
@@ -305,9 +336,11 @@ def _run(
     if mqtt is not None:  # the stream and the publisher log in with what the set-up generates
         env["PLANTPULSE_MQTT_CREDENTIALS"] = str(Path(settings.home) / "mosquitto"
                                                  / "credentials.json")
+        env.setdefault("PLANTPULSE_ADAPTER_CREDENTIALS", env["PLANTPULSE_MQTT_CREDENTIALS"])
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home, technician)
+    running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home, technician,
+                       adapters)
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:

@@ -1,0 +1,138 @@
+"""Where the adapters' buffered messages go: the stream's MQTT broker (``MqttSink``), or the
+stream's decoder in this process (``DecodeSink``, for the benchmark and checks).
+
+``MqttSink`` publishes each message at QoS 1 on ``plantpulse/<asset>/<adapter id>`` as
+publisher ``<adapter id>`` with the message's buffer number as ``pp-seq`` (the marks
+``bytewax_flows.mqtt`` reads), so the stream writes a message once even when the adapter sends
+it again after a crash; it returns only when the broker has acknowledged every message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from dataplane.wire import Message, decode_batch
+
+__all__ = ["MqttSink", "DecodeSink", "credentials"]
+
+log = logging.getLogger(__name__)
+
+PUBLISHER, SEQ = "pp-publisher", "pp-seq"  # the user properties bytewax_flows.mqtt reads
+
+
+def credentials(ref: str | None, home: str | Path | None = None,
+                env: dict[str, str] | None = None) -> tuple[str, str] | None:
+    """``(username, password)`` of the credentials named ``ref`` in a plant file:
+    ``PLANTPULSE_<REF>_USERNAME`` / ``PLANTPULSE_<REF>_PASSWORD``, else the entry ``ref`` of
+    ``<home>/credentials.json`` (``{"<ref>": {"username": ..., "password": ...}}``, or the
+    broker set-up's ``{"<user>": "<password>"}``) named by ``PLANTPULSE_ADAPTER_CREDENTIALS``;
+    None without ``ref``.  A plant file names credentials, it never holds them."""
+    if ref is None:
+        return None
+    env = dict(os.environ if env is None else env)
+    key = "PLANTPULSE_" + "".join(c if c.isalnum() else "_" for c in ref).upper()
+    if env.get(f"{key}_USERNAME"):
+        return env[f"{key}_USERNAME"], env.get(f"{key}_PASSWORD", "")
+    for path in filter(None, (env.get("PLANTPULSE_ADAPTER_CREDENTIALS"),
+                              home and str(Path(home) / "credentials.json"))):
+        try:
+            entries = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        entry = entries.get(ref) if isinstance(entries, dict) else None
+        if isinstance(entry, str):
+            return ref, entry
+        if isinstance(entry, dict) and "username" in entry:
+            return str(entry["username"]), str(entry.get("password", ""))
+    raise ConnectionError(f"no credentials {ref!r}: set {key}_USERNAME and {key}_PASSWORD")
+
+
+class MqttSink:
+    """The stream's broker at ``host:port``, logged in with ``auth``.  paho reconnects by
+    itself (0.2..2 s); ``send`` raises ``ConnectionError`` while it is away."""
+
+    def __init__(self, host: str, port: int, client_id: str,
+                 auth: tuple[str, str] | None = None, timeout_s: float = 10.0):
+        self.timeout_s = timeout_s
+        self.connected = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.suppress_exceptions = True
+        self.client.enable_logger(logging.getLogger("paho.mqtt"))
+        if auth is not None:
+            self.client.username_pw_set(*auth)
+        self.client.max_inflight_messages_set(1000)
+        self.client.reconnect_delay_set(0.2, 2)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.connect_async(host, port, keepalive=15)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        self.connected = not reason.is_failure
+        if reason.is_failure:
+            log.warning("the stream's broker refused the adapter: %s", reason)
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.connected = False
+
+    def send(self, adapter_id: str, records: list[tuple[int, str, bytes, int]]) -> None:
+        if not self.connected:
+            raise ConnectionError("not connected to the stream's broker")
+        infos = []
+        for seq, topic, payload, _ in records:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = [(PUBLISHER, adapter_id), (SEQ, str(seq))]
+            info = self.client.publish(topic, payload, qos=1, properties=props)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise ConnectionError(f"publish failed: {mqtt.error_string(info.rc)}")
+            infos.append(info)
+        for info in infos:
+            info.wait_for_publish(self.timeout_s)
+            if not info.is_published():
+                raise ConnectionError("the broker did not acknowledge in time")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class DecodeSink:
+    """The stream's own decoder (``dataplane.wire.decode_batch``) in this process: counts what
+    the stream would accept and reject of what the adapters send; ``available`` False plays a
+    stream outage (``send`` raises, the adapters buffer)."""
+
+    def __init__(self, keep: bool = False):
+        self.connected = True
+        self.available = True
+        self.keep = keep
+        self.readings = 0
+        self.messages = 0
+        self.rejects: list[tuple[Any, ...]] = []
+        self.decoded: list[Any] = []
+        self.first_us: dict[tuple[str, str], int] = {}
+        self.lock = threading.Lock()
+
+    def send(self, adapter_id: str, records: list[tuple[int, str, bytes, int]]) -> None:
+        if not self.available:
+            raise ConnectionError("the stream is down")
+        d = decode_batch([Message(f"adapter:{adapter_id}", seq, 0, payload)
+                          for seq, _, payload, _ in records])
+        with self.lock:
+            self.readings += d.n_readings
+            self.messages += len(records)
+            self.rejects += d.rejects
+            if self.keep:
+                self.decoded.append(d)
+
+    def close(self) -> None:
+        pass

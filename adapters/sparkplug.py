@@ -1,0 +1,345 @@
+"""Sparkplug B in: the edge nodes of one group on an MQTT broker, as a Sparkplug host
+application.
+
+Topics ``spBv1.0/<group>/<type>/<node>[/<device>]``; payloads are the Sparkplug B protobuf
+(``adapters/proto/sparkplug_b.proto``).  Births (NBIRTH, DBIRTH) bind each metric's alias to its
+name; data (NDATA, DDATA) may then name metrics by alias only.  Every metric keeps its own
+timestamp (else the payload's, else the arrival time).  A node's messages are numbered 0..255
+(NBIRTH is 0, wrapping after 255); a number out of turn is a ``sequence_gap`` in
+``dead_letter`` (the message's own metrics are still read: they are valid, what is missing is
+what came between), a payload that is not Sparkplug B is ``malformed`` (payload kept), data
+from a node or device not born yet (or naming an alias it never declared) is ``not_born`` /
+``unknown_alias``; each of these asks the node for a rebirth (NCMD ``Node Control/Rebirth``, at
+most one per node every ``REBIRTH_EVERY_S``).  A metric of a type that is no number (a string,
+a data set) bound to a sensor is ``wrong_type``; the others go on.  NDEATH and DDEATH forget
+the node's (device's) aliases.
+
+The adapter subscribes at QoS 1 in a persistent session under a stable client id, so what the
+nodes publish while it reconnects waits in the broker; it announces itself on
+``spBv1.0/STATE/<host_id>`` (retained, with a will saying it went offline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from google.protobuf.message import DecodeError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from adapters.core import Adapter, now_us
+from adapters.proto.sparkplug_b_pb2 import Payload
+from adapters.sinks import credentials
+
+__all__ = ["SparkplugAdapter", "rebirth_payload", "REBIRTH_METRIC", "NAMESPACE"]
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "spBv1.0"
+REBIRTH_METRIC = "Node Control/Rebirth"
+REBIRTH_EVERY_S = 2.0
+REPEAT_S = 60.0
+
+# Sparkplug data types -> how the value is carried and read
+_SIGNED_INT = {1: 8, 2: 16, 3: 32}  # Int8/16/32 travel as uint32 (two's complement)
+_UNSIGNED_INT = {5, 6, 7}
+_INT64, _UINT64, _FLOAT, _DOUBLE, _BOOLEAN = 4, 8, 9, 10, 11
+_DATETIME = 13
+
+
+def metric_value(m: Any) -> float | None:
+    """A metric's value as a float; None if its type is not a number.  NaN for a null."""
+    dt = m.datatype
+    if m.is_null:
+        return float("nan")
+    if dt in _SIGNED_INT:
+        bits = _SIGNED_INT[dt]
+        v = m.int_value & ((1 << bits) - 1)
+        return float(v - (1 << bits) if v >= 1 << (bits - 1) else v)
+    if dt in _UNSIGNED_INT:
+        return float(m.int_value)
+    if dt == _INT64:
+        v = m.long_value
+        return float(v - (1 << 64) if v >= 1 << 63 else v)
+    if dt == _UINT64:
+        return float(m.long_value)
+    if dt == _FLOAT:
+        return float(m.float_value)
+    if dt == _DOUBLE:
+        return float(m.double_value)
+    if dt == _BOOLEAN:
+        return 1.0 if m.boolean_value else 0.0
+    return None
+
+
+def rebirth_payload(ts_ms: int | None = None) -> bytes:
+    """The NCMD payload asking a node to publish its births again."""
+    p = Payload(timestamp=ts_ms if ts_ms is not None else now_us() // 1000)
+    p.metrics.add(name=REBIRTH_METRIC, datatype=_BOOLEAN, boolean_value=True)
+    return p.SerializeToString()
+
+
+@dataclass
+class _Node:
+    """What the host knows of one edge node: the next sequence number, and the alias maps of
+    the node (device None) and of each device born."""
+
+    next_seq: int | None = None
+    aliases: dict[str | None, dict[int, str]] = field(default_factory=dict)
+    types: dict[tuple[str | None, str], int] = field(default_factory=dict)
+    last_rebirth: float = 0.0
+
+
+class SparkplugAdapter(Adapter):
+    kind = "sparkplug"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        host, _, port = self.spec.endpoint.removeprefix("mqtt://").partition(":")
+        self.host, self.port = host, int(port)
+        self.nodes: dict[str, _Node] = {}
+        self.lock = threading.Lock()
+        self._bound: dict[tuple[str, str | None, str], tuple[str, str, float, float] | None] = {}
+        self._index = {(b.node, b.device, b.metric): b for b in self.spec.bindings}
+        self._bad: dict[tuple[str, str | None, str], tuple[float, int]] = {}
+        self.messages = 0
+        self.metrics = 0
+        self.unbound = 0
+        self.rebirths: list[str] = []  # nodes asked to rebirth, in order (for the status)
+        self.client: mqtt.Client | None = None
+
+    # -- bindings --------------------------------------------------------------------------
+    def binding(self, node: str, device: str | None, metric: str
+                ) -> tuple[str, str, float, float] | None:
+        """``(asset, sensor, scale, offset)`` of a metric, or None when it is not bound."""
+        key = (node, device, metric)
+        try:
+            return self._bound[key]
+        except KeyError:
+            pass
+        idx = self._index
+        b = (idx.get((node, device, metric)) or idx.get((None, device, metric))
+             or (device is not None and (idx.get((node, "*", metric))
+                                         or idx.get((None, "*", metric)))) or None)
+        found = None
+        if b is not None:
+            asset = (device or node) if b.asset == "{device}" else (
+                node if b.asset == "{node}" else b.asset)
+            found = (asset, b.sensor, b.scale, b.offset)
+        if len(self._bound) < 1_000_000:
+            self._bound[key] = found
+        return found
+
+    # -- messages ----------------------------------------------------------------------------
+    def on_message(self, topic: str, payload: bytes, received: int | None = None) -> None:
+        """One Sparkplug message (on paho's thread: never raises)."""
+        try:
+            self._message(topic, payload, received or now_us())
+        except Exception as exc:  # noqa: BLE001 - one bad message never stops reception
+            log.exception("sparkplug %s: message on %s", self.spec.id, topic)
+            self.reject(payload, "malformed", f"{topic}: could not be read ({exc})"[:500])
+
+    def _message(self, topic: str, payload: bytes, received: int) -> None:
+        parts = topic.split("/")
+        if len(parts) not in (4, 5) or parts[0] != NAMESPACE or parts[1] != self.spec.group:
+            return
+        mtype, node_id = parts[2], parts[3]
+        device = parts[4] if len(parts) == 5 else None
+        if mtype in ("NCMD", "DCMD", "STATE"):
+            return
+        self.messages += 1
+        try:
+            p = Payload.FromString(payload)
+        except DecodeError as exc:
+            self.reject(payload, "malformed", f"{topic}: not a Sparkplug B payload ({exc})",
+                        device or node_id)
+            self.request_rebirth(node_id, f"malformed payload on {topic}")
+            return
+        with self.lock:
+            node = self.nodes.setdefault(node_id, _Node())
+            if mtype == "NBIRTH":
+                node.next_seq = (p.seq + 1) % 256
+                node.aliases, node.types = {None: {}}, {}
+            elif mtype == "NDEATH":
+                node.next_seq, node.aliases, node.types = None, {}, {}
+                return
+            else:
+                if node.next_seq is None:
+                    gap = None
+                else:
+                    gap = None if p.seq == node.next_seq else node.next_seq
+                    node.next_seq = (p.seq + 1) % 256
+                if gap is not None:
+                    self.reject(orjson.dumps({"topic": topic, "expected_seq": gap,
+                                              "seq": p.seq}), "sequence_gap",
+                                f"{topic}: seq {p.seq} where {gap} was due: "
+                                f"{(p.seq - gap) % 256} message(s) of node {node_id} missing",
+                                device or node_id)
+                    self.request_rebirth(node_id, "sequence gap")
+                if mtype == "DBIRTH":
+                    node.aliases[device] = {}
+                elif mtype == "DDEATH":
+                    node.aliases.pop(device, None)
+                    return
+                born = node.next_seq is not None and (device is None or device in node.aliases)
+                if not born:
+                    self.reject(payload, "not_born", f"{topic}: {mtype} from a "
+                                f"{'device' if device else 'node'} without a birth certificate",
+                                device or node_id)
+                    self.request_rebirth(node_id, f"{mtype} before its birth")
+                    return
+            aliases = node.aliases.setdefault(device, {})
+            birth = mtype in ("NBIRTH", "DBIRTH")
+            self._metrics(topic, p, node_id, device, aliases, node, birth, received)
+
+    def _metrics(self, topic: str, p: Any, node_id: str, device: str | None,
+                 aliases: dict[int, str], node: _Node, birth: bool, received: int) -> None:
+        out: dict[str, tuple[list[str], list[int], list[float]]] = {}
+        default_ts = p.timestamp * 1000 if p.timestamp else received
+        unknown: list[int] = []
+        binding, types, bad = self.binding, node.types, self._wrong_type
+        n = 0
+        for m in p.metrics:
+            # proto2 optionals read as 0 / "" when absent (cheaper than HasField on the hot path)
+            name = m.name
+            if name:
+                if birth:
+                    if m.HasField("alias"):
+                        aliases[m.alias] = name
+                    types[(device, name)] = m.datatype
+            else:
+                name = aliases.get(m.alias)
+                if name is None:
+                    unknown.append(m.alias)
+                    continue
+            n += 1
+            bound = binding(node_id, device, name)
+            if bound is None:
+                self.unbound += 1
+                continue
+            asset, sensor, scale, offset = bound
+            dt = m.datatype or types.get((device, name), 0)
+            if dt == _DOUBLE and not m.is_null:
+                value = m.double_value
+            else:
+                if dt != m.datatype:  # data messages may leave the type to the birth
+                    m.datatype = dt
+                value = metric_value(m)
+                if value is None:
+                    bad(topic, m, name, asset, sensor)
+                    continue
+            try:
+                sensors, tss, values = out[asset]
+            except KeyError:
+                sensors, tss, values = out[asset] = ([], [], [])
+            sensors.append(sensor)
+            tss.append(m.timestamp * 1000 or default_ts)
+            values.append(value * scale + offset)
+        self.metrics += n
+        for asset, (sensors, tss, values) in out.items():
+            self.emit(asset, sensors, tss, values)
+        if unknown:
+            self.reject(orjson.dumps({"topic": topic, "aliases": unknown[:100]}),
+                        "unknown_alias", f"{topic}: {len(unknown)} metric(s) by alias never "
+                        f"declared in a birth ({unknown[:5]})", device or node_id)
+            self.request_rebirth(node_id, "unknown alias")
+
+    def _wrong_type(self, topic: str, m: Any, name: str, asset: str, sensor: str) -> None:
+        key = (topic, None, name)
+        last, repeats = self._bad.get(key, (0.0, 0))
+        now = time.monotonic()
+        if now - last < REPEAT_S:
+            self._bad[key] = (last, repeats + 1)
+            return
+        self._bad[key] = (now, 0)
+        value = m.WhichOneof("value")
+        self.reject(orjson.dumps({"topic": topic, "metric": name, "datatype": m.datatype,
+                                  "value": str(getattr(m, value) if value else None)[:500]}),
+                    "wrong_type", f"{topic}: metric {name!r} (datatype {m.datatype}) bound to "
+                    f"{asset}/{sensor} is not a number"
+                    + (f" ({repeats} more since the last report)" if repeats else ""),
+                    asset, sensor)
+
+    def request_rebirth(self, node_id: str, why: str) -> bool:
+        """NCMD ``Node Control/Rebirth`` to ``node_id`` (at most one every
+        ``REBIRTH_EVERY_S``); True when sent."""
+        node = self.nodes.setdefault(node_id, _Node())
+        now = time.monotonic()
+        if now - node.last_rebirth < REBIRTH_EVERY_S or self.client is None:
+            return False
+        node.last_rebirth = now
+        topic = f"{NAMESPACE}/{self.spec.group}/NCMD/{node_id}"
+        self.client.publish(topic, rebirth_payload(), qos=0)
+        self.rebirths.append(node_id)
+        self.status.rebirths_requested += 1
+        log.info("sparkplug %s: asked %s to rebirth (%s)", self.spec.id, node_id, why)
+        return True
+
+    # -- the connection --------------------------------------------------------------------
+    async def session(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        lost = asyncio.Event()
+        ready = asyncio.Event()
+        state = f"{NAMESPACE}/STATE/{self.spec.host_id}"
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=f"plantpulse-spb-{self.spec.id}", protocol=mqtt.MQTTv5)
+        client.suppress_exceptions = True
+        auth = credentials(self.spec.credentials, self.dir.parent.parent)
+        if auth is not None:
+            client.username_pw_set(*auth)
+        client.will_set(state, orjson.dumps({"online": False, "timestamp": now_us() // 1000}),
+                        qos=1, retain=True)
+        refused: list[str] = []
+
+        def on_connect(c, userdata, flags, reason, properties) -> None:
+            if reason.is_failure:
+                refused.append(str(reason))
+                loop.call_soon_threadsafe(lost.set)
+                return
+            group = self.spec.group
+            c.subscribe([(f"{NAMESPACE}/{group}/+/+", 1), (f"{NAMESPACE}/{group}/+/+/+", 1)])
+            c.publish(state, orjson.dumps({"online": True, "timestamp": now_us() // 1000}),
+                      qos=1, retain=True)
+            loop.call_soon_threadsafe(ready.set)
+
+        def on_disconnect(c, userdata, flags, reason, properties) -> None:
+            loop.call_soon_threadsafe(lost.set)
+
+        def on_message(c, userdata, msg) -> None:
+            self.on_message(msg.topic, msg.payload)
+
+        client.on_connect, client.on_disconnect = on_connect, on_disconnect
+        client.on_message = on_message
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600  # what the nodes send meanwhile waits in the broker
+        await asyncio.to_thread(client.connect, self.host, self.port, 15, clean_start=False,
+                                properties=props)
+        client.loop_start()
+        self.client = client
+        try:
+            waiter = asyncio.create_task(ready.wait())
+            await asyncio.wait([waiter, asyncio.create_task(lost.wait())], timeout=10,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if refused or not ready.is_set():
+                raise ConnectionError(f"broker {self.spec.endpoint}: "
+                                      f"{refused[0] if refused else 'no CONNACK in 10 s'}")
+            self.connected()
+            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()),
+                                          asyncio.create_task(lost.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not stop.is_set():
+                raise ConnectionError(f"lost the broker {self.spec.endpoint}")
+            client.publish(state, orjson.dumps({"online": False,
+                                                "timestamp": now_us() // 1000}),
+                           qos=1, retain=True).wait_for_publish(2)
+            client.disconnect()
+        finally:
+            self.client = None
+            client.loop_stop()

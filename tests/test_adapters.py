@@ -1,0 +1,493 @@
+"""Protocol adapters against real servers on loopback: a pymodbus device, an asyncua server,
+Mosquitto with Sparkplug B edge nodes.  Server restarts mid-stream, wrongly typed tags,
+malformed payloads and sequence gaps (dead_letter + a rebirth request), a gap backfilled from
+OPC UA history, the store-and-forward buffer's bound."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from adapters.core import DiskBuffer, read_statuses
+from adapters.modbus import ModbusAdapter, registers_for
+from adapters.opcua import OpcuaAdapter, browse, proposal_yaml
+from adapters.sinks import DecodeSink
+from adapters.sparkplug import SparkplugAdapter
+from adapters.testing import ModbusTestServer, OpcuaTestServer, SparkplugEdge, free_port
+from lake import Lake
+from plant import PlantError, load_plant
+from plant.schema import ModbusAdapter as ModbusSpec
+from plant.schema import OpcuaAdapter as OpcuaSpec
+from plant.schema import SparkplugAdapter as SparkplugSpec
+from plantpulse_cli.adapters import rows
+from plantpulse_cli.broker import ensure_mosquitto, wait_for_port, write_config
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "plant" / "plants" / "adapters.yaml"
+
+
+def _lake(tmp_path: Path) -> Lake:
+    lake = Lake(tmp_path / "lake")
+    lake.create_tables(["dead_letter"])
+    return lake
+
+
+def _dead(lake: Lake) -> list[dict[str, Any]]:
+    return lake.read("dead_letter").to_dict("records")
+
+
+async def _until(cond, timeout: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.05)
+
+
+def _values(sink: DecodeSink) -> dict[tuple[str, str], list[float]]:
+    out: dict[tuple[str, str], list[float]] = {}
+    for d in sink.decoded:
+        for g in range(d.n_groups):
+            key = (d.assets[d.g_a[g]], d.sensors[d.g_s[g]])
+            out.setdefault(key, []).extend(d.value[d.group == g].tolist())
+    return out
+
+
+# -- the plant model ------------------------------------------------------------------------
+def test_example_plant_binds_declared_sensors():
+    plant = load_plant(EXAMPLE)
+    kinds = {a.id: a.kind for a in plant.adapters}
+    assert kinds == {"scada-opcua": "opcua", "plc-modbus": "modbus",
+                     "edge-sparkplug": "sparkplug"}
+    modbus = next(a for a in plant.adapters if a.kind == "modbus")
+    assert [(b.address, b.type, b.word_order) for b in modbus.bindings] == [
+        (0, "uint16", "big"), (1, "float32", "little"), (0, "int16", "big")]
+
+
+@pytest.mark.parametrize("old, new, where, message", [
+    ("sensor: motor_current, unit: A}", "sensor: motor_currant, unit: A}",
+     "adapters[0].bindings[2].sensor", "is not a sensor of asset 'pump-01'"),
+    ("sensor: bearing_temp, unit: degC}", "sensor: bearing_temp, unit: degF}",
+     "adapters[0].bindings[0].unit", "is not the unit of pump-01/bearing_temp"),
+    ("{register: 1, type: float32", "{register: 0, type: float32",
+     "adapters[1].bindings[1]", "bound twice"),
+    ("{register: 0, table: input, type: int16", "{register: 2, type: int16",
+     "adapters[1].bindings[2].register", "already read by the binding at line"),
+    ("kind: modbus", "kind: profinet", "adapters[1]", "kind must be one of"),
+    ("type: int16", "type: int12", "adapters[1].bindings[2].type", "Input should be"),
+    ("tcp://127.0.0.1:5020", "tcp://127.0.0.1", "adapters[1].endpoint",
+     "is not a modbus endpoint"),
+    ("poll_ms: 100", "poll_ms: 100\n    pol_ms: 3", "adapters[1]", "unknown key 'pol_ms'"),
+])
+def test_bad_bindings_are_one_line_errors(tmp_path, old, new, where, message):
+    text = EXAMPLE.read_text().replace("include: [demo.yaml]",
+                                       f"include: [{EXAMPLE.parent / 'demo.yaml'}]")
+    assert old in text
+    bad = tmp_path / "plant.yaml"
+    bad.write_text(text.replace(old, new, 1))
+    with pytest.raises(PlantError) as err:
+        load_plant(bad)
+    line = text.replace(old, new, 1).splitlines()
+    assert err.value.field == where and message in err.value.message
+    assert err.value.line is not None and err.value.line <= len(line)
+    assert "\n" not in str(err.value)
+
+
+# -- Modbus TCP -------------------------------------------------------------------------------
+def test_modbus_types_scaling_bad_register_and_restart(tmp_path):
+    lake = _lake(tmp_path)
+    spec = ModbusSpec.model_validate({
+        "id": "plc", "kind": "modbus", "endpoint": "tcp://127.0.0.1:1", "poll_ms": 50,
+        "reconnect_max_s": 0.5, "flush_ms": 50,
+        "bindings": [
+            {"register": 0, "type": "uint16", "scale": 0.01, "asset": "pump-02",
+             "sensor": "discharge_pressure"},
+            {"register": 1, "type": "float32", "word_order": "little", "asset": "pump-02",
+             "sensor": "motor_current"},
+            {"register": 3, "type": "int32", "asset": "pump-02", "sensor": "shaft_speed"},
+            {"register": 0, "table": "input", "type": "int16", "scale": 0.1,
+             "asset": "pump-02", "sensor": "bearing_temp"},
+            {"register": 150, "asset": "pump-01", "sensor": "bearing_temp"},  # not on the device
+        ]})
+
+    async def main() -> None:
+        server = ModbusTestServer(n_holding=20, input_values=[0xFF9C])  # -100 -> -10.0 degC
+        await server.start()
+        spec_ = spec.model_copy(update={"endpoint": f"tcp://127.0.0.1:{server.port}"})
+        sink = DecodeSink(keep=True)
+        adapter = ModbusAdapter(spec_, tmp_path / "home", lake, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        from pymodbus.client import AsyncModbusTcpClient
+
+        async def write(pressure: float, current: float, speed: int) -> None:
+            c = AsyncModbusTcpClient("127.0.0.1", port=server.port)
+            await c.connect()
+            words = [int(pressure * 100)] + registers_for(current, "float32", "little") + \
+                registers_for(speed, "int32")
+            await c.write_registers(0, words, device_id=1)
+            c.close()
+
+        await write(3.5, 21.25, -1750)
+        await _until(lambda: 3.5 in _values(sink).get(("pump-02", "discharge_pressure"), []),
+                     what="the first poll")
+        v = _values(sink)
+        assert v[("pump-02", "motor_current")][-1] == 21.25
+        assert v[("pump-02", "shaft_speed")][-1] == -1750
+        assert v[("pump-02", "bearing_temp")][-1] == pytest.approx(-10.0)
+        assert ("pump-01", "bearing_temp") not in v  # the bad register delivered nothing
+        # the device restarts: the adapter reconnects by itself and reads on
+        port = server.port
+        await server.stop()
+        await asyncio.sleep(0.5)
+        server = ModbusTestServer(n_holding=20, port=port)
+        await server.start()
+        await write(4.25, 22.5, 1800)
+        await _until(lambda: 4.25 in _values(sink).get(("pump-02", "discharge_pressure"), []),
+                     what="a poll after the restart")
+        assert adapter.status.reconnects >= 1
+        stop.set()
+        await task
+        await server.stop()
+
+    asyncio.run(main())
+    dead = _dead(lake)
+    bad = [d for d in dead if d["reason"] == "modbus_error"]
+    assert len(bad) == 1 and bad[0]["sensor_id"] == "bearing_temp"
+    assert "register 150" in bad[0]["detail"] and bad[0]["asset_id"] == "pump-01"
+    status = read_statuses(tmp_path / "home")[0]
+    assert status["adapter_id"] == "plc" and status["reconnects"] >= 1
+
+
+# -- OPC UA ------------------------------------------------------------------------------------
+def test_opcua_wrong_type_restart_and_backfill(tmp_path):
+    lake = _lake(tmp_path)
+    tags = {"pump-01": ["bearing_temp", "motor_current", "label"]}
+    temp, current, label = (f"ns=2;s=pump-01.{s}" for s in tags["pump-01"])
+
+    async def main() -> None:
+        server = OpcuaTestServer(tags, strings=(label,))
+        await server.start()
+        found = await browse(server.url)
+        assert {f["node"] for f in found} == {temp, current}  # the text tag is no sensor
+        assert "asset: pump-01, sensor: bearing_temp" in proposal_yaml(server.url, found)
+        spec = OpcuaSpec.model_validate({
+            "id": "scada", "kind": "opcua", "endpoint": server.url, "sampling_ms": 0,
+            "publishing_ms": 50, "reconnect_max_s": 0.5, "flush_ms": 50, "bindings": [
+                {"node": temp, "asset": "pump-01", "sensor": "bearing_temp"},
+                {"node": current, "asset": "pump-01", "sensor": "motor_current",
+                 "scale": 2.0},
+                {"node": label, "asset": "pump-01", "sensor": "discharge_pressure"},
+                {"node": "ns=2;s=pump-01.nothing", "asset": "pump-01", "sensor": "shaft_speed"},
+            ]})
+        sink = DecodeSink(keep=True)
+        home = tmp_path / "home"
+
+        async def start() -> tuple[OpcuaAdapter, asyncio.Event, asyncio.Task]:
+            adapter = OpcuaAdapter(spec.model_copy(update={"endpoint": server.url}), home,
+                                   lake, sink)
+            stop = asyncio.Event()
+            task = asyncio.create_task(adapter.run(stop))
+            await _until(lambda: adapter.status.connected, 20, "a connection")
+            return adapter, stop, task
+
+        adapter, stop, task = await start()
+        for i in range(5):
+            await server.write({temp: 40.0 + i, current: 10.0 + i})
+            await asyncio.sleep(0.1)
+        await _until(lambda: 44.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
+                     what="live values")
+        assert 28.0 in _values(sink)[("pump-01", "motor_current")]  # scaled: 14 x 2
+        # the adapter goes away (an outage); the server keeps recording history
+        stop.set()
+        await task
+        gap_start = time.time()
+        for i in range(5):
+            await server.write({temp: 60.0 + i})
+            await asyncio.sleep(0.05)
+        adapter, stop, task = await start()
+        await _until(lambda: adapter.status.backfilled >= 5, 20, "the backfill")
+        got = _values(sink)[("pump-01", "bearing_temp")]
+        assert [x for x in got if x >= 60] == [60.0, 61.0, 62.0, 63.0, 64.0]  # in order, once
+        assert adapter.status.last_reading_ts_us >= gap_start * 1e6
+        # the server restarts (its history is gone): the adapter reconnects and reads on
+        port = server.port
+        await server.stop()
+        server = OpcuaTestServer(tags, port=port, strings=(label,))
+        await server.start()
+        await _until(lambda: adapter.status.reconnects >= 1 and adapter.status.connected, 30,
+                     "a reconnection")
+        await asyncio.sleep(0.3)
+        await server.write({temp: 99.0})
+        await _until(lambda: 99.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
+                     what="a value after the restart")
+        stop.set()
+        await task
+        await server.stop()
+
+    asyncio.run(main())
+    dead = _dead(lake)
+    reasons = {(d["reason"], d["sensor_id"]) for d in dead}
+    assert ("wrong_type", "discharge_pressure") in reasons
+    assert ("unknown_node", "shaft_speed") in reasons
+    assert not any(d["reason"] == "buffer_overflow" for d in dead)
+
+
+# -- Sparkplug B ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def spb_broker(tmp_path_factory):
+    """Mosquitto with a Sparkplug host user and an edge user (readwrite spBv1.0/#), and an
+    adapter ``plc`` that may write ``plantpulse/+/plc`` (as ``plantpulse up`` sets it up)."""
+    directory = tmp_path_factory.mktemp("mosquitto-spb")
+    port = free_port()
+    conf = write_config(directory, port, {}, acl={
+        "host": ["topic readwrite spBv1.0/#"], "edge": ["topic readwrite spBv1.0/#"],
+        "plc": ["topic write plantpulse/+/plc"]})
+    proc = subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for_port(port)
+    users = json.loads((directory / "credentials.json").read_text())
+    yield port, users
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_sparkplug_births_gap_malformed_and_wrong_type(tmp_path, spb_broker, monkeypatch):
+    port, users = spb_broker
+    monkeypatch.setenv("PLANTPULSE_HOST_USERNAME", "host")
+    monkeypatch.setenv("PLANTPULSE_HOST_PASSWORD", users["host"])
+    lake = _lake(tmp_path)
+    spec = SparkplugSpec.model_validate({
+        "id": "edge", "kind": "sparkplug", "endpoint": f"mqtt://127.0.0.1:{port}",
+        "credentials": "host", "group": "plant1", "flush_ms": 50, "reconnect_max_s": 0.5,
+        "bindings": [
+            {"device": "*", "metric": "Pump/BearingTemp", "asset": "{device}",
+             "sensor": "bearing_temp"},
+            {"device": "*", "metric": "Pump/Speed", "asset": "{device}", "sensor": "shaft_speed",
+             "scale": 60.0},
+            {"device": "pump-01", "metric": "Pump/Mode", "asset": "pump-01",
+             "sensor": "discharge_pressure"},
+        ]})
+
+    async def main() -> None:
+        sink = DecodeSink(keep=True)
+        adapter = SparkplugAdapter(spec, tmp_path / "home", lake, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        await _until(lambda: adapter.status.connected, 10, "the broker")
+        edge = SparkplugEdge("127.0.0.1", port, "plant1", "node-1",
+                             {"pump-01": ["Pump/BearingTemp", "Pump/Speed", "Pump/Mode"],
+                              "pump-02": ["Pump/BearingTemp", "Pump/Speed"]},
+                             auth=("edge", users["edge"]))
+        await asyncio.to_thread(edge.births)
+        t0 = int(time.time() * 1000) - 10_000
+        for k in range(5):
+            await asyncio.to_thread(edge.data, "pump-01", {"Pump/BearingTemp": 40.0 + k,
+                                                            "Pump/Speed": 29.5}, t0 + k * 100)
+        # a gap: two messages never arrive
+        edge.seq = (edge.seq + 2) % 256
+        await asyncio.to_thread(edge.data, "pump-02", {"Pump/BearingTemp": 50.0}, t0 + 600)
+        await _until(lambda: edge.rebirths >= 1, 10, "a rebirth request after the gap")
+        # a malformed payload, and a text metric bound to a sensor (the wrong type)
+        await asyncio.sleep(2.1)  # the rebirth limit: one per node every 2 s
+        await asyncio.to_thread(edge.publish, "spBv1.0/plant1/DDATA/node-1/pump-01",
+                                b"\xff\xff not protobuf")
+        await _until(lambda: edge.rebirths >= 2, 10, "a rebirth request after the garbage")
+        await asyncio.to_thread(edge.data, "pump-01", {"Pump/Mode": "AUTO",
+                                                        "Pump/BearingTemp": 45.0}, t0 + 700)
+        await _until(lambda: 45.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
+                     what="the metrics beside the wrong one")
+        edge.close()
+        stop.set()
+        await task
+        return adapter
+
+    adapter = asyncio.run(main())
+    dead = _dead(lake)
+    reasons = [d["reason"] for d in dead]
+    assert reasons.count("sequence_gap") == 1 and reasons.count("malformed") == 1
+    assert reasons.count("wrong_type") == 1
+    gap = next(d for d in dead if d["reason"] == "sequence_gap")
+    assert "2 message(s) of node node-1 missing" in gap["detail"]
+    assert next(d for d in dead if d["reason"] == "malformed")["raw"] == b"\xff\xff not protobuf"
+    wrong = next(d for d in dead if d["reason"] == "wrong_type")
+    assert wrong["sensor_id"] == "discharge_pressure" and "AUTO" in wrong["raw"].decode()
+    assert adapter.status.rebirths_requested >= 2
+
+
+def test_sparkplug_metric_timestamps_and_aliases(tmp_path, spb_broker, monkeypatch):
+    """Each metric keeps its own timestamp; data by alias resolves through the birth."""
+    port, users = spb_broker
+    monkeypatch.setenv("PLANTPULSE_HOST_USERNAME", "host")
+    monkeypatch.setenv("PLANTPULSE_HOST_PASSWORD", users["host"])
+    spec = SparkplugSpec.model_validate({
+        "id": "edge2", "kind": "sparkplug", "endpoint": f"mqtt://127.0.0.1:{port}",
+        "credentials": "host", "group": "plant2", "flush_ms": 50,
+        "bindings": [{"device": "*", "metric": "T", "asset": "{device}",
+                      "sensor": "bearing_temp"}]})
+
+    async def main() -> DecodeSink:
+        sink = DecodeSink(keep=True)
+        adapter = SparkplugAdapter(spec, tmp_path / "home", None, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        await _until(lambda: adapter.status.connected, 10, "the broker")
+        edge = SparkplugEdge("127.0.0.1", port, "plant2", "n", {"pump-03": ["T"]},
+                             auth=("edge", users["edge"]))
+        await asyncio.to_thread(edge.births)
+        await asyncio.to_thread(edge.data, "pump-03", {"T": 41.5}, 1_767_225_600_123)
+        await _until(lambda: sink.readings >= 2, what="the readings")  # birth value + data
+        edge.close()
+        stop.set()
+        await task
+        return sink
+
+    sink = asyncio.run(main())
+    ts = np.concatenate([d.ts for d in sink.decoded])
+    assert 1_767_225_600_123_000 in ts.tolist()
+    assert _values(sink)[("pump-03", "bearing_temp")][-1] == 41.5
+
+
+# -- the store-and-forward buffer ---------------------------------------------------------------
+def test_buffer_is_bounded_and_overflow_is_recorded(tmp_path):
+    """The stream is down: the buffer grows to its bound, no further; the oldest messages go to
+    dead_letter (payload kept) and are counted; when the stream is back the rest drains."""
+    lake = _lake(tmp_path)
+    spec = ModbusSpec.model_validate({
+        "id": "plc", "kind": "modbus", "endpoint": "tcp://127.0.0.1:1", "buffer_mb": 0.05,
+        "bindings": [{"register": 0, "asset": "pump-02", "sensor": "discharge_pressure"}]})
+    sink = DecodeSink()
+    sink.available = False
+    adapter = ModbusAdapter(spec, tmp_path / "home", lake, sink)
+    adapter.forwarder.start()
+    t0 = 1_767_225_600_000_000
+    emitted = 0
+    for k in range(40):
+        ts = t0 + (np.arange(100) + k * 100) * 100_000
+        adapter.emit("pump-02", "discharge_pressure", ts, np.full(100, 3.0))
+        emitted += 100
+        adapter.flush()
+        assert adapter.buffer.bytes <= adapter.buffer.max_bytes
+    assert adapter.buffer.overflow_readings > 0
+    adapter.dead.flush()
+    adapter.write_status()
+    overflow = [d for d in _dead(lake) if d["reason"] == "buffer_overflow"]
+    assert len(overflow) == adapter.buffer.overflow_messages
+    assert sum(int(d["raw"][:4] == b"PPA1") for d in overflow) == len(overflow)
+    kept = adapter.buffer.readings
+    assert kept + adapter.buffer.overflow_readings == emitted  # every reading accounted for
+    sink.available = True
+    deadline = time.monotonic() + 10
+    while adapter.buffer.messages and time.monotonic() < deadline:
+        time.sleep(0.05)
+    adapter.forwarder.stop()
+    assert sink.readings == kept and adapter.buffer.messages == 0
+    # the buffer, reopened, still knows its overflow (it is on disk)
+    adapter.buffer.close()
+    again = DiskBuffer(tmp_path / "home" / "adapters" / "plc" / "buffer.sqlite", 1000)
+    assert again.overflow_readings == emitted - kept
+    table = rows(read_statuses(tmp_path / "home"), time.time_ns() // 1000)
+    assert table[0]["adapter"] == "plc" and table[0]["overflow"] == emitted - kept
+
+
+# -- into the stream --------------------------------------------------------------------------
+def test_modbus_readings_reach_the_lake_through_the_broker_and_the_stream(tmp_path, spb_broker):
+    """The adapter forwards into the stream's broker (as its own user, numbered messages); the
+    MQTT stream decodes the Arrow payloads and writes every reading once."""
+    import threading
+
+    from bytewax.testing import run_main
+
+    from adapters.sinks import MqttSink
+    from bytewax_flows.mqtt import MQTTSource
+    from bytewax_flows.sinks import DeltaSink
+    from bytewax_flows.telemetry import build_flow
+
+    port, users = spb_broker
+    lake = Lake(tmp_path / "lake")
+    source = MQTTSource(port=port, idle_stop_s=4.0, username="worker",
+                        password=users["worker"])
+    done = threading.Event()
+
+    def stream() -> None:
+        try:
+            run_main(build_flow(source, DeltaSink(lake.uri, max_rows=10_000, max_age_s=0.2)))
+        finally:
+            done.set()
+
+    async def main() -> ModbusAdapter:
+        server = ModbusTestServer(n_holding=10)
+        await server.start()
+        spec = ModbusSpec.model_validate({
+            "id": "plc", "kind": "modbus", "endpoint": f"tcp://127.0.0.1:{server.port}",
+            "poll_ms": 100, "flush_ms": 100, "bindings": [
+                {"register": 0, "scale": 0.01, "asset": "pump-02",
+                 "sensor": "discharge_pressure"},
+                {"register": 1, "type": "float32", "asset": "pump-02",
+                 "sensor": "motor_current"}]})
+        from pymodbus.client import AsyncModbusTcpClient
+
+        c = AsyncModbusTcpClient("127.0.0.1", port=server.port)
+        await c.connect()
+        await c.write_registers(0, [350, *registers_for(21.5, "float32")], device_id=1)
+        c.close()
+        await asyncio.to_thread(start_stream)
+        sink = MqttSink("127.0.0.1", port, "plantpulse-adapter-plc", ("plc", users["plc"]))
+        adapter = ModbusAdapter(spec, tmp_path / "home", lake, sink)
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        await _until(lambda: adapter.status.readings_forwarded >= 20, 20, "forwarding")
+        stop.set()
+        await task
+        sink.close()
+        await server.stop()
+        return adapter
+
+    def start_stream() -> None:
+        threading.Thread(target=stream, daemon=True).start()
+        time.sleep(1.5)  # the worker connects and subscribes
+
+    adapter = asyncio.run(main())
+    assert done.wait(60), "the stream did not stop after its input went idle"
+    forwarded = adapter.status.readings_forwarded
+    assert forwarded == adapter.status.readings_in and adapter.buffer.messages == 0
+    readings = lake.read("readings")
+    assert len(readings) == forwarded  # every reading once
+    assert set(readings["sensor_id"]) == {"discharge_pressure", "motor_current"}
+    assert set(readings["asset_id"]) == {"pump-02"}
+    assert readings.loc[readings["sensor_id"] == "motor_current", "value"].eq(21.5).all()
+    assert lake.count("dead_letter") == 0
+
+
+def test_up_runs_the_adapters_with_their_own_broker_users(tmp_path):
+    from plantpulse_cli.up import adapter_acl, services
+
+    acl = adapter_acl(str(EXAMPLE), 1883)
+    assert acl["plc-modbus"] == ["topic write plantpulse/+/plc-modbus"]
+    assert "topic readwrite spBv1.0/plant1/#" in acl["sparkplug"]
+    running = services("127.0.0.1", 3000, ui=False, mqtt=("/usr/sbin/mosquitto", 1883),
+                       home=str(tmp_path), adapters=str(EXAMPLE))
+    argv = {s.name: s.argv for s in running}
+    assert argv["adapters"][1:] == ["-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883"]
+    users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())
+    assert {"worker", "scada-opcua", "plc-modbus", "edge-sparkplug", "sparkplug"} <= set(users)
+
+
+def test_cli_adapters_status_and_browse_errors(tmp_path, monkeypatch, capsys):
+    from plantpulse_cli.main import main
+
+    monkeypatch.setenv("PLANTPULSE_HOME", str(tmp_path))
+    assert main(["adapters", "status"]) == 0
+    assert "no adapter has run" in capsys.readouterr().out
+    assert main(["adapters", "browse", "http://nowhere"]) == 2
+    assert "not an OPC UA endpoint" in capsys.readouterr().err
+    assert main(["adapters", "browse", f"opc.tcp://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot browse") and "Traceback" not in err
