@@ -128,6 +128,7 @@ class Plant:
     topology: tuple[Edge, ...] = ()
     bearings: dict[str, BearingGeometry] = field(default_factory=dict)
     replay: Any = None  # the file's replay adapter (plant.schema.*Replay), if any
+    outbound: Any = None  # the file's outbound section (plant.schema.OutboundSpec), if any
     _resolved: dict[str, Asset | None] = field(default_factory=dict, repr=False)
 
     # -- look-ups --------------------------------------------------------------------------
@@ -466,7 +467,8 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
                                              b.contact_angle_deg)
         except ValueError as exc:
             raise PlantError(path, b.line(), f"bearings.{name}", str(exc)) from None
-    plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay)
+    plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay,
+                  outbound=doc.outbound)
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}
     site_ids: set[str] = set()
