@@ -18,8 +18,11 @@ from models.registry import RUL_MODEL
 __all__ = ["AssetState", "AlertEvent", "StateBook", "health_from", "alert_key"]
 
 
+_POLICY = AlertPolicy()
+
+
 def health_from(anomaly_score: float, p_fault: float | None, model_name: str | None,
-                policy: AlertPolicy = AlertPolicy()) -> float:
+                policy: AlertPolicy = _POLICY) -> float:
     """Health in percent: 100 for a normal window, 50 when the online score sits at the
     channel's alert-opening threshold (or the champion's P(fault) is 0.5), lower beyond.
 
