@@ -387,3 +387,19 @@ def test_a_refused_work_order_fails_at_once_and_is_recorded(tmp_path: Path, lake
     rows = _deliveries(lake, "webhook")
     assert [(r["attempt"], r["status"], r["code"]) for r in rows] == [(1, "failed", 422)]
     assert "422" in rows[0]["error"]
+
+
+# -- plantpulse up ----------------------------------------------------------------------------
+def test_up_runs_outbound_only_for_a_plant_with_the_section(tmp_path: Path, monkeypatch):
+    from plantpulse_cli.up import services, wants_outbound
+
+    assert not wants_outbound()  # the demo plant sends nothing out
+    monkeypatch.setenv("PLANTPULSE_PLANT", str(_plant(tmp_path, "  opcua: {}").path))
+    assert wants_outbound()
+    running = services("127.0.0.1", 3000, ui=False, mqtt=("mosquitto", _free_port()),
+                       home=str(tmp_path), outbound=True)
+    [out] = [s for s in running if s.name == "outbound"]
+    assert out.argv[1:] == ["-m", "outbound"]
+    users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())
+    assert out.env == {"PLANTPULSE_OUTBOUND_MQTT_USERNAME": OUTBOUND,
+                       "PLANTPULSE_OUTBOUND_MQTT_PASSWORD": users[OUTBOUND]}
