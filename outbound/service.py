@@ -115,7 +115,7 @@ class Outbound:
             self.mqtt.start()
         if self.webhook is not None:
             self.webhook.start()
-        self.poll_once()
+        self._poll_safely()
         self._thread = threading.Thread(target=self._run, name="outbound", daemon=True)
         self._thread.start()
 
@@ -128,13 +128,16 @@ class Outbound:
                 target.stop()
         self.deliveries.flush()
 
+    def _poll_safely(self) -> None:
+        try:
+            self.poll_once()
+        except Exception:  # a bad poll (lake briefly unreadable) must not end outbound
+            log.exception("outbound poll failed; trying again")
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            try:
-                self.poll_once()
-            except Exception:  # a bad poll (lake briefly unreadable) must not end outbound
-                log.exception("outbound poll failed; trying again")
+            self._poll_safely()
             self._stop.wait(max(0.0, self.spec.poll_s - (time.monotonic() - started)))
 
     # -- one poll -----------------------------------------------------------------------------
