@@ -103,7 +103,9 @@ class OpcUaServer:
         self._thread: threading.Thread | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self, timeout_s: float = 30.0) -> None:
+    def start(self, timeout_s: float = 120.0) -> None:
+        """Start the server thread; returns once it listens (asyncua loads the standard address
+        space first: seconds, more on a loaded machine)."""
         self._thread = threading.Thread(target=self._run, name="outbound-opcua", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s):
