@@ -336,6 +336,27 @@ _TABLES: tuple[TableSpec, ...] = (
         "One promotion-gate decision, with its evidence.",
     ),
     TableSpec(
+        "deliveries",
+        pa.schema(
+            [
+                _f("ts", TS, doc="when the attempt ended"),
+                _f("target", pa.string(), doc="webhook, mqtt, sparkplug or opcua"),
+                _f("key", pa.string(), doc="idempotency key: the alert state delivered"),
+                _f("alert_id", pa.string(), True),
+                _f("asset_id", pa.string(), True),
+                _f("attempt", pa.int32(), doc="1 for the first try of this key at this target"),
+                _f("status", pa.string(), doc="delivered, retry (failed, will retry) or failed"),
+                _f("code", pa.int32(), True, doc="HTTP status or MQTT reason code, if any"),
+                _f("error", pa.string(), True, doc="why it failed"),
+                _DATE,
+            ]
+        ),
+        "One delivery attempt of an alert state to an outbound target, with its outcome.",
+        time_column="ts",
+        partition_by=("date",),
+        retention_days=400,
+    ),
+    TableSpec(
         "sensor_daily_stats",
         pa.schema(
             [

@@ -135,6 +135,7 @@ class Plant:
     asset_files: dict[str, str] = field(default_factory=dict)  # asset id -> declaring file
     # the protocol adapters (plant.schema.OpcuaAdapter, ModbusAdapter, SparkplugAdapter)
     adapters: tuple[Any, ...] = ()
+    outbound: Any = None  # the file's outbound section (plant.schema.OutboundSpec), if any
     _resolved: dict[str, Asset | None] = field(default_factory=dict, repr=False)
 
     # -- look-ups --------------------------------------------------------------------------
@@ -479,7 +480,8 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
         except ValueError as exc:
             raise PlantError(path, b.line(), f"bearings.{name}", str(exc)) from None
     plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay,
-                  files=(str(path),), adapters=tuple(doc.adapters))
+                  files=(str(path),), adapters=tuple(doc.adapters),
+                  outbound=doc.outbound)
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}
     site_ids: set[str] = set()

@@ -33,6 +33,7 @@ __all__ = [
     "MODBUS_TYPES",
     "PlantFile",
     "CONTRACT_FIELDS",
+    "OutboundSpec",
 ]
 
 Id = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -346,6 +347,59 @@ class SparkplugAdapter(_Connection):
 AdapterSpec = Annotated[
     OpcuaAdapter | ModbusAdapter | SparkplugAdapter, Field(discriminator="kind")
 ]
+# -- outbound: decisions out to SCADA and maintenance (the ``outbound`` package) -------------
+
+
+class OutboundMqttSpec(_Node):
+    """Per-asset state on an MQTT broker: a retained JSON message on ``topic`` (``{plant}``,
+    ``{site}`` and ``{asset_id}`` are filled in) and, with ``sparkplug``, Sparkplug B births and
+    data for SCADA that speak it.  Credentials come from ``PLANTPULSE_OUTBOUND_MQTT_USERNAME``
+    and ``PLANTPULSE_OUTBOUND_MQTT_PASSWORD`` (never from the plant file)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic: str = "plantpulse-out/{site}/{asset_id}/state"
+    qos: Literal[0, 1, 2] = 1
+    min_interval_s: float = Field(1.0, ge=0)
+    sparkplug: bool = True
+    sparkplug_group: str | None = None  # default: the plant's name
+    sparkplug_node: Id = "plantpulse-outbound"
+
+
+class OutboundOpcUaSpec(_Node):
+    """An OPC UA server (no security: put it on a plant network or behind a gateway) with a
+    namespace per plant (``namespace``, default ``urn:plantpulse:<plant>``) and an object per
+    asset."""
+
+    endpoint: str = "opc.tcp://127.0.0.1:4841/plantpulse"
+    namespace: str | None = None
+
+
+class OutboundWebhookSpec(_Node):
+    """Work orders POSTed as JSON to a CMMS at ``url``, for the alert changes in ``on``; each
+    retried up to ``max_attempts`` times with exponential backoff from ``backoff_s`` (capped at
+    ``max_backoff_s``).  ``headers_env`` maps a header to the environment variable holding its
+    value (a token stays out of the file).  ``frames_link`` is the link to the alert's frames
+    put in the work order (``{alert_id}``, ``{asset_id}`` filled in)."""
+
+    url: str = Field(min_length=1, pattern=r"^https?://")
+    on: list[Literal["open", "escalate", "close"]] = ["open", "escalate", "close"]
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(60.0, ge=0)
+    headers_env: dict[str, str] = {}
+    frames_link: str | None = None
+
+
+class OutboundSpec(_Node):
+    """Where the stream's decisions go (``outbound`` tails the lake's ``alerts`` and ``scores``
+    every ``poll_s``).  Any of the three targets may be left out."""
+
+    poll_s: float = Field(0.2, gt=0)
+    mqtt: OutboundMqttSpec | None = None
+    opcua: OutboundOpcUaSpec | None = None
+    webhook: OutboundWebhookSpec | None = None
 
 
 class PlantFile(_Node):
@@ -361,6 +415,7 @@ class PlantFile(_Node):
     topology: list[EdgeSpec] = []
     replay: ReplaySpec | None = None
     adapters: list[AdapterSpec] = []
+    outbound: OutboundSpec | None = None
 
     @field_validator("sensor_kinds")
     @classmethod

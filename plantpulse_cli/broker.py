@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BrokerError", "LIMITS", "WORKER", "ensure_mosquitto", "publishers_for", "write_config",
+__all__ = ["BrokerError", "LIMITS", "WORKER", "OUTBOUND", "ensure_mosquitto", "publishers_for",
+           "write_config",
            "wait_for_port"]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-mosquitto.sh"
@@ -39,6 +40,10 @@ def ensure_mosquitto() -> str:
 
 WORKER = "worker"
 """The username the stream workers log in with (read-only on ``plantpulse/#``)."""
+
+OUTBOUND = "outbound"
+"""The username of the outbound process (``outbound.mqtt``): its per-asset state topics
+(``plantpulse-out/#``) and its Sparkplug B edge node (``spBv1.0/#``)."""
 
 LIMITS = {
     # outgoing QoS 1 messages in flight per MQTT 3 client (an MQTT 5 client sets its own with
@@ -94,7 +99,7 @@ def write_config(
     if publishers is None:
         publishers = {"simulator": ["pump-01", "pump-02", "pump-03"]}
     acl = acl or {}
-    for name in [WORKER, *publishers, *acl]:
+    for name in [WORKER, OUTBOUND, *publishers, *acl]:
         if not name or not all(c.isalnum() or c in "-_." for c in name):
             raise BrokerError(f"MQTT user {name!r}: use letters, digits, '-', '_' and '.'")
     creds_path = directory / "credentials.json"
@@ -103,7 +108,7 @@ def write_config(
     except (OSError, ValueError):
         known = {}
     users = {name: known.get(name) or secrets.token_urlsafe(24)
-             for name in dict.fromkeys([WORKER, *publishers, *acl])}
+             for name in dict.fromkeys([WORKER, OUTBOUND, *publishers, *acl])}
     _private_write(creds_path, json.dumps(users, indent=1) + "\n")
     passwd = directory / "passwd"
     _private_write(passwd, "".join(f"{u}:{pw}\n" for u, pw in users.items()))
@@ -112,7 +117,9 @@ def write_config(
     if done.returncode != 0:
         raise BrokerError(f"mosquitto_passwd -U {passwd} failed: {done.stderr.strip()}")
     lines = [f"user {WORKER}", "topic read plantpulse/#",
-           "topic read $SYS/broker/publish/messages/dropped", ""]
+             "topic read $SYS/broker/publish/messages/dropped", "",
+             f"user {OUTBOUND}", "topic readwrite plantpulse-out/#", "topic readwrite spBv1.0/#",
+             ""]
     for name, assets in publishers.items():
         lines.append(f"user {name}")
         for asset in assets:

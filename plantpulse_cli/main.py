@@ -14,7 +14,7 @@ from typing import Any
 
 BENCHES = (
     "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop",
-    "plant_model", "plant", "reliability", "storage", "adapters",
+    "plant_model", "plant", "reliability", "storage", "adapters", "outbound",
 )
 LABEL_KINDS = ("failure", "repair", "inspection")
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4

@@ -60,11 +60,13 @@ class Service:
     name: str
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # this service's own variables, over the common ones
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         out = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
         self.proc = subprocess.Popen(
-            self.argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            self.argv, env={**env, **(self.env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def stop(self, timeout: float = 20.0, grace_s: float = 5.0) -> None:
@@ -233,13 +235,16 @@ def services(
     home: str | None = None,
     technician: bool = True,
     adapters: str | None = None,
+    outbound: bool = False,
 ) -> list[Service]:
     """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker (with
     authentication, its files under ``<home>/mosquitto``), the stream reading from it with
     Bytewax recovery in ``<home>/recovery-mqtt`` (alert state and duplicate tracking survive a
     restart; the broker delivers again what was not yet durable), and the simulated fleet
     publishing to it.  With ``adapters`` (a plant file): the protocol adapters it declares,
-    each publishing into the broker as its own user (``python -m adapters.run``)."""
+    each publishing into the broker as its own user (``python -m adapters.run``).  With
+    ``outbound`` (the plant file has an ``outbound:`` section): the outbound process, logging in
+    to the broker as its ``outbound`` user."""
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
     flow = "bytewax_flows.telemetry:flow"
@@ -267,6 +272,8 @@ def services(
                                         str(mqtt[1])]))
     elif technician:  # confirms alerts on machines the simulator has faulted, late or never
         out.append(Service("technician", [py, "-m", "plantpulse_cli.technician"]))
+    if outbound:
+        out.append(Service("outbound", [py, "-m", "outbound"], env=_outbound_env(mqtt, home)))
     if ui:
         out += [
             Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *code]),
@@ -295,6 +302,28 @@ def adapter_acl(plant_file: str | None, port: int) -> dict[str, list[str]]:
             out.setdefault(spec.credentials or spec.id, []).extend(rules)
             out.setdefault("sparkplug-edge", []).append(f"topic readwrite spBv1.0/{spec.group}/#")
     return out
+
+
+def _outbound_env(mqtt: tuple[str, int] | None, home: str | None) -> dict[str, str]:
+    """The outbound process's broker login: the set-up's ``outbound`` user when ``up`` runs the
+    broker (else whatever ``PLANTPULSE_OUTBOUND_MQTT_*`` the environment has)."""
+    if mqtt is None or home is None:
+        return {}
+    import json
+
+    from plantpulse_cli.broker import OUTBOUND
+
+    users = json.loads((Path(home) / "mosquitto" / "credentials.json").read_text())
+    return {"PLANTPULSE_OUTBOUND_MQTT_USERNAME": OUTBOUND,
+            "PLANTPULSE_OUTBOUND_MQTT_PASSWORD": users[OUTBOUND]}
+
+
+def wants_outbound() -> bool:
+    """Whether the plant (``PLANTPULSE_PLANT``, else the demo plant) has an ``outbound:``
+    section."""
+    from plant import default_plant
+
+    return default_plant().outbound is not None
 
 
 def up(
@@ -340,7 +369,7 @@ def _run(
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home, technician,
-                       adapters)
+                       adapters, outbound=wants_outbound())
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:

@@ -494,10 +494,11 @@ def test_the_generated_config_bounds_the_broker(tmp_path: Path):
         value = next(line.split()[1] for line in conf.splitlines() if line.startswith(key + " "))
         assert int(value) > 0, key
     users = json.loads((tmp_path / "credentials.json").read_text())
-    assert set(users) == {"worker", "simulator"}
+    assert set(users) == {"worker", "outbound", "simulator"}
     assert oct((tmp_path / "credentials.json").stat().st_mode & 0o777) == "0o600"
     acl = (tmp_path / "acl").read_text()
     assert "user simulator\ntopic write plantpulse/pump-01/#" in acl
+    assert "user outbound\ntopic readwrite plantpulse-out/#" in acl  # not the stream's topics
     assert write_config(tmp_path, 1883) and json.loads(
         (tmp_path / "credentials.json").read_text()) == users  # kept across restarts
 
