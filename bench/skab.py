@@ -1,17 +1,20 @@
-"""SKAB valve1: the 16 experiments replayed through the stream, scored by the online detector.
+"""SKAB: every experiment of a folder (valve1 here) and the anomaly-free run, replayed through the stream, scored by the self-set-up process detector.
 
-SKAB's protocol: in each experiment file the first 400 rows are anomaly-free warm-up (the
-detector learns from them), the rest are scored point-wise against the ``anomaly`` labels.
-Each experiment is its own asset; readings go through the real telemetry flow (one message per
-sensor and second), the process channel scores the 30 s levels of six sensors and the 30 s
-slopes of the two temperatures (their contracts' ``watched_as``: slow states whose level
-wanders in normal operation), and alerts open and close with the stream's hysteresis. The
-process detector is a Mahalanobis distance on that vector; its alert threshold (12) lies
-between the 99th and 99.5th percentile of its score on SKAB's anomaly-free run replayed the
-same way (both reported), not tuned on the valve1 labels. Reported: F1, FAR (false positive
-rate) and MAR (missed alarm rate) of (a) rows inside an open alert — what an operator sees —
-and (b) rows whose anomaly score is above the alert threshold; the JSON holds (b) for a sweep
-of thresholds.
+SKAB's protocol: in each experiment file the first 400 rows are anomaly-free warm-up, the rest
+are scored point-wise against the ``anomaly`` labels. Each experiment is its own asset; its
+readings go through the real telemetry flow (one message per sensor and second). Nothing is
+chosen on labelled data: each asset's process detector sets itself up from its own warm-up
+(``dataplane.scoring.RobustMahalanobis``: which sensors are slow states watched by their slope,
+a robust normal, and its alert thresholds as quantiles of its out-of-sample warm-up scores
+under the policy's declared false-alarm budget), and alerts open and close with the stream's
+hysteresis. Scored: the rows inside an open alert (what an operator sees) - pooled F1, FAR
+(false positive rate) and MAR (missed alarm rate), each experiment's FAR and MAR with the worst
+named, and a split by experiment file: the experiments looked at while the detector was designed
+(``DEVELOPMENT``) against those that were not (held out). The anomaly-free run (2.6 h of normal
+operation) should raise no alert.
+
+Only the ``valve1`` folder and ``anomaly-free.csv`` of SKAB are on this machine; with the
+other folders (``--folder valve2`` / ``other``) the same script scores them.
 """
 
 from __future__ import annotations
@@ -28,77 +31,101 @@ from lake import current_alerts
 from physics.datasets import read_skab, skab_readings
 
 WARMUP_ROWS = 400
+DEVELOPMENT = {f"valve1/{n}" for n in range(8)}
+"""Experiments whose results were looked at while the detector was designed (its views, robust
+fit, calibration and learning gate); the others of valve1 were scored only at the end."""
+FREE = "skab-anomaly-free"
 
 
-def anomaly_free_percentiles(
-    data: str, qs: tuple[float, ...] = (99.0, 99.5), rows: int | None = None
-) -> list[float]:
-    """Percentiles of the process detector's score over SKAB's anomaly-free run (its first
-    ``rows`` rows if given), replayed through the same stream (same warm-up): where the process
-    alert threshold comes from, without looking at the valve1 labels."""
-    free = skab_readings(read_skab(data, "anomaly-free").iloc[:rows], "skab-anomaly-free")
-    scores = replay_into_lake(readings_messages(free, batch_s=1.0)).read(
-        "scores", columns=["anomaly_score"]
-    )
-    return [float(v) for v in np.percentile(scores["anomaly_score"], qs)]
+def in_alert(index: pd.DatetimeIndex, alerts: pd.DataFrame) -> np.ndarray:
+    """Which of ``index``'s rows fall inside one of ``alerts`` (open alerts run to the end)."""
+    flag = np.zeros(len(index), bool)
+    for a in alerts.itertuples():
+        closed = a.closed_ts if pd.notna(a.closed_ts) else index.max() + pd.Timedelta(1)
+        flag |= (index >= a.opened_ts) & (index < closed)
+    return flag
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parser("skab", __doc__.splitlines()[0]).parse_args(argv)
+    p = parser("skab", __doc__.splitlines()[0])
+    p.add_argument("--folder", default="valve1", help="SKAB folder of experiments")
+    args = p.parse_args(argv)
     data = data_dir(args.data)
-    folder = Path(data) / "skab" / "valve1"
+    folder = Path(data) / "skab" / args.folder
     names = sorted((p.stem for p in folder.glob("*.csv")), key=int)
     if args.quick:
         names = names[:2]
-    frames = {f"skab-valve1-{n}": read_skab(data, f"valve1/{n}") for n in names}
-    readings = pd.concat([skab_readings(df, asset) for asset, df in frames.items()])
+    experiments = {f"skab-{args.folder}-{n}": f"{args.folder}/{n}" for n in names}
+    frames = {asset: read_skab(data, name) for asset, name in experiments.items()}
+    free = read_skab(data, "anomaly-free")
+    if args.quick:
+        free = free.iloc[:1200]
+    readings = pd.concat([skab_readings(df, asset) for asset, df in frames.items()]
+                         + [skab_readings(free, FREE)])
     lake = replay_into_lake(readings_messages(readings, batch_s=1.0))
-    scores = lake.read("scores", columns=["asset_id", "window_end", "anomaly_score"])
     alerts = current_alerts(lake)
-    threshold = AlertPolicy().for_channel("process").anomaly_open_at
-    p99, p99_5 = anomaly_free_percentiles(data, rows=1200 if args.quick else None)
-    rows = []
+    rows, per_experiment = [], {}
     for asset, df in frames.items():
         test = df.iloc[WARMUP_ROWS:][["anomaly"]].copy()
-        s = scores[scores["asset_id"] == asset].set_index("window_end")["anomaly_score"]
-        test["score"] = s.reindex(test.index).to_numpy()
-        in_alert = np.zeros(len(test), bool)
-        for a in alerts[alerts["asset_id"] == asset].itertuples():
-            closed = a.closed_ts if pd.notna(a.closed_ts) else test.index.max() + pd.Timedelta(1)
-            in_alert |= (test.index >= a.opened_ts) & (test.index < closed)
-        test["alert"] = in_alert
-        rows.append(test.assign(asset=asset))
+        test["alert"] = in_alert(test.index, alerts[alerts["asset_id"] == asset])
+        rows.append(test.assign(experiment=experiments[asset]))
+        m = point_metrics(test["alert"], test["anomaly"].to_numpy() > 0)
+        per_experiment[experiments[asset]] = {
+            "far": m["far"], "mar": m["mar"], "f1": m["f1"],
+            "alerts": int((alerts["asset_id"] == asset).sum()),
+        }
     scored = pd.concat(rows)
     truth = scored["anomaly"].to_numpy() > 0
-    by_alert = point_metrics(scored["alert"], truth)
-    by_score = point_metrics(scored["score"].fillna(0) >= threshold, truth)
-    # the whole FAR/MAR trade-off of the score, for whoever picks another threshold
-    sweep = {f"{t:g}": point_metrics(scored["score"].fillna(0) >= t, truth)
-             for t in (4, 6, 8, 10, 12, 14, 16, 20)}
+    pooled = point_metrics(scored["alert"], truth)
+    dev = scored["experiment"].isin(DEVELOPMENT).to_numpy()
+    held = point_metrics(scored["alert"][~dev], truth[~dev]) if (~dev).any() else None
+    devm = point_metrics(scored["alert"][dev], truth[dev]) if dev.any() else None
+    worst_far = max(per_experiment, key=lambda e: per_experiment[e]["far"])
+    worst_mar = max(per_experiment, key=lambda e: per_experiment[e]["mar"])
+    free_rows = free.iloc[WARMUP_ROWS:]
+    free_alerts = alerts[alerts["asset_id"] == FREE]
     metrics = {
-        "f1_alerts": by_alert["f1"],
-        "far_alerts": by_alert["far"],
-        "mar_alerts": by_alert["mar"],
-        "f1_score_threshold": by_score["f1"],
-        "far_score_threshold": by_score["far"],
-        "mar_score_threshold": by_score["mar"],
-        "threshold_used": threshold,
-        "anomaly_free_p99_score": p99,
-        "anomaly_free_p99_5_score": p99_5,
+        "f1_alerts": pooled["f1"],
+        "far_alerts": pooled["far"],
+        "mar_alerts": pooled["mar"],
+        "worst_experiment_far": per_experiment[worst_far]["far"],
+        "worst_experiment_mar": per_experiment[worst_mar]["mar"],
+        "anomaly_free_alerts": float(len(free_alerts)),
+        "anomaly_free_far": float(in_alert(free_rows.index, free_alerts).mean()),
         "f1_flag_every_row": point_metrics(np.ones_like(truth), truth)["f1"],
         "experiments": float(len(frames)),
         "rows_scored": float(len(scored)),
-        "rows_without_score": float(scored["score"].isna().sum()),
     }
+    for tag, m in (("development", devm), ("held_out", held)):
+        if m is not None:
+            metrics.update({f"f1_{tag}": m["f1"], f"far_{tag}": m["far"],
+                            f"mar_{tag}": m["mar"]})
+    print("per experiment (rows inside an open alert):")
+    for name, m in per_experiment.items():
+        split = "development" if name in DEVELOPMENT else "held out"
+        print(f"  {name:<12} FAR {m['far']:6.1%}  MAR {m['mar']:6.1%}  F1 {m['f1']:.3f}  "
+              f"alerts {m['alerts']:3d}  ({split})")
+    print(f"  worst FAR: {worst_far}; worst MAR: {worst_mar}")
+    policy = AlertPolicy()
     return report(
         "skab",
         metrics,
-        {"f1_alerts": ">= 0.8", "far_alerts": "<= 0.1", "mar_alerts": "<= 0.25"},
+        {"f1_alerts": ">= 0.82", "far_alerts": "<= 0.1", "mar_alerts": "<= 0.25",
+         "worst_experiment_far": "<= 0.2", "anomaly_free_alerts": "<= 0"},
         quick=args.quick,
         out=args.out,
-        extra={"protocol": f"valve1, first {WARMUP_ROWS} rows of each file warm-up "
-               f"(detector warm-up {PROCESS_WARMUP} windows), point-wise on the rest",
-               "threshold": threshold, "score_threshold_sweep": sweep},
+        extra={
+            "protocol": f"{args.folder}, first {WARMUP_ROWS} rows of each file warm-up "
+                        f"(detector warm-up {PROCESS_WARMUP} windows), point-wise on the rest; "
+                        "no parameter chosen on labelled data; only valve1 and anomaly-free "
+                        "are on this machine",
+            "false_alarm_budget": policy.false_alarm_budget,
+            "calm_quantile": policy.calm_quantile,
+            "development_experiments": sorted(DEVELOPMENT),
+            "worst_far_experiment": worst_far,
+            "worst_mar_experiment": worst_mar,
+            "per_experiment": per_experiment,
+        },
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from river import base, drift, preprocessing
+from sklearn.covariance import MinCovDet
 
 from dataplane.rows import Out
 from models.registry import LoadedModel
@@ -89,54 +90,200 @@ FRAME_KEEP_EVERY = int(os.environ.get("PLANTPULSE_FRAME_KEEP_EVERY", "60"))
 """Keep one accepted vibration frame in this many in ``frames`` (the rest live on as features)."""
 
 
-class MahalanobisDistance(base.AnomalyDetector):
-    """Squared Mahalanobis distance per dimension of a vector of sensor levels from the running
-    mean and full covariance (Welford) of what the detector judged normal: it sees broken
-    relationships between sensors (flow without pressure), not only unusual values.  Learns as
-    it scores, from windows below ``learn_below`` once it has ``min_samples``; the inverse
-    covariance is refreshed every ``refresh`` updates.
+PROCESS_WARMUP = int(os.environ.get("PLANTPULSE_PROCESS_WARMUP", "400"))
+"""Process windows an asset's detector learns from before it scores (SKAB's protocol: the first
+400 readings of an experiment are anomaly-free)."""
+
+
+def _robust_scale(x: np.ndarray) -> np.ndarray:
+    """Per column, the normal-consistent interquartile scale (1.349 IQR), falling back to the
+    standard deviation and then to 1 where a column barely moves (a quantised channel)."""
+    q75, q25 = np.percentile(x, [75, 25], axis=0)
+    scale = (q75 - q25) / 1.349
+    std = x.std(axis=0)
+    scale = np.where(scale > 1e-9 * np.maximum(np.abs(np.median(x, axis=0)), 1.0), scale, std)
+    return np.where(scale > 0, scale, 1.0)
+
+
+def _robust_fit(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Location, scatter and inlier mask of standardised warm-up vectors: scikit-learn's
+    reweighted Minimum Covariance Determinant (a fault filling up to half of the warm-up
+    cannot pull it), or, with too few vectors for a full matrix (under 5 per dimension), the
+    coordinate-wise median and a diagonal scatter of the robust scales."""
+    n, p = z.shape
+    if n >= 5 * p:
+        mcd = MinCovDet(random_state=0).fit(z)
+        cov = mcd.covariance_ + 1e-6 * np.eye(p)
+        return mcd.location_, cov, mcd.support_
+    return np.median(z, axis=0), np.diag(_robust_scale(z) ** 2), np.ones(n, bool)
+
+
+def _sq_distance(z: np.ndarray, location: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    d = z - location
+    return np.einsum("ij,jk,ik->i", d, np.linalg.pinv(cov), d) / max(z.shape[1], 1)
+
+
+_METADATA = {"resolution", "window_s", "rate_hz", "overlap"}
+"""Entries of a process vector that describe the sensor rather than measure it."""
+
+
+class RobustMahalanobis(base.AnomalyDetector):
+    """Squared Mahalanobis distance per dimension of an asset's process vector from what this
+    asset showed to be normal: it sees broken relationships between sensors (flow without
+    pressure), not only unusual values.  It sets itself up from the asset's own warm-up:
+
+    - **warm-up**: the first ``warmup`` vectors are kept, then fitted at once;
+    - **what each sensor is watched as**: a sensor offered as ``<sensor>:level``,
+      ``<sensor>:slope`` and ``<sensor>:std`` (its window's level, slope and within-window
+      scatter) is a *slow state*, watched by its slope, when its level wanders over the warm-up
+      by more than its readings scatter within a window (robust spread of the level > the
+      median within-window std: averaging a window shrinks a stationary channel's scatter, so a
+      level that still moves more than one reading's scatter follows something slow, like a
+      housing following its cooling); otherwise by its level.  A sensor offered with one view
+      only (declared in the plant) keeps it;
+    - **normal**: a robust location and scatter of the warm-up (``_robust_fit``: an anomaly
+      inside the warm-up is not learnt as normal);
+    - **its own score scale** (``calibration``): the sorted out-of-sample scores of the warm-up
+      vectors judged normal (each half of the warm-up scored by a fit on the other half: the
+      honest spread a new window shows, including the warm-up's own slow movement).  The alert
+      policy takes its thresholds as quantiles of it (``AlertPolicy.for_channel``);
+    - **after the warm-up** it keeps learning, only from windows scoring below the
+      ``learn_quantile`` of its calibration (calm ones: a developing fault is not absorbed),
+      with exponential forgetting over ``memory`` such windows (default four warm-ups), so it
+      follows slow normal drift.
 
     >>> import random
-    >>> rng, det = random.Random(0), MahalanobisDistance()
-    >>> for _ in range(500):
+    >>> rng, det = random.Random(0), RobustMahalanobis(warmup=300)
+    >>> for _ in range(300):
     ...     a = rng.gauss(0, 1)
     ...     det.learn_one({"flow": a, "pressure": a + rng.gauss(0, 0.1)})
-    >>> det.score_one({"flow": 1.0, "pressure": 1.0}) < 3 < det.score_one({"flow": 1.0, "pressure": -1.0})
+    >>> det.score_one({"flow": 1.0, "pressure": 1.0}) < det.quantile(0.99) < det.score_one(
+    ...     {"flow": 1.0, "pressure": -1.0})
     True
     """
 
-    def __init__(self, learn_below: float = 6.0, min_samples: int = 30, refresh: int = 20):
-        self.learn_below, self.min_samples, self.refresh = learn_below, min_samples, refresh
+    def __init__(self, warmup: int = PROCESS_WARMUP, memory: int | None = None,
+                 learn_quantile: float = 0.999, folds: int = 5, refresh: int = 20):
+        self.warmup, self.learn_quantile, self.refresh = warmup, learn_quantile, refresh
+        self.folds = folds
+        self.memory = memory if memory is not None else 10 * warmup
+        self.buffer: list[dict[str, float]] | None = []
+        self.views: dict[str, str] = {}  # sensor -> the view it is watched by
         self.keys: list[str] = []
-        self.n = 0
+        self.center = np.zeros(0)
+        self.scale = np.zeros(0)
+        self.floor = np.zeros(0)
         self.mean = np.zeros(0)
-        self.m2 = np.zeros((0, 0))
+        self.cov = np.zeros((0, 0))
         self.precision: np.ndarray | None = None
+        self.calibration = np.zeros(0)
+        self.learn_below = math.inf
+        self.learnt = 0
+        self.normal = 0  # warm-up windows judged normal
+        self.purge = 0  # windows sharing readings with a window (its window's length)
 
-    def _vector(self, x: dict[str, float]) -> np.ndarray:
-        return np.array([x.get(k, self.mean[i]) for i, k in enumerate(self.keys)])
+    @property
+    def fitted(self) -> bool:
+        return self.buffer is None
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile of this asset's normal scores (NaN before the warm-up ends)."""
+        if not self.calibration.size:
+            return math.nan
+        return float(np.quantile(self.calibration, q))
+
+    def _z(self, x: dict[str, float]) -> np.ndarray:
+        v = np.array([x.get(k, math.nan) for k in self.keys])
+        z = (v - self.center) / self.scale
+        return np.where(np.isfinite(z), z, self.mean)
 
     def score_one(self, x: dict[str, float]) -> float:
-        if self.n < max(self.min_samples, len(self.keys) + 2):
+        if not self.fitted:
             return 0.0
         if self.precision is None:
-            self.precision = np.linalg.pinv(self.m2 / (self.n - 1))
-        d = self._vector(x) - self.mean
+            self.precision = np.linalg.pinv(self.cov)
+        d = self._z(x) - self.mean
         return float(d @ self.precision @ d) / max(len(self.keys), 1)
 
     def learn_one(self, x: dict[str, float]) -> None:
-        if not self.keys:
-            self.keys = sorted(x)
-            self.mean, self.m2 = np.zeros(len(self.keys)), np.zeros((len(self.keys),) * 2)
-        if self.n >= self.min_samples and self.score_one(x) > self.learn_below:
+        if self.buffer is not None:
+            self.buffer.append(x)
+            if len(self.buffer) >= self.warmup:
+                self._fit(self.buffer)
             return
-        v = self._vector(x)
-        self.n += 1
-        delta = v - self.mean
-        self.mean = self.mean + delta / self.n
-        self.m2 = self.m2 + np.outer(delta, v - self.mean)
-        if self.n % self.refresh == 0:
+        if self.score_one(x) > self.learn_below:
+            return
+        d = self._z(x) - self.mean
+        # a running mean and covariance over the warm-up's normal and every window learnt
+        # since, forgetting exponentially once there are ``memory`` of them
+        rate = 1.0 / min(self.memory, self.normal + self.learnt + 1)
+        self.mean = self.mean + rate * d
+        self.cov = (1.0 - rate) * (self.cov + rate * np.outer(d, d))
+        self.learnt += 1
+        if self.learnt % self.refresh == 0:
             self.precision = None
+
+    def _choose_views(self, rows: list[dict[str, float]]) -> None:
+        offered: dict[str, set[str]] = {}
+        for r in rows:
+            for k in r:
+                sensor, _, view = k.rpartition(":")
+                offered.setdefault(sensor, set()).add(view)
+        for sensor, views in sorted(offered.items()):
+            if {"level", "slope"} <= views:
+                level = np.array([r.get(f"{sensor}:level", math.nan) for r in rows])
+                within = np.array([r.get(f"{sensor}:std", math.nan) for r in rows])
+                level, within = level[np.isfinite(level)], within[np.isfinite(within)]
+                wanders = (level.size > 3 and within.size > 0
+                           and float(_robust_scale(level[:, None])[0]) > np.median(within))
+                self.views[sensor] = "slope" if wanders else "level"
+            else:
+                self.views[sensor] = next(iter(views - {"std"} - _METADATA), "level")
+        self.keys = sorted(f"{s}:{v}" for s, v in self.views.items())
+        last = rows[-1]
+        floors = []
+        for key in self.keys:
+            # the quantisation noise of a window's level (readings' rounding error, q / sqrt(12)
+            # each, averaged over the window's readings) and of its least-squares slope: no
+            # warm-up, however still, makes the detector believe in finer changes
+            sensor, _, view = key.rpartition(":")
+            window_s = max(last.get(f"{sensor}:window_s", 1.0), 1e-9)
+            n = max(window_s * last.get(f"{sensor}:rate_hz", 1.0), 1.0)
+            noise = last.get(f"{sensor}:resolution", 0.0) / math.sqrt(12.0 * n)
+            floors.append(noise * math.sqrt(12.0) / window_s if view == "slope" else noise)
+        self.floor = np.array(floors)
+        self.purge = max((int(last.get(f"{s}:overlap", 1)) for s in self.views), default=1)
+
+    def _fit(self, rows: list[dict[str, float]]) -> None:
+        self._choose_views(rows)
+        x = np.array([[r.get(k, math.nan) for k in self.keys] for r in rows])
+        x = x[np.isfinite(x).all(axis=1)] if x.size else x.reshape(0, len(self.keys))
+        self.buffer = None
+        if len(x) < 4 or not self.keys:  # nothing to learn from: never scores
+            self.keys, self.mean, self.cov = [], np.zeros(0), np.zeros((0, 0))
+            return
+        self.center = np.median(x, axis=0)
+        self.scale = np.maximum(_robust_scale(x), self.floor)
+        z = (x - self.center) / self.scale
+        least = np.diag((self.floor / self.scale) ** 2)  # variance floor, standardised
+        self.mean, self.cov, inliers = _robust_fit(z)
+        self.cov = self.cov + np.diag(np.maximum(np.diag(least) - np.diag(self.cov), 0.0))
+        # out-of-sample scores: each block of the warm-up scored by the normal of the others
+        order = np.arange(len(z))
+        block = order * self.folds // len(z)
+        out_of_sample = np.empty(len(z))
+        for k in range(self.folds):
+            held = np.flatnonzero(block == k)
+            near = (order >= held[0] - self.purge) & (order <= held[-1] + self.purge)
+            fit_on = inliers & ~near
+            d = z[fit_on] - z[fit_on].mean(axis=0)
+            cov = d.T @ d / max(fit_on.sum() - 1, 1) + 1e-6 * np.eye(z.shape[1])
+            cov += np.diag(np.maximum(np.diag(least) - np.diag(cov), 0.0))
+            out_of_sample[block == k] = _sq_distance(z[block == k], z[fit_on].mean(axis=0), cov)
+        self.calibration = np.sort(out_of_sample[inliers])
+        self.normal = int(inliers.sum())
+        self.learn_below = self.quantile(self.learn_quantile)
+        self.precision = None
 
 
 @dataclass
@@ -186,18 +333,26 @@ class AlertPolicy:
     anomaly_critical_at: float = 25.0
     recorder_frames: int = 10
     after_frames: int = 10
-    process_open_at: float = 12.0
-    process_close_below: float = 6.0
+    false_alarm_budget: float = 0.01
+    calm_quantile: float = 0.9
 
-    def for_channel(self, name: str) -> AlertPolicy:
-        """The process channel's score is a Mahalanobis distance: its own thresholds (opening
-        between the 99th and 99.5th percentile of SKAB's anomaly-free run, see
-        ``bench.skab``)."""
-        if name != "process":
+    def for_channel(self, name: str, detector: base.AnomalyDetector | None = None) -> AlertPolicy:
+        """The thresholds of one channel.  A detector that set itself up from its asset's
+        warm-up (``RobustMahalanobis``: the process channel) brings its own score scale: a
+        window is hot above the ``1 - false_alarm_budget`` quantile of that asset's normal
+        scores and calm below their ``calm_quantile``; critical at twice the opening
+        threshold.  The budget is the share of normal windows the operator accepts above the
+        opening threshold (an alert still needs ``open_after`` of them in a row)."""
+        if not isinstance(detector, RobustMahalanobis) or not detector.calibration.size:
             return self
-        return replace(self, anomaly_open_at=self.process_open_at,
-                       anomaly_close_below=self.process_close_below,
-                       anomaly_critical_at=2 * self.process_open_at)
+        cached = detector.__dict__.get("_policy")
+        if cached is None or cached[0] != self:
+            hot = detector.quantile(1.0 - self.false_alarm_budget)
+            cached = (self, replace(self, anomaly_open_at=hot,
+                                    anomaly_close_below=detector.quantile(self.calm_quantile),
+                                    anomaly_critical_at=2 * hot))
+            detector.__dict__["_policy"] = cached
+        return cached[1]
 
 
 @dataclass
@@ -209,11 +364,6 @@ class OpenAlert:
     top_features: list[dict[str, float | str]]
     diagnosis: int = -1  # class index of the suspected fault, -1 when unknown
     frames_after: int = 0
-
-
-PROCESS_WARMUP = int(os.environ.get("PLANTPULSE_PROCESS_WARMUP", "400"))
-"""Process windows an asset's detector learns from before it scores (SKAB's protocol: the first
-400 readings of an experiment are anomaly-free)."""
 
 
 @dataclass
@@ -245,7 +395,7 @@ class AssetScorer:
     vib: Channel = field(default_factory=Channel)
     proc: Channel = field(
         default_factory=lambda: Channel(
-            "process", PROCESS_WARMUP, detector=MahalanobisDistance(min_samples=PROCESS_WARMUP)
+            "process", PROCESS_WARMUP, detector=RobustMahalanobis(PROCESS_WARMUP)
         )
     )
     frames_seen: int = 0
@@ -268,8 +418,8 @@ def _contributions(detector: base.AnomalyDetector, x: dict[str, float]) -> dict[
     """Per input, a signed z-like value whose square says how much it adds to the score."""
     if isinstance(detector, StandardisedDistance):
         return detector.scaler.transform_one(x)
-    if isinstance(detector, MahalanobisDistance) and detector.precision is not None:
-        d = detector._vector(x) - detector.mean
+    if isinstance(detector, RobustMahalanobis) and detector.precision is not None:
+        d = detector._z(x) - detector.mean
         part = d * (detector.precision @ d)  # sums to the squared distance
         return {k: float(np.sign(p) * np.sqrt(abs(p))) for k, p in zip(detector.keys, part,
                                                                          strict=True)}
@@ -444,7 +594,7 @@ def score_window(
         "feature_version": FEATURE_VERSION,
         "latency_ms": max(0.0, (now_us() - emit.received_us) / 1000.0),
     })
-    channel_policy = policy.for_channel(ch.name)
+    channel_policy = policy.for_channel(ch.name, ch.detector)
     if ch.seen <= ch.warmup:
         # the detector is still learning this machine's normal; the champion needs no warm-up
         if p_fault is not None:
@@ -509,25 +659,28 @@ def score_vibration(state: AssetScorer, emit: Emit, row: dict[str, Any],
 
 
 def score_process(state: AssetScorer, emit: Emit, asset_id: str, sensor_id: str, tick_us: int,
-                  window_end: int, value: float, policy: AlertPolicy) -> None:
-    """Collect the asset's scalar sensors per cadence tick (each as its contract's
-    ``watched_as``: the window's level or slope); a tick is scored once every sensor has
-    reported it (or a later tick has begun).  Only for assets without vibration frames: one
-    detector per asset, scoring the vector of its sensors."""
+                  window_end: int, views: dict[str, float], policy: AlertPolicy) -> None:
+    """Collect the asset's scalar sensors per cadence tick, each as the views of its window
+    the detector may watch (``level``, ``slope``, ``std``: all three unless its contract
+    declares ``watched_as``, then that one); a tick is scored once every sensor has reported
+    it (or a later tick has begun).  Only for assets without vibration frames: one detector per
+    asset, scoring the vector of its sensors."""
     if state.vib.seen:  # an asset with vibration frames is watched through them
         state.proc_pending.clear()
         return
     state.proc_sensors.add(sensor_id)
-    if math.isfinite(value):
-        entry = state.proc_pending.setdefault(tick_us, [{}, window_end])
-        entry[0][sensor_id] = float(value)
+    finite = {f"{sensor_id}:{k}": float(v) for k, v in views.items() if math.isfinite(v)}
+    if finite:
+        entry = state.proc_pending.setdefault(tick_us, [{}, window_end, set()])
+        entry[0].update(finite)
         entry[1] = max(entry[1], window_end)
+        entry[2].add(sensor_id)
     for tick in sorted(state.proc_pending):
         # until one whole tick has been seen, the asset's set of sensors is not known yet
         complete = (state.proc_known
-                    and len(state.proc_pending[tick][0]) >= len(state.proc_sensors))
+                    and len(state.proc_pending[tick][2]) >= len(state.proc_sensors))
         state.proc_known |= tick < tick_us
         if tick < tick_us or complete:
-            vector, end = state.proc_pending.pop(tick)
+            vector, end, _ = state.proc_pending.pop(tick)
             score_window(state.proc, emit, asset_id, end, vector, {}, None, policy,
                          PROCESS_DETECTOR_NAME)

@@ -201,7 +201,6 @@ class ShardState:
     cadence: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     half_period: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     k: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
-    slope: NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
     speed: NDArray[np.bool_] = field(default_factory=lambda: np.empty(0, bool))
     newest: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
     win_newest: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, np.int64))
@@ -240,7 +239,7 @@ class ShardState:
         self.contracts.append(contract)
         n = sid + 1
         for name, fill in (("s_asset", 0), ("low", 0.0), ("high", 0.0), ("lateness", 0),
-                           ("cadence", 1), ("half_period", 0), ("k", 1), ("slope", False),
+                           ("cadence", 1), ("half_period", 0), ("k", 1),
                            ("speed", False), ("newest", _I64_MIN), ("win_newest", _I64_MIN),
                            ("emitted", _I64_MIN), ("y0", np.nan), ("ring_tag", _I64_MIN),
                            ("ring", 0.0)):
@@ -254,7 +253,6 @@ class ShardState:
         self.cadence[sid] = round(cadence_s * 1e6)
         self.half_period[sid] = round(0.5 * period_s * 1e6)
         self.k[sid] = min(MAX_K, max(1, round(window_s / cadence_s)))
-        self.slope[sid] = contract.watched_as == "slope"
         self.speed[sid] = contract.kind == "speed"
         self.max_lateness = max(self.max_lateness, int(self.lateness[sid]))
         self.__dict__.pop("_names_pa", None)
@@ -760,8 +758,8 @@ def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
     window_end = bucket_start + np.round(t_max * 1e6).astype(np.int64)
     _features_rows(state, out, e_sid, window_start, window_end, sums[0], level,
                    stats["slope"], stats["std"], e_msg)
-    watched = np.where(state.slope[e_sid], stats["slope"], level)
-    _score_ticks(state, d, ctx, out, e_sid, bucket_start, window_end, watched, e_msg)
+    _score_ticks(state, d, ctx, out, e_sid, bucket_start, window_end,
+                 (level, stats["slope"], stats["std"]), e_msg)
 
 
 def _features_rows(state: ShardState, out: Out, sid: NDArray[np.int64],
@@ -790,18 +788,30 @@ def _features_rows(state: ShardState, out: Out, sid: NDArray[np.int64],
 
 def _score_ticks(state: ShardState, d: Decoded, ctx: Context, out: Out, sid: NDArray[np.int64],
                  tick: NDArray[np.int64], window_end: NDArray[np.int64],
-                 watched: NDArray[np.float64], msg: NDArray[np.intp]) -> None:
-    """Hand each emitted window to its asset's process detector, asset by asset and tick by
-    tick in event-time order."""
+                 views: tuple[NDArray[np.float64], ...], msg: NDArray[np.intp]) -> None:
+    """Hand each emitted window (its level, slope and std) to its asset's process detector,
+    asset by asset and tick by tick in event-time order; a sensor whose contract declares
+    ``watched_as`` hands over that view only."""
     asset = state.s_asset[sid]
     order = np.lexsort((sid, tick, asset))
     messages = d.messages
+    level, slope, std = views
     for j in order.tolist():
         a = state.assets[int(asset[j])]
         i = int(msg[j])
+        s = int(sid[j])
+        contract = state.contracts[s]
+        declared = contract.watched_as
+        offered = ({"level": float(level[j]), "slope": float(slope[j]), "std": float(std[j])}
+                   if declared == "auto" else
+                   {declared: float(slope[j] if declared == "slope" else level[j])})
+        # the sensor's quantum and its window's length: the finest change a window resolves
+        offered["resolution"] = contract.resolution
+        offered["window_s"] = float(state.k[s] * state.cadence[s]) / 1e6
+        offered["rate_hz"] = contract.sample_rate_hz
+        offered["overlap"] = float(state.k[s])  # consecutive windows share readings
         score_process(a.scorer, Emit(out, i, messages[i].received_us), a.asset_id,
-                      state.names[int(sid[j])][1], int(tick[j]), int(window_end[j]),
-                      float(watched[j]), ctx.policy)
+                      state.names[s][1], int(tick[j]), int(window_end[j]), offered, ctx.policy)
 
 
 # -- vibration frames -------------------------------------------------------------------------

@@ -27,10 +27,11 @@ class SensorContract:
     ``min_completeness`` is the least share of expected readings (from the nominal rate) that
     must arrive.  The stream accepts readings up to ``allowed_lateness_s`` older than the newest
     one seen for the sensor (event time); older ones are dead-lettered as ``late``.
-    ``watched_as`` is what the process anomaly detector sees of a scalar sensor: its 30 s
-    ``level``, or its 30 s ``slope`` for a slow state that wanders by many of its own standard
-    deviations in normal operation (a motor housing's temperature following its cooling), whose
-    level is context and whose rate of change is the symptom.
+    ``watched_as`` is what the process anomaly detector sees of a scalar sensor: ``auto`` (the
+    default: the detector decides from the asset's own warm-up whether the sensor is a slow
+    state, see ``dataplane.scoring.RobustMahalanobis``), or, declared in the plant with its
+    physical reason (``watched_as_reason``), its 30 s ``level`` or its 30 s ``slope`` (a slow
+    state whose level is context and whose rate of change is the symptom).
     ``window_every_s`` is the stream's cadence for the sensor's process window (one
     ``features`` row per cadence of event time, whatever the message rate; default 1 s, and at
     least one sample period).
@@ -55,7 +56,7 @@ class SensorContract:
     max_psi: float = 0.25
     min_completeness: float = 0.98
     allowed_lateness_s: float = 30.0
-    watched_as: str = "level"
+    watched_as: str = "auto"
     window_every_s: float | None = None
     description: str = ""
 
@@ -65,8 +66,8 @@ class SensorContract:
         if self.window_every_s is not None and not self.window_every_s > 0:
             raise ValueError(f"{self.sensor_id}: window_every_s must be positive, "
                              f"got {self.window_every_s}")
-        if self.watched_as not in ("level", "slope"):
-            raise ValueError(f"{self.sensor_id}: watched_as must be 'level' or 'slope', "
+        if self.watched_as not in ("auto", "level", "slope"):
+            raise ValueError(f"{self.sensor_id}: watched_as must be 'auto', 'level' or 'slope', "
                              f"got {self.watched_as!r}")
 
 

@@ -345,6 +345,11 @@ def _merge_layers(
         spec = origin["range"]
         raise PlantError(path, spec.line("range"), f"{where}.range",
                          f"low {low:g} must be below high {high:g}")
+    if values.get("watched_as") in ("level", "slope") and not values.get("watched_as_reason"):
+        spec = origin["watched_as"]
+        raise PlantError(path, spec.line("watched_as"), f"{where}.watched_as",
+                         "a declared watched_as needs its physical reason in watched_as_reason "
+                         "(leave it out and the detector decides from the asset's warm-up)")
     kwargs = {CONTRACT_FIELDS[k]: v for k, v in values.items() if k in CONTRACT_FIELDS}
     kwargs["kind"] = kind
     if "description" in kwargs and kwargs["description"] is None:

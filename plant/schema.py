@@ -101,7 +101,7 @@ class SensorSpec(_Node):
     frames: bool | None = None
     resolution: float | None = Field(None, ge=0)
     lateness_s: float | None = Field(None, ge=0)
-    watched_as: Literal["level", "slope"] | None = None
+    watched_as: Literal["auto", "level", "slope"] | None = None
     watched_as_reason: str | None = None
     window_every_s: float | None = Field(None, gt=0)
     description: str | None = None

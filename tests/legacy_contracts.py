@@ -88,11 +88,9 @@ _CMAPSS = {
 }
 # SKAB water-pump test bed, nominally 1 Hz; its logger misses about 6 % of seconds, and the
 # pressure and flow readings are coarsely quantised (last field: the sensor's resolution).
-# Its two temperatures are slow states: within the normal stretches of valve1 the motor housing
-# moves by 2-4 degC in a few minutes (7-10 warm-up standard deviations), so the process detector
-# watches their slope, not their level (bench.skab, rows inside alerts: FAR 27.7 % -> 3.6 %,
-# MAR 11.4 % -> 29.4 %: quieter, and later at the gradual onsets).
-_SKAB_SLOW = ("temperature", "thermocouple")
+# What the process detector watches of each (level or slope) is decided per run from its own
+# warm-up (dataplane.scoring.RobustMahalanobis), no longer declared: the former declaration
+# (both temperatures by slope) had been chosen from valve1's false alarms.
 _SKAB = {
     "accelerometer1_rms": ("vibration_rms", "g", 0.0, 50.0, 1e-6),
     "accelerometer2_rms": ("vibration_rms", "g", 0.0, 50.0, 1e-6),
@@ -130,7 +128,6 @@ _DATASETS = (
             stuck_after_s=None,
             resolution=res,
             min_completeness=0.9,
-            watched_as="slope" if k in _SKAB_SLOW else "level",
             description=f"SKAB {k}",
         )
         for k, (kind, unit, lo, hi, res) in _SKAB.items()

@@ -108,17 +108,24 @@ def test_default_plant_reproduces_the_contracts_declared_in_python_before():
     assert contracts.SENSORS == LEGACY_SENSORS and contracts.RELATIONSHIPS == LEGACY_RELATIONSHIPS
     # and per asset, every data set's machine resolves to its declared sensors
     assert plant.contract("engine-042", "cmapss_s7") == LEGACY_SENSORS["cmapss_s7"]
-    assert plant.contract("skab-valve2-3", "skab_temperature").watched_as == "slope"
+    assert plant.contract("skab-valve2-3", "skab_temperature").watched_as == "auto"
     assert plant.contract("cwru-IR014_1", "vib_de") == LEGACY_SENSORS["vib_de"]
     assert plant.contract("pump-02", "motor_current") == LEGACY_SENSORS["motor_current"]
     assert plant.contract("nab-machine", "bearing_temp") is None
 
 
-def test_skab_slope_choice_is_a_declared_physical_fact():
+def test_skab_declares_no_label_tuned_view_and_a_declared_view_needs_its_reason(tmp_path: Path):
+    """SKAB's temperatures are no longer declared slow states (that choice came from valve1's
+    false alarms): the detector decides per run from its warm-up.  A view that is declared
+    must say why (a physical reason), else the plant file is refused."""
     plant = load_plant(PLANTS_DIR / "skab.yaml")
     sensor = plant.asset("skab-valve1-1").sensors["skab_temperature"]
-    assert sensor.contract.watched_as == "slope"
-    assert "slow state" in sensor.watched_as_reason and "cooling" in sensor.watched_as_reason
+    assert sensor.contract.watched_as == "auto" and sensor.watched_as_reason is None
+    unexplained = NEW_PLANT.replace(
+        ",\n             watched_as_reason: the housing follows the ambient}", "}")
+    assert unexplained != NEW_PLANT
+    with pytest.raises(PlantError, match="watched_as_reason"):
+        load_plant(write(tmp_path, unexplained))
 
 
 def test_default_plant_follows_the_environment(tmp_path: Path, monkeypatch):
