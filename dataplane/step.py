@@ -35,6 +35,7 @@ import orjson
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from dataplane import prognostics
 from dataplane.calibration import CalibrationCache
 from dataplane.rows import Out, SinkRows
 from dataplane.scoring import (
@@ -102,6 +103,7 @@ class Context:
     calibration: CalibrationCache | None = None
     champion: ChampionWatcher | None = None
     policy: AlertPolicy = field(default_factory=AlertPolicy)
+    rul_champion: ChampionWatcher | None = None  # the RUL model (dataplane.prognostics)
     max_series: int = MAX_SERIES
 
 
@@ -199,6 +201,7 @@ class ShardState:
     log_rows: int = 0
     max_lateness: int = 0
     newest_any: int = _I64_MIN
+    prognoses: prognostics.Prognoses = field(default_factory=prognostics.Prognoses)
 
     def __getstate__(self) -> dict[str, Any]:
         self.index_new_series()
@@ -672,6 +675,9 @@ def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
     window_end = bucket_start + np.round(t_max * 1e6).astype(np.int64)
     _features_rows(state, out, e_sid, window_start, window_end, sums[0], level,
                    stats["slope"], stats["std"], e_msg)
+    prognostics.observe_windows(
+        state.prognoses, _rul_model(ctx), ctx.plant, out, state.names, e_sid, window_end,
+        {"proc_level": level, "proc_slope": stats["slope"], "proc_std": stats["std"]}, e_msg)
     watched = np.where(state.slope[e_sid], stats["slope"], level)
     _score_ticks(state, d, ctx, out, e_sid, bucket_start, window_end, watched, e_msg)
 
@@ -792,5 +798,11 @@ def _frames(state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLe
         score_vibration(scorer, emit, row, model, ctx.policy)
         record_frame(scorer, ctx.policy, FrameCandidate(f.asset_id, f.sensor_id, f.ts_start_us,
                                                         f.sample_rate_hz, f.samples), emit)
+    prognostics.observe_rows(state.prognoses, _rul_model(ctx), ctx.plant, out,
+                             [(i, row) for (i, *_), row in zip(accepted, rows, strict=True)])
+
+
+def _rul_model(ctx: Context):
+    return ctx.rul_champion.get() if ctx.rul_champion is not None else None
 
 
