@@ -131,7 +131,10 @@ def fit_hybrid(
 
 # -- the served hybrid, trained from the lake -------------------------------------------------
 END_OF_LIFE = ("failure",)
-"""``maintenance_events`` kinds that end a run-to-failure history (its RUL is 0 there)."""
+"""``maintenance_events`` kinds that end a run-to-failure history (its RUL is 0 there).  A
+technician's confirmation of an alert (``detail`` starting ``confirms alert``, as
+``plantpulse_cli.technician`` writes) says the fault was present when the alert opened, not
+that the asset's life ended then: it labels the fault classifier, never an RUL target."""
 RENEWAL = ("failure", "repair", "replacement")
 """Kinds after which an asset starts a new life (the next run begins after them)."""
 _STATE = ["t_s", "hi_z", "a", "b", "c", "rmse", "age_s"]
@@ -163,7 +166,9 @@ def lake_rul_rows(features: pd.DataFrame, events: pd.DataFrame, plant: Any) -> p
             "rul_cap", "z_at_failure"]
     if features.empty or events.empty:
         return pd.DataFrame(columns=cols)
-    ev = events[events["kind"].isin(RENEWAL)].copy()
+    confirmation = events.get("detail", pd.Series("", index=events.index)).fillna("").astype(
+        str).str.startswith("confirms alert")
+    ev = events[events["kind"].isin(RENEWAL) & ~confirmation].copy()
     ev["ts"] = pd.to_datetime(ev["ts"], utc=True)
     out: list[list[Any]] = []
     for asset, ev_a in ev.groupby("asset_id"):
