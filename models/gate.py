@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from lake import Lake, LakeError
+from models.prognostics import ServedRUL, served_inputs
 from models.registry import (
     CHAMPION,
     LoadedModel,
@@ -29,7 +30,6 @@ from models.registry import (
     load_holdout,
     load_version,
 )
-from models.prognostics import ServedRUL, served_inputs
 from models.training import Evaluation, evaluate_classifier, evaluate_regressor
 from physics.registry import FEATURE_VERSION
 

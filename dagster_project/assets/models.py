@@ -24,8 +24,8 @@ from dagster_project.plots import png_markdown, rul_figure
 from dagster_project.resources import LakeResource, MLflowResource
 from expectations.contracts import SENSORS
 from models.gate import Decision, GatePolicy, run_gate
-from models.registry import FAULT_MODEL, RUL_MODEL, log_candidate
 from models.prognostics import fit_served_rul, lake_rul_rows, served_inputs
+from models.registry import FAULT_MODEL, RUL_MODEL, log_candidate
 from models.training import (
     FAULT_FEATURES,
     fit_fault_classifier,
