@@ -33,6 +33,7 @@ STREAM_TABLES = [
         ("drift_events", "changes the River drift detectors found"),
         ("frames", "raw vibration frames kept by the flight recorder"),
         ("dead_letter", "every rejected input with its reason and raw payload"),
+        ("prognostics", "remaining useful life with its interval, per health-indicator window"),
     )
 ]
 
@@ -70,14 +71,16 @@ def alert_frame_spectrum(store, alert: pd.Series):
 
 
 @dg.asset(
-    deps=STREAM_TABLES[:4],
+    deps=[t for t in STREAM_TABLES if t.key.to_user_string() != "dead_letter"],
     group_name="operations",
     kinds={"delta", "matplotlib"},
     owners=["team:reliability"],
 )
 def operations_overview(lake: LakeResource) -> dg.MaterializeResult:
     """The last 24 hours of event time: scores with alerts shaded, drift events, the open
-    alerts with their top features, and the envelope spectrum of the newest alert's frame."""
+    alerts with their top features, the envelope spectrum of the newest alert's frame, and
+    each asset's remaining useful life with its interval against the truth (failures in
+    ``maintenance_events``)."""
     store = lake.lake()
     if not store.exists("scores"):
         raise dg.Failure("no scores yet: run the stream (`plantpulse up`) first")
