@@ -103,8 +103,8 @@ class Context:
     calibration: CalibrationCache | None = None
     champion: ChampionWatcher | None = None
     policy: AlertPolicy = field(default_factory=AlertPolicy)
-    rul_champion: ChampionWatcher | None = None  # the RUL model (dataplane.prognostics)
     max_series: int = MAX_SERIES
+    rul_champion: ChampionWatcher | None = None  # the RUL model (dataplane.prognostics)
 
 
 # -- routing ----------------------------------------------------------------------------------
