@@ -11,8 +11,10 @@
    ahead of the fault.
 3. A technician (``plantpulse_cli.technician.confirmations``, as in the demo) confirms an
    alert ``--label-delay`` s after the bench first sees it open, when the alert's machine has
-   actually developed the fault by then (the simulator's ground truth); the label lands in
-   ``maintenance_events`` and the ``new_labels_sensor`` retrains.
+   actually developed the fault by then (the simulator's ground truth); a share ``--never`` of
+   alerts (chosen by a hash of the alert id, as in the demo) is never confirmed.  The label
+   lands in ``maintenance_events`` and the ``new_labels_sensor`` retrains with what has been
+   labelled.
 4. Measured from the moment the first changed reading is ingested: the first drift event, the
    first alert on a changed machine, the label's arrival, the gate's decision after it, and the
    first score written by the new champion in the still-running stream; the target (<= 5
@@ -38,7 +40,7 @@ from bytewax_flows.telemetry import get_flow
 from lake import Lake, Settings, current_alerts
 from models.registry import FAULT_MODEL, champion_version, client, load_version
 from physics.simulator import default_fleet
-from plantpulse_cli.technician import confirmations, faults_of
+from plantpulse_cli.technician import confirmations, faults_of, never_confirmed
 from plantpulse_cli.up import Service, prepare
 
 TARGET_S = 300.0
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="give up waiting for the first label after this many s")
     p.add_argument("--label-delay", type=float, default=30.0,
                    help="s from an alert opening to the technician's label")
+    p.add_argument("--never", type=float, default=0.25,
+                   help="share of alerts the technician never confirms (default 0.25)")
     args = p.parse_args(argv)
     if args.quick:
         args.history, args.change, args.speed, args.timeout = 150, 60.0, 3.0, 200.0
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
     alert_seen: dict[str, float] = {}  # alert_id -> wall time the bench first saw it
     labelled: set[str] = set()
     labels: list[dict] = []
+    never: set[str] = set()  # alerts due for a label that the technician never gets to
     checked: dict[str, bool] = {}  # promoted version -> knows inner_race
     try:
         for svc in services:
@@ -161,7 +166,10 @@ def main(argv: list[str] | None = None) -> dict:
                 if len(changed):
                     marks["first_alert"] = alert_seen[changed["alert_id"].iloc[0]]
             due = alerts[[now - alert_seen[a] >= args.label_delay for a in alerts["alert_id"]]]
-            rows = confirmations(due, faults, labelled, pd.Timestamp.max.tz_localize("UTC"), 0.0)
+            rows = confirmations(due, faults, labelled, pd.Timestamp.max.tz_localize("UTC"), 0.0,
+                                 args.never)
+            never |= {a for a, m in zip(due["alert_id"], due["asset_id"], strict=True)
+                      if m in {f.asset_id for f in faults} and never_confirmed(a, args.never)}
             if rows:
                 lake.append("maintenance_events", pd.DataFrame(rows))
                 labelled |= {r["detail"].split(";")[0].removeprefix("confirms alert ")
@@ -205,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "change_to_new_champion_scoring_s": marks.get("new_champion_scores", nan) - t0,
         "first_decision_after_label_promoted": float(decision == "promote"),
         "labelled_alerts": float(len(labels)),
+        "alerts_never_labelled": float(len(never)),
         "stream_speed_x_real_time": args.speed,
     }
     decisions = lake.read("model_decisions").sort_values("ts") if lake.exists(
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
             "first_champion": v1,
             "new_champion": new_version,
             "label_delay_s": args.label_delay,
+            "never_labelled_share": args.never,
+            "never_labelled_alerts": sorted(never),
             "labels": [{k: str(v) for k, v in r.items()} for r in labels],
             "promoted_after_label_knows_the_fault": checked,
             "decisions": decisions[["decision", "candidate_version", "champion_version"]]

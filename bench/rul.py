@@ -22,6 +22,14 @@ uses cycles 1..c alone, exactly as if the trajectory ended there.
    nominal 80 % split-conformal interval per band of predicted RUL whose residuals come from the
    inner folds' out-of-sample predictions (the calibration folds). Coverage is measured at the
    outer test engines' cuts.
+4. **Served model, from the lake** (what the stream serves, ``models.prognostics.fit_served_rul``:
+   the plant's health indicator Ps30 alone, each engine's own online exponential fit, the
+   residual regressor and its conformal interval): C-MAPSS is replayed through the real
+   telemetry flow into a fresh lake (the ``cmapss`` plant), each engine's last cycle becomes a
+   ``failure`` in ``maintenance_events``, and the training rows are read back from the lake
+   (``lake_rul_rows``); the same rows are also built straight from the file.  Both are scored
+   at the same truncation points (outer GroupKFold(5) by engine); they agree when the lake holds
+   exactly what the file says (``served_lake_vs_file_hi_max_abs_diff``).
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from sklearn.model_selection import GroupKFold
 from sklearn.utils.parallel import Parallel, delayed
 
 from bench.common import data_dir, parser, report
-from models.prognostics import fit_hybrid
+from models.prognostics import fit_hybrid, fit_served_rul, lake_rul_rows, served_inputs
 from models.training import RUL_CAP, fit_rul_regressor, phm08, rmse
 from physics.datasets import read_cmapss
 from physics.process import ProcessFeatureBuilder
@@ -162,6 +170,108 @@ def nested(
     return pd.concat(scored, ignore_index=True), chosen
 
 
+SERVED_PROTOCOL = (
+    "the served model (health indicator Ps30 = cmapss_s11 proc_level, per-engine exponential "
+    "fit crossing the learnt failure level, XGBoost residual on the tracker state, conformal "
+    "bands from GroupKFold(5) by run inside each training set); outer GroupKFold(5) by engine; "
+    "the same cuts as protocol 2; rows from a lake the telemetry flow wrote (served_lake_*) "
+    "and built from the file (served_file_*); the stream's process window spans two cycles "
+    "(max(30 s, 2 sample periods)), so the lake's indicator is a two-cycle mean where the "
+    "file's is the cycle's value"
+)
+CYCLE_S = 3600.0  # the cmapss plant's replay: one cycle per hour of event time
+START_US = 1_767_225_600_000_000  # physics.datasets.cmapss_readings' default start
+
+
+def _file_features(df: pd.DataFrame, hi) -> pd.DataFrame:
+    """The health indicator's ``features`` rows as the stream writes them, from the file."""
+    return pd.DataFrame({
+        "asset_id": [f"engine-{u:03d}" for u in df["unit"]],
+        "sensor_id": hi.sensor_id,
+        "window_end": pd.to_datetime(START_US + (df["cycle"].to_numpy() - 1) * 3_600_000_000,
+                                     unit="us", utc=True),
+        hi.feature: df[hi.sensor_id.removeprefix("cmapss_")].to_numpy(float),
+    })
+
+
+def _lake_features(df: pd.DataFrame, data: str, hi) -> pd.DataFrame:
+    """Replay the engines of ``df`` through the telemetry flow into a temporary lake and read
+    the health indicator's ``features`` rows back."""
+    import tempfile
+
+    from bytewax.testing import run_main
+
+    from bytewax_flows.replay import ReplaySource, dataset_messages
+    from bytewax_flows.telemetry import get_flow
+    from lake import Lake
+    from plant import bundled_plant, load_plant
+
+    tmp = tempfile.mkdtemp(prefix="bench-rul-lake-")
+    lake = Lake(f"{tmp}/lake")
+    keep = {f"engine-{u:03d}" for u in df["unit"].unique()}
+    timelines = {a: t for a, t in dataset_messages("cmapss", data).items() if a in keep}
+    run_main(get_flow(ReplaySource(timelines), lake.uri, f"sqlite:///{tmp}/mlflow.db",
+                      plant=load_plant(bundled_plant("cmapss"))))
+    return lake.read("features", filters=[("sensor_id", "=", hi.sensor_id)],
+                     columns=["asset_id", "sensor_id", "window_end", hi.feature])
+
+
+def served(df: pd.DataFrame, cuts: pd.DataFrame, data: str, quick: bool
+           ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """Protocol 4: the served model from the lake and from the file, at the same cuts."""
+    from plant import bundled_plant, load_plant
+
+    plant = load_plant(bundled_plant("cmapss"))
+    hi = plant.health_indicator("engine-001")
+    last = df.groupby("unit")["cycle"].max()
+    events = pd.DataFrame({
+        "asset_id": [f"engine-{u:03d}" for u in last.index],
+        "ts": pd.to_datetime(START_US + (last.to_numpy() - 1) * 3_600_000_000, unit="us",
+                             utc=True),
+        "kind": "failure", "component": "hpc", "detail": "end of the run-to-failure trajectory",
+    })
+    file_feats = _file_features(df, hi)
+    lake_feats = _lake_features(df, data, hi)
+    both = file_feats.merge(lake_feats, on=["asset_id", "window_end"], suffixes=("", "_lake"))
+    metrics = {
+        "served_lake_windows": float(len(lake_feats)),
+        "served_file_windows": float(len(file_feats)),
+        "served_lake_vs_file_hi_max_abs_diff": float(
+            (both[hi.feature] - both[f"{hi.feature}_lake"]).abs().max()),
+    }
+    scored = {}
+    for name, feats in (("file", file_feats), ("lake", lake_feats)):
+        rows = lake_rul_rows(feats, events, plant)
+        rows["unit"] = rows["asset_id"].str.removeprefix("engine-").astype(int)
+        rows["cycle"] = ((rows["window_end"].dt.as_unit("us").astype("int64") - START_US)
+                         // 3_600_000_000 + 1).astype(int)
+        out = []
+        splits = GroupKFold(n_splits=3 if quick else 5).split(rows, groups=rows["unit"])
+        for train_idx, test_idx in track(list(splits), description=f"served model ({name})"):
+            model = fit_served_rul(rows.iloc[train_idx], 20 if quick else 200, COVERAGE, 1)
+            test = rows.iloc[test_idx]
+            x = served_inputs(test, model.z_fail)
+            pred = model.predict(x, test["rul_cap"].to_numpy())
+            low, high = model.bands.interval(pred)
+            out.append(test[["unit", "cycle"]].assign(
+                predicted=pred / CYCLE_S, low=low / CYCLE_S, high=high / CYCLE_S,
+                prior=x["prior_rul"].to_numpy() / CYCLE_S))
+        at = cuts.merge(pd.concat(out), on=["unit", "cycle"], how="inner").merge(
+            df[["unit", "cycle", "rul"]], on=["unit", "cycle"])
+        scored[name] = at
+        y = at["rul"].to_numpy()
+        metrics |= {
+            f"served_{name}_truncated_rmse": rmse(at["predicted"].to_numpy(), y),
+            f"served_{name}_truncated_phm08": _per_draw_phm08(at, "predicted"),
+            f"served_{name}_prior_only_truncated_rmse": rmse(at["prior"].to_numpy(), y),
+            f"served_{name}_interval_coverage": float(((y >= at["low"]) & (y <= at["high"]))
+                                                      .mean()),
+            f"served_{name}_interval_width_mean": float((at["high"] - at["low"]).mean()),
+            f"served_{name}_truncation_points": float(len(at)),
+        }
+    return metrics, scored
+
+
 def _per_draw_phm08(at: pd.DataFrame, column: str) -> float:
     return float(np.mean([phm08(g[column], g["rul"]) for _, g in at.groupby("draw")]))
 
@@ -170,15 +280,28 @@ def main(argv: list[str] | None = None) -> dict:
     p = parser("rul", __doc__.splitlines()[0])
     p.add_argument("--jobs", type=int, default=2,
                    help="processes for the inner-fold fits (one XGBoost thread each; default 2)")
+    p.add_argument("--served-only", action="store_true",
+                   help="protocol 4 alone (the served model from the lake and from the file); "
+                   "default output bench/results/rul_served.json")
     args = p.parse_args(argv)
     df = read_cmapss(data_dir(args.data), "FD001", rul_cap=RUL_CAP)
     if args.quick:
         df = df[df["unit"] <= 12]
     draws = 1 if args.quick else 5
+    if args.served_only:
+        cuts = truncation_points(df, draws)
+        metrics, _ = served(df, cuts, data_dir(args.data), args.quick)
+        return report("rul_served", metrics,
+                      {"served_lake_truncated_rmse": "<= 12.5",
+                       "served_lake_truncated_phm08": "<= 250",
+                       "served_lake_interval_coverage": ">= 0.8"},
+                      quick=args.quick, out=args.out,
+                      extra={"protocol_served": SERVED_PROTOCOL, "draws": draws})
     oof = all_cycles(df, args.quick)
     last = oof.sort_values("cycle").groupby("unit").tail(1)
     cuts = truncation_points(df, draws)
     at, chosen = nested(df, cuts, args.quick, args.jobs)
+    served_metrics, _ = served(df, cuts, data_dir(args.data), args.quick)
     y, y_true = at["rul"].to_numpy(), at["rul_true"].to_numpy()
     inside = (y >= at["low"]) & (y <= at["high"])
     metrics = {
@@ -197,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hybrid_interval_coverage_rul_le_50": float(inside[y <= 50].mean()),
         "engines": float(df["unit"].nunique()),
         "truncation_points": float(len(at)),
+        **served_metrics,
     }
     settings = pd.Series(chosen).value_counts().to_dict()
     return report(
@@ -208,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
             "hybrid_truncated_rmse": "<= 12.5",
             "hybrid_truncated_phm08": "<= 250",
             "hybrid_interval_coverage": ">= 0.8",
+            "served_lake_truncated_rmse": "<= 12.5",
+            "served_lake_interval_coverage": ">= 0.8",
         },
         quick=args.quick,
         out=args.out,
@@ -222,6 +348,7 @@ def main(argv: list[str] | None = None) -> dict:
             "k=10 nearest, window 30) + XGBoost residual correction; nominal 80 % split-conformal "
             "interval per predicted-RUL band (<40, 40-80, >=80) from the inner folds' "
             "out-of-sample residuals",
+            "protocol_served": SERVED_PROTOCOL,
             "settings_chosen_per_outer_fold": chosen,
             "settings_chosen_counts": settings,
             "grid": {k: {"n_estimators": n, **p} for k, (n, p) in GRID.items()},

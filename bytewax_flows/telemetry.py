@@ -30,7 +30,7 @@ from dataplane.step import Context, Plant, process, route
 from dataplane.topology import shard_groups
 from dataplane.wire import Batch, Decoded, as_batch
 from lake import Settings
-from models.registry import FAULT_MODEL, ChampionWatcher
+from models.registry import FAULT_MODEL, RUL_MODEL, ChampionWatcher
 from physics.simulator import default_fleet
 from plant.model import Plant as PlantModel
 from plant.watch import PlantWatcher
@@ -54,14 +54,17 @@ def get_flow(
 ) -> Dataflow:
     """The telemetry dataflow from ``source`` (default: the live simulated fleet) to the lake,
     scoring with the champion fault classifier of the MLflow registry at ``tracking_uri`` (or
-    the given ``champion`` watcher).  Settings are read here, once."""
+    the given ``champion`` watcher), and serving remaining useful life with the RUL model's
+    champion of the same registry.  Settings are read here, once."""
     settings = Settings.from_env()
     source = source or SimulatorSource(default_fleet(), live=True)
     lake_uri = lake_uri or settings.lake_uri
     champion = champion or ChampionWatcher(
         tracking_uri or settings.mlflow_tracking_uri, FAULT_MODEL
     )
-    ctx = Context(calibration=CalibrationCache(lake_uri), champion=champion)
+    rul_champion = ChampionWatcher(champion.tracking_uri, RUL_MODEL, champion.refresh_s)
+    ctx = Context(calibration=CalibrationCache(lake_uri), champion=champion,
+                  rul_champion=rul_champion)
     if plant is not None:  # a loaded plant file is followed like the default one
         ctx.plant = PlantWatcher.following(plant) if isinstance(plant, PlantModel) else plant
     return build_flow(source, DeltaSink(lake_uri), ctx, shards=shards)

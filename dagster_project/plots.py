@@ -98,3 +98,26 @@ def envelope_plot(freqs, amp, lines: dict[str, float], title: str, max_hz: float
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def rul_figure(df: pd.DataFrame, title: str, max_assets: int = 6) -> plt.Figure:
+    """Remaining useful life over time per asset: the estimate (``rul``), its interval
+    (``rul_low``..``rul_high``) shaded, and the truth (``truth``, where known) dashed; hours
+    when the horizon is longer than ten, else seconds."""
+    assets = sorted(df["asset_id"].astype(str).unique())[:max_assets]
+    scale, unit = (3600.0, "h") if df["rul"].max() > 36_000 else (1.0, "s")
+    fig, axes = plt.subplots(len(assets), 1, figsize=(9, 1.9 * len(assets) + 0.6),
+                             squeeze=False)
+    for ax, asset in zip(axes[:, 0], assets, strict=True):
+        d = df[df["asset_id"].astype(str) == asset].sort_values("ts")
+        ax.fill_between(d["ts"], d["rul_low"] / scale, d["rul_high"] / scale, alpha=0.25,
+                        label="interval")
+        ax.plot(d["ts"], d["rul"] / scale, lw=1, label="RUL")
+        if "truth" in d and d["truth"].notna().any():
+            ax.plot(d["ts"], d["truth"] / scale, "k--", lw=1, label="truth")
+        ax.set_ylabel(f"{asset}\n({unit})", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].set_title(title, fontsize=10)
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.autofmt_xdate()
+    return fig

@@ -18,7 +18,7 @@ from lake import table_spec
 __all__ = ["SinkRows", "STREAM_OUTPUTS", "Out", "empty_rows"]
 
 STREAM_OUTPUTS = ("readings", "features", "frames", "scores", "alerts", "drift_events",
-                  "dead_letter", "unknown_readings")
+                  "dead_letter", "unknown_readings", "prognostics")
 """The tables the telemetry flow writes (the others belong to the control plane)."""
 
 

@@ -36,6 +36,7 @@ import orjson
 import pyarrow as pa
 from numpy.typing import NDArray
 
+from dataplane import prognostics
 from dataplane.calibration import CalibrationCache
 from dataplane.rows import Out, SinkRows
 from dataplane.scoring import (
@@ -111,6 +112,7 @@ class Context:
     champion: ChampionWatcher | None = None
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     max_series: int = MAX_SERIES
+    rul_champion: ChampionWatcher | None = None  # the RUL model (dataplane.prognostics)
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -215,6 +217,7 @@ class ShardState:
     newest_any: int = _I64_MIN
     plant_version: int = 0  # the ``version`` of the (watched) plant the contracts come from
     topology: TopologyBoard = field(default_factory=TopologyBoard)
+    prognoses: prognostics.Prognoses = field(default_factory=prognostics.Prognoses)
 
     def __getstate__(self) -> dict[str, Any]:
         self.index_new_series()
@@ -758,6 +761,9 @@ def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
     window_end = bucket_start + np.round(t_max * 1e6).astype(np.int64)
     _features_rows(state, out, e_sid, window_start, window_end, sums[0], level,
                    stats["slope"], stats["std"], e_msg)
+    prognostics.observe_windows(
+        state.prognoses, _rul_model(ctx), ctx.plant, out, state.names, e_sid, window_end,
+        {"proc_level": level, "proc_slope": stats["slope"], "proc_std": stats["std"]}, e_msg)
     _score_ticks(state, d, ctx, out, e_sid, bucket_start, window_end,
                  (level, stats["slope"], stats["std"]), e_msg)
 
@@ -890,5 +896,11 @@ def _frames(state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLe
         score_vibration(scorer, emit, row, model, ctx.policy)
         record_frame(scorer, ctx.policy, FrameCandidate(f.asset_id, f.sensor_id, f.ts_start_us,
                                                         f.sample_rate_hz, f.samples), emit)
+    prognostics.observe_rows(state.prognoses, _rul_model(ctx), ctx.plant, out,
+                             [(i, row) for (i, *_), row in zip(accepted, rows, strict=True)])
+
+
+def _rul_model(ctx: Context):
+    return ctx.rul_champion.get() if ctx.rul_champion is not None else None
 
 

@@ -220,6 +220,36 @@ _TABLES: tuple[TableSpec, ...] = (
         z_order=("asset_id", "window_end"),
     ),
     TableSpec(
+        "prognostics",
+        pa.schema(
+            [
+                _f("asset_id", pa.string()),
+                _f("ts", TS, doc="end of the health-indicator window the estimate is as of"),
+                _f("sensor_id", pa.string(), doc="the sensor the health indicator is read from"),
+                _f("feature", pa.string(), doc="the features column that is the indicator"),
+                _f("health_indicator", pa.float64(), doc="the indicator's value in the window"),
+                _f("hi_z", pa.float64(), doc="the indicator in healthy-baseline spreads "
+                   "(robust z, signed so that wear is positive)"),
+                _f("prior_rul", pa.float64(), doc="RUL of the asset's own exponential "
+                   "degradation fit crossing the model's failure level, s"),
+                _f("rul", pa.float64(), doc="remaining useful life: prior + the regressor's "
+                   "residual correction, s (capped at the plant's rul_cap_s)"),
+                _f("rul_low", pa.float64(), doc="lower end of the conformal interval, s"),
+                _f("rul_high", pa.float64(), doc="upper end of the conformal interval, s"),
+                _f("coverage", pa.float64(), doc="nominal coverage of the interval"),
+                _f("model_name", pa.string()),
+                _f("model_version", pa.string()),
+                _DATE,
+            ]
+        ),
+        "One remaining-useful-life estimate of an asset with a declared health indicator "
+        "(dataplane.prognostics): hybrid of an online degradation prior and the RUL champion.",
+        time_column="ts",
+        partition_by=("date",),
+        retention_days=3 * 365,
+        z_order=("asset_id", "ts"),
+    ),
+    TableSpec(
         "alerts",
         pa.schema(
             [

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import pandas as pd
 
 from lake import Lake, LakeError
+from models.prognostics import ServedRUL, served_inputs
 from models.registry import (
     CHAMPION,
     LoadedModel,
@@ -152,6 +153,12 @@ def evaluate(model: LoadedModel, holdout: pd.DataFrame) -> Evaluation:
     """``model`` on ``holdout`` with the metric and slices its task declares."""
     slice_by = [c for c in json.loads(model.tags.get("slice_by", "[]")) if c in holdout]
     if model.task == "regressor":
+        served = ServedRUL.bands_from_tags(model.tags)
+        if served is not None and {"a", "b", "c", "rul_cap"} <= set(holdout):
+            # a served hybrid: its own prior (failure level) on the holdout's tracker states,
+            # plus its residual correction
+            holdout = holdout.assign(**served_inputs(holdout, served[0]))
+            return evaluate_regressor(model.model, holdout, slice_by, residual_of="prior_rul")
         return evaluate_regressor(model.model, holdout, slice_by)
     return evaluate_classifier(model.model, model.classes or [], holdout, slice_by)
 

@@ -271,12 +271,17 @@ def evaluate_classifier(
 
 
 def evaluate_regressor(
-    model: XGBRegressor, holdout: pd.DataFrame, slice_by: list[str]
+    model: XGBRegressor, holdout: pd.DataFrame, slice_by: list[str],
+    residual_of: str | None = None,
 ) -> Evaluation:
-    """RMSE of capped RUL over the holdout (lower is better), per slice, with the PHM08 score."""
+    """RMSE of capped RUL over the holdout (lower is better), per slice, with the PHM08 score.
+    ``residual_of``: the model predicts the residual of that holdout column (a prior), so the
+    RUL is the two summed; the cap is the holdout's ``rul_cap`` column when it has one."""
     features = list(model.get_booster().feature_names)
     x = holdout[features]
-    scored = holdout.assign(predicted=np.clip(model.predict(x), 0.0, RUL_CAP))
+    predicted = model.predict(x) + (holdout[residual_of].to_numpy() if residual_of else 0.0)
+    cap = holdout["rul_cap"].to_numpy() if "rul_cap" in holdout else RUL_CAP
+    scored = holdout.assign(predicted=np.clip(predicted, 0.0, cap))
 
     def err(part: pd.DataFrame) -> float:
         return rmse(part["predicted"].to_numpy(), part["rul"].to_numpy())

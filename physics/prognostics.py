@@ -16,6 +16,7 @@ make a nominal ``coverage`` interval.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +29,10 @@ __all__ = [
     "fit_exponential",
     "SimilarityPrior",
     "ConformalBands",
+    "DegradationTracker",
+    "DegradationState",
+    "TRACKER_FEATURES",
+    "crossing_time",
 ]
 
 F64 = NDArray[np.float64]
@@ -234,3 +239,131 @@ class ConformalBands:
         low = np.clip(predicted + q[:, 0], self.floor, self.cap)
         high = np.clip(predicted + q[:, 1], self.floor, self.cap)
         return low, high
+
+
+# -- online degradation prior (one asset, one health-indicator window at a time) -------------
+TRACKER_FEATURES = ["prior_rul", "hi_z", "hi_fit", "hi_fit_slope", "fit_rate", "fit_rmse"]
+"""The inputs of the served RUL regressor: what ``DegradationTracker`` knows of an asset after
+each window, plus the prior's own RUL (``crossing_time``).  Times in seconds, the indicator in
+healthy-baseline spreads.  The asset's age is left out on purpose: where every training run
+lasts as long (a simulator), age alone would predict the RUL and nothing about wear would be
+learnt."""
+
+_TRACKER_RATES = np.geomspace(0.05, 20.0, 32)
+"""Degradation rates tried, per span of the asset's history: from nearly linear to a rise
+concentrated in its last 5 %."""
+
+
+@dataclass(frozen=True)
+class DegradationState:
+    """An asset's health after its newest window: the indicator as a robust z against its own
+    healthy baseline (signed so wear is positive), and the exponential fit of its history
+    (``a + b * exp(c * (t - t_now))``, t in seconds)."""
+
+    t_s: float
+    hi_z: float
+    a: float
+    b: float
+    c: float
+    rmse: float
+    age_s: float
+
+    @property
+    def fit_now(self) -> float:
+        return self.a + self.b
+
+    @property
+    def fit_slope(self) -> float:
+        """d(fit)/dt now, baseline spreads per second."""
+        return self.b * self.c
+
+    def features(self, z_fail: float, cap_s: float) -> dict[str, float]:
+        """The regressor's inputs (``TRACKER_FEATURES``) for a failure level ``z_fail``."""
+        return {
+            "prior_rul": crossing_time(self, z_fail, cap_s),
+            "hi_z": self.hi_z,
+            "hi_fit": self.fit_now,
+            "hi_fit_slope": self.fit_slope,
+            "fit_rate": self.c,
+            "fit_rmse": self.rmse,
+        }
+
+    def extrapolate(self, t_s: float) -> float:
+        """The fitted indicator at a later time ``t_s``."""
+        return self.a + self.b * math.exp(min(self.c * (t_s - self.t_s), 50.0))
+
+
+def crossing_time(state: DegradationState, z_fail: float, cap_s: float) -> float:
+    """Seconds until the asset's fitted degradation reaches ``z_fail`` (0 if it already has,
+    ``cap_s`` if it is not rising or would take longer): the physics prior of the RUL.
+
+    >>> s = DegradationState(0.0, 1.0, a=0.0, b=1.0, c=0.01, rmse=0.0, age_s=100.0)
+    >>> round(crossing_time(s, math.e, 1e4)), crossing_time(s, 0.5, 1e4), crossing_time(s, 1e9, 500.0)
+    (100, 0.0, 500.0)
+    """
+    if state.fit_now >= z_fail:
+        return 0.0
+    if state.b <= 0 or state.c <= 0:
+        return float(cap_s)
+    tau = math.log((z_fail - state.a) / state.b) / state.c
+    return float(min(max(tau, 0.0), cap_s))
+
+
+@dataclass
+class DegradationTracker:
+    """The online prior of one asset: learns the asset's healthy level from its first
+    ``baseline_windows`` values of the health indicator (median and MAD: robust to a fault
+    already present in a few of them), then after every window fits an exponential
+    degradation to the whole history since (``fit_exponential``, rates relative to the
+    history's span), kept in at most ``max_points`` points (halved by taking every other one,
+    newest kept, when full: old history thins, memory stays bounded).  The same object makes
+    the stream's prognostics and the training rows, so the two cannot disagree.
+
+    >>> tr = DegradationTracker(baseline_windows=10)
+    >>> rng = np.random.default_rng(0)
+    >>> states = [tr.update(float(t), 1.0 + 0.01 * rng.normal() + 0.5 * math.exp((t - 200) / 40))
+    ...           for t in range(200)]
+    >>> states[5] is None, round(states[-1].fit_now / states[-1].hi_z, 1), states[-1].c > 0
+    (True, 1.0, True)
+    """
+
+    sign: float = 1.0
+    baseline_windows: int = 30
+    max_points: int = 256
+    centre: float = float("nan")
+    scale: float = float("nan")
+    t0: float = float("nan")
+    _base: list[float] = field(default_factory=list)
+    _t: list[float] = field(default_factory=list)
+    _z: list[float] = field(default_factory=list)
+
+    def update(self, t_s: float, hi: float) -> DegradationState | None:
+        """Take the window ending at ``t_s`` (seconds); None while the baseline is learnt or for
+        a non-finite value."""
+        if not math.isfinite(hi) or not math.isfinite(t_s):
+            return None
+        if math.isnan(self.t0):
+            self.t0 = t_s
+        if math.isnan(self.centre):
+            self._base.append(self.sign * hi)
+            if len(self._base) < self.baseline_windows:
+                return None
+            b = np.asarray(self._base)
+            self.centre = float(np.median(b))
+            mad = 1.4826 * float(np.median(np.abs(b - self.centre)))
+            self.scale = max(mad, float(b.std()) / 10.0, 1e-3 * abs(self.centre), 1e-12)
+            self._base = []
+        z = (self.sign * hi - self.centre) / self.scale
+        if self._t and t_s <= self._t[-1]:
+            return None  # windows arrive in event-time order; a repeat adds nothing
+        self._t.append(t_s)
+        self._z.append(z)
+        if len(self._t) > self.max_points:
+            keep = slice((len(self._t) - 1) % 2, None, 2)  # every other one, newest kept
+            self._t, self._z = self._t[keep], self._z[keep]
+        t = np.asarray(self._t)
+        if t.size < 3:
+            return DegradationState(t_s, z, z, 0.0, 0.0, 0.0, t_s - self.t0)
+        span = max(t[-1] - t[0], 1e-9)
+        fit = fit_exponential(t, np.asarray(self._z), _TRACKER_RATES / span)
+        return DegradationState(t_s, z, fit.a, fit.b, fit.c, fit.rmse, t_s - self.t0)

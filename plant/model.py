@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from physics.bearing import BearingGeometry
+from physics.registry import feature_names
 from plant.contract import Relationship, SensorContract
 from plant.errors import PlantError
 from plant.schema import (
@@ -40,6 +41,7 @@ __all__ = [
     "Component",
     "Sensor",
     "Asset",
+    "HealthIndicator",
     "Edge",
     "Plant",
     "load_plant",
@@ -88,6 +90,20 @@ class Sensor:
 
 
 @dataclass(frozen=True)
+class HealthIndicator:
+    """The feature that tracks an asset's degradation (``plant.schema.HealthIndicatorSpec``):
+    ``feature`` of the windows of ``sensor``; ``sign`` is +1 when it rises with wear, -1 when
+    it falls."""
+
+    sensor_id: str
+    feature: str
+    reason: str
+    sign: float
+    rul_cap_s: float
+    baseline_windows: int
+
+
+@dataclass(frozen=True)
 class Asset:
     asset_id: str
     site: str
@@ -99,6 +115,7 @@ class Asset:
     tag: str | None = None
     match: str | None = None
     description: str = ""
+    health_indicator: HealthIndicator | None = None
 
     def bearing(self, sensor_id: str | None = None) -> BearingGeometry | None:
         """The bearing ``sensor_id`` is mounted on, else the asset's first bearing."""
@@ -180,6 +197,11 @@ class Plant:
         a = self.asset(asset_id)
         return () if a is None else a.relationships
 
+    def health_indicator(self, asset_id: str) -> HealthIndicator | None:
+        """The declared health indicator of ``asset_id`` (None: no remaining life for it)."""
+        a = self.asset(asset_id)
+        return None if a is None else a.health_indicator
+
     def upstream(self, asset_id: str) -> list[Edge]:
         """Edges into ``asset_id``: what feeds or drives it."""
         return [e for e in self.topology if e.target == asset_id]
@@ -242,6 +264,8 @@ class Plant:
                     ],
                     "relationships": [vars(r) | {"inputs": list(r.inputs)}
                                       for r in a.relationships],
+                    "health_indicator": None if a.health_indicator is None
+                    else vars(a.health_indicator),
                 }
                 for a in self.assets.values()
             ],
@@ -439,6 +463,23 @@ def _resolve_asset(
             relationships.append(Relationship(r.target, tuple(r.inputs), r.description))
     speed = spec.nominal_speed_rpm if "nominal_speed_rpm" in spec.model_fields_set else (
         template.nominal_speed_rpm)
+    hi_spec, hi_where = ((spec.health_indicator, f"{where}.health_indicator")
+                         if spec.health_indicator is not None
+                         else (template.health_indicator,
+                               f"asset_kinds.{spec.kind}.health_indicator"))
+    health = None
+    if hi_spec is not None:
+        if hi_spec.sensor not in sensors:
+            raise PlantError(path, hi_spec.line("sensor"), f"{hi_where}.sensor",
+                             f"sensor {hi_spec.sensor!r} is not a sensor of asset {spec.id!r}")
+        source = "vibration" if sensors[hi_spec.sensor].contract.frames else "process"
+        if hi_spec.feature not in feature_names(source):
+            raise PlantError(path, hi_spec.line("feature"), f"{hi_where}.feature",
+                             f"{hi_spec.feature!r} is not a {source} feature; known: "
+                             f"{', '.join(feature_names(source))}")
+        health = HealthIndicator(hi_spec.sensor, hi_spec.feature, hi_spec.reason,
+                                 1.0 if hi_spec.direction == "rising" else -1.0,
+                                 hi_spec.rul_cap_s, hi_spec.baseline_windows)
     return Asset(
         asset_id=spec.id,
         site=site,
@@ -450,6 +491,7 @@ def _resolve_asset(
         tag=spec.tag,
         match=spec.match,
         description=spec.description or template.description,
+        health_indicator=health,
     )
 
 

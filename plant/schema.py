@@ -18,6 +18,7 @@ __all__ = [
     "ComponentSpec",
     "SensorSpec",
     "RelationshipSpec",
+    "HealthIndicatorSpec",
     "AssetKindSpec",
     "AssetSpec",
     "SiteSpec",
@@ -151,6 +152,22 @@ class RelationshipSpec(_Node):
     description: str = ""
 
 
+class HealthIndicatorSpec(_Node):
+    """Which feature of which sensor tracks an asset's degradation, for remaining useful life
+    (``dataplane.prognostics``): ``feature`` is a ``features`` column of ``sensor``'s windows
+    (``vib_rms``, ``proc_level``, ...), ``direction`` whether it rises or falls as the asset
+    wears, ``rul_cap_s`` the horizon beyond which it says nothing (RUL targets are capped
+    there), ``baseline_windows`` how many of an asset's first windows define its healthy level.
+    ``reason`` (required) says why this feature is the asset's health indicator."""
+
+    sensor: Id
+    feature: str
+    reason: str = Field(min_length=1)
+    direction: Literal["rising", "falling"] = "rising"
+    rul_cap_s: float = Field(gt=0)
+    baseline_windows: int = Field(30, ge=3)
+
+
 class AssetKindSpec(_Node):
     """Defaults for every asset of a kind: its parts, sensors and relationships."""
 
@@ -160,6 +177,7 @@ class AssetKindSpec(_Node):
     sensor_defaults: SensorSpec | None = None  # for every sensor of the asset (e.g. its rate)
     sensors: list[SensorSpec] = []
     relationships: list[RelationshipSpec] = []
+    health_indicator: HealthIndicatorSpec | None = None
 
 
 class AssetSpec(AssetKindSpec):

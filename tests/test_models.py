@@ -22,9 +22,7 @@ from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
 from lake import Lake
 from models.gate import GatePolicy, champion_holdout, decide, rollback
 from models.registry import (
-    CHAMPION,
     FAULT_MODEL,
-    RUL_MODEL,
     ModelNotFoundError,
     champion_version,
     client,
@@ -33,7 +31,6 @@ from models.training import Evaluation, holdout_split, label_faults, split_by_ma
 from physics.registry import FEATURE_VERSION
 from physics.simulator import default_fleet
 from tests.conftest import ENVELOPE, T0_US, retrain
-from tests.test_process_and_data import needs_data
 
 FV = FEATURE_VERSION
 
@@ -152,17 +149,6 @@ def test_gate_refuses_worse_promotes_better_and_rollback_restores(mlops: dict):
     assert c.get_model_version(FAULT_MODEL, new).tags["gate.decision"] == "rollback"
     with pytest.raises(ModelNotFoundError, match="nothing to roll back"):
         rollback(mlops["tracking"], mlops["lake"], FAULT_MODEL, "again")
-
-
-@needs_data
-def test_rul_regressor_trains_on_cmapss_and_is_gated(mlops: dict):
-    meta = retrain(mlops, "retrain_rul", n_estimators=120)
-    assert meta["rul_training_set"]["engines_holdout"] == 20
-    decision = meta["rul_promotion"]
-    assert decision["decision"] == "promote" and decision["metric"] == "rmse"
-    assert decision["candidate_overall"] < 25.0
-    c = client(mlops["tracking"])
-    assert c.get_model_version_by_alias(RUL_MODEL, CHAMPION).tags["task"] == "regressor"
 
 
 def test_drift_debounce_gives_one_run_per_burst():

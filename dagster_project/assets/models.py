@@ -2,7 +2,8 @@
 
 fault classifier:  features + maintenance_events → fault_training_set → fault_candidate →
                    fault_promotion (gate; moves the `champion` alias the stream follows)
-RUL regressor:     C-MAPSS trajectories → rul_training_set → rul_candidate → rul_promotion
+RUL regressor:     features + maintenance_events (run-to-failure histories of every asset with
+                   a health indicator) → rul_training_set → rul_candidate → rul_promotion
 """
 
 import json
@@ -12,7 +13,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
-from sklearn.model_selection import GroupShuffleSplit
 
 from dagster_project.assets.validation import (
     features,
@@ -20,23 +20,21 @@ from dagster_project.assets.validation import (
     validate_readings_day,
     validated_dates,
 )
-from dagster_project.plots import png_markdown
-from dagster_project.resources import DatasetsResource, LakeResource, MLflowResource
-from expectations.checks import OK, scalar_reasons
+from dagster_project.plots import png_markdown, rul_figure
+from dagster_project.resources import LakeResource, MLflowResource
 from expectations.contracts import SENSORS
 from models.gate import Decision, GatePolicy, run_gate
+from models.prognostics import fit_served_rul, lake_rul_rows, served_inputs
 from models.registry import FAULT_MODEL, RUL_MODEL, log_candidate
 from models.training import (
     FAULT_FEATURES,
-    RUL_CAP,
     fit_fault_classifier,
-    fit_rul_regressor,
     holdout_split,
     label_faults,
-    rul_frame,
+    rmse,
 )
-from physics.datasets import DatasetError, read_cmapss
-from physics.process import ProcessFeatureBuilder
+from physics.prognostics import TRACKER_FEATURES
+from plant import default_plant
 
 __all__ = [
     "maintenance_events",
@@ -106,29 +104,8 @@ def fault_training_set(
     validated (no readings to check) is kept but marks the set as not validated (column
     ``validated``; the candidate's ``training_validated`` tag), which the gate refuses."""
     store = lake.lake()
-    if not store.exists("features"):
-        raise dg.Failure("no features table yet: run the stream (`plantpulse up`) first")
-    days = sorted(str(p["date"]) for p in store.table("features").partitions())
-    run_id = context.run.run_id
-    known_features = _checked_dates(store, "features")
-    known_readings = _checked_dates(store, "readings")
-    for day in days:
-        if day not in known_features:
-            validate_features_day(store, day, run_id)
-        if day not in known_readings:
-            validate_readings_day(store, day, run_id)
-    features_ok = validated_dates(store, "features") & set(days)
-    readings_ok = validated_dates(store, "readings") & set(days)
-    readings_judged = _checked_dates(store, "readings")
-    readings_failed = sorted((readings_judged - readings_ok) & set(days))
-    good = sorted(features_ok - set(readings_failed))
-    skipped = sorted(set(days) - features_ok)
-    unvalidated = sorted(set(good) - readings_ok)  # no readings on that day to validate
-    if not good:
-        raise dg.Failure(
-            f"no validated day of features (features failed validation: {skipped}; "
-            f"readings failed validation: {readings_failed})"
-        )
+    days = _validated_days(store, context.run.run_id)
+    good, skipped, readings_failed, unvalidated = days
     frame_sensors = sorted(s for s, c in SENSORS.items() if c.frames)
     feats = store.read(  # vibration windows only: process windows have no vibration features
         "features",
@@ -162,6 +139,36 @@ def fault_training_set(
             "windows_per_condition": _table_md(counts),
         },
     )
+
+
+def _validated_days(store, run_id: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The days of ``features`` a training set may use, validating the days the features
+    suite or the readings checks have not seen yet: (good, failed the features suite, failed
+    the readings checks, good but with no readings to validate).  Raises ``dg.Failure`` when
+    there is no features table or no good day."""
+    if not store.exists("features"):
+        raise dg.Failure("no features table yet: run the stream (`plantpulse up`) first")
+    days = sorted(str(p["date"]) for p in store.table("features").partitions())
+    known_features = _checked_dates(store, "features")
+    known_readings = _checked_dates(store, "readings")
+    for day in days:
+        if day not in known_features:
+            validate_features_day(store, day, run_id)
+        if day not in known_readings:
+            validate_readings_day(store, day, run_id)
+    features_ok = validated_dates(store, "features") & set(days)
+    readings_ok = validated_dates(store, "readings") & set(days)
+    readings_judged = _checked_dates(store, "readings")
+    readings_failed = sorted((readings_judged - readings_ok) & set(days))
+    good = sorted(features_ok - set(readings_failed))
+    skipped = sorted(set(days) - features_ok)
+    unvalidated = sorted(set(good) - readings_ok)  # no readings on that day to validate
+    if not good:
+        raise dg.Failure(
+            f"no validated day of features (features failed validation: {skipped}; "
+            f"readings failed validation: {readings_failed})"
+        )
+    return good, skipped, readings_failed, unvalidated
 
 
 def _checked_dates(store, table: str) -> set[str]:
@@ -313,40 +320,63 @@ def fault_promotion(
 
 
 # -- RUL regressor ----------------------------------------------------------------------------
-@dg.asset(group_name="models", kinds={"pandas"}, owners=["team:ml"])
-def rul_training_set(datasets: DatasetsResource) -> dg.Output[pd.DataFrame]:
-    """C-MAPSS FD001 run-to-failure trajectories (RUL capped at 125) checked against the
-    C-MAPSS sensor contracts, with process features fitted on the training engines only; 20 %
-    of engines held out."""
-    try:
-        raw = read_cmapss(datasets.path, "FD001", rul_cap=RUL_CAP)
-    except DatasetError as exc:  # data missing or malformed: say where, not a traceback
-        raise dg.Failure(f"{exc} (set PLANTPULSE_DATA to the reference data sets)") from None
-    bad = {
-        c: int((scalar_reasons(SENSORS[f"cmapss_{c}"], raw[c].to_numpy(float)) != OK).sum())
-        for c in raw.columns
-        if f"cmapss_{c}" in SENSORS
-    }
-    bad = {c: n for c, n in bad.items() if n}
-    split = GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0)
-    train_idx, test_idx = next(split.split(raw, groups=raw["unit"]))
-    train = raw.iloc[train_idx]
-    builder = ProcessFeatureBuilder().fit(train, train["rul"].to_numpy())
-    df = pd.concat(
-        [
-            rul_frame(train, builder).assign(holdout=False),
-            rul_frame(raw.iloc[test_idx], builder).assign(holdout=True),
-        ]
-    )
-    df["rul_band"] = np.where(df["rul"] <= 50, "last_50_cycles", "earlier")
-    df["contracts_ok"] = not bad
+@dg.asset(
+    deps=[features, maintenance_events],
+    group_name="models",
+    kinds={"pandas", "delta"},
+    owners=["team:ml"],
+)
+def rul_training_set(
+    context: dg.AssetExecutionContext, lake: LakeResource
+) -> dg.Output[pd.DataFrame]:
+    """Run-to-failure histories from the lake, for every asset kind with a health indicator
+    in the plant: the indicator's windows in ``features`` (validated days only, as for the
+    fault classifier) up to each ``failure`` in ``maintenance_events``, replayed through the
+    stream's own degradation tracker (``models.prognostics.lake_rul_rows``); 20 % of the runs
+    held out (by run: a life is all in training or all in the holdout)."""
+    store = lake.lake()
+    good, skipped, readings_failed, unvalidated = _validated_days(store, context.run.run_id)
+    plant = default_plant()
+    his = {(a.health_indicator.sensor_id) for a in plant.assets.values()
+           if a.health_indicator is not None}
+    feats = store.read("features", filters=[
+        ("date", "in", [pd.Timestamp(d).date() for d in good]),
+        ("sensor_id", "in", sorted(his)),
+    ])
+    events = store.read("maintenance_events") if store.exists("maintenance_events") else (
+        pd.DataFrame(columns=["asset_id", "ts", "kind", "component"]))
+    df = lake_rul_rows(feats, events, plant)
+    runs = sorted(df["run"].unique())
+    if not runs:
+        raise dg.Failure(
+            "no run-to-failure history in the lake: an RUL model needs a `failure` in "
+            "maintenance_events of an asset whose plant declaration names a health indicator, "
+            "with its features before it"
+        )
+    rng = np.random.default_rng(0)
+    n_hold = int(round(0.2 * len(runs))) if len(runs) >= 3 else 0
+    held = set(rng.choice(runs, size=n_hold, replace=False).tolist()) if n_hold else set()
+    df["holdout"] = df["run"].isin(held)
+    if not held:  # too few lives to hold one out: the holdout is the last 25 % of each run
+        order = df.groupby("run")["window_end"].rank(pct=True)
+        df["holdout"] = order > 0.75
+    df["rul_band"] = np.where(df["rul"] <= df["rul_cap"] / 3, "last_third_of_horizon",
+                              "earlier")
+    days = df["window_end"].dt.strftime("%Y-%m-%d")
+    df["validated"] = ~days.isin(unvalidated)
     return dg.Output(
         df,
         metadata={
             "rows": dg.MetadataValue.int(len(df)),
-            "engines_train": dg.MetadataValue.int(int(df.loc[~df["holdout"], "unit"].nunique())),
-            "engines_holdout": dg.MetadataValue.int(int(df.loc[df["holdout"], "unit"].nunique())),
-            "values_outside_contracts": dg.MetadataValue.json(bad),
+            "runs_train": dg.MetadataValue.int(int(df.loc[~df["holdout"], "run"].nunique())),
+            "runs_holdout": dg.MetadataValue.int(len(held)),
+            "holdout": "by run" if held else "last 25 % of each run (fewer than 3 runs)",
+            "assets": dg.MetadataValue.json(sorted(df["asset_id"].astype(str).unique())),
+            "days_used": dg.MetadataValue.json(good),
+            "days_skipped_failed_validation": dg.MetadataValue.json(skipped),
+            "days_skipped_readings_failed_validation": dg.MetadataValue.json(readings_failed),
+            "days_readings_not_validated": dg.MetadataValue.json(unvalidated),
+            "training_validated": bool(df["validated"].all()),
         },
     )
 
@@ -363,41 +393,48 @@ def rul_candidate(
     rul_training_set: pd.DataFrame,
     mlflow: MLflowResource,
 ) -> dg.Output[str]:
-    """An XGBoost RUL regressor, logged with a predicted-vs-true plot and feature importance."""
+    """The served hybrid RUL model (``models.prognostics.fit_served_rul``: the degradation
+    prior's failure level, an XGBoost regressor of its residual, a conformal interval), logged
+    with the RUL-over-time plot of the holdout runs and registered as a new version."""
     df = rul_training_set
-    meta = ["unit", "rul", "holdout", "rul_band", "contracts_ok"]
-    used = [c for c in df.columns if c not in meta and c not in config.drop_features]
     train = _prepare(df[~df["holdout"]], config, "rul")
     holdout = df[df["holdout"]]
-    model = fit_rul_regressor(train[used], train["rul"].to_numpy(), config.n_estimators)
-    predicted = np.clip(model.predict(holdout[used]), 0, RUL_CAP)
-    fig = Figure(figsize=(5, 4))
-    ax = fig.subplots()
-    ax.scatter(holdout["rul"], predicted, s=3, alpha=0.3)
-    ax.plot([0, RUL_CAP], [0, RUL_CAP], color="red", lw=1)
-    ax.set_xlabel("true RUL (cycles, capped)")
-    ax.set_ylabel("predicted RUL")
-    ax.set_title("RUL on holdout engines", fontsize=10)
+    try:
+        served = fit_served_rul(train, config.n_estimators)
+    except ValueError as exc:
+        raise dg.Failure(str(exc)) from None
+    x_train = served_inputs(train, served.z_fail)
+    x_hold = served_inputs(holdout, served.z_fail)
+    predicted = served.predict(x_hold, holdout["rul_cap"].to_numpy())
+    low, high = served.bands.interval(predicted)
+    truth = holdout["rul"].to_numpy()
     figures = {
-        "predicted_vs_true.png": fig,
-        "feature_importance.png": _importance_figure(model, "RUL regressor: top features"),
+        "rul_over_time.png": rul_figure(
+            holdout.assign(ts=holdout["window_end"], rul=predicted, rul_low=low, rul_high=high,
+                           truth=holdout["rul"]),
+            "RUL of the holdout runs: predicted, interval and truth (capped)"),
+        "feature_importance.png": _importance_figure(served.model, "RUL residual: top inputs"),
     }
+    state_cols = ["asset_id", "run", "window_end", "t_s", "hi_z", "a", "b", "c", "rmse",
+                  "age_s", "rul", "rul_cap", "rul_band"]
     mv = log_candidate(
         mlflow.tracking_uri,
         mlflow.experiment_id(EXPERIMENT),
         RUL_MODEL,
-        model,
+        served.model,
         task="regressor",
-        x_example=train[used],
-        holdout=holdout[["unit", "rul", "rul_band", *used]].reset_index(drop=True),
-        params={"n_estimators": config.n_estimators, "features": len(used),
-                "shuffled_labels": config.shuffle_labels, "rul_cap": RUL_CAP},
+        x_example=x_train,
+        holdout=holdout[state_cols].assign(**x_hold).reset_index(drop=True),
+        params={"n_estimators": config.n_estimators, "inputs": len(TRACKER_FEATURES),
+                "shuffled_labels": config.shuffle_labels, "z_fail": served.z_fail},
         metrics={"train_rows": len(train), "holdout_rows": len(holdout),
-                 "holdout_rmse": float(np.sqrt(np.mean((predicted - holdout["rul"]) ** 2)))},
+                 "holdout_rmse_s": rmse(predicted, truth),
+                 "holdout_interval_coverage": float(np.mean((truth >= low) & (truth <= high)))},
         tags={
             "slice_by": json.dumps(["rul_band"]),
-            "training_validated": "true" if df["contracts_ok"].all() else "false",
+            "training_validated": "true" if bool(df["validated"].all()) else "false",
             "dagster_run_id": context.run.run_id,
+            **served.tags(),
         },
         figures=figures,
     )
@@ -407,7 +444,10 @@ def rul_candidate(
             "model": RUL_MODEL,
             "version": str(mv.version),
             "mlflow_run_id": mv.run_id,
-            "predicted_vs_true": dg.MetadataValue.md(png_markdown(fig, "predicted vs true RUL")),
+            "z_fail": served.z_fail,
+            "conformal_calibration": served.calibration,
+            "rul_over_time": dg.MetadataValue.md(
+                png_markdown(figures["rul_over_time.png"], "RUL over time, holdout runs")),
         },
     )
 

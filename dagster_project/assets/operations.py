@@ -5,7 +5,13 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from dagster_project.plots import drift_timeline, envelope_plot, png_markdown, score_timeline
+from dagster_project.plots import (
+    drift_timeline,
+    envelope_plot,
+    png_markdown,
+    rul_figure,
+    score_timeline,
+)
 from dagster_project.resources import LakeResource
 from lake import current_alerts
 from physics.bearing import SKF_6205, defect_frequencies
@@ -27,6 +33,7 @@ STREAM_TABLES = [
         ("drift_events", "changes the River drift detectors found"),
         ("frames", "raw vibration frames kept by the flight recorder"),
         ("dead_letter", "every rejected input with its reason and raw payload"),
+        ("prognostics", "remaining useful life with its interval, per health-indicator window"),
     )
 ]
 
@@ -64,14 +71,16 @@ def alert_frame_spectrum(store, alert: pd.Series):
 
 
 @dg.asset(
-    deps=STREAM_TABLES[:4],
+    deps=[t for t in STREAM_TABLES if t.key.to_user_string() != "dead_letter"],
     group_name="operations",
     kinds={"delta", "matplotlib"},
     owners=["team:reliability"],
 )
 def operations_overview(lake: LakeResource) -> dg.MaterializeResult:
     """The last 24 hours of event time: scores with alerts shaded, drift events, the open
-    alerts with their top features, and the envelope spectrum of the newest alert's frame."""
+    alerts with their top features, the envelope spectrum of the newest alert's frame, and
+    each asset's remaining useful life with its interval against the truth (failures in
+    ``maintenance_events``)."""
     store = lake.lake()
     if not store.exists("scores"):
         raise dg.Failure("no scores yet: run the stream (`plantpulse up`) first")
@@ -104,4 +113,31 @@ def operations_overview(lake: LakeResource) -> dg.MaterializeResult:
             metadata["drift_events"] = dg.MetadataValue.md(
                 png_markdown(drift_timeline(events, "drift events, last 24 h"), "drift")
             )
+    if store.exists("prognostics"):
+        prog = store.read("prognostics", filters=[("ts", ">=", since)])
+        if len(prog):
+            prog = with_rul_truth(prog, store.read("maintenance_events") if store.exists(
+                "maintenance_events") else pd.DataFrame(columns=["asset_id", "ts", "kind"]))
+            metadata["remaining_useful_life"] = dg.MetadataValue.md(png_markdown(
+                rul_figure(prog, "remaining useful life, last 24 h (shaded: the champion's "
+                           f"{prog['coverage'].iloc[-1]:.0%} interval; dashed: truth from "
+                           "maintenance_events failures)"), "RUL over time"))
+            newest_rul = prog.sort_values("ts").groupby("asset_id").last()
+            metadata["rul_now"] = dg.MetadataValue.md(
+                newest_rul[["ts", "rul", "rul_low", "rul_high", "model_version"]]
+                .to_markdown())
     return dg.MaterializeResult(metadata=metadata)
+
+
+def with_rul_truth(prog: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
+    """``prognostics`` rows with ``truth``: seconds to the asset's next ``failure`` in
+    ``maintenance_events`` (NaN where none is recorded yet)."""
+    fails = events[events["kind"] == "failure"][["asset_id", "ts"]].rename(
+        columns={"ts": "failed_at"}).sort_values("failed_at")
+    prog = prog.sort_values("ts")
+    if fails.empty:
+        return prog.assign(truth=float("nan"))
+    fails["failed_at"] = fails["failed_at"].astype(prog["ts"].dtype)
+    out = pd.merge_asof(prog, fails, left_on="ts", right_on="failed_at", by="asset_id",
+                        direction="forward")
+    return out.assign(truth=(out["failed_at"] - out["ts"]).dt.total_seconds())
