@@ -290,14 +290,20 @@ class Lake:
         commit = CommitProperties(
             app_transactions=[Transaction(a, v) for a, v in (transactions or {}).items()] or None
         )
+        dt = self.table(spec.name)
+        # a table written before the catalogue declared more (nullable) columns gains them on
+        # its next append (e.g. alerts' suspected_cause); conform() admits declared ones only
+        have = {f.name for f in dt.schema().fields}
+        evolve = mode == "append" and any(f.name not in have for f in spec.schema)
         try:
             write_deltalake(
-                self.table(spec.name),
+                dt,
                 table,
                 mode=mode,  # type: ignore[arg-type]
                 predicate=predicate,
                 commit_properties=commit,
                 writer_properties=writer_properties(spec),
+                schema_mode="merge" if evolve else None,
             )
         except (DeltaError, OSError) as exc:
             raise LakeError(f"writing table {spec.name!r} at {self.uri} failed: {exc}") from None

@@ -126,7 +126,7 @@ def add_sensor(plant_path: str | Path, asset_id: str, entry: dict[str, Any]) -> 
     doc = y.load(text)
     new_text = None
     for site in doc.get("sites") or ():
-        assets = site.get("assets") or []
+        assets: Any = site.get("assets") or []
         for i, a in enumerate(assets):
             if a.get("id") == decl.asset_id:
                 line, col = assets.lc.item(i)

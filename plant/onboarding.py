@@ -179,8 +179,8 @@ def profile_sensor(asset_id: str, sensor_id: str, ts_us: NDArray[np.int64],
     finite = np.isfinite(values)
     v = values[finite]
     t_s = (ts_us - (ts_us[0] if ts_us.size else 0)) / 1e6
-    dt = np.diff(np.unique(ts_us)) / 1e6
-    rate = median = None
+    dt: NDArray[np.float64] = np.diff(np.unique(ts_us)).astype(np.float64) / 1e6
+    rate: float | None = None
     gaps, longest_gap = 0, None
     if dt.size:
         median = float(np.median(dt))

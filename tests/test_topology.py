@@ -136,3 +136,21 @@ def test_the_stream_annotates_its_own_alerts(lake: Lake):
     assert current.loc["pump-02", "suspected_cause"].startswith("upstream pump-01 in alert since")
     assert list(current.loc["pump-01", "downstream_effects"])[0].startswith(
         f"pump-02 alert {current.loc['pump-02', 'alert_id']}")
+
+
+def test_an_alerts_table_written_before_the_new_columns_gains_them(lake: Lake):
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    from lake import table_spec
+
+    spec = table_spec("alerts")
+    old = pa.schema([f for f in spec.schema
+                     if f.name not in ("suspected_cause", "downstream_effects")])
+    DeltaTable.create(lake.table_uri("alerts"), schema=old, partition_by=["date"])
+    _hot(Channel(), "pump-01", T0_US, TopologyBoard(), lake)  # no cause: nulls
+    _hot(Channel(), "pump-02", T0_US + 10 * S, TopologyBoard(
+        drift={"pump-01": (T0_US, "vib_rms", "PageHinkley")}), lake)
+    alerts = current_alerts(lake).set_index("asset_id")
+    assert alerts.loc["pump-02", "suspected_cause"].startswith("upstream pump-01 drift")
+    assert alerts.loc["pump-01", "suspected_cause"] is None
