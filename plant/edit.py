@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from plant.errors import PlantError
-from plant.model import load_plant
+from plant.model import PLANTS_DIR, load_plant
 
 __all__ = ["add_sensor", "entry_text"]
 
@@ -121,6 +121,11 @@ def add_sensor(plant_path: str | Path, asset_id: str, entry: dict[str, Any]) -> 
         raise PlantError(Path(plant_path), None, f"{asset_id}.sensors",
                          f"sensor {entry['id']!r} is already declared")
     target = Path(plant.asset_files[decl.asset_id])
+    if target.resolve().is_relative_to(PLANTS_DIR.resolve()):
+        raise PlantError(target, None, asset_id,
+                         f"{target.name} is a bundled example plant, part of the installation: "
+                         f"copy {PLANTS_DIR} to a directory of yours and pass its plant file "
+                         "with --plant (or PLANTPULSE_PLANT), then accept again")
     text = target.read_text()
     y = YAML()  # round trip: it knows where every node starts
     doc = y.load(text)

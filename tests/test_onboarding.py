@@ -141,6 +141,19 @@ def test_accept_errors_are_one_line(lake: Lake, plant_file: Path, monkeypatch, c
                  "--settle", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'tank-9' is not declared" in err[0]
+    # the bundled example plants are part of the installation, never edited by accept
+    from plant import bundled_plant
+
+    demo = bundled_plant("demo")
+    before = {p.name: p.read_bytes() for p in demo.parent.glob("*.yaml")}
+    lake.append("unknown_readings", {
+        "asset_id": ["pump-01"], "sensor_id": ["oil_temp"], "ts": [T0_US], "value": [1.0],
+        "raw": [b"{}"], "source": ["test"], "ingest_ts": [T0_US]})
+    assert main(["sensors", "accept", "pump-01", "oil_temp", "--plant", str(demo),
+                 "--settle", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bundled example plant" in err[0]
+    assert {p.name: p.read_bytes() for p in demo.parent.glob("*.yaml")} == before
 
 
 def test_the_stream_follows_the_plant_file_without_restart(plant_file: Path, tmp_path: Path):
