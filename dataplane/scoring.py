@@ -144,13 +144,16 @@ class RobustMahalanobis(base.AnomalyDetector):
     - **normal**: a robust location and scatter of the warm-up (``_robust_fit``: an anomaly
       inside the warm-up is not learnt as normal);
     - **its own score scale** (``calibration``): the sorted out-of-sample scores of the warm-up
-      vectors judged normal (each half of the warm-up scored by a fit on the other half: the
-      honest spread a new window shows, including the warm-up's own slow movement).  The alert
-      policy takes its thresholds as quantiles of it (``AlertPolicy.for_channel``);
+      vectors judged normal: the warm-up cut into ``folds`` blocks, each scored by the mean and
+      covariance of the other blocks' normal vectors, leaving out a purge of one window length
+      on each side of the block (consecutive windows share readings, so a neighbour would leak
+      its own value in).  The alert policy takes its thresholds as quantiles of it
+      (``AlertPolicy.for_channel``);
     - **after the warm-up** it keeps learning, only from windows scoring below the
-      ``learn_quantile`` of its calibration (calm ones: a developing fault is not absorbed),
-      with exponential forgetting over ``memory`` such windows (default four warm-ups), so it
-      follows slow normal drift.
+      ``learn_quantile`` (99.9 %) of its calibration, so a fault's windows, above it, are not
+      absorbed: a running mean and covariance over the warm-up's normal vectors and every window
+      learnt since, forgetting exponentially once there are ``memory`` of them (default ten
+      warm-ups), so it follows slow normal drift.
 
     >>> import random
     >>> rng, det = random.Random(0), RobustMahalanobis(warmup=300)
@@ -226,8 +229,8 @@ class RobustMahalanobis(base.AnomalyDetector):
     def _choose_views(self, rows: list[dict[str, float]]) -> None:
         offered: dict[str, set[str]] = {}
         for r in rows:
-            for k in r:
-                sensor, _, view = k.rpartition(":")
+            for k in r:  # "<sensor>:<view>"; a bare name is watched as it is
+                sensor, _, view = k.rpartition(":") if ":" in k else (k, "", "")
                 offered.setdefault(sensor, set()).add(view)
         for sensor, views in sorted(offered.items()):
             if {"level", "slope"} <= views:
@@ -238,8 +241,8 @@ class RobustMahalanobis(base.AnomalyDetector):
                            and float(_robust_scale(level[:, None])[0]) > np.median(within))
                 self.views[sensor] = "slope" if wanders else "level"
             else:
-                self.views[sensor] = next(iter(views - {"std"} - _METADATA), "level")
-        self.keys = sorted(f"{s}:{v}" for s, v in self.views.items())
+                self.views[sensor] = next(iter(sorted(views - {"std"} - _METADATA)), "")
+        self.keys = sorted(f"{s}:{v}" if v else s for s, v in self.views.items())
         last = rows[-1]
         floors = []
         for key in self.keys:
