@@ -334,7 +334,7 @@ def poison(root: Path, n_valid: int, processes: int = 2) -> dict[str, float]:
             pub.publish(topic_for("pump-01", "motor_current"), body).wait_for_publish(30)
         for k in range(n_valid):
             pub.publish(topic_for("pump-02", "motor_current"),
-                        scalar_message("pump-02", "motor_current", k, 1)).wait_for_publish(30)
+                        scalar_message("pump-02", "motor_current", k, 1, rate_hz=100)).wait_for_publish(30)
             if k == n_valid // 2:
                 _wait(lambda: _count(rig.lake, "readings") > 0 or rig.died(), 120)
                 rig.kill(processes - 1)
