@@ -14,6 +14,9 @@ server in another process.
 - Sparkplug B: 500 devices x 20 metrics (10 edge nodes) publishing DDATA at QoS 0 as fast as
   the broker takes it: metrics/s decoded by the adapter (and how many of the offered ones the
   broker dropped because the adapter fell behind).
+- The adapters' own cost, without a server: OPC UA notifications and Sparkplug payloads handed
+  to the adapter directly (decoding, binding, Arrow encoding, the disk buffer) - what the
+  adapter could take from a server faster than the Python test servers here.
 - Reconnect: the Modbus device and the OPC UA server are killed and started again on the same
   port; the time from the server listening again to the adapter's next reading.
 - Outage: the stream is down for ``OUTAGE_S`` (30 s; 3 s with --quick) while Modbus reads 100
@@ -108,6 +111,68 @@ def opcua_rate(items: int, seconds: float, period_s: float) -> tuple[float, int]
         return rate, len(adapter.by_handle)
     finally:
         _stop(proc)
+
+
+def opcua_decode_rate(items: int = 10_000, rounds: int = 5) -> float:
+    """Values/s the OPC UA adapter takes from publish responses (notifications as asyncua
+    decodes them: ``ua.MonitoredItemNotification``), without a server: its own cost."""
+    from datetime import UTC, datetime
+
+    from asyncua import ua
+
+    spec = OpcuaSpec.model_validate({
+        "id": "ua-decode", "kind": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/",
+        "bindings": [{"node": f"ns=2;s=pump-{i // 100:03d}.s{i % 100:03d}",
+                      "asset": f"pump-{i // 100:03d}", "sensor": f"s{i % 100:03d}"}
+                     for i in range(items)]})
+    adapter = OpcuaAdapter(spec, _home(), None, CountSink())
+    adapter.by_handle = {h: b for h, b in enumerate(spec.bindings)}
+    batches = []
+    for r in range(rounds):
+        now = datetime.now(UTC)
+        batches.append([ua.MonitoredItemNotification(
+            ClientHandle=h, Value=ua.DataValue(ua.Variant(float(r + h), ua.VariantType.Double),
+                                               SourceTimestamp=now, ServerTimestamp=now))
+            for h in range(items)])
+    t0 = time.perf_counter()
+    for items_ in batches:
+        adapter.on_items(items_)
+        adapter.flush()
+    return items * rounds / (time.perf_counter() - t0)
+
+
+def sparkplug_decode_rate(devices: int = 500, metrics: int = 20, rounds: int = 4) -> float:
+    """Metrics/s the Sparkplug adapter takes from DDATA payloads handed to it directly (births
+    first, data by alias with per-metric timestamps), without the broker: its own cost."""
+    from adapters.proto.sparkplug_b_pb2 import Payload
+
+    spec = SparkplugSpec.model_validate({
+        "id": "spb-decode", "kind": "sparkplug", "endpoint": "mqtt://127.0.0.1:1",
+        "group": "g", "bindings": [{"device": "*", "metric": f"m{m:02d}", "asset": "{device}",
+                                    "sensor": f"m{m:02d}"} for m in range(metrics)]})
+    adapter = SparkplugAdapter(spec, _home(), None, CountSink())
+    seq = 0
+    adapter.on_message("spBv1.0/g/NBIRTH/n", Payload(seq=seq, timestamp=1).SerializeToString())
+    for d in range(devices):
+        seq = (seq + 1) % 256
+        p = Payload(seq=seq, timestamp=1)
+        for m in range(metrics):
+            p.metrics.add(name=f"m{m:02d}", alias=m + 1, datatype=10, double_value=0.0)
+        adapter.on_message(f"spBv1.0/g/DBIRTH/n/pump-{d:03d}", p.SerializeToString())
+    messages = []
+    ts = int(time.time() * 1000)
+    for r in range(rounds):
+        for d in range(devices):
+            seq = (seq + 1) % 256
+            p = Payload(seq=seq, timestamp=ts + r)
+            for m in range(metrics):
+                p.metrics.add(alias=m + 1, timestamp=ts + r, datatype=10, double_value=float(m))
+            messages.append((f"spBv1.0/g/DDATA/n/pump-{d:03d}", p.SerializeToString()))
+    t0 = time.perf_counter()
+    for topic, payload in messages:
+        adapter.on_message(topic, payload)
+    adapter.flush()
+    return len(messages) * metrics / (time.perf_counter() - t0)
 
 
 def modbus_spec(port: int, registers: int, **kw: Any) -> ModbusSpec:
@@ -283,11 +348,14 @@ def main(argv: list[str] | None = None) -> None:
         metrics[f"opcua_{items}_items_offered_per_s"] = items / period
         metrics[f"opcua_{items}_items_values_per_s"] = rate
         metrics[f"opcua_{items}_items_monitored"] = float(monitored)
+    metrics["opcua_adapter_decode_values_per_s"] = opcua_decode_rate(1_000 if quick else 10_000)
     rate, polls = modbus_rate(seconds)
     metrics["modbus_100_registers_values_per_s"] = rate
     metrics["modbus_polls_per_s"] = polls
     spb = sparkplug_rate(50 if quick else 500, 20, seconds)
     metrics["sparkplug_metrics_per_s"] = spb["metrics_per_s"]
+    metrics["sparkplug_adapter_decode_metrics_per_s"] = sparkplug_decode_rate(
+        50 if quick else 500)
     metrics["sparkplug_metrics_offered_per_s"] = spb["sent"] / (seconds + 3)
     # QoS 0 from the edge: what the broker dropped while the adapter's socket was backed up
     metrics["sparkplug_metrics_not_received_qos0"] = float(max(0, spb["sent"] - spb["received"]))

@@ -333,8 +333,8 @@ def poison(root: Path, n_valid: int, processes: int = 2) -> dict[str, float]:
         for body in POISON.values():
             pub.publish(topic_for("pump-01", "motor_current"), body).wait_for_publish(30)
         for k in range(n_valid):
-            pub.publish(topic_for("pump-02", "motor_current"),
-                        scalar_message("pump-02", "motor_current", k, 1)).wait_for_publish(30)
+            valid = scalar_message("pump-02", "motor_current", k, 1, rate_hz=100)
+            pub.publish(topic_for("pump-02", "motor_current"), valid).wait_for_publish(30)
             if k == n_valid // 2:
                 _wait(lambda: _count(rig.lake, "readings") > 0 or rig.died(), 120)
                 rig.kill(processes - 1)

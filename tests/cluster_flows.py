@@ -43,14 +43,31 @@ def fleet_timelines(n_machines: int, n_chunks: int) -> dict[str, Timeline]:
 
 
 def fleet_replay_flow(lake_uri: str, n_machines: int = 6, n_chunks: int = 40,
-                      speed: float | None = None) -> Dataflow:
+                      pause_s: float = 0.0) -> Dataflow:
     """The telemetry flow over the fleet's replay: one source partition per machine, so the
-    processes of a cluster each read their part."""
+    processes of a cluster each read their part.  ``pause_s`` before each micro-batch of 8
+    messages slows the run down without changing where its micro-batches are cut (pacing by
+    event time would: a resumed replay would then cut them elsewhere than the run it
+    resumes, see ``test_cluster``)."""
+    import time
+
     from bytewax_flows.replay import ReplaySource
     from bytewax_flows.telemetry import get_flow
 
-    return get_flow(ReplaySource(fleet_timelines(n_machines, n_chunks), speed=speed, batch=64),
-                    lake_uri)
+    class Slow(ReplaySource):
+        def build_part(self, step_id, for_part, resume_state):
+            part = super().build_part(step_id, for_part, resume_state)
+            if pause_s:
+                take = part.next_batch
+
+                def next_batch():
+                    time.sleep(pause_s)
+                    return take()
+
+                part.next_batch = next_batch
+            return part
+
+    return get_flow(Slow(fleet_timelines(n_machines, n_chunks), batch=8), lake_uri)
 
 
 def key_probe_flow(out_dir: str) -> Dataflow:

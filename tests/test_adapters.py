@@ -213,7 +213,10 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
             await server.write({temp: 60.0 + i})
             await asyncio.sleep(0.05)
         adapter, stop, task = await start()
-        await _until(lambda: adapter.status.backfilled >= 5, 20, "the backfill")
+        await _until(lambda: adapter.status.backfilled >= 5 and len(
+            [x for x in _values(sink)[("pump-01", "bearing_temp")] if x >= 60]) >= 5, 20,
+            "the backfill")
+        await asyncio.sleep(0.3)  # nothing more comes (no value twice)
         got = _values(sink)[("pump-01", "bearing_temp")]
         assert [x for x in got if x >= 60] == [60.0, 61.0, 62.0, 63.0, 64.0]  # in order, once
         assert adapter.status.last_reading_ts_us >= gap_start * 1e6
