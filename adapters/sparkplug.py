@@ -35,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from adapters.core import Adapter, now_us
+from adapters.proto import DataType
 from adapters.proto.sparkplug_b_pb2 import Payload
 from adapters.sinks import credentials
 
@@ -50,8 +51,9 @@ REPEAT_S = 60.0
 # Sparkplug data types -> how the value is carried and read
 _SIGNED_INT = {1: 8, 2: 16, 3: 32}  # Int8/16/32 travel as uint32 (two's complement)
 _UNSIGNED_INT = {5, 6, 7}
-_INT64, _UINT64, _FLOAT, _DOUBLE, _BOOLEAN = 4, 8, 9, 10, 11
-_DATETIME = 13
+_INT64, _UINT64, _FLOAT, _DOUBLE, _BOOLEAN = (DataType.Int64, DataType.UInt64, DataType.Float,
+                                              DataType.Double, DataType.Boolean)
+_DATETIME = DataType.DateTime
 
 
 def metric_value(m: Any) -> float | None:

@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
-from outbound import sparkplug_b_pb2 as spb
+from adapters.proto import DataType
+from adapters.proto import sparkplug_b_pb2 as spb
 from outbound.deliveries import DELIVERED, FAILED, DeliveryLog
 from outbound.state import AssetState, alert_key
 
@@ -38,13 +39,13 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "spBv1.0"
 METRICS: tuple[tuple[str, int], ...] = (
-    ("Health", spb.Double),
-    ("AnomalyScore", spb.Double),
-    ("RUL", spb.Double),
-    ("Alert/State", spb.String),
-    ("Alert/Active", spb.Boolean),
-    ("Alert/Severity", spb.String),
-    ("Alert/Id", spb.String),
+    ("Health", DataType.Double),
+    ("AnomalyScore", DataType.Double),
+    ("RUL", DataType.Double),
+    ("Alert/State", DataType.String),
+    ("Alert/Active", DataType.Boolean),
+    ("Alert/Severity", DataType.String),
+    ("Alert/Id", DataType.String),
 )
 """The metrics of each asset's device, in alias order."""
 
@@ -69,9 +70,9 @@ def sparkplug_metrics(state: AssetState) -> dict[str, Any]:
 def _set_value(metric: Any, datatype: int, value: Any) -> None:
     if value is None:
         metric.is_null = True
-    elif datatype == spb.Double:
+    elif datatype == DataType.Double:
         metric.double_value = float(value)
-    elif datatype == spb.Boolean:
+    elif datatype == DataType.Boolean:
         metric.boolean_value = bool(value)
     else:
         metric.string_value = str(value)
@@ -137,7 +138,7 @@ class StatePublisher:
 
     def _death(self) -> bytes:
         p = spb.Payload(timestamp=time.time_ns() // 1_000_000)
-        m = p.metrics.add(name="bdSeq", datatype=spb.Int64)
+        m = p.metrics.add(name="bdSeq", datatype=DataType.Int64)
         m.long_value = self.bd_seq
         return p.SerializeToString()
 
@@ -171,9 +172,9 @@ class StatePublisher:
         now_ms = time.time_ns() // 1_000_000
         self.seq = 0
         p = spb.Payload(timestamp=now_ms, seq=self._next_seq())
-        bd = p.metrics.add(name="bdSeq", datatype=spb.Int64, timestamp=now_ms)
+        bd = p.metrics.add(name="bdSeq", datatype=DataType.Int64, timestamp=now_ms)
         bd.long_value = self.bd_seq
-        rebirth = p.metrics.add(name="Node Control/Rebirth", datatype=spb.Boolean,
+        rebirth = p.metrics.add(name="Node Control/Rebirth", datatype=DataType.Boolean,
                                 timestamp=now_ms)
         rebirth.boolean_value = False
         self.client.publish(self._topic("NBIRTH"), p.SerializeToString(), qos=0)

@@ -62,20 +62,17 @@ LIMITS = {
 
 def publishers_for(plant: Any, simulated: list[str] | None = None) -> dict[str, list[str]]:
     """The broker's publishers as the plant file declares them: one login per site (its
-    gateway), allowed to write the topics of that site's assets, and ``simulator`` for the
-    simulated fleet's assets.  An asset the plant declares only by a ``match`` pattern has no
-    fixed topic to grant: its ids must come concretely (``simulated``), and each of those must
-    be one the plant declares."""
+    gateway), allowed to write the topics of that site's assets, and ``simulator`` for those of
+    the simulated fleet's assets (``simulated``) the plant declares, if any.  An asset the plant
+    declares only by a ``match`` pattern has no fixed topic to grant: its ids must come
+    concretely (``simulated``)."""
     out: dict[str, list[str]] = {}
     for asset in plant.assets.values():
         if asset.match is None:
             out.setdefault(f"site-{asset.site}", []).append(asset.asset_id)
-    if simulated:
-        unknown = [a for a in simulated if plant.asset(a) is None]
-        if unknown:
-            raise BrokerError(f"the plant {plant.path} declares no asset {unknown[0]!r}: add it "
-                              f"(or a match pattern for it) before publishing its readings")
-        out["simulator"] = list(simulated)
+    declared = [a for a in simulated or () if plant.asset(a) is not None]
+    if declared:
+        out["simulator"] = declared
     return out
 
 

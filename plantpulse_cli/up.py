@@ -265,7 +265,7 @@ def services(
     if recovery_dir:
         stream += ["-r", recovery_dir, "-b", "0"]
     out.append(Service("stream", stream))
-    if mqtt is not None:
+    if mqtt is not None and "simulator" in publishers:  # the plant declares the simulated fleet
         out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
     if mqtt is not None and adapters is not None:
         out.append(Service("adapters", [py, "-m", "adapters.run", adapters, "--broker-port",
@@ -286,7 +286,8 @@ def services(
 
 
 def adapter_acl(plant_file: str | None, port: int) -> dict[str, list[str]]:
-    """Broker users for a plant's adapters: each writes ``plantpulse/+/<its id>``; a Sparkplug
+    """Broker users for a plant's adapters: each writes ``plantpulse/<asset>/<its id>`` for the
+    assets it is bound to; a Sparkplug
     adapter on this broker reads and commands ``spBv1.0/<group>/#`` as its credentials' user,
     beside which a ``sparkplug-edge`` user may publish there (the edge nodes)."""
     if plant_file is None:
@@ -295,7 +296,12 @@ def adapter_acl(plant_file: str | None, port: int) -> dict[str, list[str]]:
 
     out: dict[str, list[str]] = {}
     for spec in load_plant(plant_file).adapters:
-        out[spec.id] = [f"topic write plantpulse/+/{spec.id}"]
+        # the topics of the assets it is bound to (a templated Sparkplug asset, ``{device}``,
+        # is any asset: the stream still takes only assets the plant declares, each on its
+        # own topic)
+        assets = sorted({b.asset for b in spec.bindings})
+        out[spec.id] = ([f"topic write plantpulse/+/{spec.id}"] if any("{" in a for a in assets)
+                        else [f"topic write plantpulse/{a}/{spec.id}" for a in assets])
         if spec.kind == "sparkplug" and spec.endpoint.endswith(f":{port}"):
             rules = [f"topic readwrite spBv1.0/{spec.group}/#",
                      f"topic readwrite spBv1.0/STATE/{spec.host_id}"]

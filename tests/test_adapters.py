@@ -473,7 +473,7 @@ def test_up_runs_the_adapters_with_their_own_broker_users(tmp_path):
     from plantpulse_cli.up import adapter_acl, services
 
     acl = adapter_acl(str(EXAMPLE), 1883)
-    assert acl["plc-modbus"] == ["topic write plantpulse/+/plc-modbus"]
+    assert acl["plc-modbus"] == ["topic write plantpulse/pump-02/plc-modbus"]  # its assets
     assert "topic readwrite spBv1.0/plant1/#" in acl["sparkplug"]
     running = services("127.0.0.1", 3000, ui=False, mqtt=("/usr/sbin/mosquitto", 1883),
                        home=str(tmp_path), adapters=str(EXAMPLE))

@@ -651,7 +651,7 @@ def test_the_broker_grants_topics_from_the_plant_file(tmp_path: Path):
     """One login per site with the topics of its declared assets; the simulator's assets must
     be ones the plant declares (a pattern is not a topic, so it grants nothing by itself)."""
     from plant import load_plant
-    from plantpulse_cli.broker import BrokerError, publishers_for
+    from plantpulse_cli.broker import publishers_for
 
     plant_file = tmp_path / "plant.yaml"
     plant_file.write_text(
@@ -675,5 +675,6 @@ def test_the_broker_grants_topics_from_the_plant_file(tmp_path: Path):
     acl = (tmp_path / "broker" / "acl").read_text()
     assert "user site-north\ntopic write plantpulse/fan-1/#\ntopic write plantpulse/fan-2/#" in acl
     assert "plantpulse/sim/#" not in acl and "sim-*" not in acl
-    with pytest.raises(BrokerError, match="declares no asset 'pump-01'"):
-        publishers_for(plant, ["pump-01"])
+    # the simulator publishes only the fleet assets the plant declares (none: no login at all)
+    assert publishers_for(plant, ["sim-1", "pump-01"])["simulator"] == ["sim-1"]
+    assert "simulator" not in publishers_for(plant, ["pump-01"])

@@ -20,8 +20,9 @@ import paho.mqtt.client as mqtt
 import pytest
 from asyncua import Client, ua
 
+from adapters.proto import DataType
+from adapters.proto import sparkplug_b_pb2 as spb
 from lake import Lake
-from outbound import sparkplug_b_pb2 as spb
 from outbound.__main__ import main as outbound_main
 from outbound.service import Outbound
 from outbound.state import StateBook, alert_key
@@ -74,7 +75,8 @@ def _alert(lake: Lake, asset: str, opened_us: int, status: str = "open",
         "severity": [severity], "status": [status],
         "summary": [f"{asset}: vibration unlike this machine's normal; anomaly score 30.0"],
         "top_features": [[{"feature": "env_bpfo_1", "contribution": 21.0},
-                          {"feature": "vib_kurtosis", "contribution": 5.5}]]})
+                          {"feature": "vib_kurtosis", "contribution": 5.5}]],
+        "suspected_cause": [None], "downstream_effects": [None]})
     return aid
 
 
@@ -213,7 +215,7 @@ def test_a_subscriber_sees_each_assets_state_and_sparkplug_metrics(tmp_path: Pat
         assert metrics["Alert/Severity"].string_value == "critical"
         assert metrics["Alert/Active"].boolean_value is True
         assert metrics["RUL"].is_null  # no RUL model scores this asset
-        assert metrics["Health"].datatype == spb.Double
+        assert metrics["Health"].datatype == DataType.Double
         alias = metrics["Alert/State"].alias
         # a dashboard subscribing later still gets the state: it is retained
         states = _subscriber(port, auth, ["plantpulse-out/#"])
