@@ -133,7 +133,8 @@ def test_a_cluster_over_the_partitioned_replay_writes_what_one_worker_writes(
     assert_same_contents(one_worker, lake, f"{processes} processes")
 
 
-@pytest.mark.parametrize("restart_with", [2, 3], ids=["restart", "rescale-to-3"])
+@pytest.mark.parametrize("restart_with", [2, pytest.param(3, marks=pytest.mark.long)],
+                         ids=["restart", "rescale-to-3"])
 def test_kill_9_of_one_process_and_a_cluster_restart_lose_and_duplicate_nothing(
         one_worker: dict[str, Counter], tmp_path: Path, restart_with: int):
     """The replay slowed down (so the kill lands mid-run) through 2 processes with recovery
@@ -219,6 +220,7 @@ def test_an_mqtt_cluster_writes_what_one_worker_writes(tmp_path: Path,
     assert series[0] == series[1] and len(series[0]) == 9
 
 
+@pytest.mark.long  # bench.reliability --parts kill runs it at 20 points
 def test_a_kill_matrix_over_an_mqtt_cluster_loses_and_duplicates_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Issue 13.5 with several workers: a publisher keeps sending through the broker to a
