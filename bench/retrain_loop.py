@@ -168,8 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
             due = alerts[[now - alert_seen[a] >= args.label_delay for a in alerts["alert_id"]]]
             rows = confirmations(due, faults, labelled, pd.Timestamp.max.tz_localize("UTC"), 0.0,
                                  args.never)
-            never |= {a for a, m in zip(due["alert_id"], due["asset_id"], strict=True)
-                      if m in {f.asset_id for f in faults} and never_confirmed(a, args.never)}
+            if len(due):
+                never |= {a for a, m in zip(due["alert_id"], due["asset_id"], strict=True)
+                          if m in {f.asset_id for f in faults} and never_confirmed(a, args.never)}
             if rows:
                 lake.append("maintenance_events", pd.DataFrame(rows))
                 labelled |= {r["detail"].split(";")[0].removeprefix("confirms alert ")
