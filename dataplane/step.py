@@ -274,7 +274,6 @@ class ShardState:
             self.contracts[sid] = c
             self.low[sid], self.high[sid] = c.low, c.high
             self.lateness[sid] = round(c.allowed_lateness_s * 1e6)
-            self.slope[sid] = c.watched_as == "slope"
             changed += 1
         if changed:
             self.max_lateness = int(self.lateness[: self.n].max(initial=0))

@@ -61,6 +61,7 @@ NEWEST_COLUMN = {
     "maintenance_events": "ts",
     "model_decisions": "ts",
     "sensor_daily_stats": "last_ts",
+    "sensor_proposals": "profiled_ts",
 }
 """The column ``status`` reports as ``newest`` for the tables without a declared time column."""
 

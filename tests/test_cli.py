@@ -109,6 +109,8 @@ def test_alerts_show_the_current_state_of_each_alert(tmp_path: Path):
             "status": ["open", "closed", "open"],
             "summary": ["outer_race suspected", "outer_race suspected", "inner_race suspected"],
             "top_features": [top, top, top],
+            "suspected_cause": [None, None, None],
+            "downstream_effects": [None, None, None],
         }
     )
     rows["closed_ts"] = pd.to_datetime(rows["closed_ts"], utc=True)

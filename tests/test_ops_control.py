@@ -99,7 +99,8 @@ def test_the_automation_condition_sensor_runs_by_default():
 def _alert(alert_id: str, asset: str, opened: pd.Timestamp) -> dict:
     return dict(alert_id=alert_id, asset_id=asset, opened_ts=opened, closed_ts=pd.NaT,
                 updated_ts=opened, severity="warning", status="open", summary="anomaly",
-                top_features=[{"feature": "vib_kurtosis", "contribution": 1.0}])
+                top_features=[{"feature": "vib_kurtosis", "contribution": 1.0}],
+                suspected_cause=None, downstream_effects=None)
 
 
 def test_the_technician_confirms_only_alerts_on_faulted_machines_after_a_delay():
