@@ -270,7 +270,7 @@ def services(
     if mqtt is not None and adapters is not None:
         out.append(Service("adapters", [py, "-m", "adapters.run", adapters, "--broker-port",
                                         str(mqtt[1])]))
-    elif technician:  # confirms alerts on machines the simulator has faulted, late or never
+    if mqtt is None and technician:  # confirms alerts on machines the simulator faulted, late or never
         out.append(Service("technician", [py, "-m", "plantpulse_cli.technician"]))
     if outbound:
         out.append(Service("outbound", [py, "-m", "outbound"], env=_outbound_env(mqtt, home)))
