@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 from bench.common import free_ports, parser, report
 from bench.plant import SCALAR_HZ, SHAPES, run_processes, throughput
@@ -34,11 +35,13 @@ TARGETS = {"speedup_2p": ">= 1.6"}
 
 
 @contextlib.contextmanager
-def moto_s3() -> Iterator[dict[str, str]]:
-    """moto's S3 server on a free loopback port; yields the ``AWS_*`` environment reaching it."""
+def moto_s3(log: Path | None = None) -> Iterator[dict[str, str]]:
+    """moto's S3 server on a free loopback port; yields the ``AWS_*`` environment reaching it.
+    Its output goes to ``log`` (discarded without one), whose tail a start-up failure quotes."""
     port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "wb") if log else open(os.devnull, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -47,7 +50,8 @@ def moto_s3() -> Iterator[dict[str, str]]:
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto's S3 server did not start") from None
+                    tail = log.read_text()[-2000:] if log else ""
+                    raise RuntimeError(f"moto's S3 server did not start {tail}") from None
                 time.sleep(0.1)
         yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
