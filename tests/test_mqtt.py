@@ -102,7 +102,8 @@ def _numbered(publisher: str, seq: str) -> Properties:
     return props
 
 
-def _run_while_publishing(source: MQTTSource, lake: Lake, messages: list[tuple[str, bytes]]):
+def _run_while_publishing(source: MQTTSource, lake: Lake, messages: list[tuple[str, bytes]],
+                          auth: tuple[str, str] | None = None):
     done = threading.Event()
 
     def run() -> None:
@@ -114,7 +115,7 @@ def _run_while_publishing(source: MQTTSource, lake: Lake, messages: list[tuple[s
     t = threading.Thread(target=run, daemon=True)
     t.start()
     time.sleep(1.5)  # the worker connects and subscribes
-    publish(messages, port=source.port)
+    publish(messages, port=source.port, auth=auth)
     assert done.wait(60), "the flow did not stop after the input went idle"
 
 
@@ -620,25 +621,9 @@ def test_a_payload_speaking_for_another_asset_than_its_topic_is_dead_lettered(br
     _, t0, rate, x = sim.chunk("pump-01", 0).frames[0]
     forged = [_reading(k) for k in range(3)] + [encode_frame("pump-01", "vib_de", t0, rate, x)]
     own = [_reading(k, "pump-99") for k in range(4)]
-    intruder = _client(broker, "intruder")
-    source = MQTTSource(port=broker, group="mismatch", idle_stop_s=3.0)
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            run_main(build_flow(source, DeltaSink(lake.uri, max_rows=10_000, max_age_s=0.2)))
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    time.sleep(1.5)
-    try:
-        for payload in forged + own:
-            intruder.publish(topic_for("pump-99", "motor_current"), payload, 1).wait_for_publish(5)
-    finally:
-        intruder.loop_stop()
-        intruder.disconnect()
-    assert done.wait(60)
+    _run_while_publishing(MQTTSource(port=broker, group="mismatch", idle_stop_s=3.0), lake,
+                          [(topic_for("pump-99", "motor_current"), p) for p in forged + own],
+                          auth=credentials("intruder"))
     readings = lake.read("readings")
     assert set(readings["asset_id"]) == {"pump-99"} and len(readings) == 4
     dead = lake.read("dead_letter")
