@@ -82,9 +82,11 @@ class DiskBuffer:
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY "
-                            "AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, "
-                            "n INTEGER NOT NULL)")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS queue (id INTEGER PRIMARY KEY "
+                "AUTOINCREMENT, topic TEXT NOT NULL, payload BLOB NOT NULL, "
+                "n INTEGER NOT NULL)"
+            )
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('base_us', ?)", (now_us(),))
             for k in ("overflow_messages", "overflow_readings"):
@@ -93,8 +95,9 @@ class DiskBuffer:
             self.base_us = int(meta["base_us"])
             self.overflow_messages = int(meta["overflow_messages"])
             self.overflow_readings = int(meta["overflow_readings"])
-            row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), "
-                                  "COALESCE(SUM(n), 0) FROM queue").fetchone()
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), COALESCE(SUM(n), 0) FROM queue"
+            ).fetchone()
             self.messages, self.bytes, self.readings = (int(x) for x in row)
 
     def put(self, records: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int]]:
@@ -102,14 +105,14 @@ class DiskBuffer:
         evicted: list[tuple[str, bytes, int]] = []
         with self.lock:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT INTO queue (topic, payload, n) VALUES (?, ?, ?)",
-                                records)
+            self.db.executemany("INSERT INTO queue (topic, payload, n) VALUES (?, ?, ?)", records)
             self.messages += len(records)
             self.bytes += sum(len(p) for _, p, _ in records)
             self.readings += sum(n for *_, n in records)
             while self.bytes > self.max_bytes and self.messages:
-                rows = self.db.execute("SELECT id, topic, payload, n FROM queue ORDER BY id "
-                                       "LIMIT 256").fetchall()
+                rows = self.db.execute(
+                    "SELECT id, topic, payload, n FROM queue ORDER BY id LIMIT 256"
+                ).fetchall()
                 cut = []
                 for rid, topic, payload, n in rows:
                     if self.bytes <= self.max_bytes:
@@ -123,26 +126,33 @@ class DiskBuffer:
             if evicted:
                 self.overflow_messages += len(evicted)
                 self.overflow_readings += sum(n for *_, n in evicted)
-                self.db.executemany("UPDATE meta SET v = ? WHERE k = ?", [
-                    (self.overflow_messages, "overflow_messages"),
-                    (self.overflow_readings, "overflow_readings")])
+                self.db.executemany(
+                    "UPDATE meta SET v = ? WHERE k = ?",
+                    [
+                        (self.overflow_messages, "overflow_messages"),
+                        (self.overflow_readings, "overflow_readings"),
+                    ],
+                )
             self.db.execute("COMMIT")
         return evicted
 
     def peek(self, limit: int = 256) -> list[tuple[int, str, bytes, int]]:
         """The oldest records: ``(seq, topic, payload, n_readings)``."""
         with self.lock:
-            rows = self.db.execute("SELECT id, topic, payload, n FROM queue ORDER BY id "
-                                   "LIMIT ?", (limit,)).fetchall()
+            rows = self.db.execute(
+                "SELECT id, topic, payload, n FROM queue ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
         return [(self.base_us + rid, topic, payload, n) for rid, topic, payload, n in rows]
 
     def drop(self, upto_seq: int) -> None:
         """Delete every record up to ``upto_seq`` (the sink has them)."""
         with self.lock:
             rid = upto_seq - self.base_us
-            row = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), "
-                                  "COALESCE(SUM(n), 0) FROM queue WHERE id <= ?",
-                                  (rid,)).fetchone()
+            row = self.db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0), "
+                "COALESCE(SUM(n), 0) FROM queue WHERE id <= ?",
+                (rid,),
+            ).fetchone()
             self.db.execute("DELETE FROM queue WHERE id <= ?", (rid,))
             self.messages -= int(row[0])
             self.bytes -= int(row[1])
@@ -150,8 +160,9 @@ class DiskBuffer:
 
     def file_bytes(self) -> int:
         """The buffer's size on disk (database and write-ahead log)."""
-        return sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*")
-                   if p.exists())
+        return sum(
+            p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.exists()
+        )
 
     def close(self) -> None:
         with self.lock:
@@ -170,13 +181,28 @@ class DeadLetters:
         self.by_reason: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
 
-    def add(self, raw: bytes, reason: str, detail: str, asset_id: str | None = None,
-            sensor_id: str | None = None) -> None:
+    def add(
+        self,
+        raw: bytes,
+        reason: str,
+        detail: str,
+        asset_id: str | None = None,
+        sensor_id: str | None = None,
+    ) -> None:
         ts = datetime.now(UTC)
         with self.lock:
-            self.rows.append({"received_ts": ts, "source": self.source, "raw": raw,
-                              "reason": reason, "detail": detail[:2000], "asset_id": asset_id,
-                              "sensor_id": sensor_id, "date": ts.date()})
+            self.rows.append(
+                {
+                    "received_ts": ts,
+                    "source": self.source,
+                    "raw": raw,
+                    "reason": reason,
+                    "detail": detail[:2000],
+                    "asset_id": asset_id,
+                    "sensor_id": sensor_id,
+                    "date": ts.date(),
+                }
+            )
             self.count += 1
             self.by_reason[reason] += 1
         log.warning("%s: dead letter %s: %s", self.source, reason, detail[:300])
@@ -293,8 +319,14 @@ class Forwarder(threading.Thread):
     """Drains a ``DiskBuffer`` into a ``Sink``, oldest first, in chunks of ``chunk``; a record
     is deleted only once the sink has acknowledged it."""
 
-    def __init__(self, adapter_id: str, buffer: DiskBuffer, sink: Sink, status: AdapterStatus,
-                 chunk: int = 256):
+    def __init__(
+        self,
+        adapter_id: str,
+        buffer: DiskBuffer,
+        sink: Sink,
+        status: AdapterStatus,
+        chunk: int = 256,
+    ):
         super().__init__(name=f"forward-{adapter_id}", daemon=True)
         self.adapter_id, self.buffer, self.sink, self.status = adapter_id, buffer, sink, status
         self.chunk = chunk
@@ -347,8 +379,9 @@ class Adapter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.buffer = DiskBuffer(self.dir / "buffer.sqlite", int(spec.buffer_mb * 1024 * 1024))
         self.dead = DeadLetters(lake, f"{self.kind}:{spec.id}")
-        self.status = AdapterStatus(spec.id, self.kind, spec.endpoint,
-                                    buffer_bound_bytes=self.buffer.max_bytes)
+        self.status = AdapterStatus(
+            spec.id, self.kind, spec.endpoint, buffer_bound_bytes=self.buffer.max_bytes
+        )
         self.forwarder = Forwarder(spec.id, self.buffer, sink, self.status)
         self._cols: dict[str, list[tuple[list[str] | str, Any, Any]]] = defaultdict(list)
         self._pending = 0
@@ -389,18 +422,30 @@ class Adapter:
                 sensors.extend(s if isinstance(s, list) else [s] * len(t))
                 ts.extend(t.tolist() if isinstance(t, np.ndarray) else t)
                 values.extend(v.tolist() if isinstance(v, np.ndarray) else v)
-            records.append((f"plantpulse/{asset}/{self.spec.id}",
-                            encode_arrow(asset, np.array(sensors, object),
-                                         np.array(ts, np.int64), np.array(values, np.float64)),
-                            len(ts)))
+            records.append(
+                (
+                    f"plantpulse/{asset}/{self.spec.id}",
+                    encode_arrow(
+                        asset,
+                        np.array(sensors, object),
+                        np.array(ts, np.int64),
+                        np.array(values, np.float64),
+                    ),
+                    len(ts),
+                )
+            )
         for topic, payload, count in self.buffer.put(records):
             asset = topic.split("/")[1]
-            self.dead.add(payload, "buffer_overflow",
-                          f"store-and-forward buffer of {self.spec.id} over its bound of "
-                          f"{self.buffer.max_bytes} bytes: its oldest message ({count} "
-                          f"readings) evicted here ({self.buffer.overflow_messages} messages, "
-                          f"{self.buffer.overflow_readings} readings so far); replayable",
-                          asset, None)
+            self.dead.add(
+                payload,
+                "buffer_overflow",
+                f"store-and-forward buffer of {self.spec.id} over its bound of "
+                f"{self.buffer.max_bytes} bytes: its oldest message ({count} "
+                f"readings) evicted here ({self.buffer.overflow_messages} messages, "
+                f"{self.buffer.overflow_readings} readings so far); replayable",
+                asset,
+                None,
+            )
         self.forwarder.wake.set()
         return n
 
@@ -422,8 +467,14 @@ class Adapter:
         tmp.write_text(json.dumps(asdict(s), default=str))
         tmp.replace(self.dir / "status.json")
 
-    def reject(self, raw: bytes, reason: str, detail: str, asset_id: str | None = None,
-               sensor_id: str | None = None) -> None:
+    def reject(
+        self,
+        raw: bytes,
+        reason: str,
+        detail: str,
+        asset_id: str | None = None,
+        sensor_id: str | None = None,
+    ) -> None:
         self.dead.add(raw, reason, detail, asset_id, sensor_id)
 
     # -- the connection ---------------------------------------------------------------------
@@ -439,8 +490,10 @@ class Adapter:
     async def run(self, stop: asyncio.Event) -> None:
         """Sessions until ``stop``, reconnecting with backoff; the flush and status tasks."""
         self.forwarder.start()
-        tasks = [asyncio.create_task(self._every(self.spec.flush_ms / 1000, self.flush, stop)),
-                 asyncio.create_task(self._every(1.0, self._housekeeping, stop))]
+        tasks = [
+            asyncio.create_task(self._every(self.spec.flush_ms / 1000, self.flush, stop)),
+            asyncio.create_task(self._every(1.0, self._housekeeping, stop)),
+        ]
         backoff = Backoff(cap=self.spec.reconnect_max_s)
         try:
             while not stop.is_set():
@@ -451,8 +504,9 @@ class Adapter:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any failure: reconnect
                     self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
-                    log.warning("%s %s: %s; reconnecting", self.kind, self.spec.id,
-                                self.status.last_error)
+                    log.warning(
+                        "%s %s: %s; reconnecting", self.kind, self.spec.id, self.status.last_error
+                    )
                 if self.status.connected:
                     self.status.connected = False
                     self.status.reconnects += 1

@@ -70,8 +70,9 @@ def plan_reads(bindings: list[Any]) -> list[_Read]:
         cur: _Read | None = None
         for b in sorted((b for b in bindings if b.table == table), key=lambda b: b.address):
             end = b.address + MODBUS_TYPES[b.type]
-            if cur is not None and (b.address - (cur.start + cur.count) <= MAX_GAP
-                                    and end - cur.start <= MAX_WORDS):
+            if cur is not None and (
+                b.address - (cur.start + cur.count) <= MAX_GAP and end - cur.start <= MAX_WORDS
+            ):
                 cur.count = max(cur.count, end - cur.start)
                 cur.bindings.append(b)
                 continue
@@ -92,8 +93,9 @@ class ModbusAdapter(Adapter):
         self.polls = 0
 
     async def session(self, stop: asyncio.Event) -> None:
-        client = AsyncModbusTcpClient(self.host, port=self.port, timeout=self.spec.timeout_s,
-                                      retries=0, reconnect_delay=0)
+        client = AsyncModbusTcpClient(
+            self.host, port=self.port, timeout=self.spec.timeout_s, retries=0, reconnect_delay=0
+        )
         try:
             if not await client.connect():
                 raise ConnectionError(f"no Modbus server on {self.host}:{self.port}")
@@ -112,10 +114,10 @@ class ModbusAdapter(Adapter):
         finally:
             client.close()
 
-    async def _read(self, client: AsyncModbusTcpClient, table: str, start: int,
-                    count: int) -> list[int]:
-        fn = (client.read_holding_registers if table == "holding"
-              else client.read_input_registers)
+    async def _read(
+        self, client: AsyncModbusTcpClient, table: str, start: int, count: int
+    ) -> list[int]:
+        fn = client.read_holding_registers if table == "holding" else client.read_input_registers
         try:
             rr = await fn(start, count=count, device_id=self.spec.unit_id)
         except ModbusException as exc:
@@ -136,15 +138,14 @@ class ModbusAdapter(Adapter):
                 for b in read.bindings:  # binding by binding: only the bad ones fail
                     n = MODBUS_TYPES[b.type]
                     try:
-                        self._emit(b, await self._read(client, b.table, b.address, n),
-                                   now_us())
+                        self._emit(b, await self._read(client, b.table, b.address, n), now_us())
                     except _Refused as exc:
                         self._bad_binding(b, str(exc))
                 continue
             ts = now_us()
             for b in read.bindings:
                 off = b.address - read.start
-                self._emit(b, words[off:off + MODBUS_TYPES[b.type]], ts)
+                self._emit(b, words[off : off + MODBUS_TYPES[b.type]], ts)
 
     def _emit(self, b: Any, words: list[int], ts: int) -> None:
         self._bad.pop(id(b), None)
@@ -158,13 +159,24 @@ class ModbusAdapter(Adapter):
             self._bad[id(b)] = (last, repeats + 1)
             return
         self._bad[id(b)] = (now, 0)
-        raw = orjson.dumps({"endpoint": self.spec.endpoint, "unit_id": self.spec.unit_id,
-                            "table": b.table, "register": b.address, "type": b.type})
-        self.reject(raw, "modbus_error",
-                    f"{b.table} register {b.address} ({b.type}) of unit {self.spec.unit_id} "
-                    f"for {b.asset}/{b.sensor}: {detail[:300]}"
-                    + (f" ({repeats} more failed polls since the last report)"
-                       if repeats else ""), b.asset, b.sensor)
+        raw = orjson.dumps(
+            {
+                "endpoint": self.spec.endpoint,
+                "unit_id": self.spec.unit_id,
+                "table": b.table,
+                "register": b.address,
+                "type": b.type,
+            }
+        )
+        self.reject(
+            raw,
+            "modbus_error",
+            f"{b.table} register {b.address} ({b.type}) of unit {self.spec.unit_id} "
+            f"for {b.asset}/{b.sensor}: {detail[:300]}"
+            + (f" ({repeats} more failed polls since the last report)" if repeats else ""),
+            b.asset,
+            b.sensor,
+        )
 
 
 class _Refused(Exception):
@@ -176,4 +188,3 @@ def registers_for(value: float, type_: str, word_order: str = "big") -> list[int
     kind = AsyncModbusTcpClient.DATATYPE[type_.upper()]
     v: Any = value if type_.startswith("float") else int(value)
     return AsyncModbusTcpClient.convert_to_registers(v, kind, word_order)
-

@@ -97,8 +97,9 @@ class OpcuaAdapter(Adapter):
     # -- the newest timestamp of each node, kept on disk for the backfill ---------------------
     def _load_last_ts(self) -> dict[str, int]:
         try:
-            return {k: int(v) for k, v in json.loads((self.dir / "last_ts.json").read_text())
-                    .items()}
+            return {
+                k: int(v) for k, v in json.loads((self.dir / "last_ts.json").read_text()).items()
+            }
         except (OSError, ValueError, AttributeError):
             return {}
 
@@ -127,8 +128,13 @@ class OpcuaAdapter(Adapter):
         for asset, (sensors, ts, values) in out.items():
             self.emit(asset, sensors, ts, values)
 
-    def _value(self, b: Any, dv: Any, received: int,
-               out: dict[str, tuple[list[str], list[int], list[float]]]) -> None:
+    def _value(
+        self,
+        b: Any,
+        dv: Any,
+        received: int,
+        out: dict[str, tuple[list[str], list[int], list[float]]],
+    ) -> None:
         if dv is None:
             return
         status = dv.StatusCode
@@ -138,8 +144,12 @@ class OpcuaAdapter(Adapter):
         raw = dv.Value.Value if dv.Value is not None else None
         value = _number(raw)
         if value is None:
-            self._bad_node(b, "wrong_type", f"a {type(raw).__name__} value "
-                           f"({str(raw)[:80]!r}), not a number", dv)
+            self._bad_node(
+                b,
+                "wrong_type",
+                f"a {type(raw).__name__} value ({str(raw)[:80]!r}), not a number",
+                dv,
+            )
             return
         ts = _us(dv.SourceTimestamp) or _us(dv.ServerTimestamp) or received
         if ts <= self.last_ts.get(b.node, -1):
@@ -158,18 +168,31 @@ class OpcuaAdapter(Adapter):
             self._bad[b.node] = (last, repeats + 1)
             return
         self._bad[b.node] = (now, 0)
-        raw = orjson.dumps({"endpoint": self.spec.endpoint, "node": b.node,
-                            "value": None if dv is None or dv.Value is None
-                            else str(dv.Value.Value)[:500],
-                            "source_ts": None if dv is None else str(dv.SourceTimestamp)})
-        self.reject(raw, reason, f"node {b.node} bound to {b.asset}/{b.sensor}: {detail}"
-                    + (f" ({repeats} more since the last report)" if repeats else ""),
-                    b.asset, b.sensor)
+        raw = orjson.dumps(
+            {
+                "endpoint": self.spec.endpoint,
+                "node": b.node,
+                "value": None if dv is None or dv.Value is None else str(dv.Value.Value)[:500],
+                "source_ts": None if dv is None else str(dv.SourceTimestamp),
+            }
+        )
+        self.reject(
+            raw,
+            reason,
+            f"node {b.node} bound to {b.asset}/{b.sensor}: {detail}"
+            + (f" ({repeats} more since the last report)" if repeats else ""),
+            b.asset,
+            b.sensor,
+        )
 
     # -- the connection --------------------------------------------------------------------
     async def session(self, stop: asyncio.Event) -> None:
-        client = Client(self.spec.endpoint, timeout=self.spec.timeout_s,
-                        watchdog_intervall=1.0, auto_reconnect=False)
+        client = Client(
+            self.spec.endpoint,
+            timeout=self.spec.timeout_s,
+            watchdog_intervall=1.0,
+            auto_reconnect=False,
+        )
         auth = credentials(self.spec.credentials, self.dir.parent.parent)
         if auth is not None:
             client.set_user(auth[0])
@@ -219,7 +242,7 @@ class OpcuaAdapter(Adapter):
         self.by_handle = {}
         bindings = list(self.spec.bindings)
         for start in range(0, len(bindings), CHUNK):
-            chunk, requests = bindings[start:start + CHUNK], []
+            chunk, requests = bindings[start : start + CHUNK], []
             for b in chunk:
                 try:
                     node = client.get_node(b.node)
@@ -227,16 +250,22 @@ class OpcuaAdapter(Adapter):
                     self._bad_node(b, "unknown_node", f"not a NodeId: {exc}")
                     continue
                 req = sub._make_monitored_item_request(
-                    node, ua.AttributeIds.Value, None, self.spec.queue_size,
-                    ua.MonitoringMode.Reporting, self.spec.sampling_ms)
+                    node,
+                    ua.AttributeIds.Value,
+                    None,
+                    self.spec.queue_size,
+                    ua.MonitoringMode.Reporting,
+                    self.spec.sampling_ms,
+                )
                 self.by_handle[req.RequestedParameters.ClientHandle] = b
                 requests.append((b, req))
             results = await sub.create_monitored_items([r for _, r in requests])
             for (b, req), result in zip(requests, results, strict=True):
                 if isinstance(result, ua.StatusCode):
                     self.by_handle.pop(req.RequestedParameters.ClientHandle, None)
-                    self._bad_node(b, "unknown_node", f"the server refused to monitor it "
-                                   f"({result.name})")
+                    self._bad_node(
+                        b, "unknown_node", f"the server refused to monitor it ({result.name})"
+                    )
         return sub
 
     async def backfill(self, client: Client) -> int:
@@ -250,14 +279,15 @@ class OpcuaAdapter(Adapter):
         async def one(b: Any) -> list[Any]:
             start = max(floor, _EPOCH + timedelta(microseconds=self.last_ts[b.node] + 1))
             try:
-                return await client.get_node(b.node).read_raw_history(start, end, 0,
-                                                                       return_bounds=False)
+                return await client.get_node(b.node).read_raw_history(
+                    start, end, 0, return_bounds=False
+                )
             except (ua.UaError, ValueError, TimeoutError) as exc:
                 log.info("opcua %s: no history for %s (%s)", self.spec.id, b.node, exc)
                 return []
 
         for i in range(0, len(todo), 50):
-            part = todo[i:i + 50]
+            part = todo[i : i + 50]
             histories = await asyncio.gather(*(one(b) for b in part))
             out: dict[str, tuple[list[str], list[int], list[float]]] = {}
             received = now_us()
@@ -270,8 +300,7 @@ class OpcuaAdapter(Adapter):
                 self.emit(asset, sensors, ts, vals)
         self.status.backfilled += n
         if n:
-            log.info("opcua %s: backfilled %d values from the server's history", self.spec.id,
-                     n)
+            log.info("opcua %s: backfilled %d values from the server's history", self.spec.id, n)
         return n
 
 
@@ -280,18 +309,28 @@ class _NoHandler:
 
 
 # -- browsing ------------------------------------------------------------------------------
-_NUMERIC = {ua.VariantType.Boolean: False, ua.VariantType.SByte: True, ua.VariantType.Byte: True,
-            ua.VariantType.Int16: True, ua.VariantType.UInt16: True, ua.VariantType.Int32: True,
-            ua.VariantType.UInt32: True, ua.VariantType.Int64: True, ua.VariantType.UInt64: True,
-            ua.VariantType.Float: True, ua.VariantType.Double: True}
+_NUMERIC = {
+    ua.VariantType.Boolean: False,
+    ua.VariantType.SByte: True,
+    ua.VariantType.Byte: True,
+    ua.VariantType.Int16: True,
+    ua.VariantType.UInt16: True,
+    ua.VariantType.Int32: True,
+    ua.VariantType.UInt32: True,
+    ua.VariantType.Int64: True,
+    ua.VariantType.UInt64: True,
+    ua.VariantType.Float: True,
+    ua.VariantType.Double: True,
+}
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", text).strip("_") or "x"
 
 
-async def browse(url: str, max_depth: int = 6, auth: tuple[str, str] | None = None,
-                 limit: int = 100_000) -> list[dict[str, Any]]:
+async def browse(
+    url: str, max_depth: int = 6, auth: tuple[str, str] | None = None, limit: int = 100_000
+) -> list[dict[str, Any]]:
     """The numeric variables under the server's Objects folder: ``node`` (its NodeId),
     ``asset`` (its parent object's browse name) and ``sensor`` (its own), ``data_type``."""
     client = Client(url, timeout=10)
@@ -317,8 +356,14 @@ async def browse(url: str, max_depth: int = 6, auth: tuple[str, str] | None = No
                     except (ua.UaError, ValueError):
                         continue
                     if _NUMERIC.get(vt):
-                        found.append({"node": nid, "asset": _slug(parent or name),
-                                      "sensor": _slug(name), "data_type": vt.name})
+                        found.append(
+                            {
+                                "node": nid,
+                                "asset": _slug(parent or name),
+                                "sensor": _slug(name),
+                                "data_type": vt.name,
+                            }
+                        )
                 elif ref.NodeClass == ua.NodeClass.Object and depth < max_depth:
                     stack.append((client.get_node(ref.NodeId), name, depth + 1))
     found.sort(key=lambda f: (f["asset"], f["sensor"]))
@@ -340,8 +385,10 @@ def proposal_yaml(url: str, found: list[dict[str, Any]], adapter_id: str = "opcu
         "    bindings:",
     ]
     for f in found:
-        lines.append(f"      - {{node: {json.dumps(f['node'])}, asset: {f['asset']}, "
-                     f"sensor: {f['sensor']}}}  # {f['data_type']}")
+        lines.append(
+            f"      - {{node: {json.dumps(f['node'])}, asset: {f['asset']}, "
+            f"sensor: {f['sensor']}}}  # {f['data_type']}"
+        )
     if not found:
         lines.append("      []  # no numeric variables found")
     return "\n".join(lines) + "\n"

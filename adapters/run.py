@@ -53,16 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broker-host", default="127.0.0.1")
     ap.add_argument("--broker-port", type=int, default=1883)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     plant = load_plant(args.plant)
     settings = Settings.from_env()
     lake = Lake(settings.lake_uri)
     sinks: list[Sink] = []
 
     def sink_for(spec: Any) -> Sink:
-        sink = MqttSink(args.broker_host, args.broker_port, f"plantpulse-adapter-{spec.id}",
-                        credentials(spec.id, settings.home))
+        sink = MqttSink(
+            args.broker_host,
+            args.broker_port,
+            f"plantpulse-adapter-{spec.id}",
+            credentials(spec.id, settings.home),
+        )
         sinks.append(sink)
         return sink
 

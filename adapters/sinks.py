@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 PUBLISHER, SEQ = "pp-publisher", "pp-seq"  # the user properties bytewax_flows.mqtt reads
 
 
-def credentials(ref: str | None, home: str | Path | None = None,
-                env: dict[str, str] | None = None) -> tuple[str, str] | None:
+def credentials(
+    ref: str | None, home: str | Path | None = None, env: dict[str, str] | None = None
+) -> tuple[str, str] | None:
     """``(username, password)`` of the credentials named ``ref`` in a plant file:
     ``PLANTPULSE_<REF>_USERNAME`` / ``PLANTPULSE_<REF>_PASSWORD``, else the entry ``ref`` of
     ``<home>/credentials.json`` (``{"<ref>": {"username": ..., "password": ...}}``, or the
@@ -42,8 +43,10 @@ def credentials(ref: str | None, home: str | Path | None = None,
     key = "PLANTPULSE_" + "".join(c if c.isalnum() else "_" for c in ref).upper()
     if env.get(f"{key}_USERNAME"):
         return env[f"{key}_USERNAME"], env.get(f"{key}_PASSWORD", "")
-    for path in filter(None, (env.get("PLANTPULSE_ADAPTER_CREDENTIALS"),
-                              home and str(Path(home) / "credentials.json"))):
+    for path in filter(
+        None,
+        (env.get("PLANTPULSE_ADAPTER_CREDENTIALS"), home and str(Path(home) / "credentials.json")),
+    ):
         try:
             entries = json.loads(Path(path).read_text())
         except (OSError, ValueError):
@@ -60,12 +63,19 @@ class MqttSink:
     """The stream's broker at ``host:port``, logged in with ``auth``.  paho reconnects by
     itself (0.2..2 s); ``send`` raises ``ConnectionError`` while it is away."""
 
-    def __init__(self, host: str, port: int, client_id: str,
-                 auth: tuple[str, str] | None = None, timeout_s: float = 10.0):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        client_id: str,
+        auth: tuple[str, str] | None = None,
+        timeout_s: float = 10.0,
+    ):
         self.timeout_s = timeout_s
         self.connected = False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.client.suppress_exceptions = True
         self.client.enable_logger(logging.getLogger("paho.mqtt"))
         if auth is not None:
@@ -125,8 +135,9 @@ class DecodeSink:
     def send(self, adapter_id: str, records: list[tuple[int, str, bytes, int]]) -> None:
         if not self.available:
             raise ConnectionError("the stream is down")
-        d = decode_batch([Message(f"adapter:{adapter_id}", seq, 0, payload)
-                          for seq, _, payload, _ in records])
+        d = decode_batch(
+            [Message(f"adapter:{adapter_id}", seq, 0, payload) for seq, _, payload, _ in records]
+        )
         with self.lock:
             self.readings += d.n_readings
             self.messages += len(records)

@@ -51,8 +51,13 @@ REPEAT_S = 60.0
 # Sparkplug data types -> how the value is carried and read
 _SIGNED_INT = {1: 8, 2: 16, 3: 32}  # Int8/16/32 travel as uint32 (two's complement)
 _UNSIGNED_INT = {5, 6, 7}
-_INT64, _UINT64, _FLOAT, _DOUBLE, _BOOLEAN = (DataType.Int64, DataType.UInt64, DataType.Float,
-                                              DataType.Double, DataType.Boolean)
+_INT64, _UINT64, _FLOAT, _DOUBLE, _BOOLEAN = (
+    DataType.Int64,
+    DataType.UInt64,
+    DataType.Float,
+    DataType.Double,
+    DataType.Boolean,
+)
 _DATETIME = DataType.DateTime
 
 
@@ -118,8 +123,9 @@ class SparkplugAdapter(Adapter):
         self.client: mqtt.Client | None = None
 
     # -- bindings --------------------------------------------------------------------------
-    def binding(self, node: str, device: str | None, metric: str
-                ) -> tuple[str, str, float, float] | None:
+    def binding(
+        self, node: str, device: str | None, metric: str
+    ) -> tuple[str, str, float, float] | None:
         """``(asset, sensor, scale, offset)`` of a metric, or None when it is not bound."""
         key = (node, device, metric)
         try:
@@ -127,13 +133,22 @@ class SparkplugAdapter(Adapter):
         except KeyError:
             pass
         idx = self._index
-        b = (idx.get((node, device, metric)) or idx.get((None, device, metric))
-             or (device is not None and (idx.get((node, "*", metric))
-                                         or idx.get((None, "*", metric)))) or None)
+        b = (
+            idx.get((node, device, metric))
+            or idx.get((None, device, metric))
+            or (
+                device is not None
+                and (idx.get((node, "*", metric)) or idx.get((None, "*", metric)))
+            )
+            or None
+        )
         found = None
         if b is not None:
-            asset = (device or node) if b.asset == "{device}" else (
-                node if b.asset == "{node}" else b.asset)
+            asset = (
+                (device or node)
+                if b.asset == "{device}"
+                else (node if b.asset == "{node}" else b.asset)
+            )
             found = (asset, b.sensor, b.scale, b.offset)
         if len(self._bound) < 1_000_000:
             self._bound[key] = found
@@ -160,8 +175,12 @@ class SparkplugAdapter(Adapter):
         try:
             p = Payload.FromString(payload)
         except DecodeError as exc:
-            self.reject(payload, "malformed", f"{topic}: not a Sparkplug B payload ({exc})",
-                        device or node_id)
+            self.reject(
+                payload,
+                "malformed",
+                f"{topic}: not a Sparkplug B payload ({exc})",
+                device or node_id,
+            )
             self.request_rebirth(node_id, f"malformed payload on {topic}")
             return
         with self.lock:
@@ -179,11 +198,13 @@ class SparkplugAdapter(Adapter):
                     gap = None if p.seq == node.next_seq else node.next_seq
                     node.next_seq = (p.seq + 1) % 256
                 if gap is not None:
-                    self.reject(orjson.dumps({"topic": topic, "expected_seq": gap,
-                                              "seq": p.seq}), "sequence_gap",
-                                f"{topic}: seq {p.seq} where {gap} was due: "
-                                f"{(p.seq - gap) % 256} message(s) of node {node_id} missing",
-                                device or node_id)
+                    self.reject(
+                        orjson.dumps({"topic": topic, "expected_seq": gap, "seq": p.seq}),
+                        "sequence_gap",
+                        f"{topic}: seq {p.seq} where {gap} was due: "
+                        f"{(p.seq - gap) % 256} message(s) of node {node_id} missing",
+                        device or node_id,
+                    )
                     self.request_rebirth(node_id, "sequence gap")
                 if mtype == "DBIRTH":
                     node.aliases[device] = {}
@@ -192,17 +213,30 @@ class SparkplugAdapter(Adapter):
                     return
                 born = node.next_seq is not None and (device is None or device in node.aliases)
                 if not born:
-                    self.reject(payload, "not_born", f"{topic}: {mtype} from a "
-                                f"{'device' if device else 'node'} without a birth certificate",
-                                device or node_id)
+                    self.reject(
+                        payload,
+                        "not_born",
+                        f"{topic}: {mtype} from a "
+                        f"{'device' if device else 'node'} without a birth certificate",
+                        device or node_id,
+                    )
                     self.request_rebirth(node_id, f"{mtype} before its birth")
                     return
             aliases = node.aliases.setdefault(device, {})
             birth = mtype in ("NBIRTH", "DBIRTH")
             self._metrics(topic, p, node_id, device, aliases, node, birth, received)
 
-    def _metrics(self, topic: str, p: Any, node_id: str, device: str | None,
-                 aliases: dict[int, str], node: _Node, birth: bool, received: int) -> None:
+    def _metrics(
+        self,
+        topic: str,
+        p: Any,
+        node_id: str,
+        device: str | None,
+        aliases: dict[int, str],
+        node: _Node,
+        birth: bool,
+        received: int,
+    ) -> None:
         out: dict[str, tuple[list[str], list[int], list[float]]] = {}
         default_ts = p.timestamp * 1000 if p.timestamp else received
         unknown: list[int] = []
@@ -248,9 +282,13 @@ class SparkplugAdapter(Adapter):
         for asset, (sensors, tss, values) in out.items():
             self.emit(asset, sensors, tss, values)
         if unknown:
-            self.reject(orjson.dumps({"topic": topic, "aliases": unknown[:100]}),
-                        "unknown_alias", f"{topic}: {len(unknown)} metric(s) by alias never "
-                        f"declared in a birth ({unknown[:5]})", device or node_id)
+            self.reject(
+                orjson.dumps({"topic": topic, "aliases": unknown[:100]}),
+                "unknown_alias",
+                f"{topic}: {len(unknown)} metric(s) by alias never "
+                f"declared in a birth ({unknown[:5]})",
+                device or node_id,
+            )
             self.request_rebirth(node_id, "unknown alias")
 
     def _wrong_type(self, topic: str, m: Any, name: str, asset: str, sensor: str) -> None:
@@ -262,12 +300,22 @@ class SparkplugAdapter(Adapter):
             return
         self._bad[key] = (now, 0)
         value = m.WhichOneof("value")
-        self.reject(orjson.dumps({"topic": topic, "metric": name, "datatype": m.datatype,
-                                  "value": str(getattr(m, value) if value else None)[:500]}),
-                    "wrong_type", f"{topic}: metric {name!r} (datatype {m.datatype}) bound to "
-                    f"{asset}/{sensor} is not a number"
-                    + (f" ({repeats} more since the last report)" if repeats else ""),
-                    asset, sensor)
+        self.reject(
+            orjson.dumps(
+                {
+                    "topic": topic,
+                    "metric": name,
+                    "datatype": m.datatype,
+                    "value": str(getattr(m, value) if value else None)[:500],
+                }
+            ),
+            "wrong_type",
+            f"{topic}: metric {name!r} (datatype {m.datatype}) bound to "
+            f"{asset}/{sensor} is not a number"
+            + (f" ({repeats} more since the last report)" if repeats else ""),
+            asset,
+            sensor,
+        )
 
     def request_rebirth(self, node_id: str, why: str) -> bool:
         """NCMD ``Node Control/Rebirth`` to ``node_id`` (at most one every
@@ -290,14 +338,21 @@ class SparkplugAdapter(Adapter):
         lost = asyncio.Event()
         ready = asyncio.Event()
         state = f"{NAMESPACE}/STATE/{self.spec.host_id}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                             client_id=f"plantpulse-spb-{self.spec.id}", protocol=mqtt.MQTTv5)
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"plantpulse-spb-{self.spec.id}",
+            protocol=mqtt.MQTTv5,
+        )
         client.suppress_exceptions = True
         auth = credentials(self.spec.credentials, self.dir.parent.parent)
         if auth is not None:
             client.username_pw_set(*auth)
-        client.will_set(state, orjson.dumps({"online": False, "timestamp": now_us() // 1000}),
-                        qos=1, retain=True)
+        client.will_set(
+            state,
+            orjson.dumps({"online": False, "timestamp": now_us() // 1000}),
+            qos=1,
+            retain=True,
+        )
         refused: list[str] = []
 
         def on_connect(c, userdata, flags, reason, properties) -> None:
@@ -307,8 +362,12 @@ class SparkplugAdapter(Adapter):
                 return
             group = self.spec.group
             c.subscribe([(f"{NAMESPACE}/{group}/+/+", 1), (f"{NAMESPACE}/{group}/+/+/+", 1)])
-            c.publish(state, orjson.dumps({"online": True, "timestamp": now_us() // 1000}),
-                      qos=1, retain=True)
+            c.publish(
+                state,
+                orjson.dumps({"online": True, "timestamp": now_us() // 1000}),
+                qos=1,
+                retain=True,
+            )
             loop.call_soon_threadsafe(ready.set)
 
         def on_disconnect(c, userdata, flags, reason, properties) -> None:
@@ -321,26 +380,36 @@ class SparkplugAdapter(Adapter):
         client.on_message = on_message
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600  # what the nodes send meanwhile waits in the broker
-        await asyncio.to_thread(client.connect, self.host, self.port, 15, clean_start=False,
-                                properties=props)
+        await asyncio.to_thread(
+            client.connect, self.host, self.port, 15, clean_start=False, properties=props
+        )
         client.loop_start()
         self.client = client
         try:
             waiter = asyncio.create_task(ready.wait())
-            await asyncio.wait([waiter, asyncio.create_task(lost.wait())], timeout=10,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [waiter, asyncio.create_task(lost.wait())],
+                timeout=10,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if refused or not ready.is_set():
-                raise ConnectionError(f"broker {self.spec.endpoint}: "
-                                      f"{refused[0] if refused else 'no CONNACK in 10 s'}")
+                raise ConnectionError(
+                    f"broker {self.spec.endpoint}: "
+                    f"{refused[0] if refused else 'no CONNACK in 10 s'}"
+                )
             self.connected()
-            done, _ = await asyncio.wait([asyncio.create_task(stop.wait()),
-                                          asyncio.create_task(lost.wait())],
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [asyncio.create_task(stop.wait()), asyncio.create_task(lost.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if not stop.is_set():
                 raise ConnectionError(f"lost the broker {self.spec.endpoint}")
-            client.publish(state, orjson.dumps({"online": False,
-                                                "timestamp": now_us() // 1000}),
-                           qos=1, retain=True).wait_for_publish(2)
+            client.publish(
+                state,
+                orjson.dumps({"online": False, "timestamp": now_us() // 1000}),
+                qos=1,
+                retain=True,
+            ).wait_for_publish(2)
             client.disconnect()
         finally:
             self.client = None

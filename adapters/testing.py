@@ -28,8 +28,13 @@ class OpcuaTestServer:
     """Variables ``ns=2;s=<asset>.<sensor>`` under one object per asset, all historised
     (in memory), on ``opc.tcp://127.0.0.1:<port>/plantpulse/``."""
 
-    def __init__(self, tags: dict[str, list[str]], port: int | None = None,
-                 history: bool = True, strings: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        tags: dict[str, list[str]],
+        port: int | None = None,
+        history: bool = True,
+        strings: tuple[str, ...] = (),
+    ):
         self.tags, self.port, self.history = tags, port or free_port(), history
         self.strings = strings  # node ids that hold text (a wrongly typed tag)
         self.url = f"opc.tcp://127.0.0.1:{self.port}/plantpulse/"
@@ -52,8 +57,7 @@ class OpcuaTestServer:
                 self.nodes[f"ns={idx};s={nid}"] = var
         await server.start()
         if self.history:
-            await server.historize_node_data_change(list(self.nodes.values()), period=None,
-                                                    count=0)
+            await server.historize_node_data_change(list(self.nodes.values()), period=None, count=0)
         self.server = server
 
     async def write(self, values: dict[str, float], ts: Any = None) -> None:
@@ -62,9 +66,13 @@ class OpcuaTestServer:
 
         ts = ts or datetime.now(UTC)
         for nid, v in values.items():
-            dv = ua.DataValue(ua.Variant(v, ua.VariantType.Double if isinstance(v, float)
-                                         else ua.VariantType.String),
-                              SourceTimestamp=ts, ServerTimestamp=ts)
+            dv = ua.DataValue(
+                ua.Variant(
+                    v, ua.VariantType.Double if isinstance(v, float) else ua.VariantType.String
+                ),
+                SourceTimestamp=ts,
+                ServerTimestamp=ts,
+            )
             await self.server.write_attribute_value(self.nodes[nid].nodeid, dv)
 
     async def stop(self) -> None:
@@ -76,8 +84,13 @@ class OpcuaTestServer:
 class ModbusTestServer:
     """A Modbus TCP device (unit 1): ``holding`` and ``input`` registers 0..n-1."""
 
-    def __init__(self, n_holding: int = 200, n_input: int = 20, port: int | None = None,
-                 input_values: list[int] | None = None):
+    def __init__(
+        self,
+        n_holding: int = 200,
+        n_input: int = 20,
+        port: int | None = None,
+        input_values: list[int] | None = None,
+    ):
         self.port = port or free_port()
         self.n_holding, self.n_input = n_holding, n_input
         self.input_values = input_values or [0] * n_input
@@ -87,10 +100,15 @@ class ModbusTestServer:
     async def start(self) -> None:
         logging.getLogger("pymodbus").setLevel(logging.WARNING)
         bit = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
-        device = SimDevice(id=1, simdata=(
-            bit, list(bit),
-            [SimData(0, count=self.n_holding, values=0, datatype=DataType.REGISTERS)],
-            [SimData(0, values=list(self.input_values), datatype=DataType.REGISTERS)]))
+        device = SimDevice(
+            id=1,
+            simdata=(
+                bit,
+                list(bit),
+                [SimData(0, count=self.n_holding, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, values=list(self.input_values), datatype=DataType.REGISTERS)],
+            ),
+        )
         self.server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
         self.task = asyncio.create_task(self.server.serve_forever())
         for _ in range(100):
@@ -116,8 +134,15 @@ class SparkplugEdge:
     with aliases, data by alias with per-metric timestamps, numbered 0..255; it answers a
     rebirth command with new births and records it (``rebirths``)."""
 
-    def __init__(self, host: str, port: int, group: str, node: str,
-                 devices: dict[str, list[str]], auth: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        group: str,
+        node: str,
+        devices: dict[str, list[str]],
+        auth: tuple[str, str] | None = None,
+    ):
         import paho.mqtt.client as mqtt
 
         from adapters.proto.sparkplug_b_pb2 import Payload
@@ -126,10 +151,13 @@ class SparkplugEdge:
         self.group, self.node, self.devices = group, node, devices
         self.seq = 0
         self.rebirths = 0
-        self.alias = {(d, m): i + 1 for i, (d, m) in
-                      enumerate((d, m) for d, ms in devices.items() for m in ms)}
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"edge-{group}-{node}", protocol=mqtt.MQTTv5)
+        self.alias = {
+            (d, m): i + 1
+            for i, (d, m) in enumerate((d, m) for d, ms in devices.items() for m in ms)
+        }
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-{group}-{node}", protocol=mqtt.MQTTv5
+        )
         if auth:
             self.client.username_pw_set(*auth)
         self.client.on_message = self._on_command
@@ -156,12 +184,12 @@ class SparkplugEdge:
         for device, metrics in self.devices.items():
             p = self.Payload(timestamp=int(time.time() * 1000), seq=self._next())
             for m in metrics:
-                p.metrics.add(name=m, alias=self.alias[(device, m)], datatype=10,
-                              double_value=0.0)
+                p.metrics.add(name=m, alias=self.alias[(device, m)], datatype=10, double_value=0.0)
             self.publish(self._topic("DBIRTH", device), p.SerializeToString())
 
-    def data_payload(self, device: str, values: dict[str, Any], ts_ms: int,
-                     seq: int | None = None) -> bytes:
+    def data_payload(
+        self, device: str, values: dict[str, Any], ts_ms: int, seq: int | None = None
+    ) -> bytes:
         p = self.Payload(timestamp=ts_ms, seq=self._next() if seq is None else seq)
         for m, v in values.items():
             metric = p.metrics.add(alias=self.alias[(device, m)], timestamp=ts_ms)
@@ -192,8 +220,10 @@ async def _serve_opcua(items: int, port: int, period_s: float) -> None:
     from datetime import UTC, datetime
 
     per_asset = 100
-    tags = {f"pump-{a:03d}": [f"s{s:03d}" for s in range(per_asset)]
-            for a in range((items + per_asset - 1) // per_asset)}
+    tags = {
+        f"pump-{a:03d}": [f"s{s:03d}" for s in range(per_asset)]
+        for a in range((items + per_asset - 1) // per_asset)
+    }
     server = OpcuaTestServer(tags, port=port, history=False)
     await server.start()
     nodes = list(server.nodes.values())[:items]
@@ -206,8 +236,11 @@ async def _serve_opcua(items: int, port: int, period_s: float) -> None:
         for i, n in enumerate(nodes):
             wv = ua.WriteValue()
             wv.NodeId, wv.AttributeId = n.nodeid, ua.AttributeIds.Value
-            wv.Value = ua.DataValue(ua.Variant(float(k + i % 7), ua.VariantType.Double),
-                                    SourceTimestamp=now, ServerTimestamp=now)
+            wv.Value = ua.DataValue(
+                ua.Variant(float(k + i % 7), ua.VariantType.Double),
+                SourceTimestamp=now,
+                ServerTimestamp=now,
+            )
             params.NodesToWrite.append(wv)
         await server.server.iserver.isession.write(params)
         await asyncio.sleep(period_s)
@@ -220,15 +253,32 @@ async def _serve_modbus(port: int, n: int) -> None:
     await asyncio.Event().wait()
 
 
-def _publish_sparkplug(port: int, devices: int, metrics: int, seconds: float,
-                       auth: tuple[str, str] | None, nodes: int = 10) -> None:
+def _publish_sparkplug(
+    port: int,
+    devices: int,
+    metrics: int,
+    seconds: float,
+    auth: tuple[str, str] | None,
+    nodes: int = 10,
+) -> None:
     """``nodes`` edge nodes with ``devices`` devices in all, each of ``metrics`` metrics:
     births, then DDATA of every device (by alias, per-metric timestamps) as fast as the
     broker takes them, for ``seconds``; prints how many metrics it published."""
     per_node = devices // nodes
-    edges = [SparkplugEdge("127.0.0.1", port, "bench", f"node-{n}",
-                           {f"pump-{n * per_node + d:03d}": [f"m{m:02d}" for m in range(metrics)]
-                            for d in range(per_node)}, auth=auth) for n in range(nodes)]
+    edges = [
+        SparkplugEdge(
+            "127.0.0.1",
+            port,
+            "bench",
+            f"node-{n}",
+            {
+                f"pump-{n * per_node + d:03d}": [f"m{m:02d}" for m in range(metrics)]
+                for d in range(per_node)
+            },
+            auth=auth,
+        )
+        for n in range(nodes)
+    ]
     for e in edges:
         e.births()
     print("ready", flush=True)
@@ -263,10 +313,14 @@ if __name__ == "__main__":
     a = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if a.kind == "sparkplug":
-        _publish_sparkplug(a.port, a.items, a.metrics, a.seconds,
-                           (a.user, a.password) if a.user else None)
+        _publish_sparkplug(
+            a.port, a.items, a.metrics, a.seconds, (a.user, a.password) if a.user else None
+        )
         raise SystemExit(0)
-    main = (_serve_opcua(a.items, a.port, a.period) if a.kind == "opcua"
-            else _serve_modbus(a.port, a.items))
+    main = (
+        _serve_opcua(a.items, a.port, a.period)
+        if a.kind == "opcua"
+        else _serve_modbus(a.port, a.items)
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main)

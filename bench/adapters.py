@@ -50,8 +50,12 @@ NAME = "adapters"
 
 
 def _server(*args: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "adapters.testing", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "adapters.testing", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = proc.stdout.readline() if proc.stdout else ""
     if "ready" not in line:
         proc.kill()
@@ -95,16 +99,28 @@ def _home() -> str:
 
 def opcua_rate(items: int, seconds: float, period_s: float) -> tuple[float, int]:
     port = free_port()
-    proc = _server("opcua", "--port", str(port), "--items", str(items), "--period",
-                   str(period_s))
+    proc = _server("opcua", "--port", str(port), "--items", str(items), "--period", str(period_s))
     try:
-        spec = OpcuaSpec.model_validate({
-            "id": f"ua{items}", "kind": "opcua", "endpoint":
-            f"opc.tcp://127.0.0.1:{port}/plantpulse/", "sampling_ms": 0,
-            "publishing_ms": 100, "backfill": False, "queue_size": 1, "timeout_s": 60,
-            "bindings": [{"node": f"ns=2;s=pump-{i // 100:03d}.s{i % 100:03d}",
-                          "asset": f"pump-{i // 100:03d}", "sensor": f"s{i % 100:03d}"}
-                         for i in range(items)]})
+        spec = OpcuaSpec.model_validate(
+            {
+                "id": f"ua{items}",
+                "kind": "opcua",
+                "endpoint": f"opc.tcp://127.0.0.1:{port}/plantpulse/",
+                "sampling_ms": 0,
+                "publishing_ms": 100,
+                "backfill": False,
+                "queue_size": 1,
+                "timeout_s": 60,
+                "bindings": [
+                    {
+                        "node": f"ns=2;s=pump-{i // 100:03d}.s{i % 100:03d}",
+                        "asset": f"pump-{i // 100:03d}",
+                        "sensor": f"s{i % 100:03d}",
+                    }
+                    for i in range(items)
+                ],
+            }
+        )
         sink = CountSink()
         adapter = OpcuaAdapter(spec, _home(), None, sink)
         rate = asyncio.run(_run(adapter, lambda a: _rate(a, seconds)))
@@ -120,20 +136,39 @@ def opcua_decode_rate(items: int = 10_000, rounds: int = 5) -> float:
 
     from asyncua import ua
 
-    spec = OpcuaSpec.model_validate({
-        "id": "ua-decode", "kind": "opcua", "endpoint": "opc.tcp://127.0.0.1:1/",
-        "bindings": [{"node": f"ns=2;s=pump-{i // 100:03d}.s{i % 100:03d}",
-                      "asset": f"pump-{i // 100:03d}", "sensor": f"s{i % 100:03d}"}
-                     for i in range(items)]})
+    spec = OpcuaSpec.model_validate(
+        {
+            "id": "ua-decode",
+            "kind": "opcua",
+            "endpoint": "opc.tcp://127.0.0.1:1/",
+            "bindings": [
+                {
+                    "node": f"ns=2;s=pump-{i // 100:03d}.s{i % 100:03d}",
+                    "asset": f"pump-{i // 100:03d}",
+                    "sensor": f"s{i % 100:03d}",
+                }
+                for i in range(items)
+            ],
+        }
+    )
     adapter = OpcuaAdapter(spec, _home(), None, CountSink())
     adapter.by_handle = {h: b for h, b in enumerate(spec.bindings)}
     batches = []
     for r in range(rounds):
         now = datetime.now(UTC)
-        batches.append([ua.MonitoredItemNotification(
-            ClientHandle=h, Value=ua.DataValue(ua.Variant(float(r + h), ua.VariantType.Double),
-                                               SourceTimestamp=now, ServerTimestamp=now))
-            for h in range(items)])
+        batches.append(
+            [
+                ua.MonitoredItemNotification(
+                    ClientHandle=h,
+                    Value=ua.DataValue(
+                        ua.Variant(float(r + h), ua.VariantType.Double),
+                        SourceTimestamp=now,
+                        ServerTimestamp=now,
+                    ),
+                )
+                for h in range(items)
+            ]
+        )
     t0 = time.perf_counter()
     for items_ in batches:
         adapter.on_items(items_)
@@ -146,10 +181,18 @@ def sparkplug_decode_rate(devices: int = 500, metrics: int = 20, rounds: int = 4
     first, data by alias with per-metric timestamps), without the broker: its own cost."""
     from adapters.proto.sparkplug_b_pb2 import Payload
 
-    spec = SparkplugSpec.model_validate({
-        "id": "spb-decode", "kind": "sparkplug", "endpoint": "mqtt://127.0.0.1:1",
-        "group": "g", "bindings": [{"device": "*", "metric": f"m{m:02d}", "asset": "{device}",
-                                    "sensor": f"m{m:02d}"} for m in range(metrics)]})
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "spb-decode",
+            "kind": "sparkplug",
+            "endpoint": "mqtt://127.0.0.1:1",
+            "group": "g",
+            "bindings": [
+                {"device": "*", "metric": f"m{m:02d}", "asset": "{device}", "sensor": f"m{m:02d}"}
+                for m in range(metrics)
+            ],
+        }
+    )
     adapter = SparkplugAdapter(spec, _home(), None, CountSink())
     seq = 0
     adapter.on_message("spBv1.0/g/NBIRTH/n", Payload(seq=seq, timestamp=1).SerializeToString())
@@ -176,11 +219,20 @@ def sparkplug_decode_rate(devices: int = 500, metrics: int = 20, rounds: int = 4
 
 
 def modbus_spec(port: int, registers: int, **kw: Any) -> ModbusSpec:
-    return ModbusSpec.model_validate({
-        "id": kw.pop("id", "plc"), "kind": "modbus", "endpoint": f"tcp://127.0.0.1:{port}",
-        "poll_ms": 100, "reconnect_max_s": 1.0, **kw,
-        "bindings": [{"register": r, "asset": f"pump-{r // 20:03d}", "sensor": f"r{r % 20:02d}"}
-                     for r in range(registers)]})
+    return ModbusSpec.model_validate(
+        {
+            "id": kw.pop("id", "plc"),
+            "kind": "modbus",
+            "endpoint": f"tcp://127.0.0.1:{port}",
+            "poll_ms": 100,
+            "reconnect_max_s": 1.0,
+            **kw,
+            "bindings": [
+                {"register": r, "asset": f"pump-{r // 20:03d}", "sensor": f"r{r % 20:02d}"}
+                for r in range(registers)
+            ],
+        }
+    )
 
 
 def modbus_rate(seconds: float) -> tuple[float, float]:
@@ -205,12 +257,16 @@ def _broker() -> tuple[subprocess.Popen[bytes], int, dict[str, str]]:
 
     directory = Path(_home()) / "mosquitto"
     port = free_port()
-    conf = write_config(directory, port, {}, acl={"host": ["topic readwrite spBv1.0/#"],
-                                                 "edge": ["topic readwrite spBv1.0/#"]},
-                        limits={"max_queued_messages": 1_000_000,
-                                "max_queued_bytes": 1024 * 1024 * 1024})
-    proc = subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    conf = write_config(
+        directory,
+        port,
+        {},
+        acl={"host": ["topic readwrite spBv1.0/#"], "edge": ["topic readwrite spBv1.0/#"]},
+        limits={"max_queued_messages": 1_000_000, "max_queued_bytes": 1024 * 1024 * 1024},
+    )
+    proc = subprocess.Popen(
+        [ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port(port)
     return proc, port, json.loads((directory / "credentials.json").read_text())
 
@@ -220,26 +276,56 @@ def sparkplug_rate(devices: int, metrics: int, seconds: float) -> dict[str, floa
     os.environ["PLANTPULSE_BENCHHOST_USERNAME"] = "host"
     os.environ["PLANTPULSE_BENCHHOST_PASSWORD"] = users["host"]
     try:
-        spec = SparkplugSpec.model_validate({
-            "id": "spb", "kind": "sparkplug", "endpoint": f"mqtt://127.0.0.1:{port}",
-            "credentials": "benchhost", "group": "bench", "flush_ms": 500,
-            "bindings": [{"device": "*", "metric": f"m{m:02d}", "asset": "{device}",
-                          "sensor": f"m{m:02d}"} for m in range(metrics)]})
+        spec = SparkplugSpec.model_validate(
+            {
+                "id": "spb",
+                "kind": "sparkplug",
+                "endpoint": f"mqtt://127.0.0.1:{port}",
+                "credentials": "benchhost",
+                "group": "bench",
+                "flush_ms": 500,
+                "bindings": [
+                    {
+                        "device": "*",
+                        "metric": f"m{m:02d}",
+                        "asset": "{device}",
+                        "sensor": f"m{m:02d}",
+                    }
+                    for m in range(metrics)
+                ],
+            }
+        )
         adapter = SparkplugAdapter(spec, _home(), None, CountSink())
 
         async def body(a: SparkplugAdapter) -> dict[str, float]:
             while not a.status.connected:
                 await asyncio.sleep(0.05)
-            pub = await asyncio.to_thread(_server, "sparkplug", "--port", str(port), "--items",
-                                          str(devices), "--metrics", str(metrics), "--seconds",
-                                          str(seconds + 3), "--user", "edge", "--password",
-                                          users["edge"])
+            pub = await asyncio.to_thread(
+                _server,
+                "sparkplug",
+                "--port",
+                str(port),
+                "--items",
+                str(devices),
+                "--metrics",
+                str(metrics),
+                "--seconds",
+                str(seconds + 3),
+                "--user",
+                "edge",
+                "--password",
+                users["edge"],
+            )
             rate = await _rate(a, seconds, warmup=1.0)
             out = await asyncio.to_thread(pub.communicate, timeout=120)
             sent = int(out[0].split()[-1])
             await asyncio.sleep(1.0)
-            return {"metrics_per_s": rate, "sent": sent, "received": a.metrics,
-                    "gaps": a.dead.by_reason.get("sequence_gap", 0)}
+            return {
+                "metrics_per_s": rate,
+                "sent": sent,
+                "received": a.metrics,
+                "gaps": a.dead.by_reason.get("sequence_gap", 0),
+            }
 
         return asyncio.run(_run(adapter, body))
     finally:
@@ -258,8 +344,7 @@ async def _first_reading_after(adapter: Any, n0: int, t_ready: float) -> float:
 def reconnect_modbus() -> float:
     port = free_port()
     proc = _server("modbus", "--port", str(port), "--items", "10")
-    adapter = ModbusAdapter(modbus_spec(port, 10, reconnect_max_s=5.0), _home(), None,
-                            CountSink())
+    adapter = ModbusAdapter(modbus_spec(port, 10, reconnect_max_s=5.0), _home(), None, CountSink())
 
     async def body(a: ModbusAdapter) -> float:
         nonlocal proc
@@ -280,11 +365,21 @@ def reconnect_opcua() -> float:
     port = free_port()
     args = ("opcua", "--port", str(port), "--items", "100", "--period", "0.1")
     proc = _server(*args)
-    spec = OpcuaSpec.model_validate({
-        "id": "ua-restart", "kind": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{port}/plantpulse/",
-        "publishing_ms": 100, "sampling_ms": 0, "backfill": False, "reconnect_max_s": 5.0,
-        "bindings": [{"node": f"ns=2;s=pump-000.s{i:03d}", "asset": "pump-000",
-                      "sensor": f"s{i:03d}"} for i in range(100)]})
+    spec = OpcuaSpec.model_validate(
+        {
+            "id": "ua-restart",
+            "kind": "opcua",
+            "endpoint": f"opc.tcp://127.0.0.1:{port}/plantpulse/",
+            "publishing_ms": 100,
+            "sampling_ms": 0,
+            "backfill": False,
+            "reconnect_max_s": 5.0,
+            "bindings": [
+                {"node": f"ns=2;s=pump-000.s{i:03d}", "asset": "pump-000", "sensor": f"s{i:03d}"}
+                for i in range(100)
+            ],
+        }
+    )
     adapter = OpcuaAdapter(spec, _home(), None, CountSink())
 
     async def body(a: OpcuaAdapter) -> float:
@@ -314,8 +409,12 @@ def outage(seconds: float) -> dict[str, float]:
         n0 = a.status.readings_in
         await asyncio.sleep(seconds)
         a.write_status()
-        held = {"readings": a.status.readings_in - n0, "bytes": a.buffer.bytes,
-                "file_bytes": a.buffer.file_bytes(), "overflow": a.buffer.overflow_readings}
+        held = {
+            "readings": a.status.readings_in - n0,
+            "bytes": a.buffer.bytes,
+            "file_bytes": a.buffer.file_bytes(),
+            "overflow": a.buffer.overflow_readings,
+        }
         sink.available = True
         t0 = time.monotonic()
         while a.buffer.messages and time.monotonic() - t0 < 120:
@@ -328,10 +427,16 @@ def outage(seconds: float) -> dict[str, float]:
     finally:
         _stop(proc)
     per_s = held["bytes"] / seconds
-    return {"outage_s": seconds, "buffer_bytes": held["bytes"],
-            "buffer_file_bytes": held["file_bytes"], "readings_held": held["readings"],
-            "buffer_mb_5min": per_s * 300 / 2**20, "bound_mb": 64.0,
-            "overflow_readings": held["overflow"], "drain_s": held["drain_s"]}
+    return {
+        "outage_s": seconds,
+        "buffer_bytes": held["bytes"],
+        "buffer_file_bytes": held["file_bytes"],
+        "readings_held": held["readings"],
+        "buffer_mb_5min": per_s * 300 / 2**20,
+        "bound_mb": 64.0,
+        "overflow_readings": held["overflow"],
+        "drain_s": held["drain_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -343,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics: dict[str, float] = {}
     # the server rewrites every value each period: 1,000 items every 0.1 s, 10,000 every 0.5 s
     # (an asyncua server in Python cannot rewrite 10,000 values every 0.1 s here)
-    for items, period in (((200, 0.1),) if quick else ((1_000, 0.1), (10_000, 0.5))):
+    for items, period in ((200, 0.1),) if quick else ((1_000, 0.1), (10_000, 0.5)):
         rate, monitored = opcua_rate(items, seconds, period)
         metrics[f"opcua_{items}_items_offered_per_s"] = items / period
         metrics[f"opcua_{items}_items_values_per_s"] = rate
@@ -354,8 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics["modbus_polls_per_s"] = polls
     spb = sparkplug_rate(50 if quick else 500, 20, seconds)
     metrics["sparkplug_metrics_per_s"] = spb["metrics_per_s"]
-    metrics["sparkplug_adapter_decode_metrics_per_s"] = sparkplug_decode_rate(
-        50 if quick else 500)
+    metrics["sparkplug_adapter_decode_metrics_per_s"] = sparkplug_decode_rate(50 if quick else 500)
     metrics["sparkplug_metrics_offered_per_s"] = spb["sent"] / (seconds + 3)
     # QoS 0 from the edge: what the broker dropped while the adapter's socket was backed up
     metrics["sparkplug_metrics_not_received_qos0"] = float(max(0, spb["sent"] - spb["received"]))
@@ -369,11 +473,21 @@ def main(argv: list[str] | None = None) -> None:
     metrics["buffer_overflow_readings"] = out["overflow_readings"]
     metrics["buffer_drain_s"] = out["drain_s"]
     big = "opcua_200_items_values_per_s" if quick else "opcua_10000_items_values_per_s"
-    targets = {big: ">= 10000", "sparkplug_metrics_per_s": ">= 100000",
-               "reconnect_modbus_s": "<= 10", "reconnect_opcua_s": "<= 10",
-               "buffer_mb_after_5min_outage_scaled": "<= 64"}
-    report(NAME, metrics, targets, quick=quick, out=args.out,
-           extra={"uptime": uptime, "sparkplug": spb, "outage": out})
+    targets = {
+        big: ">= 10000",
+        "sparkplug_metrics_per_s": ">= 100000",
+        "reconnect_modbus_s": "<= 10",
+        "reconnect_opcua_s": "<= 10",
+        "buffer_mb_after_5min_outage_scaled": "<= 64",
+    }
+    report(
+        NAME,
+        metrics,
+        targets,
+        quick=quick,
+        out=args.out,
+        extra={"uptime": uptime, "sparkplug": spb, "outage": out},
+    )
 
 
 if __name__ == "__main__":

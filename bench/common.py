@@ -141,8 +141,13 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def cluster_argv(target: str, processes: int, recovery: str | Path | None = None,
-                 snapshot_s: int = 1, addresses: str | None = None) -> list[list[str]]:
+def cluster_argv(
+    target: str,
+    processes: int,
+    recovery: str | Path | None = None,
+    snapshot_s: int = 1,
+    addresses: str | None = None,
+) -> list[list[str]]:
     """The command line of each process of a Bytewax cluster running ``target``
     (``python -m bytewax.run target -i I -a ADDRESSES``, one worker per process, on loopback);
     with ``recovery`` (a store made by ``bytewax.recovery.init_db_dir``), snapshots every
@@ -156,15 +161,28 @@ def cluster_argv(target: str, processes: int, recovery: str | Path | None = None
     return [argv + ["-i", str(i), "-a", addresses] for i in range(processes)]
 
 
-def start_cluster(target: str, processes: int, env: Mapping[str, str] | None = None,
-                  recovery: str | Path | None = None, snapshot_s: int = 1,
-                  log: Path | None = None, cwd: Path | None = None) -> list[Any]:
+def start_cluster(
+    target: str,
+    processes: int,
+    env: Mapping[str, str] | None = None,
+    recovery: str | Path | None = None,
+    snapshot_s: int = 1,
+    log: Path | None = None,
+    cwd: Path | None = None,
+) -> list[Any]:
     """Start the processes of a Bytewax cluster running ``target`` (``cluster_argv``), each in
     a session of its own, output appended to ``log`` (default: this process's output)."""
     import subprocess
 
     out = open(log, "ab") if log else None  # noqa: SIM115 (kept by the children)
-    return [subprocess.Popen(argv, cwd=cwd or Path(__file__).resolve().parents[1],
-                             env=dict(env or os.environ), stdout=out,
-                             stderr=subprocess.STDOUT if log else None, start_new_session=True)
-            for argv in cluster_argv(target, processes, recovery, snapshot_s)]
+    return [
+        subprocess.Popen(
+            argv,
+            cwd=cwd or Path(__file__).resolve().parents[1],
+            env=dict(env or os.environ),
+            stdout=out,
+            stderr=subprocess.STDOUT if log else None,
+            start_new_session=True,
+        )
+        for argv in cluster_argv(target, processes, recovery, snapshot_s)
+    ]

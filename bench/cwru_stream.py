@@ -42,8 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     timelines = dataset_messages("cwru", data)
     normal = timelines.pop("cwru-normal_0")
     half = (len(normal) // 4) * 2  # whole (speed, frame) pairs
-    labels = {a: LOCATION[ds.read_cwru(data, a.removeprefix("cwru-")).location]
-              for a in timelines}
+    labels = {a: LOCATION[ds.read_cwru(data, a.removeprefix("cwru-")).location] for a in timelines}
     train = {a: t for a, t in timelines.items() if a.endswith("_0")}
     test = {a: t for a, t in timelines.items() if not a.endswith("_0")}
     if args.quick:
@@ -61,9 +60,15 @@ def main(argv: list[str] | None = None) -> dict:
     feats["condition"] = feats["asset_id"].map(labels)
     model, classes = fit_fault_classifier(feats, 40 if args.quick else 200)
     mv = log_candidate(
-        tracking, experiment, FAULT_MODEL, model, task="classifier",
-        x_example=feats[FAULT_FEATURES].astype(np.float64), holdout=feats.head(50),
-        params={"trained_on": "CWRU 0 HP through the stream"}, metrics={"rows": len(feats)},
+        tracking,
+        experiment,
+        FAULT_MODEL,
+        model,
+        task="classifier",
+        x_example=feats[FAULT_FEATURES].astype(np.float64),
+        holdout=feats.head(50),
+        params={"trained_on": "CWRU 0 HP through the stream"},
+        metrics={"rows": len(feats)},
         tags={"classes": json.dumps(classes), "training_validated": "true"},
     )
     c.set_registered_model_alias(FAULT_MODEL, CHAMPION, str(mv.version))
@@ -78,8 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
             decided = next((c for c in classes if f"{c} suspected" in summary), "anomaly")
         else:
             decided = "normal"
-        rows.append({"recording": asset.removeprefix("cwru-"), "label": labels[asset],
-                     "decision": decided})
+        rows.append(
+            {"recording": asset.removeprefix("cwru-"), "label": labels[asset], "decision": decided}
+        )
     d = pd.DataFrame(rows)
     faulty = d["label"] != "normal"
     metrics = {
@@ -90,10 +96,16 @@ def main(argv: list[str] | None = None) -> dict:
         "scores_by_champion": float((scores["model_version"] == str(mv.version)).mean()),
     }
     return report(
-        "cwru_stream", metrics, {"location_correct": ">= 0.9"}, quick=args.quick, out=args.out,
-        extra={"decisions": d.to_dict("records"),
-               "protocol": "train: 0 HP recordings + first half of normal_0 (stream features); "
-               "test: the other loads + second half of normal_0, served champion"},
+        "cwru_stream",
+        metrics,
+        {"location_correct": ">= 0.9"},
+        quick=args.quick,
+        out=args.out,
+        extra={
+            "decisions": d.to_dict("records"),
+            "protocol": "train: 0 HP recordings + first half of normal_0 (stream features); "
+            "test: the other loads + second half of normal_0, served champion",
+        },
     )
 
 

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> dict:
     alerts = current_alerts(lake)
     windows = nab_windows(data)
     opened = pd.to_datetime(alerts["opened_ts"], utc=True)
-    closed = pd.to_datetime(alerts["closed_ts"], utc=True).fillna(pd.Timestamp.max.tz_localize("UTC"))
+    closed = pd.to_datetime(alerts["closed_ts"], utc=True).fillna(
+        pd.Timestamp.max.tz_localize("UTC")
+    )
     covered = sum(bool(((opened <= hi) & (closed >= lo)).any()) for lo, hi in windows)
     hit, lead = 0, []
     inside = pd.Series(False, index=alerts.index)
@@ -45,8 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
         "windows_overlapped_by_an_open_alert": float(covered),
         "alerts_outside_windows": float((~inside).sum()),
         "alerts_total": float(len(alerts)),
-        "mean_hours_into_window_of_first_alert": float(sum(lead) / len(lead)) if lead else
-        float("nan"),
+        "mean_hours_into_window_of_first_alert": float(sum(lead) / len(lead))
+        if lead
+        else float("nan"),
     }
     return report(
         "nab",
@@ -56,8 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
         out=args.out,
         extra={
             "windows": [[str(lo), str(hi)] for lo, hi in windows],
-            "alerts": [[str(o), str(c)] for o, c in zip(alerts["opened_ts"], alerts["closed_ts"],
-                                                          strict=True)],
+            "alerts": [
+                [str(o), str(c)]
+                for o, c in zip(alerts["opened_ts"], alerts["closed_ts"], strict=True)
+            ],
         },
     )
 

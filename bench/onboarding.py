@@ -41,8 +41,12 @@ class _NewSensor(StatefulSourcePartition):
         if now < self.start_s + self.i:
             return []
         ts = int(now * 1e6)
-        body = {"asset_id": ASSET, "sensor_id": SENSOR, "ts": ts,
-                "value": round(55.0 + 0.5 * ((self.i % 20) - 10) / 10, 1)}
+        body = {
+            "asset_id": ASSET,
+            "sensor_id": SENSOR,
+            "ts": ts,
+            "value": round(55.0 + 0.5 * ((self.i % 20) - 10) / 10, 1),
+        }
         self.i += 1
         return [Message(f"new:{SENSOR}", self.i, ts, json.dumps(body).encode())]
 
@@ -93,8 +97,9 @@ def _wait(cond, timeout_s: float, every_s: float = 0.1) -> float | None:  # noqa
 def _rows(lake, table: str) -> int:  # noqa: ANN001
     if not lake.exists(table):
         return 0
-    return lake.read_arrow(table, columns=["ts"], filters=[("asset_id", "=", ASSET),
-                                                           ("sensor_id", "=", SENSOR)]).num_rows
+    return lake.read_arrow(
+        table, columns=["ts"], filters=[("asset_id", "=", ASSET), ("sensor_id", "=", SENSOR)]
+    ).num_rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,8 +125,9 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = 40 if a.quick else 90
     start_s = time.time() + warmup_s  # the stream is up and committing before the sensor starts
     ctx = mp.get_context("fork")
-    proc = ctx.Process(target=_stream, args=(lake.uri, str(plant_path), n_assets, seconds,
-                                             start_s), daemon=True)
+    proc = ctx.Process(
+        target=_stream, args=(lake.uri, str(plant_path), n_assets, seconds, start_s), daemon=True
+    )
     proc.start()
     load_before = os.getloadavg()[0]
     resources = {"lake": LakeResource(uri=lake.uri)}
@@ -133,14 +139,24 @@ def main(argv: list[str] | None = None) -> dict:
         if landed is None:
             raise SystemExit("error: the new sensor's readings never reached unknown_readings")
         # the first reading's time: its event time (stamped when the source emitted it)
-        first = lake.read_arrow("unknown_readings", columns=["ts"], filters=[
-            ("sensor_id", "=", SENSOR)])["ts"].cast("int64").to_numpy().min() / 1e6
+        first = (
+            lake.read_arrow(
+                "unknown_readings", columns=["ts"], filters=[("sensor_id", "=", SENSOR)]
+            )["ts"]
+            .cast("int64")
+            .to_numpy()
+            .min()
+            / 1e6
+        )
         t0 = time.time()
         tick = sensor(sctx)
         requested = bool(getattr(tick, "run_requests", None))
         t_tick = time.time()
-        result = dg.materialize([sensor_proposals], resources=resources, run_config={
-            "ops": {"sensor_proposals": {"config": {"plant": str(plant_path)}}}})
+        result = dg.materialize(
+            [sensor_proposals],
+            resources=resources,
+            run_config={"ops": {"sensor_proposals": {"config": {"plant": str(plant_path)}}}},
+        )
         t_proposed = time.time()
         entry = stored_proposal(lake, ASSET, SENSOR)
         if not (result.success and requested and entry):
@@ -152,11 +168,13 @@ def main(argv: list[str] | None = None) -> dict:
         # what the stream landed before reloading is committed by its next snapshot (10 s
         # under bytewax.testing.run_main; 2 s in `plantpulse up`)
         time.sleep(SETTLE_S)
-        replayed = replay_backlog(lake, load_plant(plant_path), ASSET, SENSOR,
-                                  time.time_ns() // 1000, SETTLE_S)
+        replayed = replay_backlog(
+            lake, load_plant(plant_path), ASSET, SENSOR, time.time_ns() // 1000, SETTLE_S
+        )
         time.sleep(SETTLE_S)
-        again = replay_backlog(lake, load_plant(plant_path), ASSET, SENSOR,
-                               time.time_ns() // 1000, SETTLE_S)
+        again = replay_backlog(
+            lake, load_plant(plant_path), ASSET, SENSOR, time.time_ns() // 1000, SETTLE_S
+        )
     finally:
         sctx.__exit__(None, None, None)
         proc.terminate()
@@ -176,8 +194,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     targets = {"accept_to_stream_accepting_s": "<= 5", "second_replay_readings": "<= 0"}
     print(f"uptime: {os.popen('uptime').read().strip()}")
-    return report("onboarding", metrics, targets, quick=a.quick, out=a.out,
-                  extra={"proposal": entry, "assets_streaming": n_assets})
+    return report(
+        "onboarding",
+        metrics,
+        targets,
+        quick=a.quick,
+        out=a.out,
+        extra={"proposal": entry, "assets_streaming": n_assets},
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ outbound:
   poll_s: 0.1
   opcua: {{endpoint: "opc.tcp://127.0.0.1:{port}/plantpulse"}}
 """
-ASSET = ("      - {{id: {asset}, sensors: [{{id: discharge_pressure, kind: pressure, unit: bar, "
-         "range: [0.0, 40.0], rate_hz: 1.0, window_every_s: 30.0}}]}}")
+ASSET = (
+    "      - {{id: {asset}, sensors: [{{id: discharge_pressure, kind: pressure, unit: bar, "
+    "range: [0.0, 40.0], rate_hz: 1.0, window_every_s: 30.0}}]}}"
+)
 
 
 def _free_port() -> int:
@@ -97,7 +99,8 @@ class AlertWatch:
             sub = await client.create_subscription(20, self)
             await sub.subscribe_data_change(
                 [client.get_node(ua.NodeId(f"{a}.AlertId", ns)) for a in self.assets],
-                sampling_interval=0)
+                sampling_interval=0,
+            )
             self.ready.set()
             await self._stop.wait()
         finally:
@@ -145,27 +148,64 @@ def run(n_alerts: int, n_assets: int, rate: float, warmup: int) -> dict:
     assets = [f"pump-{i + 1:02d}" for i in range(n_assets)]
     mqtt_port, opc_port = _free_port(), _free_port()
     plant_file = home / "plant.yaml"
-    plant_file.write_text(PLANT.format(
-        assets="\n".join(ASSET.format(asset=a) for a in assets), port=opc_port))
+    plant_file.write_text(
+        PLANT.format(assets="\n".join(ASSET.format(asset=a) for a in assets), port=opc_port)
+    )
     conf = write_config(home / "mosquitto", mqtt_port, {"bench": assets})
-    env = {**os.environ, "PLANTPULSE_HOME": str(home), "PLANTPULSE_LAKE": str(home / "lake"),
-           "PLANTPULSE_PLANT": str(plant_file), "PLANTPULSE_PROCESS_WARMUP": str(warmup),
-           "PLANTPULSE_MQTT_CREDENTIALS": str(home / "mosquitto" / "credentials.json"),
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PLANTPULSE_HOME": str(home),
+        "PLANTPULSE_LAKE": str(home / "lake"),
+        "PLANTPULSE_PLANT": str(plant_file),
+        "PLANTPULSE_PROCESS_WARMUP": str(warmup),
+        "PLANTPULSE_MQTT_CREDENTIALS": str(home / "mosquitto" / "credentials.json"),
+        "PYTHONUNBUFFERED": "1",
+    }
     os.environ["PLANTPULSE_MQTT_CREDENTIALS"] = env["PLANTPULSE_MQTT_CREDENTIALS"]
-    logs = {name: open(home / f"{name}.log", "wb") for name in ("mosquitto", "stream",  # noqa: SIM115
-                                                              "outbound")}
-    procs = [subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=logs["mosquitto"],
-                              stderr=subprocess.STDOUT, start_new_session=True)]
+    logs = {
+        name: open(home / f"{name}.log", "wb")
+        for name in (
+            "mosquitto",
+            "stream",  # noqa: SIM115
+            "outbound",
+        )
+    }
+    procs = [
+        subprocess.Popen(
+            [ensure_mosquitto(), "-c", str(conf)],
+            stdout=logs["mosquitto"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    ]
     wait_for_port(mqtt_port)
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run",
-         f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt_port})", "-s", "2"],
-        cwd=ROOT, env=env, stdout=logs["stream"], stderr=subprocess.STDOUT,
-        start_new_session=True))
-    procs.append(subprocess.Popen([sys.executable, "-m", "outbound"], cwd=ROOT, env=env,
-                                  stdout=logs["outbound"], stderr=subprocess.STDOUT,
-                                  start_new_session=True))
+    procs.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt_port})",
+                "-s",
+                "2",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=logs["stream"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
+    procs.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "outbound"],
+            cwd=ROOT,
+            env=env,
+            stdout=logs["outbound"],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    )
     watch = AlertWatch(f"opc.tcp://127.0.0.1:{opc_port}/plantpulse", "bench-outbound", assets)
     published: dict[str, float] = {}
     try:
@@ -194,8 +234,9 @@ def run(n_alerts: int, n_assets: int, rate: float, warmup: int) -> dict:
                 next_at += interval
                 if hot and phase == HOT_READINGS - 1:  # this reading opens an alert
                     published[f"{asset}-{ts}"] = time.time()
-                info = pub.publish(topic_for(asset, SENSOR), encode_scalars(asset, SENSOR,
-                                                                            [ts], [value]))
+                info = pub.publish(
+                    topic_for(asset, SENSOR), encode_scalars(asset, SENSOR, [ts], [value])
+                )
                 info.wait_for_publish(10)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not set(published) <= set(watch.seen):
@@ -209,15 +250,22 @@ def run(n_alerts: int, n_assets: int, rate: float, warmup: int) -> dict:
             f.close()
     from lake import Lake
 
-    opened = set(Lake(home / "lake").read_arrow("alerts", columns=["alert_id"])["alert_id"]
-                 .to_pylist())
+    opened = set(
+        Lake(home / "lake").read_arrow("alerts", columns=["alert_id"])["alert_id"].to_pylist()
+    )
     timed = {a: t for a, t in published.items() if a in opened}  # what the stream opened
     lat = np.array([watch.seen[a] - t for a, t in timed.items() if a in watch.seen])
     missing = sorted(set(timed) - set(watch.seen))
     extra = sorted(set(watch.seen) - set(timed))
-    return {"latency": lat, "missing": missing, "extra": extra, "home": str(home),
-            "expected": len(timed), "planned": len(published),
-            "not_opened": sorted(set(published) - opened)}
+    return {
+        "latency": lat,
+        "missing": missing,
+        "extra": extra,
+        "home": str(home),
+        "expected": len(timed),
+        "planned": len(published),
+        "not_opened": sorted(set(published) - opened),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -245,16 +293,27 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"uptime before: {load_before}\nuptime after:  {load_after}")
     return report(
-        "outbound", metrics,
-        {"reading_to_opcua_p99_s": "<= 2", "alerts_missing": "<= 0",
-         "alerts_opened": ">= 2" if args.quick else ">= 20"},
-        quick=args.quick, out=args.out,
-        extra={"uptime_before": load_before, "uptime_after": load_after,
-               "latencies_s": json.loads(json.dumps(lat.round(4).tolist())),
-               "missing": r["missing"], "unexpected": r["extra"], "state_dir": r["home"],
-               "planned_but_not_opened_by_the_stream": r["not_opened"],
-               "assets": n_assets, "rate_per_s": rate,
-               "process_warmup_windows": warmup},
+        "outbound",
+        metrics,
+        {
+            "reading_to_opcua_p99_s": "<= 2",
+            "alerts_missing": "<= 0",
+            "alerts_opened": ">= 2" if args.quick else ">= 20",
+        },
+        quick=args.quick,
+        out=args.out,
+        extra={
+            "uptime_before": load_before,
+            "uptime_after": load_after,
+            "latencies_s": json.loads(json.dumps(lat.round(4).tolist())),
+            "missing": r["missing"],
+            "unexpected": r["extra"],
+            "state_dir": r["home"],
+            "planned_but_not_opened_by_the_stream": r["not_opened"],
+            "assets": n_assets,
+            "rate_per_s": rate,
+            "process_warmup_windows": warmup,
+        },
     )
 
 

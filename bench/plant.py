@@ -64,10 +64,10 @@ class BenchPlant:
     """The bench's plant: assets ``a000``..; scalar sensors ``s00``..``s19`` at 10 Hz; a
     drive-end accelerometer ``vib`` at 12.8 kHz on the first 50 assets."""
 
-    scalar = SensorContract("s", "process", "1", -1e6, 1e6, float(SCALAR_HZ),
-                            stuck_after_s=None)
-    vib = SensorContract("vib", "vibration", "g", -500.0, 500.0, VIB_HZ, frames=True,
-                         min_frame_samples=1024)
+    scalar = SensorContract("s", "process", "1", -1e6, 1e6, float(SCALAR_HZ), stuck_after_s=None)
+    vib = SensorContract(
+        "vib", "vibration", "g", -500.0, 500.0, VIB_HZ, frames=True, min_frame_samples=1024
+    )
 
     def contract(self, asset_id: str, sensor_id: str) -> SensorContract | None:
         if sensor_id == "vib":
@@ -82,8 +82,9 @@ def _assets(n_assets: int) -> list[str]:
     return [f"a{i:03d}" for i in range(n_assets)]
 
 
-def gateway_timeline(shape: str, g: int, seconds: int, n_assets: int, n_sensors: int,
-                     n_vib: int) -> list[tuple[int, bytes]]:
+def gateway_timeline(
+    shape: str, g: int, seconds: int, n_assets: int, n_sensors: int, n_vib: int
+) -> list[tuple[int, bytes]]:
     """Gateway ``g``'s messages (its assets: every ``GATEWAYS``-th), in event-time order."""
     rng = np.random.default_rng(g)
     assets = [a for i, a in enumerate(_assets(n_assets)) if i % GATEWAYS == g]
@@ -98,22 +99,53 @@ def gateway_timeline(shape: str, g: int, seconds: int, n_assets: int, n_sensors:
         if shape == "ten":
             for a, asset in enumerate(assets):
                 for j, sensor in enumerate(sensors):
-                    out.append((int(ts[-1]), orjson.dumps({
-                        "asset_id": asset, "sensor_id": sensor, "ts": ts.tolist(),
-                        "value": values[a, j].tolist()})))
+                    out.append(
+                        (
+                            int(ts[-1]),
+                            orjson.dumps(
+                                {
+                                    "asset_id": asset,
+                                    "sensor_id": sensor,
+                                    "ts": ts.tolist(),
+                                    "value": values[a, j].tolist(),
+                                }
+                            ),
+                        )
+                    )
         else:
             for k in range(SCALAR_HZ):
                 t = int(ts[k])
                 for a, asset in enumerate(assets):
                     if shape == "multi":
-                        out.append((t, orjson.dumps({
-                            "asset_id": asset, "ts": t,
-                            "values": dict(zip(sensors, values[a, :, k].tolist(),
-                                               strict=True))})))
+                        out.append(
+                            (
+                                t,
+                                orjson.dumps(
+                                    {
+                                        "asset_id": asset,
+                                        "ts": t,
+                                        "values": dict(
+                                            zip(sensors, values[a, :, k].tolist(), strict=True)
+                                        ),
+                                    }
+                                ),
+                            )
+                        )
                     else:
-                        out += [(t, orjson.dumps({"asset_id": asset, "sensor_id": sensor,
-                                                  "ts": t, "value": float(values[a, j, k])}))
-                                for j, sensor in enumerate(sensors)]
+                        out += [
+                            (
+                                t,
+                                orjson.dumps(
+                                    {
+                                        "asset_id": asset,
+                                        "sensor_id": sensor,
+                                        "ts": t,
+                                        "value": float(values[a, j, k]),
+                                    }
+                                ),
+                            )
+                            for j, sensor in enumerate(sensors)
+                        ]
         for asset in assets:
             if asset in vib_assets:
                 x = np.sin(2 * np.pi * 157.0 * frame_t) + rng.normal(0, 0.3, frame_t.size)
@@ -152,8 +184,16 @@ def _marked_source(timelines: _Timelines, speed: float | None, batch: int, marks
     return Marked(timelines, speed=speed, batch=batch)
 
 
-def flow_for(shape: str, seconds: int, lake_uri: str, n_assets: int = 500, n_sensors: int = 20,
-             n_vib: int = 50, speed: float | None = None, batch: int = 4096):
+def flow_for(
+    shape: str,
+    seconds: int,
+    lake_uri: str,
+    n_assets: int = 500,
+    n_sensors: int = 20,
+    n_vib: int = 50,
+    speed: float | None = None,
+    batch: int = 4096,
+):
     """The real telemetry flow over the plant-shaped replay (``bytewax.run`` target)."""
     from bytewax_flows.sinks import DeltaSink
     from bytewax_flows.telemetry import build_flow
@@ -174,8 +214,9 @@ def flow_for(shape: str, seconds: int, lake_uri: str, n_assets: int = 500, n_sen
     return build_flow(source, DeltaSink(lake_uri, max_age_s=max_age), ctx)
 
 
-def run_processes(target: str, processes: int, env_extra: dict[str, str] | None = None,
-                  timeout_s: float = 900.0) -> int:
+def run_processes(
+    target: str, processes: int, env_extra: dict[str, str] | None = None, timeout_s: float = 900.0
+) -> int:
     """Run ``target`` as ``processes`` Bytewax processes on loopback; returns the largest
     peak RSS in bytes."""
     procs = start_cluster(target, processes, {**os.environ, **(env_extra or {})}, cwd=ROOT)
@@ -210,29 +251,32 @@ def throughput(lake: Lake) -> tuple[float, int]:
     return n / ((last_ms - first_ms) / 1000.0), n
 
 
-def decode_only(shape: str, seconds: int, n_assets: int, n_sensors: int, n_vib: int,
-                batch: int = 4096) -> float:
+def decode_only(
+    shape: str, seconds: int, n_assets: int, n_sensors: int, n_vib: int, batch: int = 4096
+) -> float:
     """Readings/s of ``decode_batch`` alone over the same payloads (the flow's ceiling)."""
     timeline = gateway_timeline(shape, 0, seconds, n_assets, n_sensors, n_vib)
     messages = [Message("gw-0", i, 0, p) for i, (_, p) in enumerate(timeline)]
     n = 0
     with Timer() as t:
         for k in range(0, len(messages), batch):
-            n += decode_batch(messages[k:k + batch]).n_readings
+            n += decode_batch(messages[k : k + batch]).n_readings
     return n / t.seconds
 
 
-def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int
-          ) -> dict[str, float]:
+def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int) -> dict[str, float]:
     """1-reading messages at the plant's own rate (real time): latency and RSS over time."""
     lake = Lake(tempfile.mkdtemp(prefix="bench-plant-paced-"))
     run_s = max(seconds, soak_s)
-    target = f"bench.plant:flow_for('one', {run_s}, {lake.uri!r}, {n_assets}, {n_sensors}, " \
-             f"{n_vib}, speed=1.0)"
+    target = (
+        f"bench.plant:flow_for('one', {run_s}, {lake.uri!r}, {n_assets}, {n_sensors}, "
+        f"{n_vib}, speed=1.0)"
+    )
     env = {**os.environ, "PLANTPULSE_PROCESS_WARMUP": "20"}
     wall0_ms = time.time() * 1000.0  # for the RSS timeline
-    proc = subprocess.Popen([sys.executable, "-m", "bytewax.run", target], cwd=ROOT, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bytewax.run", target], cwd=ROOT, env=env, start_new_session=True
+    )
     rss: list[tuple[float, float]] = []
     try:
         while proc.poll() is None:
@@ -241,8 +285,7 @@ def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int
                 status = Path(f"/proc/{proc.pid}/status").read_text()
             except FileNotFoundError:
                 break
-            kb = [int(line.split()[1]) for line in status.splitlines()
-                  if line.startswith("VmRSS")]
+            kb = [int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")]
             if kb:  # (absent once the process has exited)
                 rss.append((time.time() * 1000.0 - wall0_ms, kb[0] / 1024.0))
         proc.wait(timeout=60)
@@ -251,8 +294,9 @@ def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int
             os.killpg(proc.pid, signal.SIGKILL)
     if proc.returncode:
         raise RuntimeError(f"the paced flow exited with {proc.returncode}")
-    t = lake.dataset("scores").to_table(columns=["asset_id", "window_end", "latency_ms",
-                                                  "__filename"])
+    t = lake.dataset("scores").to_table(
+        columns=["asset_id", "window_end", "latency_ms", "__filename"]
+    )
     lat = np.asarray(t.column("latency_ms"))
     event_us = np.asarray(t.column("window_end").cast(pa.int64()))
     commits = commit_times_ms(lake, "scores")
@@ -260,8 +304,10 @@ def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int
     # the message closing a window at event time e was released at its gateway's start +
     # (e - T0) (speed 1); its score followed latency_ms later; visible at its file's commit
     marks = Path(lake.uri).parent / (Path(lake.uri).name + ".marks")
-    starts = {int(f.stem.removeprefix("gw-")): float(f.read_text()) * 1000.0
-              for f in marks.glob("*.start")}
+    starts = {
+        int(f.stem.removeprefix("gw-")): float(f.read_text()) * 1000.0
+        for f in marks.glob("*.start")
+    }
     gateway = np.array([int(a[1:]) % GATEWAYS for a in t.column("asset_id").to_pylist()])
     start_ms = np.array([starts[g] for g in gateway])
     scored_at = start_ms + (event_us - T0) / 1000.0 + lat
@@ -276,8 +322,9 @@ def paced(seconds: int, soak_s: int, n_assets: int, n_sensors: int, n_vib: int
     }
     if len(rss) >= 4:
         steady = [m for t_ms, m in rss if t_ms > 0.2 * rss[-1][0]]
-        out["paced_rss_mb_first_fifth"] = float(np.mean([m for t_ms, m in rss
-                                                         if t_ms <= 0.2 * rss[-1][0]]))
+        out["paced_rss_mb_first_fifth"] = float(
+            np.mean([m for t_ms, m in rss if t_ms <= 0.2 * rss[-1][0]])
+        )
         out["paced_rss_mb_last"] = float(rss[-1][1])
         out["paced_rss_mb_max_after_first_fifth"] = float(max(steady))
     return out
@@ -297,15 +344,22 @@ def main(argv: list[str] | None = None) -> dict:
     if quick:
         counts = [c for c in counts if c <= 2]
     metrics: dict[str, float] = {}
-    details: dict[str, object] = {"assets": n_assets, "scalar_sensors_per_asset": n_sensors,
-                                  "vibration_sensors": n_vib, "seconds_of_event_time": seconds}
+    details: dict[str, object] = {
+        "assets": n_assets,
+        "scalar_sensors_per_asset": n_sensors,
+        "vibration_sensors": n_vib,
+        "seconds_of_event_time": seconds,
+    }
     for shape in SHAPES:
         metrics[f"{shape}_decode_only_readings_per_s"] = decode_only(
-            shape, seconds, n_assets, n_sensors, n_vib)
+            shape, seconds, n_assets, n_sensors, n_vib
+        )
         for procs in counts:
             lake = Lake(tempfile.mkdtemp(prefix=f"bench-plant-{shape}-{procs}-"))
-            target = (f"bench.plant:flow_for({shape!r}, {seconds}, {lake.uri!r}, {n_assets}, "
-                      f"{n_sensors}, {n_vib})")
+            target = (
+                f"bench.plant:flow_for({shape!r}, {seconds}, {lake.uri!r}, {n_assets}, "
+                f"{n_sensors}, {n_vib})"
+            )
             peak = run_processes(target, procs)
             rate, n = throughput(lake)
             expected = n_assets * n_sensors * SCALAR_HZ * seconds
@@ -315,14 +369,22 @@ def main(argv: list[str] | None = None) -> dict:
             metrics[f"{shape}_peak_rss_mb_{procs}p"] = peak / 2**20
             details[f"{shape}_{procs}p_features"] = lake.count("features")
             details[f"{shape}_{procs}p_scores"] = lake.count("scores")
-            print(json.dumps({"shape": shape, "processes": procs, "readings_per_s": rate}),
-                  flush=True)
+            print(
+                json.dumps({"shape": shape, "processes": procs, "readings_per_s": rate}), flush=True
+            )
     metrics.update(paced(seconds, soak_s, n_assets, n_sensors, n_vib))
     return report(
-        "plant", metrics,
-        {"one_readings_per_s_1p": ">= 250000", "ten_readings_per_s_1p": ">= 1000000",
-         "multi_readings_per_s_1p": ">= 2000000", "paced_ingest_to_score_p99_ms": "<= 50"},
-        quick=quick, out=args.out, extra=details,
+        "plant",
+        metrics,
+        {
+            "one_readings_per_s_1p": ">= 250000",
+            "ten_readings_per_s_1p": ">= 1000000",
+            "multi_readings_per_s_1p": ">= 2000000",
+            "paced_ingest_to_score_p99_ms": "<= 50",
+        },
+        quick=quick,
+        out=args.out,
+        extra=details,
     )
 
 

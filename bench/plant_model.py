@@ -25,8 +25,9 @@ KINDS = [  # (kind, unit, low, high, rate_hz)
 
 
 def _sensor_ids(n_sensors: int) -> list[tuple[str, tuple[str, str, float, float, float]]]:
-    return [(f"s{j:02d}_{KINDS[j % len(KINDS)][0]}", KINDS[j % len(KINDS)])
-            for j in range(n_sensors)]
+    return [
+        (f"s{j:02d}_{KINDS[j % len(KINDS)][0]}", KINDS[j % len(KINDS)]) for j in range(n_sensors)
+    ]
 
 
 def _header() -> list[str]:
@@ -36,8 +37,9 @@ def _header() -> list[str]:
         "  SKF_6205: {n_balls: 9, ball_diameter: 0.3126, pitch_diameter: 1.537}",
         "sensor_kinds:",
     ]
-    lines += [f"  {k}: {{unit: {u}, range: [{lo}, {hi}], rate_hz: {r}}}"
-              for k, u, lo, hi, r in KINDS]
+    lines += [
+        f"  {k}: {{unit: {u}, range: [{lo}, {hi}], rate_hz: {r}}}" for k, u, lo, hi, r in KINDS
+    ]
     return lines
 
 
@@ -50,11 +52,15 @@ def templated_plant(n_assets: int, n_sensors: int) -> str:
         "    components: [{id: de, kind: bearing, bearing: SKF_6205}]",
         "    sensors:",
     ]
-    lines += [f'      - {{id: {sid}, kind: {kind[0]}, tag: "{{asset_id}}-{j:02d}", component: de}}'
-              for j, (sid, kind) in enumerate(_sensor_ids(n_sensors))]
+    lines += [
+        f'      - {{id: {sid}, kind: {kind[0]}, tag: "{{asset_id}}-{j:02d}", component: de}}'
+        for j, (sid, kind) in enumerate(_sensor_ids(n_sensors))
+    ]
     lines += ["sites:", "  - id: site-1", "    assets:"]
-    lines += [f"      - {{id: pump-{i:04d}, kind: pump, nominal_speed_rpm: {1400 + i % 100}.0}}"
-              for i in range(n_assets)]
+    lines += [
+        f"      - {{id: pump-{i:04d}, kind: pump, nominal_speed_rpm: {1400 + i % 100}.0}}"
+        for i in range(n_assets)
+    ]
     lines += _topology(n_assets)
     return "\n".join(lines) + "\n"
 
@@ -63,9 +69,12 @@ def explicit_plant(n_assets: int, n_sensors: int) -> str:
     """No templates: every sensor of every asset written out."""
     lines = _header() + ["sites:", "  - id: site-1", "    assets:"]
     for i in range(n_assets):
-        lines += [f"      - id: pump-{i:04d}", "        nominal_speed_rpm: 1480.0",
-                  "        components: [{id: de, kind: bearing, bearing: SKF_6205}]",
-                  "        sensors:"]
+        lines += [
+            f"      - id: pump-{i:04d}",
+            "        nominal_speed_rpm: 1480.0",
+            "        components: [{id: de, kind: bearing, bearing: SKF_6205}]",
+            "        sensors:",
+        ]
         lines += [
             f"          - {{id: {sid}, tag: P{i:04d}-{j:02d}, kind: {k}, unit: {u}, "
             f"range: [{lo}, {hi}], rate_hz: {r}, component: de}}"
@@ -77,8 +86,11 @@ def explicit_plant(n_assets: int, n_sensors: int) -> str:
 
 def _topology(n_assets: int) -> list[str]:
     # pumps in trains of 10: each feeds the next (an acyclic graph of n_assets - n_assets/10 edges)
-    edges = [f"  - {{from: pump-{i:04d}, to: pump-{i + 1:04d}, kind: feeds}}"
-             for i in range(n_assets - 1) if (i + 1) % 10]
+    edges = [
+        f"  - {{from: pump-{i:04d}, to: pump-{i + 1:04d}, kind: feeds}}"
+        for i in range(n_assets - 1)
+        if (i + 1) % 10
+    ]
     return ["topology:", *edges]
 
 
@@ -133,9 +145,15 @@ def main(argv: list[str] | None = None) -> dict:
         "load_average_1min": os.getloadavg()[0],
     }
     targets = {"templated_load_s": "<= 1", "explicit_load_s": "<= 1"}
-    return report("plant_model", metrics, targets, quick=args.quick, out=args.out,
-                  title=f"bench.plant_model: {n_assets} assets x {n_sensors} sensors, "
-                        f"median of {repeats} loads" + (" (quick)" if args.quick else ""))
+    return report(
+        "plant_model",
+        metrics,
+        targets,
+        quick=args.quick,
+        out=args.out,
+        title=f"bench.plant_model: {n_assets} assets x {n_sensors} sensors, "
+        f"median of {repeats} loads" + (" (quick)" if args.quick else ""),
+    )
 
 
 if __name__ == "__main__":

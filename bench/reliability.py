@@ -77,8 +77,11 @@ class Rig:
         self.root, self.group, self.processes = root, group, processes
         self.port = free_ports(1)[0]
         conf = write_config(root / "mosquitto", self.port, {"simulator": ASSETS + ["pump-99"]})
-        self.broker = subprocess.Popen([ensure_mosquitto(), "-c", str(conf)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.broker = subprocess.Popen(
+            [ensure_mosquitto(), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for_port(self.port)
         self.lake = Lake(root / "lake")
         self.lake.create_tables()
@@ -87,8 +90,12 @@ class Rig:
         from bytewax.recovery import init_db_dir
 
         init_db_dir(self.recovery, processes)
-        self.env = {**os.environ, "PLANTPULSE_HOME": str(root), "PLANTPULSE_LAKE": self.lake.uri,
-                    "PLANTPULSE_MQTT_CREDENTIALS": str(root / "mosquitto" / "credentials.json")}
+        self.env = {
+            **os.environ,
+            "PLANTPULSE_HOME": str(root),
+            "PLANTPULSE_LAKE": self.lake.uri,
+            "PLANTPULSE_MQTT_CREDENTIALS": str(root / "mosquitto" / "credentials.json"),
+        }
         os.environ["PLANTPULSE_MQTT_CREDENTIALS"] = self.env["PLANTPULSE_MQTT_CREDENTIALS"]
         from models.registry import client  # the workers share the store: create it once
 
@@ -105,8 +112,11 @@ class Rig:
         from paho.mqtt.properties import Properties
 
         for i in range(self.processes):
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                            client_id=f"plantpulse-{self.group}-w{i}", protocol=mqtt.MQTTv5)
+            c = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2,
+                client_id=f"plantpulse-{self.group}-w{i}",
+                protocol=mqtt.MQTTv5,
+            )
             c.username_pw_set(*credentials("worker", self.env))
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
@@ -118,10 +128,13 @@ class Rig:
             c.disconnect()
 
     def start(self) -> None:
-        flow = (f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {self.port}, {self.group!r}, "
-                f"{self.processes})")
-        self.workers = start_cluster(flow, self.processes, self.env, recovery=self.recovery,
-                                     log=self.root / "workers.log")
+        flow = (
+            f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {self.port}, {self.group!r}, "
+            f"{self.processes})"
+        )
+        self.workers = start_cluster(
+            flow, self.processes, self.env, recovery=self.recovery, log=self.root / "workers.log"
+        )
         self.starts += 1
 
     def kill(self, which: int | None = None) -> None:
@@ -178,8 +191,9 @@ def kill_matrix(
         k = 0
         while not stop.is_set():
             asset, sensor = ASSETS[k % 3], SCALARS[(k // 3) % 3]
-            pub.publish(topic_for(asset, sensor), scalar_message(asset, sensor, k, per_msg, rate_hz)
-                        ).wait_for_publish(30)
+            pub.publish(
+                topic_for(asset, sensor), scalar_message(asset, sensor, k, per_msg, rate_hz)
+            ).wait_for_publish(30)
             k += 1
             sent[0] = k
             time.sleep(1 / rate_hz)
@@ -213,8 +227,7 @@ def kill_matrix(
         def late() -> int:
             if not _count(rig.lake, "dead_letter"):
                 return 0
-            return int((rig.lake.read("dead_letter", columns=["reason"])["reason"]
-                        == "late").sum())
+            return int((rig.lake.read("dead_letter", columns=["reason"])["reason"] == "late").sum())
 
         # every reading is in the lake (or dead-lettered as late), not one more
         _wait(lambda: _count(rig.lake, "readings") + late() >= expected, 300)
@@ -263,8 +276,9 @@ def burst(root: Path, seconds: float, factor: int = 10) -> dict[str, float]:
                         pub.publish(topic_for(a, sid), encode_scalars(a, sid, ts + shift, v))
                         published += 1
                     for sid, t_start, rate, x in chunk.frames:
-                        pub.publish(topic_for(a, sid), encode_frame(a, sid, t_start + shift,
-                                                                    rate, x))
+                        pub.publish(
+                            topic_for(a, sid), encode_frame(a, sid, t_start + shift, rate, x)
+                        )
                         published += 1
             second += 1
             peak_worker = max(peak_worker, peak_rss(rig.workers[0].pid))
@@ -274,12 +288,19 @@ def burst(root: Path, seconds: float, factor: int = 10) -> dict[str, float]:
 
         def accounted() -> int:
             feats = _count(rig.lake, "features")
-            dead = (rig.lake.read("dead_letter", columns=["reason", "detail"])
-                    if rig.lake.exists("dead_letter") else None)
+            dead = (
+                rig.lake.read("dead_letter", columns=["reason", "detail"])
+                if rig.lake.exists("dead_letter")
+                else None
+            )
             if dead is None or dead.empty:
                 return feats
-            dropped = dead[dead["reason"] == "dropped_by_broker"]["detail"].str.extract(
-                r"dropped (\d+) ")[0].astype(float).sum()
+            dropped = (
+                dead[dead["reason"] == "dropped_by_broker"]["detail"]
+                .str.extract(r"dropped (\d+) ")[0]
+                .astype(float)
+                .sum()
+            )
             return feats + int((dead["reason"] != "dropped_by_broker").sum()) + int(dropped)
 
         _wait(lambda: accounted() >= published or rig.died(), 600)
@@ -288,8 +309,12 @@ def burst(root: Path, seconds: float, factor: int = 10) -> dict[str, float]:
         peak_broker = max(peak_broker, peak_rss(rig.broker.pid))
         dead = rig.lake.read("dead_letter", columns=["reason", "detail"])
         shed = int((dead["reason"] == "shed").sum())
-        dropped = (dead[dead["reason"] == "dropped_by_broker"]["detail"]
-                   .str.extract(r"dropped (\d+) ")[0].astype(float).sum())
+        dropped = (
+            dead[dead["reason"] == "dropped_by_broker"]["detail"]
+            .str.extract(r"dropped (\d+) ")[0]
+            .astype(float)
+            .sum()
+        )
         worker_alive = not rig.died()
         total = accounted()
     finally:
@@ -311,12 +336,23 @@ def burst(root: Path, seconds: float, factor: int = 10) -> dict[str, float]:
 
 POISON = {
     "deep_nesting": b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
-    "huge_integer": (b'{"asset_id": "pump-01", "sensor_id": "motor_current", "ts": ['
-                     + b"9" * 5000 + b'], "value": [1.0]}'),
-    "float_overflow": (b'{"asset_id": "pump-01", "sensor_id": "motor_current", "ts": ['
-                       + str(T0).encode() + b'], "value": [1' + b"0" * 400 + b"]}"),
-    "lone_surrogate": (b'{"asset_id": "pump-\\udc80", "sensor_id": "motor_current", "ts": ['
-                       + str(T0).encode() + b'], "value": [1.0]}'),
+    "huge_integer": (
+        b'{"asset_id": "pump-01", "sensor_id": "motor_current", "ts": ['
+        + b"9" * 5000
+        + b'], "value": [1.0]}'
+    ),
+    "float_overflow": (
+        b'{"asset_id": "pump-01", "sensor_id": "motor_current", "ts": ['
+        + str(T0).encode()
+        + b'], "value": [1'
+        + b"0" * 400
+        + b"]}"
+    ),
+    "lone_surrogate": (
+        b'{"asset_id": "pump-\\udc80", "sensor_id": "motor_current", "ts": ['
+        + str(T0).encode()
+        + b'], "value": [1.0]}'
+    ),
     "broken_json": b'{"asset_id": "pump-01", ',
 }
 
@@ -348,8 +384,11 @@ def poison(root: Path, n_valid: int, processes: int = 2) -> dict[str, float]:
             time.sleep(1)
         landed = rig.lake.read("readings", columns=["ts"]) if rig.lake.exists("readings") else None
         n_landed = 0 if landed is None else int(landed["ts"].nunique())
-        dead = (rig.lake.read("dead_letter", columns=["reason"])
-                if rig.lake.exists("dead_letter") else None)
+        dead = (
+            rig.lake.read("dead_letter", columns=["reason"])
+            if rig.lake.exists("dead_letter")
+            else None
+        )
         n_dead = 0 if dead is None else len(dead)
     finally:
         pub.close()
@@ -391,15 +430,28 @@ def _fuzz_payloads(n: int, seed: int = 7) -> list[bytes]:
     t = T0
     valid = [
         encode_scalars("pump-01", "motor_current", [t, t + 100_000], [20.0, 21.0]),
-        json.dumps({"asset_id": "pump-02", "sensor_id": "bearing_temp", "ts": t,
-                    "value": 40.0}).encode(),
+        json.dumps(
+            {"asset_id": "pump-02", "sensor_id": "bearing_temp", "ts": t, "value": 40.0}
+        ).encode(),
         encode_multi("pump-03", t, {"motor_current": 20.0, "discharge_pressure": 5.0}),
         encode_multi("pump-01", [t, t + 1], {"motor_current": [1.0, 2.0]}),
         encode_frame("pump-02", "vib_de", t, 12_000.0, np.zeros(2048)),
         encode_arrow("pump-03", "motor_current", [t, t + 1], [1.0, 2.0]),
     ]
-    nasty = [b"[" * 5000, b"9" * 5000, b"1e999", b'"\\ud800"', b"null", b"NaN", b"{}", b"[]",
-             b'"\\u0000x"', b"-9223372036854775809", b"18446744073709551616", b'"x" ' * 50]
+    nasty = [
+        b"[" * 5000,
+        b"9" * 5000,
+        b"1e999",
+        b'"\\ud800"',
+        b"null",
+        b"NaN",
+        b"{}",
+        b"[]",
+        b'"\\u0000x"',
+        b"-9223372036854775809",
+        b"18446744073709551616",
+        b'"x" ' * 50,
+    ]
     out = []
     for _ in range(n):
         p = bytearray(rng.choice(valid))
@@ -408,22 +460,27 @@ def _fuzz_payloads(n: int, seed: int = 7) -> list[bytes]:
             if op == 0 and p:  # flip a byte
                 p[rng.randrange(len(p))] = rng.randrange(256)
             elif op == 1 and p:  # cut
-                del p[rng.randrange(len(p)):]
+                del p[rng.randrange(len(p)) :]
             elif op == 2 and p:  # duplicate a slice
                 i = rng.randrange(len(p))
-                p[i:i] = p[i:i + rng.randint(1, 64)]
+                p[i:i] = p[i : i + rng.randint(1, 64)]
             elif op == 3:  # splice in something nasty at a value position
                 i = p.find(b":") + 1 if b":" in p else 0
                 p[i:i] = rng.choice(nasty)
             elif op == 4 and b"pump" in p:  # ids that are not clean text
-                p = p.replace(b"pump", rng.choice([b"pu\\u0001mp", b"\\udfffp", b"", b"\x00"]),
-                              1)
+                p = p.replace(b"pump", rng.choice([b"pu\\u0001mp", b"\\udfffp", b"", b"\x00"]), 1)
             elif op == 5:  # a timestamp far out of range or of the wrong type
-                p = p.replace(str(t).encode(), rng.choice([b"12", b'"yesterday"', b"1.5",
-                                                           b"9" * 400, b"true"]), 1)
+                p = p.replace(
+                    str(t).encode(),
+                    rng.choice([b"12", b'"yesterday"', b"1.5", b"9" * 400, b"true"]),
+                    1,
+                )
             else:  # truncated to nothing or blown up past the limit
-                p = bytearray(rng.choice([b"", b"x" * (4 * 1024 * 1024 + 1)])) \
-                    if rng.random() < 0.02 else p
+                p = (
+                    bytearray(rng.choice([b"", b"x" * (4 * 1024 * 1024 + 1)]))
+                    if rng.random() < 0.02
+                    else p
+                )
         out.append(bytes(p))
     return out
 
@@ -439,7 +496,7 @@ def fuzz(root: Path, n_decode: int, n_flow: int) -> dict[str, float]:
     payloads = _fuzz_payloads(n_decode)
     crashes = vanished = 0
     for k in range(0, len(payloads), 512):
-        chunk = payloads[k:k + 512]
+        chunk = payloads[k : k + 512]
         messages = [Message("fuzz", k + i, T0, p) for i, p in enumerate(chunk)]
         try:
             d = decode_batch(messages)
@@ -450,8 +507,10 @@ def fuzz(root: Path, n_decode: int, n_flow: int) -> dict[str, float]:
         vanished += len(chunk) - len(seen)
     flow_payloads = payloads[:n_flow]
     lake = Lake(root / "lake")
-    batches = [[Message("fuzz", k + i, T0, p) for i, p in enumerate(flow_payloads[k:k + 100])]
-               for k in range(0, len(flow_payloads), 100)]
+    batches = [
+        [Message("fuzz", k + i, T0, p) for i, p in enumerate(flow_payloads[k : k + 100])]
+        for k in range(0, len(flow_payloads), 100)
+    ]
     flow_crashed = 0
     try:
         run_main(get_flow(TestingSource(batches), lake.uri))
@@ -459,7 +518,11 @@ def fuzz(root: Path, n_decode: int, n_flow: int) -> dict[str, float]:
         flow_crashed = 1
     # which messages produced a row: the lake keeps rows, not message offsets, so the core is
     # run again on the same batches (deterministic) and its row counts must equal the lake's
-    state, offsets, core_rows = None, set(), {"readings": 0, "dead_letter": 0, "unknown_readings": 0}
+    state, offsets, core_rows = (
+        None,
+        set(),
+        {"readings": 0, "dead_letter": 0, "unknown_readings": 0},
+    )
     for b in batches:
         state, rows = run_batch(state, Batch(b))
         for r in rows:
@@ -475,10 +538,12 @@ def fuzz(root: Path, n_decode: int, n_flow: int) -> dict[str, float]:
         "fuzz_decode_vanished": float(vanished),
         "fuzz_flow_payloads": float(len(flow_payloads)),
         "fuzz_flow_crashes": float(flow_crashed),
-        "fuzz_flow_vanished": float(len(flow_payloads) - len(offsets & {m.offset for b in batches
-                                                                        for m in b})),
-        "fuzz_flow_rows_differing_from_core": float(sum(abs(lake_rows[t] - core_rows[t])
-                                                        for t in core_rows)),
+        "fuzz_flow_vanished": float(
+            len(flow_payloads) - len(offsets & {m.offset for b in batches for m in b})
+        ),
+        "fuzz_flow_rows_differing_from_core": float(
+            sum(abs(lake_rows[t] - core_rows[t]) for t in core_rows)
+        ),
         "fuzz_flow_dead_letters": float(lake_rows["dead_letter"]),
         "fuzz_flow_readings": float(lake_rows["readings"]),
         "fuzz_dead_letters_without_reason": float(no_reason),
@@ -487,8 +552,11 @@ def fuzz(root: Path, n_decode: int, n_flow: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser("reliability", __doc__.splitlines()[0])
-    p.add_argument("--parts", default="fuzz,kill,burst,poison",
-                   help="comma-separated: fuzz, kill, burst, poison")
+    p.add_argument(
+        "--parts",
+        default="fuzz,kill,burst,poison",
+        help="comma-separated: fuzz, kill, burst, poison",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     parts = set(a.parts.split(","))
@@ -516,12 +584,20 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.quick and a.out is None and previous.exists():
         # a run of some parts keeps the other parts' last figures (each dated in parts_run)
         old = json.loads(previous.read_text())
-        metrics = {**{k: v for k, v in old.get("metrics", {}).items()
-                      if not any(k.startswith(f"{part}_") for part in parts)}, **metrics}
+        metrics = {
+            **{
+                k: v
+                for k, v in old.get("metrics", {}).items()
+                if not any(k.startswith(f"{part}_") for part in parts)
+            },
+            **metrics,
+        }
         kept = {k: v for k, v in old.get("details", {}).items() if k != "note"}
-        extra = {**kept, **extra,
-                 "parts_run": {**old.get("details", {}).get("parts_run", {}),
-                               **extra["parts_run"]}}
+        extra = {
+            **kept,
+            **extra,
+            "parts_run": {**old.get("details", {}).get("parts_run", {}), **extra["parts_run"]},
+        }
     targets = {k: v for k, v in TARGETS.items() if k in metrics}
     if a.quick:
         targets.pop("kill_points", None)

@@ -60,8 +60,9 @@ def _fleet(start_us: int, live: bool, change_s: float):
 
 def live_flow(start_us: int, change_s: float, speed: float, n_chunks: int):
     """The live stream of the benchmark (run by ``bytewax.run`` in its own process)."""
-    return get_flow(SimulatorSource(_fleet(start_us, True, change_s), speed=speed,
-                                    n_chunks=n_chunks))
+    return get_flow(
+        SimulatorSource(_fleet(start_us, True, change_s), speed=speed, n_chunks=n_chunks)
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,22 +70,37 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--history", type=int, default=300, help="seconds of history (event time)")
     p.add_argument("--change", type=float, default=90.0, help="live seconds before the change")
     p.add_argument("--speed", type=float, default=1.0, help="live stream speed (x real time)")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="give up waiting for the first label after this many s")
-    p.add_argument("--label-delay", type=float, default=30.0,
-                   help="s from an alert opening to the technician's label")
-    p.add_argument("--never", type=float, default=0.25,
-                   help="share of alerts the technician never confirms (default 0.25)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="give up waiting for the first label after this many s",
+    )
+    p.add_argument(
+        "--label-delay",
+        type=float,
+        default=30.0,
+        help="s from an alert opening to the technician's label",
+    )
+    p.add_argument(
+        "--never",
+        type=float,
+        default=0.25,
+        help="share of alerts the technician never confirms (default 0.25)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.history, args.change, args.speed, args.timeout = 150, 60.0, 3.0, 200.0
         args.label_delay = 5.0
     home = tempfile.mkdtemp(prefix="plantpulse-bench-")
-    os.environ.update(
-        {"PLANTPULSE_HOME": home, "PLANTPULSE_DRIFT_DEBOUNCE_S": "60"}
-    )
-    for var in ("PLANTPULSE_LAKE", "MLFLOW_TRACKING_URI", "PLANTPULSE_ARTIFACTS", "DAGSTER_HOME",
-                "PLANTPULSE_RECOVERY"):
+    os.environ.update({"PLANTPULSE_HOME": home, "PLANTPULSE_DRIFT_DEBOUNCE_S": "60"})
+    for var in (
+        "PLANTPULSE_LAKE",
+        "MLFLOW_TRACKING_URI",
+        "PLANTPULSE_ARTIFACTS",
+        "DAGSTER_HOME",
+        "PLANTPULSE_RECOVERY",
+    ):
         os.environ.pop(var, None)
     settings = Settings.from_env()
     os.environ.update(settings.as_env())
@@ -109,8 +125,14 @@ def main(argv: list[str] | None = None) -> dict:
     start_us = time.time_ns() // 1000 + 5_000_000
     live = _fleet(start_us, True, args.change)
     repairs = [
-        dict(asset_id=a, ts=start_us - 3_600_000_000, kind="repair",
-             component="bearing_outer_race", detail="bearing replaced", source="bench")
+        dict(
+            asset_id=a,
+            ts=start_us - 3_600_000_000,
+            kind="repair",
+            component="bearing_outer_race",
+            detail="bearing replaced",
+            source="bench",
+        )
         for a in ("pump-02", "pump-05")
     ]
     lake.append("maintenance_events", pd.DataFrame(repairs))  # the past, not the future
@@ -122,11 +144,20 @@ def main(argv: list[str] | None = None) -> dict:
     log_dir = Path(home) / "logs"
     log_dir.mkdir(exist_ok=True)
     services = [
-        Service("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-m",
-                                   "dagster_project.definitions"]),
-        Service("stream", [sys.executable, "-m", "bytewax.run",
-                           f"bench.retrain_loop:live_flow({start_us}, {args.change}, "
-                           f"{args.speed}, {n_chunks})"]),
+        Service(
+            "dagster-daemon",
+            [str(bin_dir / "dagster-daemon"), "run", "-m", "dagster_project.definitions"],
+        ),
+        Service(
+            "stream",
+            [
+                sys.executable,
+                "-m",
+                "bytewax.run",
+                f"bench.retrain_loop:live_flow({start_us}, {args.change}, "
+                f"{args.speed}, {n_chunks})",
+            ],
+        ),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     marks: dict[str, float] = {}
@@ -146,13 +177,15 @@ def main(argv: list[str] | None = None) -> dict:
             if any(s.proc is not None and s.proc.poll() is not None for s in services):
                 break
             if "change_ingested" not in marks and lake.exists("readings"):
-                r = lake.read("readings", columns=["ts", "ingest_ts"],
-                              filters=[("ts", ">=", change_ts)])
+                r = lake.read(
+                    "readings", columns=["ts", "ingest_ts"], filters=[("ts", ">=", change_ts)]
+                )
                 if len(r):
                     marks["change_ingested"] = r["ingest_ts"].min().timestamp()
             if "first_drift" not in marks and lake.exists("drift_events"):
-                d = lake.read("drift_events", columns=["ts", "asset_id"],
-                              filters=[("ts", ">=", change_ts)])
+                d = lake.read(
+                    "drift_events", columns=["ts", "asset_id"], filters=[("ts", ">=", change_ts)]
+                )
                 if len(d):
                     marks["first_drift"] = time.time()
             # the technician: alerts seen at least label_delay ago, on machines really faulted
@@ -161,20 +194,27 @@ def main(argv: list[str] | None = None) -> dict:
             for a in alerts["alert_id"]:
                 alert_seen.setdefault(a, now)
             if "first_alert" not in marks and len(alerts):
-                changed = alerts[(alerts["opened_ts"] >= change_ts)
-                                 & alerts["asset_id"].isin({f.asset_id for f in faults})]
+                changed = alerts[
+                    (alerts["opened_ts"] >= change_ts)
+                    & alerts["asset_id"].isin({f.asset_id for f in faults})
+                ]
                 if len(changed):
                     marks["first_alert"] = alert_seen[changed["alert_id"].iloc[0]]
             due = alerts[[now - alert_seen[a] >= args.label_delay for a in alerts["alert_id"]]]
-            rows = confirmations(due, faults, labelled, pd.Timestamp.max.tz_localize("UTC"), 0.0,
-                                 args.never)
+            rows = confirmations(
+                due, faults, labelled, pd.Timestamp.max.tz_localize("UTC"), 0.0, args.never
+            )
             if len(due):
-                never |= {a for a, m in zip(due["alert_id"], due["asset_id"], strict=True)
-                          if m in {f.asset_id for f in faults} and never_confirmed(a, args.never)}
+                never |= {
+                    a
+                    for a, m in zip(due["alert_id"], due["asset_id"], strict=True)
+                    if m in {f.asset_id for f in faults} and never_confirmed(a, args.never)
+                }
             if rows:
                 lake.append("maintenance_events", pd.DataFrame(rows))
-                labelled |= {r["detail"].split(";")[0].removeprefix("confirms alert ")
-                             for r in rows}
+                labelled |= {
+                    r["detail"].split(";")[0].removeprefix("confirms alert ") for r in rows
+                }
                 labels += rows
                 if "label" not in marks:
                     marks["label"] = time.time()
@@ -191,13 +231,16 @@ def main(argv: list[str] | None = None) -> dict:
                 for v in dec.loc[dec["decision"] == "promote", "candidate_version"]:
                     if new_version is None and v not in checked:
                         checked[v] = "inner_race" in (
-                            load_version(settings.mlflow_tracking_uri, FAULT_MODEL, v).classes
-                            or [])
+                            load_version(settings.mlflow_tracking_uri, FAULT_MODEL, v).classes or []
+                        )
                         if checked[v]:
                             new_version = str(v)
             if new_version is not None:
-                s = lake.read("scores", columns=["model_version"],
-                              filters=[("model_version", "=", new_version)])
+                s = lake.read(
+                    "scores",
+                    columns=["model_version"],
+                    filters=[("model_version", "=", new_version)],
+                )
                 if len(s):
                     marks["new_champion_scores"] = time.time()
     finally:
@@ -217,8 +260,11 @@ def main(argv: list[str] | None = None) -> dict:
         "alerts_never_labelled": float(len(never)),
         "stream_speed_x_real_time": args.speed,
     }
-    decisions = lake.read("model_decisions").sort_values("ts") if lake.exists(
-        "model_decisions") else pd.DataFrame()
+    decisions = (
+        lake.read("model_decisions").sort_values("ts")
+        if lake.exists("model_decisions")
+        else pd.DataFrame()
+    )
     return report(
         "retrain_loop",
         metrics,
@@ -233,8 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
             "never_labelled_alerts": sorted(never),
             "labels": [{k: str(v) for k, v in r.items()} for r in labels],
             "promoted_after_label_knows_the_fault": checked,
-            "decisions": decisions[["decision", "candidate_version", "champion_version"]]
-            .to_dict("records") if len(decisions) else [],
+            "decisions": decisions[["decision", "candidate_version", "champion_version"]].to_dict(
+                "records"
+            )
+            if len(decisions)
+            else [],
             "reasons": [list(r) for r in decisions["reasons"]] if len(decisions) else [],
             "logs": str(log_dir),
         },

@@ -107,19 +107,27 @@ def all_cycles(df: pd.DataFrame, quick: bool) -> pd.DataFrame:
     return pd.concat(out)
 
 
-def _inner_errors(tr: pd.DataFrame, va: pd.DataFrame, cuts: pd.DataFrame, n: int,
-                  params: dict) -> np.ndarray:
+def _inner_errors(
+    tr: pd.DataFrame, va: pd.DataFrame, cuts: pd.DataFrame, n: int, params: dict
+) -> np.ndarray:
     """Errors at the inner validation engines' cuts of one setting fitted on ``tr``."""
     m = fit_rul_regressor(tr.drop(columns=META), tr["rul"].to_numpy(), n, params, 1)
     at = _at_cuts(va, np.clip(m.predict(va.drop(columns=META)), 0, RUL_CAP), cuts)
     return at["predicted"].to_numpy() - at["rul"].to_numpy()
 
 
-def _inner_hybrid(tr: pd.DataFrame, va: pd.DataFrame, cuts: pd.DataFrame, n: int,
-                  params: dict) -> pd.DataFrame:
+def _inner_hybrid(
+    tr: pd.DataFrame, va: pd.DataFrame, cuts: pd.DataFrame, n: int, params: dict
+) -> pd.DataFrame:
     """The hybrid fitted on ``tr``, predicting the inner validation engines at their cuts."""
-    h = fit_hybrid(tr.drop(columns=META), tr["rul"].to_numpy(), tr["unit"].to_numpy(),
-                   n_estimators=n, params=params, n_jobs=1)
+    h = fit_hybrid(
+        tr.drop(columns=META),
+        tr["rul"].to_numpy(),
+        tr["unit"].to_numpy(),
+        n_estimators=n,
+        params=params,
+        n_jobs=1,
+    )
     return _at_cuts(va, h.predict(va.drop(columns=META), va["unit"].to_numpy()), cuts)
 
 
@@ -142,8 +150,16 @@ def nested(
             delayed(_inner_errors)(*inner_frames[f], cuts, *grid[name]) for name, f in pairs
         )
         inner_rmse = {
-            name: float(np.sqrt(np.mean(np.concatenate(
-                [e for (nm, _), e in zip(pairs, errors, strict=True) if nm == name]) ** 2)))
+            name: float(
+                np.sqrt(
+                    np.mean(
+                        np.concatenate(
+                            [e for (nm, _), e in zip(pairs, errors, strict=True) if nm == name]
+                        )
+                        ** 2
+                    )
+                )
+            )
             for name in grid
         }
         best = min(inner_rmse, key=inner_rmse.get)
@@ -158,8 +174,14 @@ def nested(
         train, test = _features(outer_train, df.iloc[test_idx])
         x_train, x_test = train.drop(columns=META), test.drop(columns=META)
         xgb = fit_rul_regressor(x_train, train["rul"].to_numpy(), n, params, 1)
-        hybrid = fit_hybrid(x_train, train["rul"].to_numpy(), train["unit"].to_numpy(),
-                            n_estimators=n, params=params, n_jobs=1)
+        hybrid = fit_hybrid(
+            x_train,
+            train["rul"].to_numpy(),
+            train["unit"].to_numpy(),
+            n_estimators=n,
+            params=params,
+            n_jobs=1,
+        )
         hybrid.calibrate(calib_cuts["predicted"].to_numpy(), calib_cuts["rul"].to_numpy(), COVERAGE)
         units = test["unit"].to_numpy()
         at = _at_cuts(test, np.clip(xgb.predict(x_test), 0, RUL_CAP), cuts)
@@ -185,13 +207,16 @@ START_US = 1_767_225_600_000_000  # physics.datasets.cmapss_readings' default st
 
 def _file_features(df: pd.DataFrame, hi) -> pd.DataFrame:
     """The health indicator's ``features`` rows as the stream writes them, from the file."""
-    return pd.DataFrame({
-        "asset_id": [f"engine-{u:03d}" for u in df["unit"]],
-        "sensor_id": hi.sensor_id,
-        "window_end": pd.to_datetime(START_US + (df["cycle"].to_numpy() - 1) * 3_600_000_000,
-                                     unit="us", utc=True),
-        hi.feature: df[hi.sensor_id.removeprefix("cmapss_")].to_numpy(float),
-    })
+    return pd.DataFrame(
+        {
+            "asset_id": [f"engine-{u:03d}" for u in df["unit"]],
+            "sensor_id": hi.sensor_id,
+            "window_end": pd.to_datetime(
+                START_US + (df["cycle"].to_numpy() - 1) * 3_600_000_000, unit="us", utc=True
+            ),
+            hi.feature: df[hi.sensor_id.removeprefix("cmapss_")].to_numpy(float),
+        }
+    )
 
 
 def _lake_features(df: pd.DataFrame, data: str, hi) -> pd.DataFrame:
@@ -210,26 +235,41 @@ def _lake_features(df: pd.DataFrame, data: str, hi) -> pd.DataFrame:
     lake = Lake(f"{tmp}/lake")
     keep = {f"engine-{u:03d}" for u in df["unit"].unique()}
     timelines = {a: t for a, t in dataset_messages("cmapss", data).items() if a in keep}
-    run_main(get_flow(ReplaySource(timelines), lake.uri, f"sqlite:///{tmp}/mlflow.db",
-                      plant=load_plant(bundled_plant("cmapss"))))
-    return lake.read("features", filters=[("sensor_id", "=", hi.sensor_id)],
-                     columns=["asset_id", "sensor_id", "window_end", hi.feature])
+    run_main(
+        get_flow(
+            ReplaySource(timelines),
+            lake.uri,
+            f"sqlite:///{tmp}/mlflow.db",
+            plant=load_plant(bundled_plant("cmapss")),
+        )
+    )
+    return lake.read(
+        "features",
+        filters=[("sensor_id", "=", hi.sensor_id)],
+        columns=["asset_id", "sensor_id", "window_end", hi.feature],
+    )
 
 
-def served(df: pd.DataFrame, cuts: pd.DataFrame, data: str, quick: bool
-           ) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+def served(
+    df: pd.DataFrame, cuts: pd.DataFrame, data: str, quick: bool
+) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
     """Protocol 4: the served model from the lake and from the file, at the same cuts."""
     from plant import bundled_plant, load_plant
 
     plant = load_plant(bundled_plant("cmapss"))
     hi = plant.health_indicator("engine-001")
     last = df.groupby("unit")["cycle"].max()
-    events = pd.DataFrame({
-        "asset_id": [f"engine-{u:03d}" for u in last.index],
-        "ts": pd.to_datetime(START_US + (last.to_numpy() - 1) * 3_600_000_000, unit="us",
-                             utc=True),
-        "kind": "failure", "component": "hpc", "detail": "end of the run-to-failure trajectory",
-    })
+    events = pd.DataFrame(
+        {
+            "asset_id": [f"engine-{u:03d}" for u in last.index],
+            "ts": pd.to_datetime(
+                START_US + (last.to_numpy() - 1) * 3_600_000_000, unit="us", utc=True
+            ),
+            "kind": "failure",
+            "component": "hpc",
+            "detail": "end of the run-to-failure trajectory",
+        }
+    )
     file_feats = _file_features(df, hi)
     lake_feats = _lake_features(df, data, hi)
     both = file_feats.merge(lake_feats, on=["asset_id", "window_end"], suffixes=("", "_lake"))
@@ -237,14 +277,16 @@ def served(df: pd.DataFrame, cuts: pd.DataFrame, data: str, quick: bool
         "served_lake_windows": float(len(lake_feats)),
         "served_file_windows": float(len(file_feats)),
         "served_lake_vs_file_hi_max_abs_diff": float(
-            (both[hi.feature] - both[f"{hi.feature}_lake"]).abs().max()),
+            (both[hi.feature] - both[f"{hi.feature}_lake"]).abs().max()
+        ),
     }
     scored = {}
     for name, feats in (("file", file_feats), ("lake", lake_feats)):
         rows = lake_rul_rows(feats, events, plant)
         rows["unit"] = rows["asset_id"].str.removeprefix("engine-").astype(int)
-        rows["cycle"] = ((rows["window_end"].dt.as_unit("us").astype("int64") - START_US)
-                         // 3_600_000_000 + 1).astype(int)
+        rows["cycle"] = (
+            (rows["window_end"].dt.as_unit("us").astype("int64") - START_US) // 3_600_000_000 + 1
+        ).astype(int)
         out = []
         splits = GroupKFold(n_splits=3 if quick else 5).split(rows, groups=rows["unit"])
         for train_idx, test_idx in track(list(splits), description=f"served model ({name})"):
@@ -253,19 +295,26 @@ def served(df: pd.DataFrame, cuts: pd.DataFrame, data: str, quick: bool
             x = served_inputs(test, model.z_fail)
             pred = model.predict(x, test["rul_cap"].to_numpy())
             low, high = model.bands.interval(pred)
-            out.append(test[["unit", "cycle"]].assign(
-                predicted=pred / CYCLE_S, low=low / CYCLE_S, high=high / CYCLE_S,
-                prior=x["prior_rul"].to_numpy() / CYCLE_S))
+            out.append(
+                test[["unit", "cycle"]].assign(
+                    predicted=pred / CYCLE_S,
+                    low=low / CYCLE_S,
+                    high=high / CYCLE_S,
+                    prior=x["prior_rul"].to_numpy() / CYCLE_S,
+                )
+            )
         at = cuts.merge(pd.concat(out), on=["unit", "cycle"], how="inner").merge(
-            df[["unit", "cycle", "rul"]], on=["unit", "cycle"])
+            df[["unit", "cycle", "rul"]], on=["unit", "cycle"]
+        )
         scored[name] = at
         y = at["rul"].to_numpy()
         metrics |= {
             f"served_{name}_truncated_rmse": rmse(at["predicted"].to_numpy(), y),
             f"served_{name}_truncated_phm08": _per_draw_phm08(at, "predicted"),
             f"served_{name}_prior_only_truncated_rmse": rmse(at["prior"].to_numpy(), y),
-            f"served_{name}_interval_coverage": float(((y >= at["low"]) & (y <= at["high"]))
-                                                      .mean()),
+            f"served_{name}_interval_coverage": float(
+                ((y >= at["low"]) & (y <= at["high"])).mean()
+            ),
             f"served_{name}_interval_width_mean": float((at["high"] - at["low"]).mean()),
             f"served_{name}_truncation_points": float(len(at)),
         }
@@ -278,11 +327,18 @@ def _per_draw_phm08(at: pd.DataFrame, column: str) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser("rul", __doc__.splitlines()[0])
-    p.add_argument("--jobs", type=int, default=2,
-                   help="processes for the inner-fold fits (one XGBoost thread each; default 2)")
-    p.add_argument("--served-only", action="store_true",
-                   help="protocol 4 alone (the served model from the lake and from the file); "
-                   "default output bench/results/rul_served.json")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="processes for the inner-fold fits (one XGBoost thread each; default 2)",
+    )
+    p.add_argument(
+        "--served-only",
+        action="store_true",
+        help="protocol 4 alone (the served model from the lake and from the file); "
+        "default output bench/results/rul_served.json",
+    )
     args = p.parse_args(argv)
     df = read_cmapss(data_dir(args.data), "FD001", rul_cap=RUL_CAP)
     if args.quick:
@@ -291,12 +347,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.served_only:
         cuts = truncation_points(df, draws)
         metrics, _ = served(df, cuts, data_dir(args.data), args.quick)
-        return report("rul_served", metrics,
-                      {"served_lake_truncated_rmse": "<= 12.5",
-                       "served_lake_truncated_phm08": "<= 250",
-                       "served_lake_interval_coverage": ">= 0.8"},
-                      quick=args.quick, out=args.out,
-                      extra={"protocol_served": SERVED_PROTOCOL, "draws": draws})
+        return report(
+            "rul_served",
+            metrics,
+            {
+                "served_lake_truncated_rmse": "<= 12.5",
+                "served_lake_truncated_phm08": "<= 250",
+                "served_lake_interval_coverage": ">= 0.8",
+            },
+            quick=args.quick,
+            out=args.out,
+            extra={"protocol_served": SERVED_PROTOCOL, "draws": draws},
+        )
     oof = all_cycles(df, args.quick)
     last = oof.sort_values("cycle").groupby("unit").tail(1)
     cuts = truncation_points(df, draws)

@@ -40,8 +40,11 @@ def moto_s3(log: Path | None = None) -> Iterator[dict[str, str]]:
     Its output goes to ``log`` (discarded without one), whose tail a start-up failure quotes."""
     port = free_ports(1)[0]
     with open(log, "wb") if log else open(os.devnull, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -53,9 +56,13 @@ def moto_s3(log: Path | None = None) -> Iterator[dict[str, str]]:
                     tail = log.read_text()[-2000:] if log else ""
                     raise RuntimeError(f"moto's S3 server did not start {tail}") from None
                 time.sleep(0.1)
-        yield {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-               "AWS_ALLOW_HTTP": "true"}
+        yield {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
     finally:
         proc.terminate()
         proc.wait(10)
@@ -65,22 +72,36 @@ def _s3_lake(env: dict[str, str]) -> str:
     import boto3
 
     bucket = f"scale-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_REGION"],
-                 aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/lake"
 
 
-def run(lake_uri: str, env: dict[str, str], shape: str, processes: int, seconds: int,
-        n_assets: int, n_sensors: int, n_vib: int) -> tuple[float, float]:
+def run(
+    lake_uri: str,
+    env: dict[str, str],
+    shape: str,
+    processes: int,
+    seconds: int,
+    n_assets: int,
+    n_sensors: int,
+    n_vib: int,
+) -> tuple[float, float]:
     """One cluster run into a fresh lake: (readings/s, peak RSS MiB of the largest process)."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # this process reads the lake too
     try:
         lake = Lake(lake_uri)
         lake.create_tables()  # once, not by N processes racing
-        target = (f"bench.plant:flow_for({shape!r}, {seconds}, {lake_uri!r}, {n_assets}, "
-                  f"{n_sensors}, {n_vib})")
+        target = (
+            f"bench.plant:flow_for({shape!r}, {seconds}, {lake_uri!r}, {n_assets}, "
+            f"{n_sensors}, {n_vib})"
+        )
         peak = run_processes(target, processes, env)
         rate, n = throughput(lake)
     finally:
@@ -91,8 +112,9 @@ def run(lake_uri: str, env: dict[str, str], shape: str, processes: int, seconds:
                 os.environ[k] = v
     expected = n_assets * n_sensors * SCALAR_HZ * seconds
     if n != expected:
-        raise RuntimeError(f"{processes} processes on {lake_uri}: {n} readings committed, "
-                           f"{expected} sent")
+        raise RuntimeError(
+            f"{processes} processes on {lake_uri}: {n} readings committed, {expected} sent"
+        )
     return rate, peak / 2**20
 
 
@@ -120,22 +142,39 @@ def main(argv: list[str] | None = None) -> dict:
                     load[f"{prefix}{procs}p"] = [round(before, 2), round(os.getloadavg()[0], 2)]
                     metrics[f"{prefix}readings_per_s_{procs}p"] = rate
                     metrics[f"{prefix}peak_rss_mb_{procs}p"] = rss
-                    print(f"{kind} lake, {procs} process(es): {rate:,.0f} readings/s "
-                          f"(load average {before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+                    print(
+                        f"{kind} lake, {procs} process(es): {rate:,.0f} readings/s "
+                        f"(load average {before:.1f} -> {os.getloadavg()[0]:.1f})",
+                        flush=True,
+                    )
                 base = metrics.get(f"{prefix}readings_per_s_1p")
                 for procs in counts:
                     if base and procs > 1:
                         metrics[f"{prefix}speedup_{procs}p"] = (
-                            metrics[f"{prefix}readings_per_s_{procs}p"] / base)
+                            metrics[f"{prefix}readings_per_s_{procs}p"] / base
+                        )
     targets = {k: v for k, v in TARGETS.items() if k in metrics}
     if "s3_speedup_2p" in metrics:
         targets["s3_speedup_2p"] = TARGETS["speedup_2p"]
-    print(f"uptime: load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-          f"on {os.cpu_count()} cores")
-    return report("scale", metrics, targets, quick=a.quick, out=a.out,
-                  extra={"shape": a.shape, "assets": n_assets, "scalar_sensors_per_asset":
-                         n_sensors, "vibration_sensors": n_vib, "seconds_of_event_time": seconds,
-                         "load_average_before_after": load})
+    print(
+        f"uptime: load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+        f"on {os.cpu_count()} cores"
+    )
+    return report(
+        "scale",
+        metrics,
+        targets,
+        quick=a.quick,
+        out=a.out,
+        extra={
+            "shape": a.shape,
+            "assets": n_assets,
+            "scalar_sensors_per_asset": n_sensors,
+            "vibration_sensors": n_vib,
+            "seconds_of_event_time": seconds,
+            "load_average_before_after": load,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     free = read_skab(data, "anomaly-free")
     if args.quick:
         free = free.iloc[:1200]
-    readings = pd.concat([skab_readings(df, asset) for asset, df in frames.items()]
-                         + [skab_readings(free, FREE)])
+    readings = pd.concat(
+        [skab_readings(df, asset) for asset, df in frames.items()] + [skab_readings(free, FREE)]
+    )
     lake = replay_into_lake(readings_messages(readings, batch_s=1.0))
     alerts = current_alerts(lake)
     rows, per_experiment = [], {}
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(test.assign(experiment=experiments[asset]))
         m = point_metrics(test["alert"], test["anomaly"].to_numpy() > 0)
         per_experiment[experiments[asset]] = {
-            "far": m["far"], "mar": m["mar"], "f1": m["f1"],
+            "far": m["far"],
+            "mar": m["mar"],
+            "f1": m["f1"],
             "alerts": int((alerts["asset_id"] == asset).sum()),
         }
     scored = pd.concat(rows)
@@ -98,27 +101,33 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for tag, m in (("development", devm), ("held_out", held)):
         if m is not None:
-            metrics.update({f"f1_{tag}": m["f1"], f"far_{tag}": m["far"],
-                            f"mar_{tag}": m["mar"]})
+            metrics.update({f"f1_{tag}": m["f1"], f"far_{tag}": m["far"], f"mar_{tag}": m["mar"]})
     print("per experiment (rows inside an open alert):")
     for name, m in per_experiment.items():
         split = "development" if name in DEVELOPMENT else "held out"
-        print(f"  {name:<12} FAR {m['far']:6.1%}  MAR {m['mar']:6.1%}  F1 {m['f1']:.3f}  "
-              f"alerts {m['alerts']:3d}  ({split})")
+        print(
+            f"  {name:<12} FAR {m['far']:6.1%}  MAR {m['mar']:6.1%}  F1 {m['f1']:.3f}  "
+            f"alerts {m['alerts']:3d}  ({split})"
+        )
     print(f"  worst FAR: {worst_far}; worst MAR: {worst_mar}")
     policy = AlertPolicy()
     return report(
         "skab",
         metrics,
-        {"f1_alerts": ">= 0.82", "far_alerts": "<= 0.1", "mar_alerts": "<= 0.25",
-         "worst_experiment_far": "<= 0.2", "anomaly_free_alerts": "<= 0"},
+        {
+            "f1_alerts": ">= 0.82",
+            "far_alerts": "<= 0.1",
+            "mar_alerts": "<= 0.25",
+            "worst_experiment_far": "<= 0.2",
+            "anomaly_free_alerts": "<= 0",
+        },
         quick=args.quick,
         out=args.out,
         extra={
             "protocol": f"{args.folder}, first {WARMUP_ROWS} rows of each file warm-up "
-                        f"(detector warm-up {PROCESS_WARMUP} windows), point-wise on the rest; "
-                        "no parameter chosen on labelled data; only valve1 and anomaly-free "
-                        "are on this machine",
+            f"(detector warm-up {PROCESS_WARMUP} windows), point-wise on the rest; "
+            "no parameter chosen on labelled data; only valve1 and anomaly-free "
+            "are on this machine",
             "false_alarm_budget": policy.false_alarm_budget,
             "calm_quantile": policy.calm_quantile,
             "development_experiments": sorted(DEVELOPMENT),

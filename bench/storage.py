@@ -43,8 +43,10 @@ T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z
 def fleet(seconds: int) -> FleetSimulator:
     machines = [MachineSpec(f"pump-{i + 1:02d}", rpm=1797.0 - 25.0 * i) for i in range(3)]
     onset = seconds / 3
-    faults = [Fault("pump-02", "outer_race", start_s=onset, time_to_failure_s=4 * seconds),
-              Fault("pump-03", "inner_race", start_s=onset, time_to_failure_s=4 * seconds)]
+    faults = [
+        Fault("pump-02", "outer_race", start_s=onset, time_to_failure_s=4 * seconds),
+        Fault("pump-03", "inner_race", start_s=onset, time_to_failure_s=4 * seconds),
+    ]
     return FleetSimulator(machines, faults, seed=11, start_us=T0_US)
 
 
@@ -87,11 +89,17 @@ def measure(seconds: int, workdir: str) -> dict:
             "frames_kept_fraction": n_samples / (sim_rate * seconds * sensors),
         },
         "details": {
-            "event_seconds": seconds, "sensors": sensors, "simulated_rate_hz": sim_rate,
-            "frame_keep_every": FRAME_KEEP_EVERY, "feature_rows": rows["features"],
-            "frame_rows": rows["frames"], "alert_frames": alert_frames,
-            "features_retention_days": f_days, "frames_retention_days": r_days,
-            "bytes": sizes, "flow_seconds": round(t.seconds, 1),
+            "event_seconds": seconds,
+            "sensors": sensors,
+            "simulated_rate_hz": sim_rate,
+            "frame_keep_every": FRAME_KEEP_EVERY,
+            "feature_rows": rows["features"],
+            "frame_rows": rows["frames"],
+            "alert_frames": alert_frames,
+            "features_retention_days": f_days,
+            "frames_retention_days": r_days,
+            "bytes": sizes,
+            "flow_seconds": round(t.seconds, 1),
         },
     }
 
@@ -104,9 +112,12 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="plantpulse-bench-storage-") as workdir:
         result = measure(seconds, workdir)
     return report(
-        "storage", result["metrics"],
+        "storage",
+        result["metrics"],
         {"ingest_ratio": ">= 100", "retained_ratio": ">= 100"},
-        quick=args.quick, out=args.out, extra=result["details"],
+        quick=args.quick,
+        out=args.out,
+        extra=result["details"],
         title=f"bench.storage: one 10 kHz sensor-day, from {seconds} s x 3 sensors scaled"
         + (" (quick)" if args.quick else ""),
     )

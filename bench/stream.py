@@ -36,9 +36,7 @@ from physics.simulator import default_fleet
 T0 = 1_767_225_600_000_000
 
 
-def scalar_messages(
-    n_messages: int, batch: int, asset: str = "pump-01"
-) -> list[tuple[int, bytes]]:
+def scalar_messages(n_messages: int, batch: int, asset: str = "pump-01") -> list[tuple[int, bytes]]:
     rng = np.random.default_rng(0)
     out = []
     for i in range(n_messages):
@@ -108,8 +106,12 @@ def paced(n_msgs: int, batch: int, rate: float) -> dict[str, float]:
     speed = rate / batch
     lake = Lake(tempfile.mkdtemp(prefix="bench-stream-paced-"))
     wall0_ms = time.time() * 1000.0
-    run_main(build_flow(ReplaySource({"pump-01": timeline}, batch=64, speed=speed),
-                        DeltaSink(lake.uri, max_age_s=0.25)))
+    run_main(
+        build_flow(
+            ReplaySource({"pump-01": timeline}, batch=64, speed=speed),
+            DeltaSink(lake.uri, max_age_s=0.25),
+        )
+    )
     t = lake.dataset("scores").to_table(columns=["window_end", "latency_ms", "__filename"])
     lat = np.asarray(t.column("latency_ms"))
     event_us = np.asarray(t.column("window_end").cast(pa.int64()))

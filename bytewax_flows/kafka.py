@@ -80,8 +80,9 @@ class KafkaSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSettings:
         env = os.environ if env is None else env
-        brokers = tuple(b.strip() for b in env.get("PLANTPULSE_KAFKA_BROKERS", "").split(",")
-                        if b.strip())
+        brokers = tuple(
+            b.strip() for b in env.get("PLANTPULSE_KAFKA_BROKERS", "").split(",") if b.strip()
+        )
         if not brokers:
             raise KafkaConfigError(
                 "PLANTPULSE_KAFKA_BROKERS is not set (host:port of the brokers, comma-separated)"
@@ -98,9 +99,15 @@ class KafkaSettings:
             raise KafkaConfigError("PLANTPULSE_KAFKA_CONFIG must be a JSON object")
         batch = env.get("PLANTPULSE_KAFKA_BATCH") or "1000"
         if not batch.isdigit() or int(batch) < 1:
-            raise KafkaConfigError(f"PLANTPULSE_KAFKA_BATCH must be a positive integer, got {batch!r}")
-        return cls(brokers, env.get("PLANTPULSE_KAFKA_TOPIC") or DEFAULT_TOPIC,
-                   {str(k): str(v) for k, v in config.items()}, int(batch))
+            raise KafkaConfigError(
+                f"PLANTPULSE_KAFKA_BATCH must be a positive integer, got {batch!r}"
+            )
+        return cls(
+            brokers,
+            env.get("PLANTPULSE_KAFKA_TOPIC") or DEFAULT_TOPIC,
+            {str(k): str(v) for k, v in config.items()},
+            int(batch),
+        )
 
 
 def producer_config(settings: KafkaSettings) -> dict[str, str]:
@@ -192,8 +199,13 @@ class TelemetryKafkaSource(KafkaSource):
     whose (source, offset) are (``kafka:<topic>:<partition>``, the Kafka offset)."""
 
     def __init__(self, settings: KafkaSettings, *, tail: bool = True):
-        super().__init__(list(settings.brokers), [settings.topic], tail=tail,
-                         add_config=dict(settings.config), batch_size=settings.batch_size)
+        super().__init__(
+            list(settings.brokers),
+            [settings.topic],
+            tail=tail,
+            add_config=dict(settings.config),
+            batch_size=settings.batch_size,
+        )
 
     @classmethod
     def from_env(cls, *, tail: bool = True) -> TelemetryKafkaSource:
@@ -201,8 +213,9 @@ class TelemetryKafkaSource(KafkaSource):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _TelemetryPartition:
         idx, topic = for_part.split("-", 1)
-        return _TelemetryPartition(super().build_part(step_id, for_part, resume_state), topic,
-                                   int(idx))
+        return _TelemetryPartition(
+            super().build_part(step_id, for_part, resume_state), topic, int(idx)
+        )
 
 
 def get_flow(lake_uri: str | None = None, *, tail: bool = True) -> Dataflow:

@@ -58,8 +58,15 @@ from bytewax_flows.sources import chunk_payloads, now_us
 from dataplane.wire import Batch, as_batch
 from lake import Lake, Settings
 
-__all__ = ["CircuitBreaker", "MQTTSource", "Publisher", "TOPIC", "credentials", "publish",
-           "topic_for"]
+__all__ = [
+    "CircuitBreaker",
+    "MQTTSource",
+    "Publisher",
+    "TOPIC",
+    "credentials",
+    "publish",
+    "topic_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +98,16 @@ class CircuitBreaker:
     def admit(self, backlog: int, backlog_bytes: int = 0) -> bool:
         if not self.open and (backlog > self.high or backlog_bytes > self.high_bytes):
             self.open = True
-            log.warning("load shedding ON: %d messages (%d bytes) waiting (> %d or > %d bytes)",
-                        backlog, backlog_bytes, self.high, self.high_bytes)
+            log.warning(
+                "load shedding ON: %d messages (%d bytes) waiting (> %d or > %d bytes)",
+                backlog,
+                backlog_bytes,
+                self.high,
+                self.high_bytes,
+            )
         elif self.open and backlog < self.low and backlog_bytes < self.low_bytes:
             self.open = False
-            log.warning("load shedding OFF: %d messages (%d bytes) waiting", backlog,
-                        backlog_bytes)
+            log.warning("load shedding OFF: %d messages (%d bytes) waiting", backlog, backlog_bytes)
         if not self.open:
             return True
         if backlog >= self.high or backlog_bytes >= self.high_bytes:
@@ -136,8 +147,12 @@ def _marks(properties: Properties | None) -> tuple[str | None, int | None, str |
             else:
                 problem = f"pp-publisher {value!r:.80} is not a printable name of 1..128 chars"
         elif key == SEQ:
-            if (isinstance(value, str) and value.isascii() and value.isdigit()
-                    and len(value) <= _SEQ_DIGITS):
+            if (
+                isinstance(value, str)
+                and value.isascii()
+                and value.isdigit()
+                and len(value) <= _SEQ_DIGITS
+            ):
                 seq = int(value)
             else:
                 problem = f"pp-seq {value!r:.80} is not a decimal number below 10**19"
@@ -185,9 +200,13 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
         self.high: dict[str, int] = dict((resume or {}).get("high", {}))
         self.unacked: deque[tuple[str, int, int, int]] = deque()  # (source, offset, mid, qos)
         self.lock = threading.Lock()
-        self.breaker = CircuitBreaker(source.high_watermark, source.low_watermark,
-                                      source.keep_every, source.high_watermark_bytes,
-                                      source.low_watermark_bytes)
+        self.breaker = CircuitBreaker(
+            source.high_watermark,
+            source.low_watermark,
+            source.keep_every,
+            source.high_watermark_bytes,
+            source.low_watermark_bytes,
+        )
         self.last_offset = int((resume or {}).get("last_offset", 0))
         self.last_message = self.last_ack_check = time.monotonic()
         # a stable client id and a persistent session: what was delivered and not acknowledged
@@ -215,31 +234,36 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
         # MQTT 5 flow control: the broker sends at most this many unacknowledged QoS 1
         # messages; the rest wait in the broker (within its queue limits), not in this worker
         props.ReceiveMaximum = source.receive_maximum
-        self.client.connect(source.host, source.port, keepalive=30, clean_start=False,
-                            properties=props)
+        self.client.connect(
+            source.host, source.port, keepalive=30, clean_start=False, properties=props
+        )
         self.client.loop_start()
         if not self.subscribed.wait(10) or self.refused:
             self.client.loop_stop()
-            raise ConnectionError(self.refused or f"no subscription to {source.topic} on "
-                                  f"{source.host}:{source.port} within 10 s")
+            raise ConnectionError(
+                self.refused
+                or f"no subscription to {source.topic} on {source.host}:{source.port} within 10 s"
+            )
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
-            self.refused = (f"the broker on {self.cfg.host}:{self.cfg.port} refused the "
-                            f"connection: {reason} (credentials: PLANTPULSE_MQTT_USERNAME/"
-                            f"PLANTPULSE_MQTT_PASSWORD or the set-up's credentials.json)")
+            self.refused = (
+                f"the broker on {self.cfg.host}:{self.cfg.port} refused the "
+                f"connection: {reason} (credentials: PLANTPULSE_MQTT_USERNAME/"
+                f"PLANTPULSE_MQTT_PASSWORD or the set-up's credentials.json)"
+            )
             self.subscribed.set()
             return
-        _, self.subscription = client.subscribe(f"$share/{self.cfg.group}/{self.cfg.topic}",
-                                                qos=self.cfg.qos)
+        _, self.subscription = client.subscribe(
+            f"$share/{self.cfg.group}/{self.cfg.topic}", qos=self.cfg.qos
+        )
         if self.worker == 0:  # one worker records what the broker drops (a broker-wide count)
             client.subscribe(DROPPED_TOPIC, qos=0)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if mid != self.subscription:
             if any(r.is_failure for r in reason_codes):
-                log.warning("cannot read %s: what the broker drops goes unrecorded",
-                            DROPPED_TOPIC)
+                log.warning("cannot read %s: what the broker drops goes unrecorded", DROPPED_TOPIC)
             return
         failed = [str(r) for r in reason_codes if r.is_failure]
         if failed:
@@ -264,8 +288,11 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
         n, self.dropped = total - self.dropped, total
         log.warning("the broker dropped %d messages (its queue limits); %d in all", n, total)
         with self.lock:
-            self.buffer.append(_Received(received, DROPPED_TOPIC, payload, 0, 0, False, None,
-                                         None, shed=True, dropped=n))
+            self.buffer.append(
+                _Received(
+                    received, DROPPED_TOPIC, payload, 0, 0, False, None, None, shed=True, dropped=n
+                )
+            )
 
     def _on_message(self, client, userdata, msg) -> None:
         """On paho's network thread: must not raise (it would end reception)."""
@@ -278,22 +305,40 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
             if problem is not None:
                 self.bad_marks += 1
                 if self.bad_marks == 1 or self.bad_marks % 1000 == 0:
-                    log.warning("%d message(s) with unusable sequence marks, taken as "
-                                "unnumbered (newest on %s: %s)", self.bad_marks, msg.topic,
-                                problem)
+                    log.warning(
+                        "%d message(s) with unusable sequence marks, taken as "
+                        "unnumbered (newest on %s: %s)",
+                        self.bad_marks,
+                        msg.topic,
+                        problem,
+                    )
             payload = bytes(msg.payload)
             with self.lock:
                 shed = not self.breaker.admit(self.admitted, self.buffered_bytes)
-                self.buffer.append(_Received(received, msg.topic, payload, msg.mid, msg.qos,
-                                             bool(msg.dup), publisher, seq, shed))
+                self.buffer.append(
+                    _Received(
+                        received,
+                        msg.topic,
+                        payload,
+                        msg.mid,
+                        msg.qos,
+                        bool(msg.dup),
+                        publisher,
+                        seq,
+                        shed,
+                    )
+                )
                 if not shed:
                     self.admitted += 1
                     self.buffered_bytes += len(payload)
         except Exception:  # noqa: BLE001 (contained: reception goes on)
             self.callback_errors += 1
-            log.exception("MQTT message on %r could not be taken in (%d so far); it stays "
-                          "unacknowledged in the broker's session", getattr(msg, "topic", "?"),
-                          self.callback_errors)
+            log.exception(
+                "MQTT message on %r could not be taken in (%d so far); it stays "
+                "unacknowledged in the broker's session",
+                getattr(msg, "topic", "?"),
+                self.callback_errors,
+            )
 
     def next_batch(self) -> list[Batch]:
         taken = self._take()
@@ -306,8 +351,7 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
         taken: list[_Received] = []
         n_admitted = 0
         with self.lock:
-            while (self.buffer and n_admitted < self.cfg.batch
-                   and len(taken) < 16 * self.cfg.batch):
+            while self.buffer and n_admitted < self.cfg.batch and len(taken) < 16 * self.cfg.batch:
                 item = self.buffer.popleft()
                 if not item.shed:
                     n_admitted += 1
@@ -340,15 +384,19 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
                     newest[source] = max(newest.get(source, -1), offset)
                     continue
                 if offset <= high:  # not a redelivery: numbering gone backwards or a repeat
-                    set_aside = ("out_of_sequence",
-                                 f"pp-seq {m.seq} of publisher {m.publisher!r} is not above "
-                                 f"{high}, already received; a publisher must keep its numbers "
-                                 f"rising, also across its restarts")
+                    set_aside = (
+                        "out_of_sequence",
+                        f"pp-seq {m.seq} of publisher {m.publisher!r} is not above "
+                        f"{high}, already received; a publisher must keep its numbers "
+                        f"rising, also across its restarts",
+                    )
                 elif offset > m.received_us + MAX_SEQ_AHEAD_US:
-                    set_aside = ("out_of_sequence",
-                                 f"pp-seq {m.seq} of publisher {m.publisher!r} is more than "
-                                 f"{MAX_SEQ_AHEAD_US // 1_000_000} s ahead of the receive clock "
-                                 f"({m.received_us} µs); refused, not adopted")
+                    set_aside = (
+                        "out_of_sequence",
+                        f"pp-seq {m.seq} of publisher {m.publisher!r} is more than "
+                        f"{MAX_SEQ_AHEAD_US // 1_000_000} s ahead of the receive clock "
+                        f"({m.received_us} µs); refused, not adopted",
+                    )
                 else:
                     self.high[source] = offset
             if m.publisher is None or m.seq is None or set_aside is not None:
@@ -356,16 +404,29 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
                 source, offset = self.name, max(m.received_us, self.last_offset + 1)
                 self.last_offset = offset
             if m.dropped:
-                set_aside = ("dropped_by_broker",
-                             f"the broker dropped {m.dropped} QoS 1 messages (a client's queue "
-                             f"over max_queued_messages/max_queued_bytes); their payloads are "
-                             f"gone, raw is the broker's running count")
+                set_aside = (
+                    "dropped_by_broker",
+                    f"the broker dropped {m.dropped} QoS 1 messages (a client's queue "
+                    f"over max_queued_messages/max_queued_bytes); their payloads are "
+                    f"gone, raw is the broker's running count",
+                )
             elif set_aside is None and m.shed:
-                set_aside = ("shed", f"load shedding: more than {self.breaker.high} messages "
-                             f"or {self.breaker.high_bytes} bytes waiting ({backlog} now); "
-                             f"kept 1 in {self.breaker.keep_every}")
-            out.append(Message(source, offset, m.received_us, m.payload, set_aside,
-                               None if m.dropped else _asset_of(m.topic)))
+                set_aside = (
+                    "shed",
+                    f"load shedding: more than {self.breaker.high} messages "
+                    f"or {self.breaker.high_bytes} bytes waiting ({backlog} now); "
+                    f"kept 1 in {self.breaker.keep_every}",
+                )
+            out.append(
+                Message(
+                    source,
+                    offset,
+                    m.received_us,
+                    m.payload,
+                    set_aside,
+                    None if m.dropped else _asset_of(m.topic),
+                )
+            )
             newest[source] = max(newest.get(source, -1), offset)
             self._hold_for_ack(source, offset, m.mid, m.qos)
         if self.lake is not None:
@@ -414,8 +475,11 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
         if self.finished:
             props.SessionExpiryInterval = 0
         elif self.unacked:
-            log.warning("closing with %d unacknowledged messages: the broker keeps them for "
-                        "the restarted worker", len(self.unacked))
+            log.warning(
+                "closing with %d unacknowledged messages: the broker keeps them for "
+                "the restarted worker",
+                len(self.unacked),
+            )
         self.client.disconnect(properties=props)
         self.client.loop_stop()
 
@@ -465,8 +529,10 @@ class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
         self.lake_uri = lake_uri
         self.batch, self.idle_stop_s = batch, idle_stop_s
         self.high_watermark, self.low_watermark = high_watermark, low_watermark
-        self.high_watermark_bytes, self.low_watermark_bytes = (high_watermark_bytes,
-                                                               low_watermark_bytes)
+        self.high_watermark_bytes, self.low_watermark_bytes = (
+            high_watermark_bytes,
+            low_watermark_bytes,
+        )
         self.keep_every, self.receive_maximum = keep_every, receive_maximum
         self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
         self.username, self.password = username, password
@@ -475,8 +541,7 @@ class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
     def list_parts(self) -> list[str]:
         return [f"w{i}" for i in range(self.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: dict | None
-                   ) -> _MQTTPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _MQTTPartition:
         return _MQTTPartition(self, int(for_part[1:]), resume_state)
 
 
@@ -494,8 +559,10 @@ def credentials(role: str, env: dict[str, str] | None = None) -> tuple[str, str]
     env = dict(os.environ if env is None else env)
     if env.get("PLANTPULSE_MQTT_USERNAME"):
         return env["PLANTPULSE_MQTT_USERNAME"], env.get("PLANTPULSE_MQTT_PASSWORD", "")
-    path = Path(env.get("PLANTPULSE_MQTT_CREDENTIALS")
-                or Path(Settings.from_env(env).home) / "mosquitto" / CREDENTIALS_FILE)
+    path = Path(
+        env.get("PLANTPULSE_MQTT_CREDENTIALS")
+        or Path(Settings.from_env(env).home) / "mosquitto" / CREDENTIALS_FILE
+    )
     try:
         users = json.loads(path.read_text())
     except FileNotFoundError:
@@ -515,8 +582,14 @@ class Publisher:
     growing across restarts of the publisher).  Logs in with ``auth`` (default: the set-up's
     credentials for ``name``, else for ``simulator``)."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 1883, *,
-                 auth: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        *,
+        auth: tuple[str, str] | None = None,
+    ):
         self.name, self.seq = name, 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.suppress_exceptions = True
@@ -541,8 +614,12 @@ class Publisher:
 
 
 def publish(
-    messages: Iterable[tuple[str, bytes]], host: str = "127.0.0.1", port: int = 1883,
-    qos: int = 1, name: str | None = None, auth: tuple[str, str] | None = None,
+    messages: Iterable[tuple[str, bytes]],
+    host: str = "127.0.0.1",
+    port: int = 1883,
+    qos: int = 1,
+    name: str | None = None,
+    auth: tuple[str, str] | None = None,
 ) -> int:
     """Publish ``(topic, payload)`` pairs and wait until the broker has them all."""
     pub = Publisher(name or f"publish-{now_us()}", host, port, auth=auth)
@@ -553,8 +630,9 @@ def publish(
     return len(infos)
 
 
-def mqtt_flow(host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP,
-              partitions: int = 1):
+def mqtt_flow(
+    host: str = "127.0.0.1", port: int = 1883, group: str = SHARE_GROUP, partitions: int = 1
+):
     """The telemetry flow fed by the broker through ``partitions`` clients (one per worker):
     ``python -m bytewax.run "bytewax_flows.mqtt:mqtt_flow('127.0.0.1', 1883)"``."""
     from bytewax_flows.telemetry import get_flow

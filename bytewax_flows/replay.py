@@ -69,16 +69,22 @@ def plant_messages(plant: Plant, data_dir: str | Path) -> dict[str, Timeline]:
     the adapter's declared asset (``PlantError`` otherwise)."""
     spec = plant.replay
     if spec is None:
-        raise PlantError(plant.path, None, "replay",
-                         "this plant file has no replay section (adapter: cmapss, cwru, nab "
-                         "or skab) to say which data to read")
+        raise PlantError(
+            plant.path,
+            None,
+            "replay",
+            "this plant file has no replay section (adapter: cmapss, cwru, nab "
+            "or skab) to say which data to read",
+        )
     timelines = _ADAPTERS[spec.adapter](plant, spec, Path(data_dir))
     declared = plant.assets[spec.asset]
     for asset_id in timelines:
         if plant.asset(asset_id) is not declared:
             key = "asset_id" if hasattr(spec, "asset_id") else "asset"
             raise PlantError(
-                plant.path, spec.line(key), f"replay.{key}",
+                plant.path,
+                spec.line(key),
+                f"replay.{key}",
                 f"replayed asset {asset_id!r} does not fall under asset {spec.asset!r}"
                 + (f" (match: {declared.match!r})" if declared.match else ""),
             )
@@ -155,7 +161,9 @@ def _bundled(name: str) -> Callable[[Path], dict[str, Timeline]]:
     def build(data: Path) -> dict[str, Timeline]:
         return plant_messages(load_plant(bundled_plant(name)), data)
 
-    build.__doc__ = f"The {name} data set as its bundled plant file (plant/plants/{name}.yaml) reads it."
+    build.__doc__ = (
+        f"The {name} data set as its bundled plant file (plant/plants/{name}.yaml) reads it."
+    )
     return build
 
 

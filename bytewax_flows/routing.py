@@ -5,8 +5,24 @@ from __future__ import annotations
 
 __all__ = ["WORKER_KEYS", "worker_key"]
 
-WORKER_KEYS = ("13", "10", "5", "6", "15", "0", "4", "1",
-               "16", "14", "11", "24", "17", "9", "21", "2")
+WORKER_KEYS = (
+    "13",
+    "10",
+    "5",
+    "6",
+    "15",
+    "0",
+    "4",
+    "1",
+    "16",
+    "14",
+    "11",
+    "24",
+    "17",
+    "9",
+    "21",
+    "2",
+)
 """The Bytewax state key of each shard.  Bytewax routes a key to worker ``hash(key) % workers``;
 the plain names ``"0"``..``"3"`` all hash to the same worker of a 2-process cluster, which then
 did every shard's work alone.  Key ``k`` of this tuple lands on worker ``k % n`` for ``n`` = 1,

@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 
 def progress_rows(source: str, offset: int) -> list[tuple[str, SinkRows]]:
     """The durability mark of ``source`` at ``offset`` for every stream table."""
-    return [(t, SinkRows(t, source, offset, empty_rows(t), progress=True))
-            for t in STREAM_OUTPUTS]
+    return [(t, SinkRows(t, source, offset, empty_rows(t), progress=True)) for t in STREAM_OUTPUTS]
+
+
 MARK_EVERY_S = 5.0
 """How often a sink partition records durability marks (each may need a commit of its own: the
 trade is between acknowledgement delay and the number of commits in quiet tables)."""
@@ -148,15 +149,17 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
                     idx = np.flatnonzero(keep) if take is None else take[keep]
                     rows = item.rows.take(idx)
                 fresh.append(rows)
-                newest[source] = max(newest.get(source, -1), int(offsets[keep].max()),
-                                     self.committed[key])
+                newest[source] = max(
+                    newest.get(source, -1), int(offsets[keep].max()), self.committed[key]
+                )
         if not fresh and not durable:
             return
-        data = (pa.concat_tables(fresh, promote_options="none") if fresh
-                else empty_rows(table))
-        self.lake.append(table, data, transactions={
-            **{self._app_id(s): o for s, o in newest.items()}, **(durable or {})
-        })
+        data = pa.concat_tables(fresh, promote_options="none") if fresh else empty_rows(table)
+        self.lake.append(
+            table,
+            data,
+            transactions={**{self._app_id(s): o for s, o in newest.items()}, **(durable or {})},
+        )
         for source, offset in newest.items():
             self.committed[(table, source)] = offset
         log.debug("committed %d rows to %s", data.num_rows, table)
@@ -183,5 +186,4 @@ class DeltaSink(FixedPartitionedSink[SinkRows, None]):
         return self.list_parts().index(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeltaSinkPartition:
-        return _DeltaSinkPartition(Lake(self.lake_uri), self.flow_id, self.max_rows,
-                                   self.max_age_s)
+        return _DeltaSinkPartition(Lake(self.lake_uri), self.flow_id, self.max_rows, self.max_age_s)

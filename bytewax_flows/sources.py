@@ -70,8 +70,9 @@ class _SimPartition(StatefulSourcePartition[Batch, SimPosition]):
         epoch_chunk = self.sim.start_us // round(self.sim.chunk_s * 1e6) + self.next_chunk
         base, received = epoch_chunk * MESSAGES_PER_CHUNK, now_us()
         self.next_chunk += 1
-        return [Batch([Message(self.source, base + j, received, p)
-                       for j, p in enumerate(payloads)])]
+        return [
+            Batch([Message(self.source, base + j, received, p) for j, p in enumerate(payloads)])
+        ]
 
     def next_awake(self) -> datetime | None:
         if self.live:  # a chunk is released once its last sample lies in the past

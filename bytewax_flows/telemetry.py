@@ -63,8 +63,9 @@ def get_flow(
         tracking_uri or settings.mlflow_tracking_uri, FAULT_MODEL
     )
     rul_champion = ChampionWatcher(champion.tracking_uri, RUL_MODEL, champion.refresh_s)
-    ctx = Context(calibration=CalibrationCache(lake_uri), champion=champion,
-                  rul_champion=rul_champion)
+    ctx = Context(
+        calibration=CalibrationCache(lake_uri), champion=champion, rul_champion=rul_champion
+    )
     if plant is not None:  # a loaded plant file is followed like the default one
         ctx.plant = PlantWatcher.following(plant) if isinstance(plant, PlantModel) else plant
     return build_flow(source, DeltaSink(lake_uri), ctx, shards=shards)
@@ -92,8 +93,9 @@ def build_flow(
     marks = op.flat_map("to_every_table", batches, _marks)  # (table, SinkRows) durability
     # assets joined by the plant's topology share a shard (fixed at start, dataplane.topology)
     groups = shard_groups(ctx.plant) if getattr(ctx.plant, "topology", None) else None
-    pieces = op.flat_map("route", batches, partial(_route, n_shards=shards or SHARDS,
-                                                    groups=groups))
+    pieces = op.flat_map(
+        "route", batches, partial(_route, n_shards=shards or SHARDS, groups=groups)
+    )
     # (shard, Decoded): the batch's readings, frames and rejects of one shard's assets
     processed = op.stateful_map("process", pieces, partial(process, ctx=ctx))
     # (shard, [SinkRows]): readings, features, scores, alerts, drift, frames, dead letters
@@ -102,12 +104,14 @@ def build_flow(
     return flow
 
 
-def _route(batch: Batch, n_shards: int, groups: dict[str, str] | None = None
-           ) -> list[tuple[str, Decoded]]:
+def _route(
+    batch: Batch, n_shards: int, groups: dict[str, str] | None = None
+) -> list[tuple[str, Decoded]]:
     """``dataplane.step.route``, each piece keyed for the worker its shard belongs on (the
     piece keeps its shard number: the sink's exactly-once key, ``Decoded.shard``)."""
-    return [(worker_key(int(shard)), piece)
-            for shard, piece in route(batch, n_shards, groups=groups)]
+    return [
+        (worker_key(int(shard)), piece) for shard, piece in route(batch, n_shards, groups=groups)
+    ]
 
 
 def _marks(batch: Batch) -> list[tuple[str, SinkRows]]:

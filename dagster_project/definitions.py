@@ -71,7 +71,8 @@ retrain_rul_job = dg.define_asset_job(
 )
 
 operations_job = dg.define_asset_job(
-    "operations_report", selection=[operations_overview],
+    "operations_report",
+    selection=[operations_overview],
     description="Refresh the operators' overview: scores, alerts, drift, spectra.",
 )
 
@@ -98,8 +99,15 @@ defs = dg.Definitions(
         lake_compaction,
         lake_vacuum,
     ],
-    jobs=[daily_profile_job, validation_job, retrain_fault_job, retrain_rul_job, operations_job,
-          maintenance_job, onboarding_job],
+    jobs=[
+        daily_profile_job,
+        validation_job,
+        retrain_fault_job,
+        retrain_rul_job,
+        operations_job,
+        maintenance_job,
+        onboarding_job,
+    ],
     schedules=[
         maintenance_schedule,
         dg.build_schedule_from_partitioned_job(daily_profile_job, hour_of_day=0, minute_of_hour=30),

@@ -43,8 +43,9 @@ def score_timeline(scores: pd.DataFrame, alerts: pd.DataFrame, title: str) -> pl
     """Each asset's anomaly score (log scale) and, if a model served, its P(fault), with alert
     periods shaded."""
     assets = sorted(scores["asset_id"].unique())
-    fig, axes = plt.subplots(len(assets), 1, figsize=(9, 1.8 * len(assets) + 0.6), sharex=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(assets), 1, figsize=(9, 1.8 * len(assets) + 0.6), sharex=True, squeeze=False
+    )
     for ax, asset in zip(axes[:, 0], assets, strict=True):
         s = scores[scores["asset_id"] == asset].sort_values("window_end")
         ax.plot(s["window_end"], s["anomaly_score"].clip(lower=1e-3), lw=0.8, label="anomaly score")
@@ -52,8 +53,7 @@ def score_timeline(scores: pd.DataFrame, alerts: pd.DataFrame, title: str) -> pl
         ax.set_ylabel(asset, fontsize=8)
         if s["prediction"].notna().any():
             ax2 = ax.twinx()
-            ax2.plot(s["window_end"], s["prediction"], color="tab:orange", lw=0.8,
-                     label="P(fault)")
+            ax2.plot(s["window_end"], s["prediction"], color="tab:orange", lw=0.8, label="P(fault)")
             ax2.set_ylim(-0.05, 1.05)
             ax2.tick_params(labelsize=7)
         end = s["window_end"].max()
@@ -61,8 +61,7 @@ def score_timeline(scores: pd.DataFrame, alerts: pd.DataFrame, title: str) -> pl
             closed = a.closed_ts if pd.notna(a.closed_ts) else end
             color = "red" if a.severity == "critical" else "gold"
             ax.axvspan(a.opened_ts, closed, color=color, alpha=0.25)
-    axes[0, 0].set_title(title + " (shaded: alerts; orange: P(fault) of the champion)",
-                         fontsize=10)
+    axes[0, 0].set_title(title + " (shaded: alerts; orange: P(fault) of the champion)", fontsize=10)
     fig.autofmt_xdate()
     return fig
 
@@ -70,8 +69,9 @@ def score_timeline(scores: pd.DataFrame, alerts: pd.DataFrame, title: str) -> pl
 def drift_timeline(events: pd.DataFrame, title: str) -> plt.Figure:
     """Drift events over time: one row of markers per asset and subject."""
     fig, ax = plt.subplots(figsize=(9, 2.6))
-    labels = sorted({f"{a} · {s}" for a, s in zip(events["asset_id"], events["subject"],
-                                                   strict=True)})
+    labels = sorted(
+        {f"{a} · {s}" for a, s in zip(events["asset_id"], events["subject"], strict=True)}
+    )
     for i, label in enumerate(labels):
         a, s = label.split(" · ")
         e = events[(events["asset_id"] == a) & (events["subject"] == s)]
@@ -91,8 +91,14 @@ def envelope_plot(freqs, amp, lines: dict[str, float], title: str, max_hz: float
     for name, hz in lines.items():
         for h in (1, 2, 3):
             if h * hz <= max_hz:
-                ax.axvline(h * hz, color=colors.get(name, "tab:purple"), lw=1, alpha=0.7,
-                           ls="-" if h == 1 else "--", label=name if h == 1 else None)
+                ax.axvline(
+                    h * hz,
+                    color=colors.get(name, "tab:purple"),
+                    lw=1,
+                    alpha=0.7,
+                    ls="-" if h == 1 else "--",
+                    label=name if h == 1 else None,
+                )
     ax.set_xlabel("frequency (Hz)")
     ax.set_ylabel("envelope amplitude (g)")
     ax.legend(fontsize=7, loc="upper right")
@@ -106,12 +112,12 @@ def rul_figure(df: pd.DataFrame, title: str, max_assets: int = 6) -> plt.Figure:
     when the horizon is longer than ten, else seconds."""
     assets = sorted(df["asset_id"].astype(str).unique())[:max_assets]
     scale, unit = (3600.0, "h") if df["rul"].max() > 36_000 else (1.0, "s")
-    fig, axes = plt.subplots(len(assets), 1, figsize=(9, 1.9 * len(assets) + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(assets), 1, figsize=(9, 1.9 * len(assets) + 0.6), squeeze=False)
     for ax, asset in zip(axes[:, 0], assets, strict=True):
         d = df[df["asset_id"].astype(str) == asset].sort_values("ts")
-        ax.fill_between(d["ts"], d["rul_low"] / scale, d["rul_high"] / scale, alpha=0.25,
-                        label="interval")
+        ax.fill_between(
+            d["ts"], d["rul_low"] / scale, d["rul_high"] / scale, alpha=0.25, label="interval"
+        )
         ax.plot(d["ts"], d["rul"] / scale, lw=1, label="RUL")
         if "truth" in d and d["truth"].notna().any():
             ax.plot(d["ts"], d["truth"] / scale, "k--", lw=1, label="truth")

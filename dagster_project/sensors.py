@@ -204,10 +204,16 @@ def build_label_sensor(job: Any) -> dg.SensorDefinition:
         if cursor is None:
             champ = champion_version(mlflow.client(), FAULT_MODEL)
             trained_ms = int(champ.creation_timestamp) if champ is not None else -1
-            before = [h["version"] for h in store.history("maintenance_events")
-                      if h["timestamp"] <= trained_ms]
-            known = (store.read("maintenance_events", columns=columns, version=max(before))
-                     if before else pd.DataFrame(columns=columns))
+            before = [
+                h["version"]
+                for h in store.history("maintenance_events")
+                if h["timestamp"] <= trained_ms
+            ]
+            known = (
+                store.read("maintenance_events", columns=columns, version=max(before))
+                if before
+                else pd.DataFrame(columns=columns)
+            )
             _, cursor = label_requests(known, {})
         events = store.read("maintenance_events", columns=columns)
         new, new_cursor = label_requests(events, cursor)
@@ -217,8 +223,11 @@ def build_label_sensor(job: Any) -> dg.SensorDefinition:
         waiting = context.instance.get_runs_count(
             dg.RunsFilter(
                 job_name=job.name,
-                statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-                          dg.DagsterRunStatus.STARTING],
+                statuses=[
+                    dg.DagsterRunStatus.QUEUED,
+                    dg.DagsterRunStatus.NOT_STARTED,
+                    dg.DagsterRunStatus.STARTING,
+                ],
             )
         )
         if waiting:  # it has not read the lake yet: it will train with these labels too

@@ -53,7 +53,9 @@ class CalibrationCache:
 
     def arrays(
         self, names: list[tuple[str, str]]
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]] | None:
+    ) -> (
+        tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64]] | None
+    ):
         """``(gain, offset, valid_from_us, version)`` per series of ``names`` (asset, sensor);
         series without a calibration get gain 1, offset 0, version 0.  None when no sensor has
         a calibration."""
@@ -64,8 +66,12 @@ class CalibrationCache:
         if not self._corrections:
             return None
         cached = self._arrays.get(id(names))
-        if (cached is not None and cached[0] is names and cached[1] == self._version
-                and cached[2] == len(names)):
+        if (
+            cached is not None
+            and cached[0] is names
+            and cached[1] == self._version
+            and cached[2] == len(names)
+        ):
             return cached[3]  # type: ignore[return-value]
         n = len(names)
         gain, offset = np.ones(n), np.zeros(n)
@@ -73,8 +79,12 @@ class CalibrationCache:
         for i, key in enumerate(names):
             c = self._corrections.get(key)
             if c is not None:
-                gain[i], offset[i], valid_from[i], version[i] = (c.gain, c.offset,
-                                                                 c.valid_from_us, c.version)
+                gain[i], offset[i], valid_from[i], version[i] = (
+                    c.gain,
+                    c.offset,
+                    c.valid_from_us,
+                    c.version,
+                )
         out = (gain, offset, valid_from, version)
         self._arrays[id(names)] = (names, self._version, n, out)
         return out

@@ -44,7 +44,7 @@ class Prognoses:
         """Per series number: is it the health-indicator sensor of its asset (extended as
         series are registered; a plant without ``health_indicator`` declares none)."""
         lookup = getattr(plant, "health_indicator", None)
-        for asset, sensor in names[len(self.hi):]:
+        for asset, sensor in names[len(self.hi) :]:
             h = lookup(asset) if lookup is not None else None
             self.hi.append(h if h is not None and h.sensor_id == sensor else None)
         if self.mask.size != len(self.hi):
@@ -59,14 +59,22 @@ def _served(model: LoadedModel | None) -> tuple[float, ConformalBands] | None:
     if cached is False:
         cached = ServedRUL.bands_from_tags(model.tags)
         if cached is None:
-            log.warning("RUL champion %s v%s is not a served hybrid (no z_fail/conformal tags); "
-                        "no prognostics", model.name, model.version)
+            log.warning(
+                "RUL champion %s v%s is not a served hybrid (no z_fail/conformal tags); "
+                "no prognostics",
+                model.name,
+                model.version,
+            )
         object.__setattr__(model, "_served_rul", cached)
     return cached
 
 
-def _emit(p: Prognoses, model: LoadedModel | None, out: Out,
-          items: list[tuple[int, str, HealthIndicator, int, float]]) -> None:
+def _emit(
+    p: Prognoses,
+    model: LoadedModel | None,
+    out: Out,
+    items: list[tuple[int, str, HealthIndicator, int, float]],
+) -> None:
     """Update each item's asset tracker (message, asset, indicator, window end us, value)
     and, with a served champion, write the RUL rows of the updated ones."""
     served = _served(model)
@@ -89,27 +97,38 @@ def _emit(p: Prognoses, model: LoadedModel | None, out: Out,
     low, high = bands.interval(rul)
     low, high = np.clip(low, 0.0, cap), np.clip(high, 0.0, cap)
     for j, (msg, asset, hi, end_us, value, state) in enumerate(ready):
-        out.add("prognostics", {
-            "asset_id": asset,
-            "ts": end_us,
-            "sensor_id": hi.sensor_id,
-            "feature": hi.feature,
-            "health_indicator": value,
-            "hi_z": state.hi_z,
-            "prior_rul": float(prior[j]),
-            "rul": float(rul[j]),
-            "rul_low": float(low[j]),
-            "rul_high": float(high[j]),
-            "coverage": bands.coverage,
-            "model_name": model.name,
-            "model_version": model.version,
-        }, msg)
+        out.add(
+            "prognostics",
+            {
+                "asset_id": asset,
+                "ts": end_us,
+                "sensor_id": hi.sensor_id,
+                "feature": hi.feature,
+                "health_indicator": value,
+                "hi_z": state.hi_z,
+                "prior_rul": float(prior[j]),
+                "rul": float(rul[j]),
+                "rul_low": float(low[j]),
+                "rul_high": float(high[j]),
+                "coverage": bands.coverage,
+                "model_name": model.name,
+                "model_version": model.version,
+            },
+            msg,
+        )
 
 
-def observe_windows(p: Prognoses, model: LoadedModel | None, plant: Any, out: Out,
-                    names: list[tuple[str, str]], sid: NDArray[np.int64],
-                    window_end: NDArray[np.int64], columns: dict[str, NDArray[np.float64]],
-                    msg: NDArray[np.intp]) -> None:
+def observe_windows(
+    p: Prognoses,
+    model: LoadedModel | None,
+    plant: Any,
+    out: Out,
+    names: list[tuple[str, str]],
+    sid: NDArray[np.int64],
+    window_end: NDArray[np.int64],
+    columns: dict[str, NDArray[np.float64]],
+    msg: NDArray[np.intp],
+) -> None:
     """Process windows just emitted (series ``sid``, their ``features`` columns): those of a
     health-indicator series go to their asset's tracker, in event-time order."""
     mask = p.series_mask(names, plant)
@@ -122,13 +141,19 @@ def observe_windows(p: Prognoses, model: LoadedModel | None, plant: Any, out: Ou
         s = int(sid[j])
         hi = p.hi[s]
         if hi.feature in columns:
-            items.append((int(msg[j]), names[s][0], hi, int(window_end[j]),
-                          float(columns[hi.feature][j])))
+            items.append(
+                (int(msg[j]), names[s][0], hi, int(window_end[j]), float(columns[hi.feature][j]))
+            )
     _emit(p, model, out, items)
 
 
-def observe_rows(p: Prognoses, model: LoadedModel | None, plant: Any, out: Out,
-                 rows: list[tuple[int, dict[str, Any]]]) -> None:
+def observe_rows(
+    p: Prognoses,
+    model: LoadedModel | None,
+    plant: Any,
+    out: Out,
+    rows: list[tuple[int, dict[str, Any]]],
+) -> None:
     """Vibration ``features`` rows (message, row) of a batch: those of an asset's
     health-indicator sensor go to its tracker."""
     lookup = getattr(plant, "health_indicator", None)

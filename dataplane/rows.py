@@ -17,8 +17,17 @@ from lake import table_spec
 
 __all__ = ["SinkRows", "STREAM_OUTPUTS", "Out", "empty_rows"]
 
-STREAM_OUTPUTS = ("readings", "features", "frames", "scores", "alerts", "drift_events",
-                  "dead_letter", "unknown_readings", "prognostics")
+STREAM_OUTPUTS = (
+    "readings",
+    "features",
+    "frames",
+    "scores",
+    "alerts",
+    "drift_events",
+    "dead_letter",
+    "unknown_readings",
+    "prognostics",
+)
 """The tables the telemetry flow writes (the others belong to the control plane)."""
 
 
@@ -40,8 +49,11 @@ class SinkRows:
     def parts(self) -> Iterator[tuple[str, NDArray[np.int64], NDArray[np.intp] | None]]:
         """``(source, offsets, row indices or None for all rows)`` per source of the rows."""
         n = self.rows.num_rows
-        offsets = (np.full(n, self.offset, np.int64) if np.ndim(self.offset) == 0
-                   else np.asarray(self.offset, np.int64))
+        offsets = (
+            np.full(n, self.offset, np.int64)
+            if np.ndim(self.offset) == 0
+            else np.asarray(self.offset, np.int64)
+        )
         if isinstance(self.source, str):
             yield self.source, offsets, None
             return
@@ -110,11 +122,17 @@ class Out:
             schema = table_spec(table).input_schema
             parts = list(self.tables.get(table, ()))
             if self.dicts.get(table):
-                parts.append((pa.Table.from_pylist(self.dicts[table], schema=schema),
-                              np.asarray(self.dict_msg[table], np.intp)))
-            rows = (parts[0][0] if len(parts) == 1
-                    else pa.concat_tables([p[0] for p in parts], promote_options="none"))
+                parts.append(
+                    (
+                        pa.Table.from_pylist(self.dicts[table], schema=schema),
+                        np.asarray(self.dict_msg[table], np.intp),
+                    )
+                )
+            rows = (
+                parts[0][0]
+                if len(parts) == 1
+                else pa.concat_tables([p[0] for p in parts], promote_options="none")
+            )
             msg = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
-            out.append(SinkRows(table, sources, m_off[msg], rows, newest,
-                                source_index=m_src[msg]))
+            out.append(SinkRows(table, sources, m_off[msg], rows, newest, source_index=m_src[msg]))
         return out

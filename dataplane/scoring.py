@@ -24,8 +24,18 @@ from dataplane.rows import Out
 from models.registry import LoadedModel
 from physics.registry import FEATURE_VERSION, feature_names
 
-__all__ = ["AssetScorer", "AlertPolicy", "Emit", "DETECTOR_NAME", "SCORED_FEATURES",
-           "FrameCandidate", "score_window", "score_process", "record_frame", "now_us"]
+__all__ = [
+    "AssetScorer",
+    "AlertPolicy",
+    "Emit",
+    "DETECTOR_NAME",
+    "SCORED_FEATURES",
+    "FrameCandidate",
+    "score_window",
+    "score_process",
+    "record_frame",
+    "now_us",
+]
 
 
 def now_us() -> int:
@@ -43,6 +53,7 @@ class Emit:
 
     def add(self, table: str, row: dict[str, Any]) -> None:
         self.out.add(table, row, self.msg)
+
 
 DETECTOR_NAME = "river:StandardScaler|mean-squared-z"
 PROCESS_DETECTOR_NAME = "river:StandardScaler|mean-squared-z|process"
@@ -165,8 +176,14 @@ class RobustMahalanobis(base.AnomalyDetector):
     True
     """
 
-    def __init__(self, warmup: int = PROCESS_WARMUP, memory: int | None = None,
-                 learn_quantile: float = 0.999, folds: int = 5, refresh: int = 20):
+    def __init__(
+        self,
+        warmup: int = PROCESS_WARMUP,
+        memory: int | None = None,
+        learn_quantile: float = 0.999,
+        folds: int = 5,
+        refresh: int = 20,
+    ):
         self.warmup, self.learn_quantile, self.refresh = warmup, learn_quantile, refresh
         self.folds = folds
         self.memory = memory if memory is not None else 10 * warmup
@@ -237,8 +254,11 @@ class RobustMahalanobis(base.AnomalyDetector):
                 level = np.array([r.get(f"{sensor}:level", math.nan) for r in rows])
                 within = np.array([r.get(f"{sensor}:std", math.nan) for r in rows])
                 level, within = level[np.isfinite(level)], within[np.isfinite(within)]
-                wanders = (level.size > 3 and within.size > 0
-                           and float(_robust_scale(level[:, None])[0]) > np.median(within))
+                wanders = (
+                    level.size > 3
+                    and within.size > 0
+                    and float(_robust_scale(level[:, None])[0]) > np.median(within)
+                )
                 self.views[sensor] = "slope" if wanders else "level"
             else:
                 self.views[sensor] = next(iter(sorted(views - {"std"} - _METADATA)), "")
@@ -351,9 +371,15 @@ class AlertPolicy:
         cached = detector.__dict__.get("_policy")
         if cached is None or cached[0] != self:
             hot = detector.quantile(1.0 - self.false_alarm_budget)
-            cached = (self, replace(self, anomaly_open_at=hot,
-                                    anomaly_close_below=detector.quantile(self.calm_quantile),
-                                    anomaly_critical_at=2 * hot))
+            cached = (
+                self,
+                replace(
+                    self,
+                    anomaly_open_at=hot,
+                    anomaly_close_below=detector.quantile(self.calm_quantile),
+                    anomaly_critical_at=2 * hot,
+                ),
+            )
             detector.__dict__["_policy"] = cached
         return cached[1]
 
@@ -424,8 +450,9 @@ def _contributions(detector: base.AnomalyDetector, x: dict[str, float]) -> dict[
     if isinstance(detector, RobustMahalanobis) and detector.precision is not None:
         d = detector._z(x) - detector.mean
         part = d * (detector.precision @ d)  # sums to the squared distance
-        return {k: float(np.sign(p) * np.sqrt(abs(p))) for k, p in zip(detector.keys, part,
-                                                                         strict=True)}
+        return {
+            k: float(np.sign(p) * np.sqrt(abs(p))) for k, p in zip(detector.keys, part, strict=True)
+        }
     return {}
 
 
@@ -470,9 +497,7 @@ def _alert_row(state: Channel, asset: str, now_us: int, closed: bool = False) ->
     }
 
 
-def _diagnosis(
-    state: Channel, model: LoadedModel | None, p_fault: float | None
-) -> tuple[int, str]:
+def _diagnosis(state: Channel, model: LoadedModel | None, p_fault: float | None) -> tuple[int, str]:
     """The most likely fault class so far (index into the model's classes, -1 without one)
     and the words for the alert."""
     if model is None or not model.classes or p_fault is None or state.evidence is None:
@@ -501,7 +526,9 @@ def _update_alert(
     opening, a revision when the diagnosis changes (same ``alert_id``; the newest row of an
     alert is its current state), and the closing."""
     hot = (p_fault is not None and p_fault >= policy.open_at) or anomaly >= policy.anomaly_open_at
-    calm = (p_fault is None or p_fault < policy.close_below) and anomaly < policy.anomaly_close_below
+    calm = (
+        p_fault is None or p_fault < policy.close_below
+    ) and anomaly < policy.anomaly_close_below
     state.hot = state.hot + 1 if hot else 0
     state.calm = state.calm + 1 if calm else 0
     if proba is not None and (hot or state.alert is not None):
@@ -542,8 +569,9 @@ def _update_alert(
     return []
 
 
-def record_frame(state: AssetScorer, policy: AlertPolicy, frame: FrameCandidate,
-                 emit: Emit) -> None:
+def record_frame(
+    state: AssetScorer, policy: AlertPolicy, frame: FrameCandidate, emit: Emit
+) -> None:
     """The flight recorder: keep the newest frames; retain one in ``FRAME_KEEP_EVERY`` as a
     sample, all buffered frames when an alert opens, and the ``after_frames`` after it.  Frames
     retained later than they arrived carry the current message's position (the sink's
@@ -587,41 +615,60 @@ def score_window(
     if not warm and ch.name == "process":  # learning the asset's normal: nothing to report
         return
     p_fault, xs, proba = _supervised(model, row)
-    emit.add("scores", {
-        "asset_id": asset_id,
-        "window_end": window_end,
-        "anomaly_score": anomaly,
-        "prediction": p_fault,
-        "model_name": model.name if model is not None else detector_name,
-        "model_version": model.version if model is not None else "online",
-        "feature_version": FEATURE_VERSION,
-        "latency_ms": max(0.0, (now_us() - emit.received_us) / 1000.0),
-    })
+    emit.add(
+        "scores",
+        {
+            "asset_id": asset_id,
+            "window_end": window_end,
+            "anomaly_score": anomaly,
+            "prediction": p_fault,
+            "model_name": model.name if model is not None else detector_name,
+            "model_version": model.version if model is not None else "online",
+            "feature_version": FEATURE_VERSION,
+            "latency_ms": max(0.0, (now_us() - emit.received_us) / 1000.0),
+        },
+    )
     channel_policy = policy.for_channel(ch.name, ch.detector)
     if ch.seen <= ch.warmup:
         # the detector is still learning this machine's normal; the champion needs no warm-up
         if p_fault is not None:
-            for r in _update_alert(ch, channel_policy, asset_id, window_end, 0.0, p_fault,
-                                   model, xs, proba, z):
+            for r in _update_alert(
+                ch, channel_policy, asset_id, window_end, 0.0, p_fault, model, xs, proba, z
+            ):
                 emit.add("alerts", r)
         return
-    for r in _update_alert(ch, channel_policy, asset_id, window_end, anomaly, p_fault, model,
-                           xs, proba, z):
+    for r in _update_alert(
+        ch, channel_policy, asset_id, window_end, anomaly, p_fault, model, xs, proba, z
+    ):
         emit.add("alerts", r)
     _feature_drift(ch, emit, asset_id, window_end, z)
     ch.drift_detector.update(anomaly)
     if ch.drift_detector.drift_detected:
         est = float(ch.drift_detector.estimation)
         subject = "anomaly_score" if ch.name == "vibration" else f"{ch.name}_anomaly_score"
-        emit.add("drift_events", _drift_row(
-            asset_id, window_end, "residual", subject, "ADWIN", est,
-            f"mean {ch.name} anomaly score changed; now {est:.3f} over the last "
-            f"{int(ch.drift_detector.width)} windows"))
+        emit.add(
+            "drift_events",
+            _drift_row(
+                asset_id,
+                window_end,
+                "residual",
+                subject,
+                "ADWIN",
+                est,
+                f"mean {ch.name} anomaly score changed; now {est:.3f} over the last "
+                f"{int(ch.drift_detector.width)} windows",
+            ),
+        )
 
 
 def _drift_row(
-    asset_id: str, window_end: int, kind: str, subject: str, detector: str,
-    statistic: float, detail: str,
+    asset_id: str,
+    window_end: int,
+    kind: str,
+    subject: str,
+    detector: str,
+    statistic: float,
+    detail: str,
 ) -> dict[str, Any]:
     return {
         "ts": window_end,
@@ -647,22 +694,53 @@ def _feature_drift(
         )
         ph.update(z[name])
         if ph.drift_detected:
-            emit.add("drift_events", _drift_row(
-                asset_id, window_end, "feature", name, "PageHinkley", float(z[name]),
-                f"{name} rose persistently above this machine's normal (now {z[name]:.1f} "
-                f"standard deviations)"))
+            emit.add(
+                "drift_events",
+                _drift_row(
+                    asset_id,
+                    window_end,
+                    "feature",
+                    name,
+                    "PageHinkley",
+                    float(z[name]),
+                    f"{name} rose persistently above this machine's normal (now {z[name]:.1f} "
+                    f"standard deviations)",
+                ),
+            )
 
 
-def score_vibration(state: AssetScorer, emit: Emit, row: dict[str, Any],
-                    model: LoadedModel | None, policy: AlertPolicy) -> None:
+def score_vibration(
+    state: AssetScorer,
+    emit: Emit,
+    row: dict[str, Any],
+    model: LoadedModel | None,
+    policy: AlertPolicy,
+) -> None:
     """Score one vibration window (a ``features`` row of a frame) with the champion
     classifier and the vibration detector."""
-    score_window(state.vib, emit, row["asset_id"], row["window_end"], _features(row), row,
-                 model, policy, DETECTOR_NAME)
+    score_window(
+        state.vib,
+        emit,
+        row["asset_id"],
+        row["window_end"],
+        _features(row),
+        row,
+        model,
+        policy,
+        DETECTOR_NAME,
+    )
 
 
-def score_process(state: AssetScorer, emit: Emit, asset_id: str, sensor_id: str, tick_us: int,
-                  window_end: int, views: dict[str, float], policy: AlertPolicy) -> None:
+def score_process(
+    state: AssetScorer,
+    emit: Emit,
+    asset_id: str,
+    sensor_id: str,
+    tick_us: int,
+    window_end: int,
+    views: dict[str, float],
+    policy: AlertPolicy,
+) -> None:
     """Collect the asset's scalar sensors per cadence tick, each as the views of its window
     the detector may watch (``level``, ``slope``, ``std``: all three unless its contract
     declares ``watched_as``, then that one); a tick is scored once every sensor has reported
@@ -680,10 +758,10 @@ def score_process(state: AssetScorer, emit: Emit, asset_id: str, sensor_id: str,
         entry[2].add(sensor_id)
     for tick in sorted(state.proc_pending):
         # until one whole tick has been seen, the asset's set of sensors is not known yet
-        complete = (state.proc_known
-                    and len(state.proc_pending[tick][2]) >= len(state.proc_sensors))
+        complete = state.proc_known and len(state.proc_pending[tick][2]) >= len(state.proc_sensors)
         state.proc_known |= tick < tick_us
         if tick < tick_us or complete:
             vector, end, _ = state.proc_pending.pop(tick)
-            score_window(state.proc, emit, asset_id, end, vector, {}, None, policy,
-                         PROCESS_DETECTOR_NAME)
+            score_window(
+                state.proc, emit, asset_id, end, vector, {}, None, policy, PROCESS_DETECTOR_NAME
+            )

@@ -63,8 +63,7 @@ from physics.registry import FEATURE_VERSION, PROCESS_WINDOW_S, feature_names
 from plant import default_plant
 from plant.watch import PlantWatcher
 
-__all__ = ["Plant", "Context", "ShardState", "route", "process", "run_batch",
-           "RING", "MAX_SERIES"]
+__all__ = ["Plant", "Context", "ShardState", "route", "process", "run_batch", "RING", "MAX_SERIES"]
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +123,9 @@ def _shard_of(asset: str | None, n_shards: int, groups: Mapping[str, str] | None
     return zlib.crc32(asset.encode("utf-8", "replace")) % n_shards
 
 
-def route(batch: Batch, n_shards: int = 1, groups: Mapping[str, str] | None = None
-          ) -> list[tuple[str, Decoded]]:
+def route(
+    batch: Batch, n_shards: int = 1, groups: Mapping[str, str] | None = None
+) -> list[tuple[str, Decoded]]:
     """Decode a micro-batch and split it by asset into ``n_shards`` keyed pieces; ``groups``
     (``dataplane.topology.shard_groups``) routes an asset by the id of its topology component
     instead of its own, so that connected assets' alerts meet on one shard."""
@@ -143,9 +143,15 @@ def route(batch: Batch, n_shards: int = 1, groups: Mapping[str, str] | None = No
         rejects = [r for r, sh in zip(d.rejects, reject_shard, strict=True) if sh == k]
         if not groups.size and not frames and not rejects:
             continue
-        used = np.unique(np.concatenate([d.g_msg[groups],
-                                         np.array([i for i, _ in frames], np.int32),
-                                         np.array([r[0] for r in rejects], np.int32)]))
+        used = np.unique(
+            np.concatenate(
+                [
+                    d.g_msg[groups],
+                    np.array([i for i, _ in frames], np.int32),
+                    np.array([r[0] for r in rejects], np.int32),
+                ]
+            )
+        )
         remap = np.full(len(d.messages), -1, np.int32)
         remap[used] = np.arange(used.size, dtype=np.int32)
         piece = Decoded([d.messages[i] for i in used.tolist()], d.assets, d.sensors)
@@ -241,11 +247,22 @@ class ShardState:
         self.__dict__.setdefault("_new_pairs", []).append((a * SENSOR_SPACE + s_no, sid))
         self.contracts.append(contract)
         n = sid + 1
-        for name, fill in (("s_asset", 0), ("low", 0.0), ("high", 0.0), ("lateness", 0),
-                           ("cadence", 1), ("half_period", 0), ("k", 1),
-                           ("speed", False), ("newest", _I64_MIN), ("win_newest", _I64_MIN),
-                           ("emitted", _I64_MIN), ("y0", np.nan), ("ring_tag", _I64_MIN),
-                           ("ring", 0.0)):
+        for name, fill in (
+            ("s_asset", 0),
+            ("low", 0.0),
+            ("high", 0.0),
+            ("lateness", 0),
+            ("cadence", 1),
+            ("half_period", 0),
+            ("k", 1),
+            ("speed", False),
+            ("newest", _I64_MIN),
+            ("win_newest", _I64_MIN),
+            ("emitted", _I64_MIN),
+            ("y0", np.nan),
+            ("ring_tag", _I64_MIN),
+            ("ring", 0.0),
+        ):
             setattr(self, name, _grow(getattr(self, name), n, fill))
         period_s = 1.0 / contract.sample_rate_hz
         cadence_s = max(contract.window_every_s or 1.0, period_s)
@@ -292,8 +309,10 @@ class ShardState:
         """The asset and sensor id of every series as Arrow arrays (to ``take`` from)."""
         cached = self.__dict__.get("_names_pa")
         if cached is None or len(cached[0]) != self.n:
-            cached = (pa.array([a for a, _ in self.names], pa.string()),
-                      pa.array([s for _, s in self.names], pa.string()))
+            cached = (
+                pa.array([a for a, _ in self.names], pa.string()),
+                pa.array([s for _, s in self.names], pa.string()),
+            )
             self.__dict__["_names_pa"] = cached
         return cached
 
@@ -309,8 +328,15 @@ class _DeadLetters:
         self.asset: list[str | None] = []
         self.sensor: list[str | None] = []
 
-    def add(self, i: int, reason: str, detail: str, asset: str | None, sensor: str | None,
-            raw: bytes | None = None) -> None:
+    def add(
+        self,
+        i: int,
+        reason: str,
+        detail: str,
+        asset: str | None,
+        sensor: str | None,
+        raw: bytes | None = None,
+    ) -> None:
         self.msg.append(i)
         self.raw.append(self.d.messages[i].payload if raw is None else raw)
         self.reason.append(reason)
@@ -322,17 +348,21 @@ class _DeadLetters:
         if not self.msg:
             return
         spec = table_spec("dead_letter")
-        received = np.fromiter((self.d.messages[i].received_us for i in self.msg), np.int64,
-                               len(self.msg))
-        rows = pa.Table.from_arrays([
-            pa.array(received).view(TS),
-            pa.array([self.d.messages[i].source for i in self.msg], pa.string()),
-            pa.array(self.raw, pa.binary()),
-            pa.array(self.reason, pa.string()),
-            pa.array(self.detail, pa.string()),
-            pa.array(self.asset, pa.string()),
-            pa.array(self.sensor, pa.string()),
-        ], schema=spec.input_schema)
+        received = np.fromiter(
+            (self.d.messages[i].received_us for i in self.msg), np.int64, len(self.msg)
+        )
+        rows = pa.Table.from_arrays(
+            [
+                pa.array(received).view(TS),
+                pa.array([self.d.messages[i].source for i in self.msg], pa.string()),
+                pa.array(self.raw, pa.binary()),
+                pa.array(self.reason, pa.string()),
+                pa.array(self.detail, pa.string()),
+                pa.array(self.asset, pa.string()),
+                pa.array(self.sensor, pa.string()),
+            ],
+            schema=spec.input_schema,
+        )
         out.add_table("dead_letter", rows, np.asarray(self.msg, np.intp))
 
 
@@ -375,8 +405,9 @@ def process(
     return state, out.sink_rows(path=d.shard)
 
 
-def run_batch(state: ShardState | None, batch: Batch, ctx: Context | None = None
-              ) -> tuple[ShardState, list[SinkRows]]:
+def run_batch(
+    state: ShardState | None, batch: Batch, ctx: Context | None = None
+) -> tuple[ShardState, list[SinkRows]]:
     """``route`` and ``process`` of one batch on one shard: the whole stream without an engine
     (tests, benchmarks, another engine's single-partition shell)."""
     rows: list[SinkRows] = []
@@ -386,8 +417,9 @@ def run_batch(state: ShardState | None, batch: Batch, ctx: Context | None = None
     return state or ShardState(), rows
 
 
-def _series_of_groups(state: ShardState, d: Decoded, ctx: Context, dead: _DeadLetters
-                      ) -> tuple[NDArray[np.int64], list[tuple[int, bytes | None]]]:
+def _series_of_groups(
+    state: ShardState, d: Decoded, ctx: Context, dead: _DeadLetters
+) -> tuple[NDArray[np.int64], list[tuple[int, bytes | None]]]:
     """Each group's series number, registering new series; -1 for a group that is not a
     series: a dead letter for a frame sensor sending scalars or no capacity; an undeclared
     sensor is returned in the list of (group, raw input or None for the message's payload)
@@ -398,10 +430,8 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context, dead: _DeadLe
     unknown: list[tuple[int, bytes | None]] = []
     if not n_groups:
         return g_sid, unknown
-    a_no = np.fromiter((state.asset_index.get(a, -1) for a in d.assets), np.int64,
-                       len(d.assets))
-    s_no = np.fromiter((state.sensor_index.get(x, -1) for x in d.sensors), np.int64,
-                       len(d.sensors))
+    a_no = np.fromiter((state.asset_index.get(a, -1) for a in d.assets), np.int64, len(d.assets))
+    s_no = np.fromiter((state.sensor_index.get(x, -1) for x in d.sensors), np.int64, len(d.sensors))
     ga, gs = a_no[d.g_a], s_no[d.g_s]
     if state.pair_keys.size:
         key = ga * SENSOR_SPACE + gs
@@ -431,8 +461,10 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context, dead: _DeadLe
         if contract.frames:
             problem = ("wrong_type", f"sensor {sensor!r} sends frames")
         elif state.n >= ctx.max_series:
-            problem = ("capacity", f"this shard already tracks {state.n} series "
-                       f"(PLANTPULSE_MAX_SERIES)")
+            problem = (
+                "capacity",
+                f"this shard already tracks {state.n} series (PLANTPULSE_MAX_SERIES)",
+            )
         if problem is None:
             g_sid[g] = state.register(asset, sensor, contract)
             continue
@@ -444,8 +476,9 @@ def _series_of_groups(state: ShardState, d: Decoded, ctx: Context, dead: _DeadLe
     return g_sid, unknown
 
 
-def _land_unknown(d: Decoded, unknown: list[tuple[int, bytes | None]], out: Out,
-                  dead: _DeadLetters) -> None:
+def _land_unknown(
+    d: Decoded, unknown: list[tuple[int, bytes | None]], out: Out, dead: _DeadLetters
+) -> None:
     """The readings of undeclared sensors as ``unknown_readings`` rows (each with the input it
     came in); a reading whose timestamp cannot be stored (outside 1990..2100) is a dead
     letter, as for a declared sensor."""
@@ -460,9 +493,21 @@ def _land_unknown(d: Decoded, unknown: list[tuple[int, bytes | None]], out: Out,
     for j in np.flatnonzero(bad).tolist():
         asset, sensor = names[int(k[j])]
         v = float(values[j])
-        dead.add(int(msg[j]), _REASON[_BAD_TS], "timestamp outside 1990..2100", asset, sensor, orjson.dumps({"asset_id": asset, "sensor_id": sensor,
-                                              "ts": int(ts[j]),
-                                              "value": v if math.isfinite(v) else None}))
+        dead.add(
+            int(msg[j]),
+            _REASON[_BAD_TS],
+            "timestamp outside 1990..2100",
+            asset,
+            sensor,
+            orjson.dumps(
+                {
+                    "asset_id": asset,
+                    "sensor_id": sensor,
+                    "ts": int(ts[j]),
+                    "value": v if math.isfinite(v) else None,
+                }
+            ),
+        )
     if bad.any():
         keep = ~bad
         ts, values, k, msg = ts[keep], values[keep], k[keep], msg[keep]
@@ -470,16 +515,20 @@ def _land_unknown(d: Decoded, unknown: list[tuple[int, bytes | None]], out: Out,
         return
     k_pa = pa.array(k)
     raws = [d.messages[int(d.g_msg[g])].payload if raw is None else raw for g, raw in unknown]
-    rows = pa.Table.from_arrays([
-        pa.array([a for a, _ in names], pa.string()).take(k_pa),
-        pa.array([s for _, s in names], pa.string()).take(k_pa),
-        pa.array(ts).view(TS),
-        pa.array(values),
-        pa.array(raws, pa.binary()).take(k_pa),
-        pa.array([d.messages[int(d.g_msg[g])].source for g, _ in unknown], pa.string()
-                 ).take(k_pa),
-        pa.array(np.full(ts.size, now_us(), np.int64)).view(TS),
-    ], schema=table_spec("unknown_readings").input_schema)
+    rows = pa.Table.from_arrays(
+        [
+            pa.array([a for a, _ in names], pa.string()).take(k_pa),
+            pa.array([s for _, s in names], pa.string()).take(k_pa),
+            pa.array(ts).view(TS),
+            pa.array(values),
+            pa.array(raws, pa.binary()).take(k_pa),
+            pa.array([d.messages[int(d.g_msg[g])].source for g, _ in unknown], pa.string()).take(
+                k_pa
+            ),
+            pa.array(np.full(ts.size, now_us(), np.int64)).view(TS),
+        ],
+        schema=table_spec("unknown_readings").input_schema,
+    )
     out.add_table("unknown_readings", rows, msg)
 
 
@@ -488,12 +537,24 @@ def _group_raw(d: Decoded, g: int) -> bytes:
     message (a single-sensor message keeps its own payload)."""
     asset, sensor = d.group_names(g)
     sel = d.group == g
-    return orjson.dumps({"asset_id": asset, "sensor_id": sensor, "ts": d.ts[sel].tolist(),
-                         "value": [v if math.isfinite(v) else None for v in d.value[sel].tolist()]})
+    return orjson.dumps(
+        {
+            "asset_id": asset,
+            "sensor_id": sensor,
+            "ts": d.ts[sel].tolist(),
+            "value": [v if math.isfinite(v) else None for v in d.value[sel].tolist()],
+        }
+    )
 
 
-def _scalars(state: ShardState, d: Decoded, g_sid: NDArray[np.int64], ctx: Context, out: Out,
-             dead: _DeadLetters) -> Speeds | None:
+def _scalars(
+    state: ShardState,
+    d: Decoded,
+    g_sid: NDArray[np.int64],
+    ctx: Context,
+    out: Out,
+    dead: _DeadLetters,
+) -> Speeds | None:
     """Contract and event-time checks of every scalar reading, calibration, the ``readings``
     rows and the process windows; returns the accepted shaft speeds (for the frames)."""
     if not d.n_readings:
@@ -519,11 +580,21 @@ def _scalars(state: ShardState, d: Decoded, g_sid: NDArray[np.int64], ctx: Conte
             s = int(sid[j])
             asset, sensor = state.names[s]
             v = float(raw[j])
-            dead.add(int(msg[j]), _REASON[code[j]], _reading_detail(int(code[j]), v,
-                                                                    state.contracts[s]),
-                     asset, sensor,
-                     orjson.dumps({"asset_id": asset, "sensor_id": sensor, "ts": int(ts[j]),
-                                   "value": v if math.isfinite(v) else None}))
+            dead.add(
+                int(msg[j]),
+                _REASON[code[j]],
+                _reading_detail(int(code[j]), v, state.contracts[s]),
+                asset,
+                sensor,
+                orjson.dumps(
+                    {
+                        "asset_id": asset,
+                        "sensor_id": sensor,
+                        "ts": int(ts[j]),
+                        "value": v if math.isfinite(v) else None,
+                    }
+                ),
+            )
     if not acc.size:
         return None
     sid, ts, raw, msg = sid[acc], ts[acc], raw[acc], msg[acc]
@@ -531,22 +602,24 @@ def _scalars(state: ShardState, d: Decoded, g_sid: NDArray[np.int64], ctx: Conte
     a_names, s_names = state.names_pa()
     sid_pa = pa.array(sid)
     n = sid.size
-    rows = pa.Table.from_arrays([
-        a_names.take(sid_pa),
-        s_names.take(sid_pa),
-        pa.array(ts).view(TS),
-        pa.array(values),
-        pa.array(raw),
-        quality,
-        pa.array(np.full(n, now_us(), np.int64)).view(TS),
-    ], schema=table_spec("readings").input_schema)
+    rows = pa.Table.from_arrays(
+        [
+            a_names.take(sid_pa),
+            s_names.take(sid_pa),
+            pa.array(ts).view(TS),
+            pa.array(values),
+            pa.array(raw),
+            quality,
+            pa.array(np.full(n, now_us(), np.int64)).view(TS),
+        ],
+        schema=table_spec("readings").input_schema,
+    )
     out.add_table("readings", rows, msg)
     _windows(state, d, ctx, out, sid, ts, values, msg)
     return _speeds(state, sid, values, msg)
 
 
-def _arrivals(state: ShardState, sid: NDArray[np.int64], ts: NDArray[np.int64]
-              ) -> NDArray[np.int8]:
+def _arrivals(state: ShardState, sid: NDArray[np.int64], ts: NDArray[np.int64]) -> NDArray[np.int8]:
     """Per valid reading (in arrival order): ok, ``late`` (older than the series' newest
     timestamp so far minus its allowed lateness) or ``duplicate`` (that timestamp already
     accepted); accepted timestamps update the series' event time and the arrival log.
@@ -568,10 +641,12 @@ def _arrivals(state: ShardState, sid: NDArray[np.int64], ts: NDArray[np.int64]
         ends = np.append(starts[1:], s_o.size)
         known = _logged(state, np.unique(s_o[starts[disordered]]))
         for g in disordered.tolist():
-            rows = order[starts[g]:ends[g]]
+            rows = order[starts[g] : ends[g]]
             s = int(s_o[starts[g]])
-            arrivals = Arrivals(None if state.newest[s] == _I64_MIN else int(state.newest[s]),
-                                known.get(s, np.empty(0, np.int64)))
+            arrivals = Arrivals(
+                None if state.newest[s] == _I64_MIN else int(state.newest[s]),
+                known.get(s, np.empty(0, np.int64)),
+            )
             reasons = arrival_reasons(ts[rows], arrivals, int(state.lateness[s]))
             code[rows[reasons == "late"]] = _LATE
             code[rows[reasons == "duplicate"]] = _DUPLICATE
@@ -604,23 +679,30 @@ def _prune_log(state: ShardState) -> None:
         state.log_rows -= log_.popleft()[0].size
 
 
-def _calibrate(state: ShardState, ctx: Context, sid: NDArray[np.int64], ts: NDArray[np.int64],
-               raw: NDArray[np.float64]) -> tuple[NDArray[np.float64], pa.Array]:
+def _calibrate(
+    state: ShardState,
+    ctx: Context,
+    sid: NDArray[np.int64],
+    ts: NDArray[np.int64],
+    raw: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], pa.Array]:
     """``gain * raw + offset`` of each series' newest calibration from its ``valid_from`` on,
     and the quality column (``good`` or ``calibrated:v<version>``)."""
     n = sid.size
     arrays = ctx.calibration.arrays(state.names) if ctx.calibration is not None else None
     if arrays is None:
         return raw, pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(n, np.int32)), pa.array(["good"])).cast(pa.string())
+            pa.array(np.zeros(n, np.int32)), pa.array(["good"])
+        ).cast(pa.string())
     gain, offset, valid_from, version = arrays
     applied = ts >= valid_from[sid]
     values = np.where(applied, gain[sid] * raw + offset[sid], raw)
     v = np.where(applied, version[sid], 0)
     uniq, inverse = np.unique(v, return_inverse=True)
     labels = ["good" if x == 0 else f"calibrated:v{x}" for x in uniq.tolist()]
-    quality = pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)),
-                                             pa.array(labels)).cast(pa.string())
+    quality = pa.DictionaryArray.from_arrays(
+        pa.array(inverse.astype(np.int32)), pa.array(labels)
+    ).cast(pa.string())
     return values, quality
 
 
@@ -628,8 +710,9 @@ Speeds = tuple[NDArray[np.int32], NDArray[np.float64], NDArray[np.intp]]
 """Accepted shaft-speed readings of a batch: (asset number, rpm, message index)."""
 
 
-def _speeds(state: ShardState, sid: NDArray[np.int64], values: NDArray[np.float64],
-            msg: NDArray[np.intp]) -> Speeds | None:
+def _speeds(
+    state: ShardState, sid: NDArray[np.int64], values: NDArray[np.float64], msg: NDArray[np.intp]
+) -> Speeds | None:
     speed = state.speed[sid]
     if not speed.any():
         return None
@@ -654,8 +737,16 @@ def _keep_speeds(state: ShardState, speeds: Speeds | None) -> None:
 
 
 # -- process windows ----------------------------------------------------------------------
-def _windows(state: ShardState, d: Decoded, ctx: Context, out: Out, sid: NDArray[np.int64],
-             ts: NDArray[np.int64], values: NDArray[np.float64], msg: NDArray[np.intp]) -> None:
+def _windows(
+    state: ShardState,
+    d: Decoded,
+    ctx: Context,
+    out: Out,
+    sid: NDArray[np.int64],
+    ts: NDArray[np.int64],
+    values: NDArray[np.float64],
+    msg: NDArray[np.intp],
+) -> None:
     """Add the accepted readings to their series' bucket rings and emit the windows of the
     buckets they close.  A batch spanning more than ``RING - MAX_K`` buckets of some series (a
     bulk replay) is taken in slices of event time, so a ring never wraps within a step."""
@@ -669,13 +760,20 @@ def _windows(state: ShardState, d: Decoded, ctx: Context, out: Out, sid: NDArray
     else:
         for r in np.unique(rank).tolist():
             sel = np.flatnonzero(rank == r)
-            _window_slice(state, d, ctx, out, sid[sel], ts[sel], values[sel], msg[sel],
-                          bucket[sel])
+            _window_slice(state, d, ctx, out, sid[sel], ts[sel], values[sel], msg[sel], bucket[sel])
 
 
-def _window_slice(state: ShardState, d: Decoded, ctx: Context, out: Out,
-                  sid: NDArray[np.int64], ts: NDArray[np.int64], values: NDArray[np.float64],
-                  msg: NDArray[np.intp], bucket: NDArray[np.int64]) -> None:
+def _window_slice(
+    state: ShardState,
+    d: Decoded,
+    ctx: Context,
+    out: Out,
+    sid: NDArray[np.int64],
+    ts: NDArray[np.int64],
+    values: NDArray[np.float64],
+    msg: NDArray[np.intp],
+    bucket: NDArray[np.int64],
+) -> None:
     new_series = np.isnan(state.y0[sid])
     if new_series.any():  # the reference level of a series: its first value (for precision)
         first = np.unique(sid[new_series], return_index=True)
@@ -720,23 +818,35 @@ def _window_slice(state: ShardState, d: Decoded, ctx: Context, out: Out,
     _emit_closed(state, d, ctx, out, present, last_msg)
 
 
-def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
-                 present: NDArray[np.int64], last_msg: NDArray[np.intp]) -> None:
+def _emit_closed(
+    state: ShardState,
+    d: Decoded,
+    ctx: Context,
+    out: Out,
+    present: NDArray[np.int64],
+    last_msg: NDArray[np.intp],
+) -> None:
     """Every bucket of the ``present`` series whose end the series' event time has reached:
     its window's ``features`` row, then the process scores of the ticks that completes."""
     tags = state.ring_tag[present]  # (m, RING)
     c = state.cadence[present][:, None]
-    closed = ((tags > state.emitted[present][:, None]) & (tags != _I64_MIN)
-              & ((tags + 1) * c - 3 * state.half_period[present][:, None]
-                 <= state.win_newest[present][:, None]))
+    closed = (
+        (tags > state.emitted[present][:, None])
+        & (tags != _I64_MIN)
+        & (
+            (tags + 1) * c - 3 * state.half_period[present][:, None]
+            <= state.win_newest[present][:, None]
+        )
+    )
     rows_i, cols_i = np.nonzero(closed)
     if not rows_i.size:
         return
     e_sid = present[rows_i]
     e_bucket = tags[rows_i, cols_i]
     e_msg = last_msg[rows_i]
-    state.emitted[present] = np.maximum(state.emitted[present],
-                                        np.where(closed, tags, _I64_MIN).max(axis=1))
+    state.emitted[present] = np.maximum(
+        state.emitted[present], np.where(closed, tags, _I64_MIN).max(axis=1)
+    )
     # the window of each emitted bucket: its series' buckets in (bucket - k, bucket], read
     # from the MAX_K ring slots before and at the bucket's own
     back = np.arange(MAX_K)
@@ -749,8 +859,14 @@ def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
     dt = -back * (state.cadence[e_sid][:, None] / 1e6)  # bucket start offsets, seconds
     n, st, stt = agg[:, :, 0] * w, agg[:, :, 1] * w, agg[:, :, 2] * w
     sy, syy, sty = agg[:, :, 3] * w, agg[:, :, 4] * w, agg[:, :, 5] * w
-    sums = (n.sum(1), (st + n * dt).sum(1), (stt + 2 * dt * st + n * dt * dt).sum(1),
-            sy.sum(1), syy.sum(1), (sty + dt * sy).sum(1))
+    sums = (
+        n.sum(1),
+        (st + n * dt).sum(1),
+        (stt + 2 * dt * st + n * dt * dt).sum(1),
+        sy.sum(1),
+        syy.sum(1),
+        (sty + dt * sy).sum(1),
+    )
     stats = stats_from_sums(*sums)
     level = stats["level"] + state.y0[e_sid]
     bucket_start = e_bucket * state.cadence[e_sid]
@@ -758,19 +874,54 @@ def _emit_closed(state: ShardState, d: Decoded, ctx: Context, out: Out,
     t_max = agg[:, 0, 7]
     window_start = bucket_start + np.round(t_min * 1e6).astype(np.int64)
     window_end = bucket_start + np.round(t_max * 1e6).astype(np.int64)
-    _features_rows(state, out, e_sid, window_start, window_end, sums[0], level,
-                   stats["slope"], stats["std"], e_msg)
+    _features_rows(
+        state,
+        out,
+        e_sid,
+        window_start,
+        window_end,
+        sums[0],
+        level,
+        stats["slope"],
+        stats["std"],
+        e_msg,
+    )
     prognostics.observe_windows(
-        state.prognoses, _rul_model(ctx), ctx.plant, out, state.names, e_sid, window_end,
-        {"proc_level": level, "proc_slope": stats["slope"], "proc_std": stats["std"]}, e_msg)
-    _score_ticks(state, d, ctx, out, e_sid, bucket_start, window_end,
-                 (level, stats["slope"], stats["std"]), e_msg)
+        state.prognoses,
+        _rul_model(ctx),
+        ctx.plant,
+        out,
+        state.names,
+        e_sid,
+        window_end,
+        {"proc_level": level, "proc_slope": stats["slope"], "proc_std": stats["std"]},
+        e_msg,
+    )
+    _score_ticks(
+        state,
+        d,
+        ctx,
+        out,
+        e_sid,
+        bucket_start,
+        window_end,
+        (level, stats["slope"], stats["std"]),
+        e_msg,
+    )
 
 
-def _features_rows(state: ShardState, out: Out, sid: NDArray[np.int64],
-                   start: NDArray[np.int64], end: NDArray[np.int64], n: NDArray[np.float64],
-                   level: NDArray[np.float64], slope: NDArray[np.float64],
-                   std: NDArray[np.float64], msg: NDArray[np.intp]) -> None:
+def _features_rows(
+    state: ShardState,
+    out: Out,
+    sid: NDArray[np.int64],
+    start: NDArray[np.int64],
+    end: NDArray[np.int64],
+    n: NDArray[np.float64],
+    level: NDArray[np.float64],
+    slope: NDArray[np.float64],
+    std: NDArray[np.float64],
+    msg: NDArray[np.intp],
+) -> None:
     schema = table_spec("features").input_schema
     a_names, s_names = state.names_pa()
     sid_pa = pa.array(sid)
@@ -786,14 +937,23 @@ def _features_rows(state: ShardState, out: Out, sid: NDArray[np.int64],
         "proc_slope": pa.array(slope, from_pandas=True),
         "proc_std": pa.array(std, from_pandas=True),
     }
-    arrays = [given[f.name].cast(f.type) if f.name in given else pa.nulls(m, f.type)
-              for f in schema]
+    arrays = [
+        given[f.name].cast(f.type) if f.name in given else pa.nulls(m, f.type) for f in schema
+    ]
     out.add_table("features", pa.Table.from_arrays(arrays, schema=schema), msg)
 
 
-def _score_ticks(state: ShardState, d: Decoded, ctx: Context, out: Out, sid: NDArray[np.int64],
-                 tick: NDArray[np.int64], window_end: NDArray[np.int64],
-                 views: tuple[NDArray[np.float64], ...], msg: NDArray[np.intp]) -> None:
+def _score_ticks(
+    state: ShardState,
+    d: Decoded,
+    ctx: Context,
+    out: Out,
+    sid: NDArray[np.int64],
+    tick: NDArray[np.int64],
+    window_end: NDArray[np.int64],
+    views: tuple[NDArray[np.float64], ...],
+    msg: NDArray[np.intp],
+) -> None:
     """Hand each emitted window (its level, slope and std) to its asset's process detector,
     asset by asset and tick by tick in event-time order; a sensor whose contract declares
     ``watched_as`` hands over that view only."""
@@ -807,24 +967,35 @@ def _score_ticks(state: ShardState, d: Decoded, ctx: Context, out: Out, sid: NDA
         s = int(sid[j])
         contract = state.contracts[s]
         declared = contract.watched_as
-        offered = ({"level": float(level[j]), "slope": float(slope[j]), "std": float(std[j])}
-                   if declared == "auto" else
-                   {declared: float(slope[j] if declared == "slope" else level[j])})
+        offered = (
+            {"level": float(level[j]), "slope": float(slope[j]), "std": float(std[j])}
+            if declared == "auto"
+            else {declared: float(slope[j] if declared == "slope" else level[j])}
+        )
         # the sensor's quantum and its window's length: the finest change a window resolves
         offered["resolution"] = contract.resolution
         offered["window_s"] = float(state.k[s] * state.cadence[s]) / 1e6
         offered["rate_hz"] = contract.sample_rate_hz
         offered["overlap"] = float(state.k[s])  # consecutive windows share readings
-        score_process(a.scorer, Emit(out, i, messages[i].received_us), a.asset_id,
-                      state.names[s][1], int(tick[j]), int(window_end[j]), offered, ctx.policy)
+        score_process(
+            a.scorer,
+            Emit(out, i, messages[i].received_us),
+            a.asset_id,
+            state.names[s][1],
+            int(tick[j]),
+            int(window_end[j]),
+            offered,
+            ctx.policy,
+        )
 
 
 # -- vibration frames -------------------------------------------------------------------------
 _VIB_FEATURES = feature_names("vibration")
 
 
-def _frames(state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLetters,
-            speeds: Speeds | None) -> None:
+def _frames(
+    state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLetters, speeds: Speeds | None
+) -> None:
     """Check each frame against its contract and its sensor's event time, compute the
     vibration features of all accepted frames (one call per sample rate, length and bearing),
     then score them and pass them through the flight recorder, in arrival order."""
@@ -832,30 +1003,45 @@ def _frames(state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLe
     for i, f in d.frames:
         contract = ctx.plant.contract(f.asset_id, f.sensor_id)
         if contract is None:
-            dead.add(i, "unknown_sensor", f"sensor {f.sensor_id!r} has no contract",
-                     f.asset_id, f.sensor_id)
+            dead.add(
+                i,
+                "unknown_sensor",
+                f"sensor {f.sensor_id!r} has no contract",
+                f.asset_id,
+                f.sensor_id,
+            )
             continue
         if not contract.frames:
-            dead.add(i, "wrong_type", f"sensor {f.sensor_id!r} sends scalar readings",
-                     f.asset_id, f.sensor_id)
+            dead.add(
+                i,
+                "wrong_type",
+                f"sensor {f.sensor_id!r} sends scalar readings",
+                f.asset_id,
+                f.sensor_id,
+            )
             continue
         a = state.asset_index.get(f.asset_id)
         if a is None:
             if state.n + len(state.assets) >= ctx.max_series:
-                dead.add(i, "capacity", "this shard tracks too many assets",
-                         f.asset_id, f.sensor_id)
+                dead.add(
+                    i, "capacity", "this shard tracks too many assets", f.asset_id, f.sensor_id
+                )
                 continue
             a = state.asset_index[f.asset_id] = len(state.assets)
             state.assets.append(AssetState(f.asset_id))
         problem = frame_problem(contract, f.sample_rate_hz, f.samples)
         if problem is None:
             arrivals = state.assets[a].frame_arrivals.setdefault(f.sensor_id, Arrivals())
-            order = arrival_reasons(np.array([f.ts_start_us]), arrivals,
-                                    round(contract.allowed_lateness_s * 1e6))[0]
+            order = arrival_reasons(
+                np.array([f.ts_start_us]), arrivals, round(contract.allowed_lateness_s * 1e6)
+            )[0]
             if order != OK:
-                problem = (str(order), "timestamp already accepted for this sensor"
-                           if order == "duplicate" else "older than the newest frame of this "
-                           "sensor minus the allowed lateness")
+                problem = (
+                    str(order),
+                    "timestamp already accepted for this sensor"
+                    if order == "duplicate"
+                    else "older than the newest frame of this sensor minus the allowed lateness",
+                )
         if problem is not None:
             dead.add(i, *problem, f.asset_id, f.sensor_id)
             continue
@@ -893,13 +1079,20 @@ def _frames(state: ShardState, d: Decoded, ctx: Context, out: Out, dead: _DeadLe
         emit = Emit(out, i, d.messages[i].received_us)
         scorer = state.assets[a].scorer
         score_vibration(scorer, emit, row, model, ctx.policy)
-        record_frame(scorer, ctx.policy, FrameCandidate(f.asset_id, f.sensor_id, f.ts_start_us,
-                                                        f.sample_rate_hz, f.samples), emit)
-    prognostics.observe_rows(state.prognoses, _rul_model(ctx), ctx.plant, out,
-                             [(i, row) for (i, *_), row in zip(accepted, rows, strict=True)])
+        record_frame(
+            scorer,
+            ctx.policy,
+            FrameCandidate(f.asset_id, f.sensor_id, f.ts_start_us, f.sample_rate_hz, f.samples),
+            emit,
+        )
+    prognostics.observe_rows(
+        state.prognoses,
+        _rul_model(ctx),
+        ctx.plant,
+        out,
+        [(i, row) for (i, *_), row in zip(accepted, rows, strict=True)],
+    )
 
 
 def _rul_model(ctx: Context):
     return ctx.rul_champion.get() if ctx.rul_champion is not None else None
-
-

@@ -109,14 +109,18 @@ def shard_groups(plant: Topology) -> dict[str, str]:
     return {a: find(a) for a in parent}
 
 
-def _cause(board: TopologyBoard, plant: Topology, asset: str, opened: int) -> tuple[
-        str | None, list[str]]:
+def _cause(
+    board: TopologyBoard, plant: Topology, asset: str, opened: int
+) -> tuple[str | None, list[str]]:
     """The suspected cause of an alert of ``asset`` opening at ``opened`` (words), and the
     upstream alerts open at that moment (their ids)."""
     words, upstream_open = [], []
     for u in upstream_assets(plant, asset):
-        alerts = [board.open[a] for a in board.by_asset.get(u, ()) if a in board.open
-                  and board.open[a].opened_us <= opened]
+        alerts = [
+            board.open[a]
+            for a in board.by_asset.get(u, ())
+            if a in board.open and board.open[a].opened_us <= opened
+        ]
         if alerts:
             first = min(alerts, key=lambda o: o.opened_us)
             words.append(f"upstream {u} in alert since {_hms(first.opened_us)}")
@@ -155,8 +159,11 @@ def annotate_alerts(board: TopologyBoard, plant: Topology, out: Out) -> None:
             for up_id in upstream_open:
                 up = board.open[up_id]
                 up.effects.append(effect)
-                rev = dict(up.row, downstream_effects=list(up.effects),
-                           updated_ts=max(_us(up.row["updated_ts"]), opened))
+                rev = dict(
+                    up.row,
+                    downstream_effects=list(up.effects),
+                    updated_ts=max(_us(up.row["updated_ts"]), opened),
+                )
                 up.row = rev
                 revisions.append((rev, msg))
         row["suspected_cause"] = entry.cause

@@ -121,8 +121,9 @@ def as_batch(item: Batch | Message | Progress | list) -> Batch:
         return Batch([item])
     if isinstance(item, Progress):
         return Batch([], [item])
-    return Batch([m for m in item if isinstance(m, Message)],
-                 [m for m in item if isinstance(m, Progress)])
+    return Batch(
+        [m for m in item if isinstance(m, Message)], [m for m in item if isinstance(m, Progress)]
+    )
 
 
 @dataclass(frozen=True)
@@ -172,11 +173,17 @@ def encode_scalars(asset_id: str, sensor_id: str, ts_us: Any, values: Any) -> by
 def encode_multi(asset_id: str, ts_us: Any, values: dict[str, Any]) -> bytes:
     """Multi-sensor JSON payload: one asset, many tags, one timestamp (scalars) or many."""
     if np.ndim(ts_us) == 0:
-        body = {"asset_id": asset_id, "ts": int(ts_us),
-                "values": {k: _finite_or_none([v])[0] for k, v in values.items()}}
+        body = {
+            "asset_id": asset_id,
+            "ts": int(ts_us),
+            "values": {k: _finite_or_none([v])[0] for k, v in values.items()},
+        }
     else:
-        body = {"asset_id": asset_id, "ts": np.asarray(ts_us, np.int64).tolist(),
-                "values": {k: _finite_or_none(v) for k, v in values.items()}}
+        body = {
+            "asset_id": asset_id,
+            "ts": np.asarray(ts_us, np.int64).tolist(),
+            "values": {k: _finite_or_none(v) for k, v in values.items()},
+        }
     return orjson.dumps(body)
 
 
@@ -196,12 +203,14 @@ def encode_frame(
 def encode_arrow(asset_id: Any, sensor_id: Any, ts_us: Any, values: Any) -> bytes:
     """Arrow IPC stream payload of readings (columns as arrays, or scalars repeated)."""
     n = int(np.size(values))
-    table = pa.table({
-        "asset_id": pa.array(np.broadcast_to(np.asarray(asset_id, object), n), pa.string()),
-        "sensor_id": pa.array(np.broadcast_to(np.asarray(sensor_id, object), n), pa.string()),
-        "ts": pa.array(np.broadcast_to(np.asarray(ts_us, np.int64), n)),
-        "value": pa.array(np.broadcast_to(np.asarray(values, np.float64), n)),
-    })
+    table = pa.table(
+        {
+            "asset_id": pa.array(np.broadcast_to(np.asarray(asset_id, object), n), pa.string()),
+            "sensor_id": pa.array(np.broadcast_to(np.asarray(sensor_id, object), n), pa.string()),
+            "ts": pa.array(np.broadcast_to(np.asarray(ts_us, np.int64), n)),
+            "value": pa.array(np.broadcast_to(np.asarray(values, np.float64), n)),
+        }
+    )
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -243,7 +252,9 @@ def decode(payload: bytes) -> ScalarBatch | Frame:
     if not ts_l:
         raise PayloadError("empty_message", "a batch with no readings", asset_id, sensor_id)
     return ScalarBatch(
-        asset_id, sensor_id, _timestamps(ts_l, asset_id, sensor_id),
+        asset_id,
+        sensor_id,
+        _timestamps(ts_l, asset_id, sensor_id),
         _values(val_l, asset_id, sensor_id),
     )
 
@@ -274,7 +285,9 @@ def _ids(asset_id: Any, sensor_id: Any) -> tuple[str, str]:
         raise PayloadError(
             "wrong_type",
             f"asset_id and sensor_id must be non-empty printable strings of at most "
-            f"{MAX_ID_CHARS} characters", a, s,
+            f"{MAX_ID_CHARS} characters",
+            a,
+            s,
         )
     return a, s
 
@@ -333,8 +346,9 @@ def _values(values: list[Any], asset_id: str, sensor_id: str) -> NDArray[np.floa
     try:
         return np.array(values, dtype=np.float64)  # None -> nan
     except OverflowError:
-        raise PayloadError("out_of_range", "a value is too large for a 64-bit float",
-                           asset_id, sensor_id) from None
+        raise PayloadError(
+            "out_of_range", "a value is too large for a 64-bit float", asset_id, sensor_id
+        ) from None
 
 
 # -- a whole batch ----------------------------------------------------------------------------
@@ -360,7 +374,8 @@ class Decoded:
     frames: list[tuple[int, Frame]] = field(default_factory=list)
     # (message index, reason, detail, asset_id, sensor_id, raw or None for the whole payload)
     rejects: list[tuple[int, str, str, str | None, str | None, bytes | None]] = field(
-        default_factory=list)
+        default_factory=list
+    )
     shard: str = "0"  # which keyed piece of its batch this is (``step.route``)
 
     @property
@@ -430,23 +445,42 @@ class _Builder:
         self.chunks.append((ts.astype(np.int64, copy=False), values.astype(np.float64)))
         self.pending_from = len(self.counts)
 
-    def add_groups(self, g_a: NDArray, g_s: NDArray, g_msg: NDArray, counts: NDArray,
-                   ts: NDArray[np.int64], values: NDArray[np.float64]) -> None:
+    def add_groups(
+        self,
+        g_a: NDArray,
+        g_s: NDArray,
+        g_msg: NDArray,
+        counts: NDArray,
+        ts: NDArray[np.int64],
+        values: NDArray[np.float64],
+    ) -> None:
         """Many groups at once (already coded against this builder's names)."""
         self._flush()
         self._close_lists()
         self.g_chunks.append((g_a, g_s, g_msg, counts))
         self.chunks.append((ts, values))
 
-    def reject(self, i: int, reason: str, detail: str, asset: str | None = None,
-               sensor: str | None = None, raw: bytes | None = None) -> None:
+    def reject(
+        self,
+        i: int,
+        reason: str,
+        detail: str,
+        asset: str | None = None,
+        sensor: str | None = None,
+        raw: bytes | None = None,
+    ) -> None:
         self.out.rejects.append((i, reason, detail, asset, sensor, raw))
 
     def _close_lists(self) -> None:
         if self.g_msg:
-            self.g_chunks.append((np.array(self.g_a, np.int32), np.array(self.g_s, np.int32),
-                                  np.array(self.g_msg, np.int32),
-                                  np.array(self.counts, np.int64)))
+            self.g_chunks.append(
+                (
+                    np.array(self.g_a, np.int32),
+                    np.array(self.g_s, np.int32),
+                    np.array(self.g_msg, np.int32),
+                    np.array(self.counts, np.int64),
+                )
+            )
             self.g_a, self.g_s, self.g_msg, self.counts = [], [], [], []
             self.pending_from = 0
 
@@ -455,8 +489,9 @@ class _Builder:
             self.pending_from = len(self.counts)
             return
         try:
-            self.chunks.append((np.array(self.ts, dtype=np.int64),
-                                np.array(self.values, dtype=np.float64)))
+            self.chunks.append(
+                (np.array(self.ts, dtype=np.int64), np.array(self.values, dtype=np.float64))
+            )
         except (OverflowError, TypeError, ValueError):
             self._flush_carefully()
         self.ts, self.values = [], []
@@ -468,17 +503,30 @@ class _Builder:
         o, start = self.out, 0
         for g in range(self.pending_from, len(self.counts)):
             n = self.counts[g]
-            ts_l, v_l = self.ts[start:start + n], self.values[start:start + n]
+            ts_l, v_l = self.ts[start : start + n], self.values[start : start + n]
             start += n
             try:
-                self.chunks.append((np.array(ts_l, dtype=np.int64),
-                                    np.array(v_l, dtype=np.float64)))
+                self.chunks.append(
+                    (np.array(ts_l, dtype=np.int64), np.array(v_l, dtype=np.float64))
+                )
             except (OverflowError, TypeError, ValueError):
                 asset, sensor = o.assets[self.g_a[g]], o.sensors[self.g_s[g]]
-                raw = orjson.dumps({"asset_id": asset, "sensor_id": sensor,
-                                    "ts": str(ts_l)[:200], "value": str(v_l)[:200]})
-                self.reject(self.g_msg[g], "out_of_range", "a timestamp or value does not fit "
-                            "64 bits", asset, sensor, raw)
+                raw = orjson.dumps(
+                    {
+                        "asset_id": asset,
+                        "sensor_id": sensor,
+                        "ts": str(ts_l)[:200],
+                        "value": str(v_l)[:200],
+                    }
+                )
+                self.reject(
+                    self.g_msg[g],
+                    "out_of_range",
+                    "a timestamp or value does not fit 64 bits",
+                    asset,
+                    sensor,
+                    raw,
+                )
                 self.counts[g] = 0  # an empty group: nothing of it goes further
 
     def finish(self) -> Decoded:
@@ -511,12 +559,15 @@ def _hold_to_channel(d: Decoded) -> Decoded:
     """``d`` without the messages that carry readings or frames of an asset other than their
     channel's, each of those as one whole-payload reject."""
     code = {name: i for i, name in enumerate(d.assets)}
-    bound = np.array([-1 if m.channel_asset is None else code.get(m.channel_asset, -2)
-                      for m in d.messages], np.int32)
-    bad_g = (bound[d.g_msg] != -1) & (bound[d.g_msg] != d.g_a) if d.n_groups else \
-        np.zeros(0, bool)
-    found: dict[int, str] = {int(i): d.assets[d.g_a[g]]
-                             for g, i in zip(np.flatnonzero(bad_g), d.g_msg[bad_g], strict=True)}
+    bound = np.array(
+        [-1 if m.channel_asset is None else code.get(m.channel_asset, -2) for m in d.messages],
+        np.int32,
+    )
+    bad_g = (bound[d.g_msg] != -1) & (bound[d.g_msg] != d.g_a) if d.n_groups else np.zeros(0, bool)
+    found: dict[int, str] = {
+        int(i): d.assets[d.g_a[g]]
+        for g, i in zip(np.flatnonzero(bad_g), d.g_msg[bad_g], strict=True)
+    }
     for i, f in d.frames:
         if d.messages[i].channel_asset not in (None, f.asset_id):
             found.setdefault(i, f.asset_id)
@@ -533,10 +584,18 @@ def _hold_to_channel(d: Decoded) -> Decoded:
     d.rejects = [r for r in d.rejects if not gone[r[0]]]
     for i, other in sorted(found.items()):
         bound_to = d.messages[i].channel_asset
-        d.rejects.append((i, "asset_mismatch",
-                          f"the payload has readings of asset {other!r} but came on the channel "
-                          f"of asset {bound_to!r}: a client may send only its own assets' "
-                          f"readings, each on its asset's topic", bound_to, None, None))
+        d.rejects.append(
+            (
+                i,
+                "asset_mismatch",
+                f"the payload has readings of asset {other!r} but came on the channel "
+                f"of asset {bound_to!r}: a client may send only its own assets' "
+                f"readings, each on its asset's topic",
+                bound_to,
+                None,
+                None,
+            )
+        )
     return d
 
 
@@ -550,9 +609,11 @@ def _decode_all(messages: list[Message]) -> Decoded:
     ``PayloadError`` becomes a reject.
     """
     b = _Builder(messages)
-    json_at = [i for i, m in enumerate(messages)
-               if m.payload[:1] == b"{" and m.set_aside is None
-               and len(m.payload) <= MAX_MESSAGE_BYTES]
+    json_at = [
+        i
+        for i, m in enumerate(messages)
+        if m.payload[:1] == b"{" and m.set_aside is None and len(m.payload) <= MAX_MESSAGE_BYTES
+    ]
     docs = _bulk_json([messages[i].payload for i in json_at]) if json_at else None
     doc_of: dict[int, Any] = {}
     if docs is not None:
@@ -615,8 +676,12 @@ def _bulk_single(b: _Builder, docs: list[dict], at: list[int]) -> bool:
     sensors = [d.get("sensor_id") for d in docs]
     ts = [d.get("ts") for d in docs]
     values = [d.get("value") for d in docs]
-    if (set(map(type, ts)) != {int} or not set(map(type, values)) <= _NUMBER_TYPES
-            or set(map(type, assets)) != {str} or set(map(type, sensors)) != {str}):
+    if (
+        set(map(type, ts)) != {int}
+        or not set(map(type, values)) <= _NUMBER_TYPES
+        or set(map(type, assets)) != {str}
+        or set(map(type, sensors)) != {str}
+    ):
         return False
     a_names, s_names = dict.fromkeys(assets), dict.fromkeys(sensors)
     if not (_ids_ok(a_names) and _ids_ok(s_names)):
@@ -628,9 +693,14 @@ def _bulk_single(b: _Builder, docs: list[dict], at: list[int]) -> bool:
     a_idx = {a: b.code(b.a_index, b.out.assets, a) for a in a_names}
     s_idx = {s: b.code(b.s_index, b.out.sensors, s) for s in s_names}
     n = len(docs)
-    b.add_groups(np.array([a_idx[a] for a in assets], np.int32),
-                 np.array([s_idx[s] for s in sensors], np.int32),
-                 np.array(at, np.int32), np.ones(n, np.int64), ts_arr, v_arr)
+    b.add_groups(
+        np.array([a_idx[a] for a in assets], np.int32),
+        np.array([s_idx[s] for s in sensors], np.int32),
+        np.array(at, np.int32),
+        np.ones(n, np.int64),
+        ts_arr,
+        v_arr,
+    )
     return True
 
 
@@ -648,8 +718,12 @@ def _bulk_multi(b: _Builder, docs: list[dict], at: list[int]) -> bool:
     (tag_names,) = tags
     assets = [d.get("asset_id") for d in docs]
     ts = [d.get("ts") for d in docs]
-    if (not tag_names or set(map(type, ts)) != {int} or set(map(type, assets)) != {str}
-            or not _ids_ok(tag_names)):
+    if (
+        not tag_names
+        or set(map(type, ts)) != {int}
+        or set(map(type, assets)) != {str}
+        or not _ids_ok(tag_names)
+    ):
         return False
     a_names = dict.fromkeys(assets)
     if not _ids_ok(a_names):
@@ -666,9 +740,14 @@ def _bulk_multi(b: _Builder, docs: list[dict], at: list[int]) -> bool:
     s_codes = np.array([b.code(b.s_index, b.out.sensors, t) for t in tag_names], np.int32)
     n, k = len(docs), len(tag_names)
     a_codes = np.array([a_idx[a] for a in assets], np.int32)
-    b.add_groups(np.repeat(a_codes, k), np.tile(s_codes, n),
-                 np.repeat(np.array(at, np.int32), k), np.ones(n * k, np.int64),
-                 np.repeat(ts_arr, k), values)
+    b.add_groups(
+        np.repeat(a_codes, k),
+        np.tile(s_codes, n),
+        np.repeat(np.array(at, np.int32), k),
+        np.ones(n * k, np.int64),
+        np.repeat(ts_arr, k),
+        values,
+    )
     return True
 
 
@@ -685,13 +764,24 @@ def _decode_json_fast(b: _Builder, i: int, p: bytes, d: Any = None) -> None:
         if len(d) == 4:
             a, s, ts, v = d.get("asset_id"), d.get("sensor_id"), d.get("ts"), d.get("value")
             ta, tv = type(ts), type(v)
-            if (type(a) is str and type(s) is str and 0 < len(a) <= MAX_ID_CHARS
-                    and 0 < len(s) <= MAX_ID_CHARS and a.isprintable() and s.isprintable()):
+            if (
+                type(a) is str
+                and type(s) is str
+                and 0 < len(a) <= MAX_ID_CHARS
+                and 0 < len(s) <= MAX_ID_CHARS
+                and a.isprintable()
+                and s.isprintable()
+            ):
                 if ta is int and (tv is float or tv is int):
                     b.add(i, a, s, ts, v, 1)
                     return
-                if (ta is list and tv is list and 0 < len(ts) == len(v)
-                        and set(map(type, ts)) == {int} and set(map(type, v)) <= _NUMBER_TYPES):
+                if (
+                    ta is list
+                    and tv is list
+                    and 0 < len(ts) == len(v)
+                    and set(map(type, ts)) == {int}
+                    and set(map(type, v)) <= _NUMBER_TYPES
+                ):
                     b.add(i, a, s, ts, v, len(ts))
                     return
     sb = decode(p)  # the careful path: raises PayloadError with the reason
@@ -728,8 +818,9 @@ def _multi(b: _Builder, i: int, d: dict) -> None:
         elif type(v) not in _NUMBER_TYPES:
             problem = ("wrong_type", f"tag {tag!r}: value must be a number or null")
         if problem is not None:
-            raw = orjson.dumps({"asset_id": asset, "sensor_id": str(sensor), "ts": ts,
-                                "value": v}, default=str)
+            raw = orjson.dumps(
+                {"asset_id": asset, "sensor_id": str(sensor), "ts": ts, "value": v}, default=str
+            )
             b.reject(i, *problem, asset, sensor, raw)
             continue
         if many:
@@ -756,8 +847,9 @@ def _decode_arrow(b: _Builder, i: int, p: bytes) -> None:
         if pa.types.is_timestamp(ts_col.type):
             ts_col = ts_col.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
         ts = np.asarray(ts_col.cast(pa.int64()), dtype=np.int64)
-        values = np.asarray(table.column("value").cast(pa.float64()).fill_null(np.nan),
-                            dtype=np.float64)
+        values = np.asarray(
+            table.column("value").cast(pa.float64()).fill_null(np.nan), dtype=np.float64
+        )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise PayloadError("wrong_type", f"Arrow payload column types: {str(exc)[:200]}") from None
     if asset.null_count or sensor.null_count or ts_col.null_count:
@@ -773,10 +865,15 @@ def _decode_arrow(b: _Builder, i: int, p: bytes) -> None:
     bounds = np.searchsorted(inverse[order], np.arange(uniq.size + 1))
     for g, key in enumerate(uniq.tolist()):
         a, s = a_names[key // len(s_names)], s_names[key % len(s_names)]
-        rows = order[bounds[g]:bounds[g + 1]]
+        rows = order[bounds[g] : bounds[g + 1]]
         if _clean_id(a) is None or _clean_id(s) is None:
-            b.reject(i, "wrong_type", "asset_id and sensor_id must be printable strings",
-                     _clean_id(a), _clean_id(s),
-                     orjson.dumps({"asset_id": repr(a), "sensor_id": repr(s), "rows": rows.size}))
+            b.reject(
+                i,
+                "wrong_type",
+                "asset_id and sensor_id must be printable strings",
+                _clean_id(a),
+                _clean_id(s),
+                orjson.dumps({"asset_id": repr(a), "sensor_id": repr(s), "rows": rows.size}),
+            )
             continue
         b.add_arrays(i, a, s, ts[rows], values[rows])

@@ -14,7 +14,15 @@ from numpy.typing import NDArray
 
 from expectations.contracts import SensorContract
 
-__all__ = ["REASONS", "OK", "scalar_reasons", "value_problems", "frame_problem", "Arrivals", "arrival_reasons"]
+__all__ = [
+    "REASONS",
+    "OK",
+    "scalar_reasons",
+    "value_problems",
+    "frame_problem",
+    "Arrivals",
+    "arrival_reasons",
+]
 
 REASONS: dict[str, str] = {
     "ok": "valid",

@@ -86,8 +86,11 @@ def readings_expectations(
         *_table_expectations(sorted(c.sensor_id for c in declared)),
     ]
     for c in contracts:
-        out.extend(_contract_expectations(c, Column("sensor_id") == c.sensor_id,
-                                          {"sensor_id": c.sensor_id}))
+        out.extend(
+            _contract_expectations(
+                c, Column("sensor_id") == c.sensor_id, {"sensor_id": c.sensor_id}
+            )
+        )
     return out
 
 
@@ -98,9 +101,11 @@ def plant_expectations(
     (asset, sensor): each asset's scalar sensors checked against that asset's own contract.
     ``present`` lists the (asset_id, sensor_id) pairs of the partition (default: every
     declared pair of the plant's exactly named assets)."""
-    pairs = present if present is not None else [
-        (a.asset_id, s.sensor_id) for a, s in plant.iter_sensors() if a.match is None
-    ]
+    pairs = (
+        present
+        if present is not None
+        else [(a.asset_id, s.sensor_id) for a, s in plant.iter_sensors() if a.match is None]
+    )
     sensor_ids = sorted({s.sensor_id for _, s in plant.iter_sensors() if not s.contract.frames})
     out: list[gxe.Expectation] = [*_table_expectations(sensor_ids)]
     for asset_id, sensor_id in pairs:
@@ -108,8 +113,9 @@ def plant_expectations(
         if c is None or c.frames:
             continue
         condition = (Column("asset_id") == asset_id) & (Column("sensor_id") == sensor_id)
-        out.extend(_contract_expectations(c, condition,
-                                          {"asset_id": asset_id, "sensor_id": sensor_id}))
+        out.extend(
+            _contract_expectations(c, condition, {"asset_id": asset_id, "sensor_id": sensor_id})
+        )
     return out
 
 

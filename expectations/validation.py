@@ -381,8 +381,7 @@ def fit_relationship(reference: pd.DataFrame, rel: Relationship) -> Relationship
     design = _design(x, mean, std)
     coef, *_ = np.linalg.lstsq(design, data[rel.target].to_numpy(np.float64), rcond=None)
     resid = data[rel.target].to_numpy() - design @ coef
-    return RelationshipModel(rel, mean, std, coef, float(resid.std()), x.min(axis=0),
-                             x.max(axis=0))
+    return RelationshipModel(rel, mean, std, coef, float(resid.std()), x.min(axis=0), x.max(axis=0))
 
 
 def estimate_calibration(
@@ -553,13 +552,19 @@ def _relationships(
             continue
         if not model.covers(wide):
             found[rel.target] = Outcome(
-                "calibration", asset_id, rel.target, False,
-                {"method": f"physics_regression({'+'.join(rel.inputs)})",
-                 "covered_share_needed": COVERED_SHARE},
+                "calibration",
+                asset_id,
+                rel.target,
+                False,
+                {
+                    "method": f"physics_regression({'+'.join(rel.inputs)})",
+                    "covered_share_needed": COVERED_SHARE,
+                },
                 severity="warning",
                 message=f"the reference window does not cover this window's operating range of "
-                        f"{', '.join(rel.inputs)}: {rel.target} not judged (a longer reference "
-                        f"is needed)")
+                f"{', '.join(rel.inputs)}: {rel.target} not judged (a longer reference "
+                f"is needed)",
+            )
             continue
         est = estimate_calibration(model, wide, asset_id, raw=raw[rel.target])
         if est is None:

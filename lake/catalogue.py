@@ -138,8 +138,12 @@ _TABLES: tuple[TableSpec, ...] = (
                 _f("sensor_id", pa.string(), doc="a sensor the plant model does not declare"),
                 _f("ts", TS, doc="event time of the reading"),
                 _f("value", pa.float64(), True, doc="value as received (NaN/null kept)"),
-                _f("raw", pa.binary(), doc="the input it came in: the message's payload, or "
-                   "this sensor's part of a multi-sensor message"),
+                _f(
+                    "raw",
+                    pa.binary(),
+                    doc="the input it came in: the message's payload, or "
+                    "this sensor's part of a multi-sensor message",
+                ),
                 _f("source", pa.string(), doc="where it came from"),
                 _f("ingest_ts", TS, doc="when the stream landed it"),
                 _DATE,
@@ -228,12 +232,24 @@ _TABLES: tuple[TableSpec, ...] = (
                 _f("sensor_id", pa.string(), doc="the sensor the health indicator is read from"),
                 _f("feature", pa.string(), doc="the features column that is the indicator"),
                 _f("health_indicator", pa.float64(), doc="the indicator's value in the window"),
-                _f("hi_z", pa.float64(), doc="the indicator in healthy-baseline spreads "
-                   "(robust z, signed so that wear is positive)"),
-                _f("prior_rul", pa.float64(), doc="RUL of the asset's own exponential "
-                   "degradation fit crossing the model's failure level, s"),
-                _f("rul", pa.float64(), doc="remaining useful life: prior + the regressor's "
-                   "residual correction, s (capped at the plant's rul_cap_s)"),
+                _f(
+                    "hi_z",
+                    pa.float64(),
+                    doc="the indicator in healthy-baseline spreads "
+                    "(robust z, signed so that wear is positive)",
+                ),
+                _f(
+                    "prior_rul",
+                    pa.float64(),
+                    doc="RUL of the asset's own exponential "
+                    "degradation fit crossing the model's failure level, s",
+                ),
+                _f(
+                    "rul",
+                    pa.float64(),
+                    doc="remaining useful life: prior + the regressor's "
+                    "residual correction, s (capped at the plant's rul_cap_s)",
+                ),
                 _f("rul_low", pa.float64(), doc="lower end of the conformal interval, s"),
                 _f("rul_high", pa.float64(), doc="upper end of the conformal interval, s"),
                 _f("coverage", pa.float64(), doc="nominal coverage of the interval"),
@@ -270,11 +286,19 @@ _TABLES: tuple[TableSpec, ...] = (
                     pa.list_(pa.struct([("feature", pa.string()), ("contribution", pa.float64())])),
                     doc="features that contributed most (SHAP)",
                 ),
-                _f("suspected_cause", pa.string(), True,
-                   doc="an upstream asset's open alert or drift event (plant topology), "
-                   "e.g. 'upstream pump-01 in alert since 10:02:00'"),
-                _f("downstream_effects", pa.list_(pa.string()), True,
-                   doc="alerts of downstream assets that opened while this one was open"),
+                _f(
+                    "suspected_cause",
+                    pa.string(),
+                    True,
+                    doc="an upstream asset's open alert or drift event (plant topology), "
+                    "e.g. 'upstream pump-01 in alert since 10:02:00'",
+                ),
+                _f(
+                    "downstream_effects",
+                    pa.list_(pa.string()),
+                    True,
+                    doc="alerts of downstream assets that opened while this one was open",
+                ),
                 _DATE,
             ]
         ),

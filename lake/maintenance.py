@@ -70,7 +70,9 @@ def _retry(what: str, action: Callable[[], T]) -> T:
             return action()
         except CommitFailedError as exc:
             if attempt == _ATTEMPTS:
-                raise LakeError(f"{what}: commit still conflicting after {attempt} tries ({exc})") from None
+                raise LakeError(
+                    f"{what}: commit still conflicting after {attempt} tries ({exc})"
+                ) from None
             log.info("%s: commit conflict (%s), retry %d", what, exc, attempt)
             time.sleep(0.2 * attempt)
     raise AssertionError("unreachable")
@@ -121,7 +123,9 @@ def compact(
     spec = table_spec(name)
     today = _today(now).isoformat()
     done: list[str] = []
-    for partition, n_files in sorted(partition_files(lake, name).items(), key=lambda kv: str(kv[0])):
+    for partition, n_files in sorted(
+        partition_files(lake, name).items(), key=lambda kv: str(kv[0])
+    ):
         if n_files < min_files:
             continue
         filters = None if partition is None else [("date", "=", partition)]
@@ -138,8 +142,12 @@ def compact(
 
         metrics = _retry(f"compact {name} {partition}", run)
         log.info(
-            "%s %s: %s %d -> %d file(s)", name, partition or "", "z-ordered" if z_order else
-            "compacted", metrics.get("numFilesRemoved", 0), metrics.get("numFilesAdded", 0),
+            "%s %s: %s %d -> %d file(s)",
+            name,
+            partition or "",
+            "z-ordered" if z_order else "compacted",
+            metrics.get("numFilesRemoved", 0),
+            metrics.get("numFilesAdded", 0),
         )
         done.append(str(partition))
     return done

@@ -47,8 +47,13 @@ class SettingsError(ValueError):
 
 
 _AWS_PREFIXES = ("AWS_",)
-_SAFE_COMMIT_KEYS = ("conditional_put", "aws_conditional_put", "AWS_CONDITIONAL_PUT",
-                     "AWS_S3_LOCKING_PROVIDER", "AWS_S3_ALLOW_UNSAFE_RENAME")
+_SAFE_COMMIT_KEYS = (
+    "conditional_put",
+    "aws_conditional_put",
+    "AWS_CONDITIONAL_PUT",
+    "AWS_S3_LOCKING_PROVIDER",
+    "AWS_S3_ALLOW_UNSAFE_RENAME",
+)
 
 
 def storage_options(lake_uri: str, env: dict[str, str] | None = None) -> dict[str, str] | None:
@@ -74,7 +79,9 @@ def storage_options(lake_uri: str, env: dict[str, str] | None = None) -> dict[st
         if not isinstance(parsed, dict):
             raise SettingsError("PLANTPULSE_LAKE_OPTIONS must be a JSON object of strings")
         options.update({str(k): str(v) for k, v in parsed.items()})
-    if lake_uri.startswith(("s3://", "s3a://")) and not any(k in options for k in _SAFE_COMMIT_KEYS):
+    if lake_uri.startswith(("s3://", "s3a://")) and not any(
+        k in options for k in _SAFE_COMMIT_KEYS
+    ):
         options["conditional_put"] = "etag"
     return options
 

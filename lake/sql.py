@@ -58,7 +58,7 @@ def connect(lake: Lake) -> duckdb.DuckDBPyConnection:
 def _one_query(sql: str) -> None:
     """Refuse anything but exactly one read-only query (before DuckDB runs any of it)."""
     if not sql.strip():
-        raise SQLError("empty query; give one SQL statement, e.g. \"select * from alerts\"")
+        raise SQLError('empty query; give one SQL statement, e.g. "select * from alerts"')
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:

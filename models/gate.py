@@ -100,8 +100,12 @@ def decide(
     candidate is never promoted over a champion it was not compared with."""
     rules: list[tuple[bool, str]] = []
     if policy.require_validated_training:
-        rules.append((training_validated, "training data validated"
-                      if training_validated else "training data not validated"))
+        rules.append(
+            (
+                training_validated,
+                "training data validated" if training_validated else "training data not validated",
+            )
+        )
     rules.append(
         (
             feature_version == FEATURE_VERSION,
@@ -139,13 +143,18 @@ def decide(
         ]
         bad = [w for w in worst if w[1] > policy.slice_tolerance]
         if bad:
-            text = "; ".join(
-                f"{s} {v:.4f} vs {champion.slices[s]:.4f}" for s, _, v in bad
+            text = "; ".join(f"{s} {v:.4f} vs {champion.slices[s]:.4f}" for s, _, v in bad)
+            rules.append(
+                (False, f"slices worse than tolerance {policy.slice_tolerance:.0%}: {text}")
             )
-            rules.append((False, f"slices worse than tolerance {policy.slice_tolerance:.0%}: {text}"))
         else:
-            rules.append((True, f"no slice worse than {policy.slice_tolerance:.0%} "
-                                f"({len(worst)} slices compared)"))
+            rules.append(
+                (
+                    True,
+                    f"no slice worse than {policy.slice_tolerance:.0%} "
+                    f"({len(worst)} slices compared)",
+                )
+            )
     return all(ok for ok, _ in rules), [("PASS: " if ok else "FAIL: ") + r for ok, r in rules]
 
 
@@ -206,7 +215,10 @@ def champion_holdout(
         )
     merged = merged.drop(columns="_merge")
     merged.index = holdout.index
-    return merged, f"champion inputs {missing} read from lake table {table!r} for all {len(holdout)} holdout rows"
+    return (
+        merged,
+        f"champion inputs {missing} read from lake table {table!r} for all {len(holdout)} holdout rows",
+    )
 
 
 def _record(lake: Lake, tracking_uri: str, d: Decision) -> None:
@@ -251,8 +263,13 @@ def run_gate(
     unavailable: str | None = None
     completed_from_lake: str | None = None
     if current is not None and str(current.version) == cand.version:
-        return Decision("refuse", name, cand.version, cand.version,
-                        [f"FAIL: version {cand.version} is already the champion"])
+        return Decision(
+            "refuse",
+            name,
+            cand.version,
+            cand.version,
+            [f"FAIL: version {cand.version} is already the champion"],
+        )
     if current is not None:
         champ = load_version(tracking_uri, name, str(current.version))
         missing = [f for f in champ.features if f not in holdout]
@@ -327,7 +344,10 @@ def rollback(tracking_uri: str, lake: Lake, name: str, reason: str) -> Decision:
     previous = str(promoted.iloc[-1]["champion_version"])
     c.set_registered_model_alias(name, CHAMPION, previous)
     d = Decision(
-        "rollback", name, str(current.version), previous,
+        "rollback",
+        name,
+        str(current.version),
+        previous,
         [f"rolled back from version {current.version} to {previous}: {reason}"],
         {"reason": reason, "restored": previous},
     )

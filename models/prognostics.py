@@ -43,8 +43,19 @@ from physics.prognostics import (
     SimilarityPrior,
 )
 
-__all__ = ["HI_COLUMN", "hi_history", "HybridRUL", "fit_hybrid", "END_OF_LIFE", "lake_rul_rows",
-           "failure_level", "served_inputs", "ServedRUL", "fit_served_rul", "rul_bands"]
+__all__ = [
+    "HI_COLUMN",
+    "hi_history",
+    "HybridRUL",
+    "fit_hybrid",
+    "END_OF_LIFE",
+    "lake_rul_rows",
+    "failure_level",
+    "served_inputs",
+    "ServedRUL",
+    "fit_served_rul",
+    "rul_bands",
+]
 
 HI_COLUMN = "z_hi"
 """The health indicator column of ``ProcessFeatureBuilder`` output."""
@@ -162,12 +173,25 @@ def lake_rul_rows(features: pd.DataFrame, events: pd.DataFrame, plant: Any) -> p
     ``run`` and ``z_at_failure`` (the run's last fit extrapolated to the failure time: where
     the indicator stands when the asset fails).  Windows after an asset's last failure, and
     assets that never failed, say nothing about when they fail (censored) and are left out."""
-    cols = ["asset_id", "run", "window_end", "health_indicator", *_STATE, "rul", "rul_true",
-            "rul_cap", "z_at_failure"]
+    cols = [
+        "asset_id",
+        "run",
+        "window_end",
+        "health_indicator",
+        *_STATE,
+        "rul",
+        "rul_true",
+        "rul_cap",
+        "z_at_failure",
+    ]
     if features.empty or events.empty:
         return pd.DataFrame(columns=cols)
-    confirmation = events.get("detail", pd.Series("", index=events.index)).fillna("").astype(
-        str).str.startswith("confirms alert")
+    confirmation = (
+        events.get("detail", pd.Series("", index=events.index))
+        .fillna("")
+        .astype(str)
+        .str.startswith("confirms alert")
+    )
     ev = events[events["kind"].isin(RENEWAL) & ~confirmation].copy()
     ev["ts"] = pd.to_datetime(ev["ts"], utc=True)
     out: list[list[Any]] = []
@@ -195,8 +219,18 @@ def lake_rul_rows(features: pd.DataFrame, events: pd.DataFrame, plant: Any) -> p
                 if st is None:
                     continue
                 last = st
-                run_rows.append([asset, f"{asset}@{fail.isoformat()}", t, v, *_state_row(st),
-                                 min(t_fail - t, hi.rul_cap_s), t_fail - t, hi.rul_cap_s])
+                run_rows.append(
+                    [
+                        asset,
+                        f"{asset}@{fail.isoformat()}",
+                        t,
+                        v,
+                        *_state_row(st),
+                        min(t_fail - t, hi.rul_cap_s),
+                        t_fail - t,
+                        hi.rul_cap_s,
+                    ]
+                )
             if last is None:
                 continue
             z_end = last.extrapolate(t_fail)
@@ -228,12 +262,21 @@ def served_inputs(rows: pd.DataFrame, z_fail: float) -> pd.DataFrame:
     now = a + b
     rising = (b > 0) & (c > 0) & (now < z_fail)
     with np.errstate(divide="ignore", invalid="ignore"):
-        tau = np.where(rising, np.log((z_fail - a) / np.where(rising, b, 1.0))
-                       / np.where(rising, c, 1.0), 0.0)
+        tau = np.where(
+            rising, np.log((z_fail - a) / np.where(rising, b, 1.0)) / np.where(rising, c, 1.0), 0.0
+        )
     prior = np.where(now >= z_fail, 0.0, np.where(rising, np.clip(tau, 0.0, cap), cap))
-    return pd.DataFrame({"prior_rul": prior, "hi_z": rows["hi_z"].to_numpy(), "hi_fit": now,
-                         "hi_fit_slope": b * c, "fit_rate": c, "fit_rmse": rows["rmse"].to_numpy()},
-                        index=rows.index)[TRACKER_FEATURES]
+    return pd.DataFrame(
+        {
+            "prior_rul": prior,
+            "hi_z": rows["hi_z"].to_numpy(),
+            "hi_fit": now,
+            "hi_fit_slope": b * c,
+            "fit_rate": c,
+            "fit_rmse": rows["rmse"].to_numpy(),
+        },
+        index=rows.index,
+    )[TRACKER_FEATURES]
 
 
 def rul_bands(cap_s: float) -> tuple[float, float]:
@@ -256,9 +299,13 @@ class ServedRUL:
             "residual_of": "prior_rul",
             "prior": "exponential-degradation-crossing",
             "z_fail": repr(self.z_fail),
-            "conformal": json.dumps({"edges": list(self.bands.edges),
-                                     "coverage": self.bands.coverage,
-                                     "quantiles": self.bands.quantiles}),
+            "conformal": json.dumps(
+                {
+                    "edges": list(self.bands.edges),
+                    "coverage": self.bands.coverage,
+                    "quantiles": self.bands.quantiles,
+                }
+            ),
             "conformal_calibration": self.calibration,
         }
 
@@ -269,17 +316,20 @@ class ServedRUL:
         if "z_fail" not in tags or "conformal" not in tags:
             return None
         c = json.loads(tags["conformal"])
-        bands = ConformalBands(edges=tuple(c["edges"]), coverage=float(c["coverage"]),
-                               quantiles=[tuple(q) for q in c["quantiles"]])
+        bands = ConformalBands(
+            edges=tuple(c["edges"]),
+            coverage=float(c["coverage"]),
+            quantiles=[tuple(q) for q in c["quantiles"]],
+        )
         return float(tags["z_fail"]), bands
 
     def predict(self, x: pd.DataFrame, cap: np.ndarray | float) -> np.ndarray:
-        return np.clip(x["prior_rul"].to_numpy() + self.model.predict(x[TRACKER_FEATURES]),
-                       0.0, cap)
+        return np.clip(
+            x["prior_rul"].to_numpy() + self.model.predict(x[TRACKER_FEATURES]), 0.0, cap
+        )
 
 
-def _fit_residual(rows: pd.DataFrame, n_estimators: int, n_jobs: int
-                  ) -> tuple[XGBRegressor, float]:
+def _fit_residual(rows: pd.DataFrame, n_estimators: int, n_jobs: int) -> tuple[XGBRegressor, float]:
     z_fail = failure_level(rows)
     x = served_inputs(rows, z_fail)
     target = rows["rul"].to_numpy() - x["prior_rul"].to_numpy()
@@ -287,16 +337,19 @@ def _fit_residual(rows: pd.DataFrame, n_estimators: int, n_jobs: int
     return fit_rul_regressor(x, target, n_estimators, params, n_jobs), z_fail
 
 
-def fit_served_rul(rows: pd.DataFrame, n_estimators: int = 200, coverage: float = 0.8,
-                   n_jobs: int = 2) -> ServedRUL:
+def fit_served_rul(
+    rows: pd.DataFrame, n_estimators: int = 200, coverage: float = 0.8, n_jobs: int = 2
+) -> ServedRUL:
     """The served hybrid from ``lake_rul_rows`` output: failure level and residual regressor
     from every run; the interval from out-of-fold residuals (GroupKFold by run, the failure
     level and regressor refitted without the fold's runs), in bands of the RUL horizon."""
     runs = rows["run"].to_numpy()
     n_runs = len(set(runs))
     if n_runs == 0:
-        raise ValueError("no run-to-failure history (a failure in maintenance_events of an "
-                         "asset with a health indicator and features before it)")
+        raise ValueError(
+            "no run-to-failure history (a failure in maintenance_events of an "
+            "asset with a health indicator and features before it)"
+        )
     cap = float(rows["rul_cap"].max())
     if n_runs >= 2:
         predicted, truth = [], []
@@ -304,8 +357,9 @@ def fit_served_rul(rows: pd.DataFrame, n_estimators: int = 200, coverage: float 
             m, z = _fit_residual(rows.iloc[tr], n_estimators, n_jobs)
             part = rows.iloc[te]
             x = served_inputs(part, z)
-            predicted.append(np.clip(x["prior_rul"].to_numpy() + m.predict(x), 0.0,
-                                     part["rul_cap"].to_numpy()))
+            predicted.append(
+                np.clip(x["prior_rul"].to_numpy() + m.predict(x), 0.0, part["rul_cap"].to_numpy())
+            )
             truth.append(part["rul"].to_numpy())
         calibration = f"out-of-fold residuals, GroupKFold({min(5, n_runs)}) by run"
     model, z_fail = _fit_residual(rows, n_estimators, n_jobs)
@@ -315,5 +369,6 @@ def fit_served_rul(rows: pd.DataFrame, n_estimators: int = 200, coverage: float 
         truth = [rows["rul"].to_numpy()]
         calibration = "in-sample residuals (one run only: the interval is optimistic)"
     bands = ConformalBands(edges=rul_bands(cap), coverage=coverage, cap=cap).fit(
-        np.concatenate(predicted), np.concatenate(truth))
+        np.concatenate(predicted), np.concatenate(truth)
+    )
     return ServedRUL(model, z_fail, bands, calibration)

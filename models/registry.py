@@ -236,8 +236,9 @@ class ChampionWatcher:
         except Exception as exc:  # noqa: BLE001 - the registry must never stop the stream
             log.warning("model registry unusable, keeping %s: %s", self._model_label(), exc)
             return
-        log.info("now serving %s version %s (was %s)", self.name, loaded.version,
-                 self._model_label())
+        log.info(
+            "now serving %s version %s (was %s)", self.name, loaded.version, self._model_label()
+        )
         self._model = loaded
 
     def _model_label(self) -> str:

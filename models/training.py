@@ -191,7 +191,9 @@ def fit_rul_regressor(
     """The RUL regressor: XGBoost with ``RUL_PARAMS`` updated by ``params``.  ``n_jobs=1`` when
     several fits share a busy machine (OpenMP threads competing for cores slow a fit ~10x)."""
     model = XGBRegressor(
-        n_estimators=n_estimators, **{**RUL_PARAMS, **(params or {})}, n_jobs=n_jobs,
+        n_estimators=n_estimators,
+        **{**RUL_PARAMS, **(params or {})},
+        n_jobs=n_jobs,
         random_state=0,
     )
     model.fit(x, rul)
@@ -253,8 +255,13 @@ def evaluate_classifier(
         """Macro F1 over the conditions truly present in ``part``."""
         labels = sorted(set(part["condition"]))
         return float(
-            f1_score(part["condition"], part["predicted"], labels=labels, average="macro",
-                     zero_division=0)
+            f1_score(
+                part["condition"],
+                part["predicted"],
+                labels=labels,
+                average="macro",
+                zero_division=0,
+            )
         )
 
     return Evaluation(
@@ -271,7 +278,9 @@ def evaluate_classifier(
 
 
 def evaluate_regressor(
-    model: XGBRegressor, holdout: pd.DataFrame, slice_by: list[str],
+    model: XGBRegressor,
+    holdout: pd.DataFrame,
+    slice_by: list[str],
     residual_of: str | None = None,
 ) -> Evaluation:
     """RMSE of capped RUL over the holdout (lower is better), per slice, with the PHM08 score.

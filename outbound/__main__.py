@@ -19,8 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m outbound", description=__doc__.splitlines()[0])
     ap.add_argument("plant", nargs="?", default=None, help="plant file with an outbound: section")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from lake import Lake, Settings
     from outbound.service import Outbound
     from plant import PlantError, default_plant, load_plant

@@ -35,12 +35,29 @@ class DeliveryLog:
         self._write_lock = threading.Lock()
 
     @staticmethod
-    def row(target: str, key: str, status: str, *, alert_id: str | None = None,
-            asset_id: str | None = None, attempt: int = 1, code: int | None = None,
-            error: str | None = None, ts_us: int | None = None) -> dict[str, Any]:
-        return {"ts": ts_us if ts_us is not None else time.time_ns() // 1000, "target": target,
-                "key": key, "alert_id": alert_id, "asset_id": asset_id, "attempt": attempt,
-                "status": status, "code": code, "error": error}
+    def row(
+        target: str,
+        key: str,
+        status: str,
+        *,
+        alert_id: str | None = None,
+        asset_id: str | None = None,
+        attempt: int = 1,
+        code: int | None = None,
+        error: str | None = None,
+        ts_us: int | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "ts": ts_us if ts_us is not None else time.time_ns() // 1000,
+            "target": target,
+            "key": key,
+            "alert_id": alert_id,
+            "asset_id": asset_id,
+            "attempt": attempt,
+            "status": status,
+            "code": code,
+            "error": error,
+        }
 
     def add(self, row: dict[str, Any]) -> None:
         with self._lock:
@@ -74,8 +91,9 @@ class DeliveryLog:
         """For ``target``: the keys delivered so far, and the attempts made per key."""
         if not self.lake.exists("deliveries"):
             return set(), {}
-        t = self.lake.read_arrow("deliveries", filters=[("target", "=", target)],
-                                 columns=["key", "attempt", "status"])
+        t = self.lake.read_arrow(
+            "deliveries", filters=[("target", "=", target)], columns=["key", "attempt", "status"]
+        )
         delivered = set(t.filter(pc.equal(t["status"], DELIVERED))["key"].to_pylist())
         made: dict[str, int] = {}
         for key, attempt in zip(t["key"].to_pylist(), t["attempt"].to_pylist(), strict=True):

@@ -81,11 +81,22 @@ def _set_value(metric: Any, datatype: int, value: Any) -> None:
 class StatePublisher:
     """One paho client publishing the JSON states and, with ``sparkplug``, the edge node."""
 
-    def __init__(self, host: str, port: int, *, plant: str, deliveries: DeliveryLog,
-                 topic: str = "plantpulse-out/{site}/{asset_id}/state", qos: int = 1,
-                 min_interval_s: float = 1.0, sparkplug: bool = True,
-                 group: str | None = None, node: str = "plantpulse-outbound",
-                 auth: tuple[str, str] | None = None, client_id: str | None = None):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        plant: str,
+        deliveries: DeliveryLog,
+        topic: str = "plantpulse-out/{site}/{asset_id}/state",
+        qos: int = 1,
+        min_interval_s: float = 1.0,
+        sparkplug: bool = True,
+        group: str | None = None,
+        node: str = "plantpulse-outbound",
+        auth: tuple[str, str] | None = None,
+        client_id: str | None = None,
+    ):
         self.host, self.port, self.plant, self.topic, self.qos = host, port, plant, topic, qos
         self.min_interval_s, self.deliveries = min_interval_s, deliveries
         self.sparkplug, self.group, self.node = sparkplug, group or plant, node
@@ -96,9 +107,11 @@ class StatePublisher:
         self._lock = threading.RLock()
         self.bd_seq, self.seq = 0, 0
         self.connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"{node}-{time.time_ns()}",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"{node}-{time.time_ns()}",
+            protocol=mqtt.MQTTv5,
+        )
         self.client.suppress_exceptions = True
         self.client.enable_logger(logging.getLogger("paho.mqtt"))
         if auth is not None:
@@ -112,11 +125,22 @@ class StatePublisher:
         self._set_will()
 
     @classmethod
-    def from_spec(cls, spec: Any, plant: str, deliveries: DeliveryLog,
-                  auth: tuple[str, str] | None) -> StatePublisher:
-        return cls(spec.host, spec.port, plant=plant, deliveries=deliveries, topic=spec.topic,
-                   qos=spec.qos, min_interval_s=spec.min_interval_s, sparkplug=spec.sparkplug,
-                   group=spec.sparkplug_group, node=spec.sparkplug_node, auth=auth)
+    def from_spec(
+        cls, spec: Any, plant: str, deliveries: DeliveryLog, auth: tuple[str, str] | None
+    ) -> StatePublisher:
+        return cls(
+            spec.host,
+            spec.port,
+            plant=plant,
+            deliveries=deliveries,
+            topic=spec.topic,
+            qos=spec.qos,
+            min_interval_s=spec.min_interval_s,
+            sparkplug=spec.sparkplug,
+            group=spec.sparkplug_group,
+            node=spec.sparkplug_node,
+            auth=auth,
+        )
 
     def start(self) -> None:
         self.client.connect_async(self.host, self.port)
@@ -153,8 +177,9 @@ class StatePublisher:
     def _alias(self, asset: str, i: int) -> int:
         return self._devices.setdefault(asset, len(self._devices)) * len(METRICS) + i + 1
 
-    def _device_payload(self, state: AssetState, birth: bool,
-                        only: set[str] | None = None) -> bytes:
+    def _device_payload(
+        self, state: AssetState, birth: bool, only: set[str] | None = None
+    ) -> bytes:
         now_ms = time.time_ns() // 1_000_000
         p = spb.Payload(timestamp=now_ms, seq=self._next_seq())
         values = sparkplug_metrics(state)
@@ -174,13 +199,17 @@ class StatePublisher:
         p = spb.Payload(timestamp=now_ms, seq=self._next_seq())
         bd = p.metrics.add(name="bdSeq", datatype=DataType.Int64, timestamp=now_ms)
         bd.long_value = self.bd_seq
-        rebirth = p.metrics.add(name="Node Control/Rebirth", datatype=DataType.Boolean,
-                                timestamp=now_ms)
+        rebirth = p.metrics.add(
+            name="Node Control/Rebirth", datatype=DataType.Boolean, timestamp=now_ms
+        )
         rebirth.boolean_value = False
         self.client.publish(self._topic("NBIRTH"), p.SerializeToString(), qos=0)
         for state in self.states.values():
-            self.client.publish(self._topic("DBIRTH", state.asset_id),
-                                self._device_payload(state, birth=True), qos=0)
+            self.client.publish(
+                self._topic("DBIRTH", state.asset_id),
+                self._device_payload(state, birth=True),
+                qos=0,
+            )
 
     # -- publishing ------------------------------------------------------------------------
     def update(self, state: AssetState, alert_changed: bool = False) -> None:
@@ -192,8 +221,11 @@ class StatePublisher:
             if not self.connected.is_set():
                 return  # everything is published on connection
             last = self._sent.get(state.asset_id)
-            if not alert_changed and last is not None and (
-                    time.monotonic() - last[0] < self.min_interval_s or last[1] == state):
+            if (
+                not alert_changed
+                and last is not None
+                and (time.monotonic() - last[0] < self.min_interval_s or last[1] == state)
+            ):
                 return
             self._publish(state, new_device, alert_changed, last[1] if last else None)
 
@@ -208,35 +240,46 @@ class StatePublisher:
                 if last is not None and last[1] != state and now - last[0] >= self.min_interval_s:
                     self._publish(state, False, False, last[1])
 
-    def _publish(self, state: AssetState, new_device: bool, alert_changed: bool,
-                 before: AssetState | None) -> None:
-        info = self.client.publish(self.state_topic(state), orjson.dumps(state.to_json()),
-                                   qos=self.qos, retain=True)
+    def _publish(
+        self, state: AssetState, new_device: bool, alert_changed: bool, before: AssetState | None
+    ) -> None:
+        info = self.client.publish(
+            self.state_topic(state), orjson.dumps(state.to_json()), qos=self.qos, retain=True
+        )
         self._sent[state.asset_id] = (time.monotonic(), state)
         rows = []
         if alert_changed and state.alert_id:
-            key = alert_key(state.alert_id, "open" if state.alert_active else "closed",
-                            state.severity)
+            key = alert_key(
+                state.alert_id, "open" if state.alert_active else "closed", state.severity
+            )
             rows.append(("mqtt", key, info))
         if self.sparkplug:
             sp = None
             if new_device or before is None:
-                sp = self.client.publish(self._topic("DBIRTH", state.asset_id),
-                                         self._device_payload(state, birth=True), qos=0)
+                sp = self.client.publish(
+                    self._topic("DBIRTH", state.asset_id),
+                    self._device_payload(state, birth=True),
+                    qos=0,
+                )
             else:
                 old, new = sparkplug_metrics(before), sparkplug_metrics(state)
                 changed = {k for k in new if new[k] != old[k]}
                 if changed:
-                    sp = self.client.publish(self._topic("DDATA", state.asset_id),
-                                             self._device_payload(state, False, changed), qos=0)
+                    sp = self.client.publish(
+                        self._topic("DDATA", state.asset_id),
+                        self._device_payload(state, False, changed),
+                        qos=0,
+                    )
             if sp is not None and rows:
                 rows.append(("sparkplug", rows[0][1], sp))
         for target, key, info in rows:
-            row = DeliveryLog.row(target, key, DELIVERED, alert_id=state.alert_id,
-                                  asset_id=state.asset_id)
+            row = DeliveryLog.row(
+                target, key, DELIVERED, alert_id=state.alert_id, asset_id=state.asset_id
+            )
             if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc != mqtt.MQTT_ERR_NO_CONN:
-                self.deliveries.add({**row, "status": FAILED, "code": info.rc,
-                                     "error": mqtt.error_string(info.rc)})
+                self.deliveries.add(
+                    {**row, "status": FAILED, "code": info.rc, "error": mqtt.error_string(info.rc)}
+                )
             elif target == "mqtt" and self.qos > 0:
                 self._pending[info.mid] = row  # recorded when the broker acknowledges it
             else:
@@ -254,8 +297,12 @@ class StatePublisher:
                 client.subscribe(self._topic("NCMD"), qos=0)
                 self._births()
             for state in self.states.values():
-                client.publish(self.state_topic(state), orjson.dumps(state.to_json()),
-                               qos=self.qos, retain=True)
+                client.publish(
+                    self.state_topic(state),
+                    orjson.dumps(state.to_json()),
+                    qos=self.qos,
+                    retain=True,
+                )
                 self._sent[state.asset_id] = (time.monotonic(), state)
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:

@@ -58,12 +58,17 @@ VARIABLES: tuple[tuple[str, ua.VariantType], ...] = (
     ("ScoredAt", _V.DateTime),
 )
 _WAITING = ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)
-_DEFAULTS = {_V.Double: 0.0, _V.String: "", _V.Boolean: False,
-             _V.DateTime: dt.datetime(1970, 1, 1, tzinfo=dt.UTC)}
+_DEFAULTS = {
+    _V.Double: 0.0,
+    _V.String: "",
+    _V.Boolean: False,
+    _V.DateTime: dt.datetime(1970, 1, 1, tzinfo=dt.UTC),
+}
 
 
 def _values(state: AssetState) -> dict[str, Any]:
     """The variables' values of ``state`` (None: not known)."""
+
     def finite(v: float | None) -> float | None:
         return v if v is not None and math.isfinite(v) else None
 
@@ -76,16 +81,18 @@ def _values(state: AssetState) -> dict[str, Any]:
         "AlertSeverity": state.severity,
         "AlertId": state.alert_id or "",
         "AlertSummary": state.summary,
-        "ScoredAt": None if state.scored_us is None else dt.datetime.fromtimestamp(
-            state.scored_us / 1e6, dt.UTC),
+        "ScoredAt": None
+        if state.scored_us is None
+        else dt.datetime.fromtimestamp(state.scored_us / 1e6, dt.UTC),
     }
 
 
 class OpcUaServer:
     """The outbound OPC UA server of one plant; ``start`` returns once it listens."""
 
-    def __init__(self, endpoint: str, plant: str, sites: dict[str, str],
-                 namespace: str | None = None):
+    def __init__(
+        self, endpoint: str, plant: str, sites: dict[str, str], namespace: str | None = None
+    ):
         self.endpoint, self.plant = endpoint, plant
         self.namespace = namespace or f"urn:plantpulse:{plant}"
         self.declared = dict(sites)  # asset_id -> site, created at start
@@ -111,8 +118,9 @@ class OpcUaServer:
         if not self._ready.wait(timeout_s):
             raise RuntimeError(f"the OPC UA server did not start on {self.endpoint}")
         if self._error is not None:
-            raise RuntimeError(f"the OPC UA server could not start on {self.endpoint}: "
-                               f"{self._error}") from self._error
+            raise RuntimeError(
+                f"the OPC UA server could not start on {self.endpoint}: {self._error}"
+            ) from self._error
 
     def stop(self, timeout_s: float = 10.0) -> None:
         if self._loop is not None and self._stopping is not None:
@@ -140,13 +148,18 @@ class OpcUaServer:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         self.ns = await server.register_namespace(self.namespace)
         self._root = await server.nodes.objects.add_object(
-            ua.NodeId(self.plant, self.ns), ua.QualifiedName(self.plant, self.ns))
+            ua.NodeId(self.plant, self.ns), ua.QualifiedName(self.plant, self.ns)
+        )
         for asset, site in self.declared.items():
             await self._asset_nodes(asset, site)
         await server.start()
         self.port = server.bserver.port if server.bserver else urlparse(self.endpoint).port
-        log.info("outbound OPC UA server on %s (namespace %s = %d)", self.endpoint,
-                 self.namespace, self.ns)
+        log.info(
+            "outbound OPC UA server on %s (namespace %s = %d)",
+            self.endpoint,
+            self.namespace,
+            self.ns,
+        )
         self._ready.set()
         try:
             await self._stopping.wait()
@@ -161,15 +174,20 @@ class OpcUaServer:
         folder = self._sites.get(site)
         if folder is None:
             folder = self._sites[site] = await self._root.add_folder(
-                ua.NodeId(f"{self.plant}/{site}", self.ns), ua.QualifiedName(site, self.ns))
+                ua.NodeId(f"{self.plant}/{site}", self.ns), ua.QualifiedName(site, self.ns)
+            )
         obj = await folder.add_object(ua.NodeId(asset, self.ns), ua.QualifiedName(asset, self.ns))
         nodes = {}
         for name, vtype in VARIABLES:
-            var = await obj.add_variable(ua.NodeId(f"{asset}.{name}", self.ns),
-                                         ua.QualifiedName(name, self.ns),
-                                         _DEFAULTS[vtype], varianttype=vtype)
+            var = await obj.add_variable(
+                ua.NodeId(f"{asset}.{name}", self.ns),
+                ua.QualifiedName(name, self.ns),
+                _DEFAULTS[vtype],
+                varianttype=vtype,
+            )
             await self._server.write_attribute_value(
-                var.nodeid, ua.DataValue(ua.Variant(), StatusCode=_WAITING))
+                var.nodeid, ua.DataValue(ua.Variant(), StatusCode=_WAITING)
+            )
             nodes[name] = var.nodeid
         self._nodes[asset] = nodes
         return nodes
@@ -179,8 +197,9 @@ class OpcUaServer:
         return ua.NodeId(f"{asset}.{name}", self.ns).to_string()
 
     # -- updates --------------------------------------------------------------------------------
-    def update(self, state: AssetState,
-               done: Callable[[BaseException | None], None] | None = None) -> None:
+    def update(
+        self, state: AssetState, done: Callable[[BaseException | None], None] | None = None
+    ) -> None:
         """Show ``state``; ``done`` is called (on the server's thread) once it is visible."""
         if self._loop is None:
             return
@@ -204,9 +223,11 @@ class OpcUaServer:
                 continue
             before[name] = value
             if value is None:  # not known (yet): a null value, and the status says why
-                data = ua.DataValue(ua.Variant(), StatusCode=_WAITING, SourceTimestamp=now,
-                                    ServerTimestamp=now)
+                data = ua.DataValue(
+                    ua.Variant(), StatusCode=_WAITING, SourceTimestamp=now, ServerTimestamp=now
+                )
             else:
-                data = ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=now,
-                                    ServerTimestamp=now)
+                data = ua.DataValue(
+                    ua.Variant(value, vtype), SourceTimestamp=now, ServerTimestamp=now
+                )
             await self._server.write_attribute_value(nodes[name], data)

@@ -31,19 +31,37 @@ __all__ = ["Outbound", "work_order"]
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ["asset_id", "window_end", "anomaly_score", "prediction", "model_name",
-                 "model_version"]
-ALERT_COLUMNS = ["alert_id", "asset_id", "opened_ts", "closed_ts", "updated_ts", "severity",
-                 "status", "summary", "top_features"]
+SCORE_COLUMNS = [
+    "asset_id",
+    "window_end",
+    "anomaly_score",
+    "prediction",
+    "model_name",
+    "model_version",
+]
+ALERT_COLUMNS = [
+    "alert_id",
+    "asset_id",
+    "opened_ts",
+    "closed_ts",
+    "updated_ts",
+    "severity",
+    "status",
+    "summary",
+    "top_features",
+]
 
 
-def work_order(event: AlertEvent, state: AssetState, plant: str,
-               frames_link: str | None = None) -> dict[str, Any]:
+def work_order(
+    event: AlertEvent, state: AssetState, plant: str, frames_link: str | None = None
+) -> dict[str, Any]:
     """The JSON body of the work order for ``event`` on an asset in ``state``."""
     a = event.alert
     aid = a["alert_id"]
-    frames_query = ("select asset_id, sensor_id, ts_start, sample_rate_hz, n_samples from "
-                    f"frames where retained_because = 'alert:{aid}' order by ts_start")
+    frames_query = (
+        "select asset_id, sensor_id, ts_start, sample_rate_hz, n_samples from "
+        f"frames where retained_because = 'alert:{aid}' order by ts_start"
+    )
     return {
         "idempotency_key": event.key,
         "event": event.kind,
@@ -52,8 +70,18 @@ def work_order(event: AlertEvent, state: AssetState, plant: str,
         "asset_id": a["asset_id"],
         "priority": "high" if a["severity"] == "critical" else "normal",
         "title": a["summary"],
-        "alert": {k: a.get(k) for k in ("alert_id", "status", "severity", "summary",
-                                        "opened_ts", "updated_ts", "closed_ts")},
+        "alert": {
+            k: a.get(k)
+            for k in (
+                "alert_id",
+                "status",
+                "severity",
+                "summary",
+                "opened_ts",
+                "updated_ts",
+                "closed_ts",
+            )
+        },
         "evidence": {
             "top_features": a.get("top_features") or [],
             "health": state.health,
@@ -64,7 +92,8 @@ def work_order(event: AlertEvent, state: AssetState, plant: str,
             "frames_query": frames_query,
             "frames_command": f'plantpulse sql "{frames_query}"',
             "frames_link": frames_link.format(alert_id=aid, asset_id=a["asset_id"])
-            if frames_link else None,
+            if frames_link
+            else None,
         },
     }
 
@@ -72,8 +101,14 @@ def work_order(event: AlertEvent, state: AssetState, plant: str,
 class Outbound:
     """The outbound targets of ``plant`` (its file's ``outbound:`` section, or ``spec``)."""
 
-    def __init__(self, plant: Plant, lake: Lake, spec: Any = None, *,
-                 mqtt_auth: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        plant: Plant,
+        lake: Lake,
+        spec: Any = None,
+        *,
+        mqtt_auth: tuple[str, str] | None = None,
+    ):
         self.plant, self.lake = plant, lake
         self.spec = spec if spec is not None else plant.outbound
         if self.spec is None:
@@ -91,14 +126,16 @@ class Outbound:
         if self.spec.mqtt is not None:
             from outbound.mqtt import StatePublisher
 
-            self.mqtt = StatePublisher.from_spec(self.spec.mqtt, plant.name, self.deliveries,
-                                                 mqtt_auth)
+            self.mqtt = StatePublisher.from_spec(
+                self.spec.mqtt, plant.name, self.deliveries, mqtt_auth
+            )
         if self.spec.opcua is not None:
             from outbound.opcua import OpcUaServer
 
             declared = {a.asset_id: a.site for a in plant.assets.values() if a.match is None}
-            self.opcua = OpcUaServer(self.spec.opcua.endpoint, plant.name, declared,
-                                     self.spec.opcua.namespace)
+            self.opcua = OpcUaServer(
+                self.spec.opcua.endpoint, plant.name, declared, self.spec.opcua.namespace
+            )
         if self.spec.webhook is not None:
             self.webhook = WebhookDeliverer.from_spec(self.spec.webhook, self.deliveries)
         self._first = True
@@ -168,14 +205,23 @@ class Outbound:
         if self.opcua is not None:
             done = None
             if alert_changed and state.alert_id:
-                key = alert_key(state.alert_id, "open" if state.alert_active else "closed",
-                                state.severity)
+                key = alert_key(
+                    state.alert_id, "open" if state.alert_active else "closed", state.severity
+                )
 
-                def done(exc: BaseException | None, key: str = key,
-                         state: AssetState = state) -> None:
-                    self.deliveries.add(DeliveryLog.row(
-                        "opcua", key, FAILED if exc else DELIVERED, alert_id=state.alert_id,
-                        asset_id=state.asset_id, error=None if exc is None else str(exc)))
+                def done(
+                    exc: BaseException | None, key: str = key, state: AssetState = state
+                ) -> None:
+                    self.deliveries.add(
+                        DeliveryLog.row(
+                            "opcua",
+                            key,
+                            FAILED if exc else DELIVERED,
+                            alert_id=state.alert_id,
+                            asset_id=state.asset_id,
+                            error=None if exc is None else str(exc),
+                        )
+                    )
 
             self.opcua.update(state, done)
 

@@ -21,8 +21,12 @@ __all__ = ["AssetState", "AlertEvent", "StateBook", "health_from", "alert_key"]
 _POLICY = AlertPolicy()
 
 
-def health_from(anomaly_score: float, p_fault: float | None, model_name: str | None,
-                policy: AlertPolicy = _POLICY) -> float:
+def health_from(
+    anomaly_score: float,
+    p_fault: float | None,
+    model_name: str | None,
+    policy: AlertPolicy = _POLICY,
+) -> float:
     """Health in percent: 100 for a normal window, 50 when the online score sits at the
     channel's alert-opening threshold (or the champion's P(fault) is 0.5), lower beyond.
 
@@ -142,9 +146,14 @@ class StateBook:
             model = r.get("model_name")
             rul = float(prediction) if model == RUL_MODEL and prediction is not None else old.rul
             self.assets[asset] = replace(
-                old, anomaly_score=score, rul=rul, model=model,
-                model_version=r.get("model_version"), scored_us=end,
-                health=health_from(score, prediction, model, self.policy))
+                old,
+                anomaly_score=score,
+                rul=rul,
+                model=model,
+                model_version=r.get("model_version"),
+                scored_us=end,
+                health=health_from(score, prediction, model, self.policy),
+            )
             changed.add(asset)
         return changed
 
@@ -156,27 +165,35 @@ class StateBook:
         for r in sorted(rows, key=lambda r: (_us(r["updated_ts"]), r["status"] == "closed")):
             aid = r["alert_id"]
             known = self.alerts.get(aid)
-            if known is not None and (
-                _us(r["updated_ts"]), r["status"] == "closed"
-            ) <= (_us(known["updated_ts"]), known["status"] == "closed"):
+            if known is not None and (_us(r["updated_ts"]), r["status"] == "closed") <= (
+                _us(known["updated_ts"]),
+                known["status"] == "closed",
+            ):
                 continue
             self.alerts[aid] = r
             key = alert_key(aid, r["status"], r["severity"])
             seen = self._history.setdefault(aid, set())
             if key not in seen:
-                kind = ("close" if r["status"] == "closed"
-                        else "escalate" if seen else "open")
+                kind = "close" if r["status"] == "closed" else "escalate" if seen else "open"
                 seen.add(key)
                 events.append(AlertEvent(kind, key, r))
             asset = r["asset_id"]
             old = self._asset(asset)
-            if (old.alert_id is not None and old.alert_id != aid and old.alert_active
-                    and r["status"] == "closed"):
+            if (
+                old.alert_id is not None
+                and old.alert_id != aid
+                and old.alert_active
+                and r["status"] == "closed"
+            ):
                 continue  # an older alert closing does not hide the asset's open one
             self.assets[asset] = replace(
-                old, alert_id=aid, alert_status="open" if r["status"] == "open" else "normal",
+                old,
+                alert_id=aid,
+                alert_status="open" if r["status"] == "open" else "normal",
                 severity=r["severity"] if r["status"] == "open" else "",
-                summary=r["summary"], opened_us=_us(r["opened_ts"]),
-                alert_updated_us=_us(r["updated_ts"]))
+                summary=r["summary"],
+                opened_us=_us(r["opened_ts"]),
+                alert_updated_us=_us(r["updated_ts"]),
+            )
             changed.add(asset)
         return changed, events

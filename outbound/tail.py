@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 class TableTail:
     """New rows of table ``name`` of ``lake`` since the previous ``poll``."""
 
-    def __init__(self, lake: Lake, name: str, columns: list[str] | None = None,
-                 first_days: int | None = None):
+    def __init__(
+        self, lake: Lake, name: str, columns: list[str] | None = None, first_days: int | None = None
+    ):
         self.lake, self.name, self.columns = lake, name, columns
         self.first_days = first_days
         self.version: int | None = None

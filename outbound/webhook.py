@@ -47,9 +47,17 @@ class WorkOrder:
 class WebhookDeliverer:
     """Delivers ``WorkOrder``s to ``url`` in order, one at a time, on its own thread."""
 
-    def __init__(self, url: str, log_: DeliveryLog, *, timeout_s: float = 5.0,
-                 max_attempts: int = 8, backoff_s: float = 0.5, max_backoff_s: float = 60.0,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        url: str,
+        log_: DeliveryLog,
+        *,
+        timeout_s: float = 5.0,
+        max_attempts: int = 8,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 60.0,
+        headers: dict[str, str] | None = None,
+    ):
         self.url, self.deliveries = url, log_
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
@@ -64,8 +72,15 @@ class WebhookDeliverer:
     @classmethod
     def from_spec(cls, spec: Any, log_: DeliveryLog) -> WebhookDeliverer:
         headers = {h: os.environ.get(var, "") for h, var in spec.headers_env.items()}
-        return cls(spec.url, log_, timeout_s=spec.timeout_s, max_attempts=spec.max_attempts,
-                   backoff_s=spec.backoff_s, max_backoff_s=spec.max_backoff_s, headers=headers)
+        return cls(
+            spec.url,
+            log_,
+            timeout_s=spec.timeout_s,
+            max_attempts=spec.max_attempts,
+            backoff_s=spec.backoff_s,
+            max_backoff_s=spec.max_backoff_s,
+            headers=headers,
+        )
 
     # -- the thread -------------------------------------------------------------------------
     def start(self) -> None:
@@ -114,30 +129,50 @@ class WebhookDeliverer:
             if code is not None and 200 <= code < 300:
                 status = DELIVERED
             elif (code is None or code in RETRYABLE or code >= 500) and (
-                    attempt < self.max_attempts):
+                attempt < self.max_attempts
+            ):
                 status = RETRY
             else:
                 status = FAILED
-            self.deliveries.write_now(self.deliveries.row(
-                TARGET, order.key, status, alert_id=order.alert_id, asset_id=order.asset_id,
-                attempt=attempt, code=code, error=error))
+            self.deliveries.write_now(
+                self.deliveries.row(
+                    TARGET,
+                    order.key,
+                    status,
+                    alert_id=order.alert_id,
+                    asset_id=order.asset_id,
+                    attempt=attempt,
+                    code=code,
+                    error=error,
+                )
+            )
             if status == DELIVERED:
                 self.delivered.add(order.key)
                 log.info("work order %s delivered (attempt %d)", order.key, attempt)
                 return
             if status == FAILED:
-                log.error("work order %s not delivered after %d attempt(s): %s", order.key,
-                          attempt, error)
+                log.error(
+                    "work order %s not delivered after %d attempt(s): %s", order.key, attempt, error
+                )
                 return
             delay = wait_s if wait_s is not None else self.backoff_s * 2 ** (attempt - 1)
-            log.warning("work order %s attempt %d failed (%s); retrying in %.2f s", order.key,
-                        attempt, error, min(delay, self.max_backoff_s))
+            log.warning(
+                "work order %s attempt %d failed (%s); retrying in %.2f s",
+                order.key,
+                attempt,
+                error,
+                min(delay, self.max_backoff_s),
+            )
             self._stop.wait(min(delay, self.max_backoff_s))
 
     def _post(self, key: str, body: bytes) -> tuple[int | None, str | None, float | None]:
         """One POST: (HTTP status or None, error text or None, Retry-After seconds or None)."""
-        request = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "Idempotency-Key": key, **self.headers})
+        request = urllib.request.Request(
+            self.url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Idempotency-Key": key, **self.headers},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 return response.status, None, None

@@ -115,9 +115,7 @@ def read_cwru(data_dir: str | Path, name: str, root: str = "cwru") -> CwruRecord
     match = _CWRU_NAME.match(name)
     if not match:
         raise DatasetError(f"{name!r} is not a CWRU recording name like 'IR014_1' or 'normal_0'")
-    path = _need(
-        Path(data_dir) / root / "12k_drive_end" / f"{name}.mat", f"CWRU recording {name}"
-    )
+    path = _need(Path(data_dir) / root / "12k_drive_end" / f"{name}.mat", f"CWRU recording {name}")
     mat = loadmat(path)
     de = [k for k in mat if k.endswith("_DE_time")]
     rpm = [k for k in mat if k.endswith("RPM")]
@@ -224,9 +222,11 @@ def cmapss_readings(
     """Long-format readings: one engine per asset (``asset_id`` formatted with the unit), one
     cycle every ``cycle_s``.  ``sensor_ids`` maps data columns to sensor ids (default: every
     setting and sensor as ``cmapss_<column>``)."""
-    mapping = dict(sensor_ids) if sensor_ids is not None else {
-        c: f"cmapss_{c}" for c in ["setting1", "setting2", "setting3", *CMAPSS_SENSORS]
-    }
+    mapping = (
+        dict(sensor_ids)
+        if sensor_ids is not None
+        else {c: f"cmapss_{c}" for c in ["setting1", "setting2", "setting3", *CMAPSS_SENSORS]}
+    )
     missing = [c for c in mapping if c not in df.columns]
     if missing:
         raise DatasetError(f"C-MAPSS has no column(s) {', '.join(missing)}")
@@ -289,9 +289,11 @@ def skab_readings(
 ) -> pd.DataFrame:
     """Long-format readings of one SKAB experiment; ``sensor_ids`` maps the frame's columns to
     sensor ids (default: the snake-case columns as ``skab_<column>``)."""
-    mapping = dict(sensor_ids) if sensor_ids is not None else {
-        s: f"skab_{s}" for s in SKAB_SENSORS.values()
-    }
+    mapping = (
+        dict(sensor_ids)
+        if sensor_ids is not None
+        else {s: f"skab_{s}" for s in SKAB_SENSORS.values()}
+    )
     values = df[list(mapping)].to_numpy(np.float64)
     n, k = values.shape
     return pd.DataFrame(

@@ -121,9 +121,7 @@ def rolling_window_stats(history: F64, values: F64, window: int) -> dict[str, F6
     return {"level": ym, "slope": slope, "std": std}
 
 
-def stats_from_sums(
-    n: F64, st: F64, stt: F64, sy: F64, syy: F64, sty: F64
-) -> dict[str, F64]:
+def stats_from_sums(n: F64, st: F64, stt: F64, sy: F64, syy: F64, sty: F64) -> dict[str, F64]:
     """Level (mean), slope (least squares, per unit of ``t``) and sample std of windows given
     by their sums: count, sum t, sum t^2, sum y, sum y^2, sum t*y (one entry per window).  What
     the stream keeps per time bucket, so that a window is a sum of buckets, never a re-scan.

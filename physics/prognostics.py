@@ -85,8 +85,13 @@ def fit_exponential(t: F64, hi: F64, rates: F64 | None = None) -> ExponentialFit
     a = hm - b * bm[:, 0]
     sse = ((hi[None, :] - a[:, None] - b[:, None] * basis) ** 2).sum(axis=1)
     best = int(np.argmin(sse))
-    return ExponentialFit(float(a[best]), float(b[best]), float(rates[best]), t_ref,
-                          float(np.sqrt(sse[best] / t.size)))
+    return ExponentialFit(
+        float(a[best]),
+        float(b[best]),
+        float(rates[best]),
+        t_ref,
+        float(np.sqrt(sse[best] / t.size)),
+    )
 
 
 @dataclass
@@ -183,7 +188,9 @@ class SimilarityPrior:
         if q.size == 0:
             return self.cap
         q = np.concatenate([np.full(self.window - q.size, q[0]), q])
-        return float(self.predict_many(q[None, :], np.array([-1 if exclude is None else exclude]))[0])
+        return float(
+            self.predict_many(q[None, :], np.array([-1 if exclude is None else exclude]))[0]
+        )
 
 
 @dataclass

@@ -386,8 +386,12 @@ def default_fleet(
     ]
     kinds = {1: ("outer_race", outer_race_at_s), 2: ("inner_race", inner_race_at_s)}
     faults = [
-        Fault(m.asset_id, kinds[i % 3][0], start_s=kinds[i % 3][1],
-              time_to_failure_s=time_to_failure_s)
+        Fault(
+            m.asset_id,
+            kinds[i % 3][0],
+            start_s=kinds[i % 3][1],
+            time_to_failure_s=time_to_failure_s,
+        )
         for i, m in enumerate(machines)
         if i % 3 in kinds and kinds[i % 3][1] is not None
     ]

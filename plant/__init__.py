@@ -36,8 +36,11 @@ _WHERE = {
     "SensorContract": "plant.contract",
     "Relationship": "plant.contract",
     "PlantError": "plant.errors",
-    **{n: "plant.model" for n in __all__ if n not in ("SensorContract", "Relationship",
-                                                      "PlantError")},
+    **{
+        n: "plant.model"
+        for n in __all__
+        if n not in ("SensorContract", "Relationship", "PlantError")
+    },
 }
 
 if TYPE_CHECKING:

@@ -64,11 +64,14 @@ class SensorContract:
         if not self.low < self.high:
             raise ValueError(f"{self.sensor_id}: need low < high, got {self.low}, {self.high}")
         if self.window_every_s is not None and not self.window_every_s > 0:
-            raise ValueError(f"{self.sensor_id}: window_every_s must be positive, "
-                             f"got {self.window_every_s}")
+            raise ValueError(
+                f"{self.sensor_id}: window_every_s must be positive, got {self.window_every_s}"
+            )
         if self.watched_as not in ("auto", "level", "slope"):
-            raise ValueError(f"{self.sensor_id}: watched_as must be 'auto', 'level' or 'slope', "
-                             f"got {self.watched_as!r}")
+            raise ValueError(
+                f"{self.sensor_id}: watched_as must be 'auto', 'level' or 'slope', "
+                f"got {self.watched_as!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def _insert(text: str, node: Any, line: int, col: int, entry: dict[str, Any]) ->
         if "sensors" in node:
             return None
         end = _flow_end(text, pos)
-        return text[:end - 1].rstrip() + f",\n{' ' * (col + 1)}sensors: [{flow}]" + text[end - 1:]
+        return text[: end - 1].rstrip() + f",\n{' ' * (col + 1)}sensors: [{flow}]" + text[end - 1 :]
     sensors = node.get("sensors")
     if sensors is not None:  # a block sequence of sensors: the new one goes first
         if not len(sensors) or sensors.fa.flow_style():
@@ -114,18 +114,30 @@ def add_sensor(plant_path: str | Path, asset_id: str, entry: dict[str, Any]) -> 
     plant = load_plant(plant_path)
     decl = plant.asset(asset_id)
     if decl is None:
-        raise PlantError(Path(plant_path), None, asset_id,
-                         f"asset {asset_id!r} is not declared in the plant; declare the asset "
-                         "first (a sensor is added to an asset's declaration)")
+        raise PlantError(
+            Path(plant_path),
+            None,
+            asset_id,
+            f"asset {asset_id!r} is not declared in the plant; declare the asset "
+            "first (a sensor is added to an asset's declaration)",
+        )
     if entry["id"] in decl.sensors:
-        raise PlantError(Path(plant_path), None, f"{asset_id}.sensors",
-                         f"sensor {entry['id']!r} is already declared")
+        raise PlantError(
+            Path(plant_path),
+            None,
+            f"{asset_id}.sensors",
+            f"sensor {entry['id']!r} is already declared",
+        )
     target = Path(plant.asset_files[decl.asset_id])
     if target.resolve().is_relative_to(PLANTS_DIR.resolve()):
-        raise PlantError(target, None, asset_id,
-                         f"{target.name} is a bundled example plant, part of the installation: "
-                         f"copy {PLANTS_DIR} to a directory of yours and pass its plant file "
-                         "with --plant (or PLANTPULSE_PLANT), then accept again")
+        raise PlantError(
+            target,
+            None,
+            asset_id,
+            f"{target.name} is a bundled example plant, part of the installation: "
+            f"copy {PLANTS_DIR} to a directory of yours and pass its plant file "
+            "with --plant (or PLANTPULSE_PLANT), then accept again",
+        )
     text = target.read_text()
     y = YAML()  # round trip: it knows where every node starts
     doc = y.load(text)

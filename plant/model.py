@@ -224,8 +224,9 @@ class Plant:
         for a, s in self.iter_sensors():
             c = s.contract
             if out.setdefault(c.sensor_id, c) != c:
-                log.debug("sensor %s of %s differs from its first declaration", c.sensor_id,
-                          a.asset_id)
+                log.debug(
+                    "sensor %s of %s differs from its first declaration", c.sensor_id, a.asset_id
+                )
         return out
 
     def all_relationships(self) -> tuple[Relationship, ...]:
@@ -249,8 +250,7 @@ class Plant:
                     "tag": a.tag,
                     "nominal_speed_rpm": a.nominal_speed_rpm,
                     "components": [
-                        {k: v for k, v in vars(c).items() if k != "bearing"}
-                        for c in a.components
+                        {k: v for k, v in vars(c).items() if k != "bearing"} for c in a.components
                     ],
                     "sensors": [
                         {
@@ -262,9 +262,11 @@ class Plant:
                         }
                         for s in a.sensors.values()
                     ],
-                    "relationships": [vars(r) | {"inputs": list(r.inputs)}
-                                      for r in a.relationships],
-                    "health_indicator": None if a.health_indicator is None
+                    "relationships": [
+                        vars(r) | {"inputs": list(r.inputs)} for r in a.relationships
+                    ],
+                    "health_indicator": None
+                    if a.health_indicator is None
                     else vars(a.health_indicator),
                 }
                 for a in self.assets.values()
@@ -285,15 +287,19 @@ def _pydantic_error(path: Path, raw: Any, exc: ValidationError) -> PlantError:
             field_path += f"[{part}]"
         elif part in ("cmapss", "skab", "nab", "cwru") and field_path == "replay":
             continue  # the discriminated union's tag
-        elif part in ADAPTER_KINDS and field_path.startswith("adapters[") and (
-                field_path.endswith("]")):
+        elif (
+            part in ADAPTER_KINDS
+            and field_path.startswith("adapters[")
+            and (field_path.endswith("]"))
+        ):
             continue
         else:
             field_path += ("." if field_path else "") + str(part)
     if err["type"] == "extra_forbidden":
         *parent, key = field_path.rsplit(".", 1) if "." in field_path else ("", field_path)
-        return PlantError(path, line_of(raw, loc), parent[0] if parent else "",
-                          f"unknown key {key!r}")
+        return PlantError(
+            path, line_of(raw, loc), parent[0] if parent else "", f"unknown key {key!r}"
+        )
     message = err["msg"]
     if err["type"] == "missing":
         message = "required field missing"
@@ -361,19 +367,26 @@ def _merge_layers(
     for needed in ("unit", "range", "rate_hz"):
         if values.get(needed) is None:
             raise PlantError(
-                path, top.line(), where,
+                path,
+                top.line(),
+                where,
                 f"sensor {sensor_id!r} has no {needed} (declare it, or in sensor_kinds.{kind})",
             )
     low, high = values["range"]
     if not low < high:
         spec = origin["range"]
-        raise PlantError(path, spec.line("range"), f"{where}.range",
-                         f"low {low:g} must be below high {high:g}")
+        raise PlantError(
+            path, spec.line("range"), f"{where}.range", f"low {low:g} must be below high {high:g}"
+        )
     if values.get("watched_as") in ("level", "slope") and not values.get("watched_as_reason"):
         spec = origin["watched_as"]
-        raise PlantError(path, spec.line("watched_as"), f"{where}.watched_as",
-                         "a declared watched_as needs its physical reason in watched_as_reason "
-                         "(leave it out and the detector decides from the asset's warm-up)")
+        raise PlantError(
+            path,
+            spec.line("watched_as"),
+            f"{where}.watched_as",
+            "a declared watched_as needs its physical reason in watched_as_reason "
+            "(leave it out and the detector decides from the asset's warm-up)",
+        )
     kwargs = {CONTRACT_FIELDS[k]: v for k, v in values.items() if k in CONTRACT_FIELDS}
     kwargs["kind"] = kind
     if "description" in kwargs and kwargs["description"] is None:
@@ -391,8 +404,9 @@ def _by_id(items: list[Any], path: Path, where: str, what: str) -> dict[str, Any
         if item.id is None:
             raise PlantError(path, item.line(), f"{where}[{i}]", f"{what} needs an id")
         if item.id in out:
-            raise PlantError(path, item.line("id"), f"{where}[{i}].id",
-                             f"duplicate {what} id {item.id!r}")
+            raise PlantError(
+                path, item.line("id"), f"{where}[{i}].id", f"duplicate {what} id {item.id!r}"
+            )
         out[item.id] = item
     return out
 
@@ -409,9 +423,13 @@ def _resolve_asset(
     template = AssetKindSpec()
     if spec.kind is not None:
         if spec.kind not in doc.asset_kinds:
-            raise PlantError(path, spec.line("kind"), f"{where}.kind",
-                             f"unknown asset kind {spec.kind!r}; declared: "
-                             f"{', '.join(doc.asset_kinds) or 'none'}")
+            raise PlantError(
+                path,
+                spec.line("kind"),
+                f"{where}.kind",
+                f"unknown asset kind {spec.kind!r}; declared: "
+                f"{', '.join(doc.asset_kinds) or 'none'}",
+            )
         template = doc.asset_kinds[spec.kind]
     own_parts = _by_id(spec.components, path, f"{where}.components", "component")
     parts: dict[str, tuple[str, ComponentSpec]] = {
@@ -425,12 +443,17 @@ def _resolve_asset(
         geometry = None
         if c.bearing is not None:
             if c.bearing not in bearings:
-                raise PlantError(path, c.line("bearing"), f"{cwhere}.bearing",
-                                 f"unknown bearing {c.bearing!r}; declared: "
-                                 f"{', '.join(sorted(bearings)) or 'none'}")
+                raise PlantError(
+                    path,
+                    c.line("bearing"),
+                    f"{cwhere}.bearing",
+                    f"unknown bearing {c.bearing!r}; declared: "
+                    f"{', '.join(sorted(bearings)) or 'none'}",
+                )
             geometry = bearings[c.bearing]
-        components.append(Component(c.id, c.kind, c.bearing, geometry, c.shaft, c.speed_ratio,
-                                    c.description))
+        components.append(
+            Component(c.id, c.kind, c.bearing, geometry, c.shaft, c.speed_ratio, c.description)
+        )
     kind_sensors = _by_id(template.sensors, path, f"asset_kinds.{spec.kind}.sensors", "sensor")
     own_sensors = _by_id(spec.sensors, path, f"{where}.sensors", "sensor")
     order = list(kind_sensors) + [s for s in own_sensors if s not in kind_sensors]
@@ -439,47 +462,83 @@ def _resolve_asset(
     kind_index = {s: i for i, s in enumerate(kind_sensors)}
     for sid in order:
         swhere = (
-            f"{where}.sensors[{own_index[sid]}]" if sid in own_index
+            f"{where}.sensors[{own_index[sid]}]"
+            if sid in own_index
             else f"asset_kinds.{spec.kind}.sensors[{kind_index[sid]}]"
         )
         sensor = _resolve_sensor(
-            path, swhere, spec.id, _layers(template.sensor_defaults, spec.sensor_defaults, kind_sensors.get(sid),
-                    own_sensors.get(sid)),
-            doc.sensor_kinds, cache,
+            path,
+            swhere,
+            spec.id,
+            _layers(
+                template.sensor_defaults,
+                spec.sensor_defaults,
+                kind_sensors.get(sid),
+                own_sensors.get(sid),
+            ),
+            doc.sensor_kinds,
+            cache,
         )
         if sensor.component is not None and sensor.component not in parts:
             layer = own_sensors.get(sid) or kind_sensors[sid]
-            raise PlantError(path, layer.line("component"), f"{swhere}.component",
-                             f"unknown component {sensor.component!r} of asset {spec.id!r}")
+            raise PlantError(
+                path,
+                layer.line("component"),
+                f"{swhere}.component",
+                f"unknown component {sensor.component!r} of asset {spec.id!r}",
+            )
         sensors[sid] = sensor
     relationships = []
-    for rwhere, rels in ((f"asset_kinds.{spec.kind}.relationships", template.relationships),
-                         (f"{where}.relationships", spec.relationships)):
+    for rwhere, rels in (
+        (f"asset_kinds.{spec.kind}.relationships", template.relationships),
+        (f"{where}.relationships", spec.relationships),
+    ):
         for i, r in enumerate(rels):
             for name in (r.target, *r.inputs):
                 if name not in sensors:
-                    raise PlantError(path, r.line(), f"{rwhere}[{i}]",
-                                     f"sensor {name!r} is not a sensor of asset {spec.id!r}")
+                    raise PlantError(
+                        path,
+                        r.line(),
+                        f"{rwhere}[{i}]",
+                        f"sensor {name!r} is not a sensor of asset {spec.id!r}",
+                    )
             relationships.append(Relationship(r.target, tuple(r.inputs), r.description))
-    speed = spec.nominal_speed_rpm if "nominal_speed_rpm" in spec.model_fields_set else (
-        template.nominal_speed_rpm)
-    hi_spec, hi_where = ((spec.health_indicator, f"{where}.health_indicator")
-                         if spec.health_indicator is not None
-                         else (template.health_indicator,
-                               f"asset_kinds.{spec.kind}.health_indicator"))
+    speed = (
+        spec.nominal_speed_rpm
+        if "nominal_speed_rpm" in spec.model_fields_set
+        else (template.nominal_speed_rpm)
+    )
+    hi_spec, hi_where = (
+        (spec.health_indicator, f"{where}.health_indicator")
+        if spec.health_indicator is not None
+        else (template.health_indicator, f"asset_kinds.{spec.kind}.health_indicator")
+    )
     health = None
     if hi_spec is not None:
         if hi_spec.sensor not in sensors:
-            raise PlantError(path, hi_spec.line("sensor"), f"{hi_where}.sensor",
-                             f"sensor {hi_spec.sensor!r} is not a sensor of asset {spec.id!r}")
+            raise PlantError(
+                path,
+                hi_spec.line("sensor"),
+                f"{hi_where}.sensor",
+                f"sensor {hi_spec.sensor!r} is not a sensor of asset {spec.id!r}",
+            )
         source = "vibration" if sensors[hi_spec.sensor].contract.frames else "process"
         if hi_spec.feature not in feature_names(source):
-            raise PlantError(path, hi_spec.line("feature"), f"{hi_where}.feature",
-                             f"{hi_spec.feature!r} is not a {source} feature; known: "
-                             f"{', '.join(feature_names(source))}")
-        health = HealthIndicator(hi_spec.sensor, hi_spec.feature, hi_spec.reason,
-                                 1.0 if hi_spec.direction == "rising" else -1.0,
-                                 hi_spec.rul_cap_s, hi_spec.baseline_windows)
+            raise PlantError(
+                path,
+                hi_spec.line("feature"),
+                f"{hi_where}.feature",
+                f"{hi_spec.feature!r} is not a {source} feature; known: "
+                f"{', '.join(feature_names(source))}",
+            )
+        health = HealthIndicator(
+            hi_spec.sensor,
+            hi_spec.feature,
+            hi_spec.reason,
+            1.0 if hi_spec.direction == "rising" else -1.0,
+            hi_spec.rul_cap_s,
+            hi_spec.baseline_windows,
+        )
     return Asset(
         asset_id=spec.id,
         site=site,
@@ -505,10 +564,13 @@ def _check_acyclic(path: Path, plant: Plant, lines: list[int | None]) -> None:
         state[node] = 1
         for nxt, i in graph.get(node, ()):
             if state.get(nxt) == 1:
-                cycle = [*trail[trail.index(nxt):], node, nxt] if nxt in trail else [node, nxt]
-                raise PlantError(path, lines[i], f"topology[{i}]",
-                                 f"topology cycle {' -> '.join(dict.fromkeys(cycle[:-1]))} "
-                                 f"-> {nxt}")
+                cycle = [*trail[trail.index(nxt) :], node, nxt] if nxt in trail else [node, nxt]
+                raise PlantError(
+                    path,
+                    lines[i],
+                    f"topology[{i}]",
+                    f"topology cycle {' -> '.join(dict.fromkeys(cycle[:-1]))} -> {nxt}",
+                )
             if state.get(nxt) is None:
                 visit(nxt, [*trail, node])
         state[node] = 2
@@ -522,31 +584,43 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
     bearings: dict[str, BearingGeometry] = {}
     for name, b in doc.bearings.items():
         try:
-            bearings[name] = BearingGeometry(b.n_balls, b.ball_diameter, b.pitch_diameter,
-                                             b.contact_angle_deg)
+            bearings[name] = BearingGeometry(
+                b.n_balls, b.ball_diameter, b.pitch_diameter, b.contact_angle_deg
+            )
         except ValueError as exc:
             raise PlantError(path, b.line(), f"bearings.{name}", str(exc)) from None
-    plant = Plant(doc.plant, str(path), doc.description, bearings=bearings, replay=doc.replay,
-                  files=(str(path),), adapters=tuple(doc.adapters),
-                  outbound=doc.outbound)
+    plant = Plant(
+        doc.plant,
+        str(path),
+        doc.description,
+        bearings=bearings,
+        replay=doc.replay,
+        files=(str(path),),
+        adapters=tuple(doc.adapters),
+        outbound=doc.outbound,
+    )
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}
     site_ids: set[str] = set()
     for i, site in enumerate(doc.sites):
         if site.id in plant.sites or site.id in site_ids:
-            raise PlantError(path, site.line("id"), f"sites[{i}].id",
-                             f"duplicate site id {site.id!r}")
+            raise PlantError(
+                path, site.line("id"), f"sites[{i}].id", f"duplicate site id {site.id!r}"
+            )
         site_ids.add(site.id)
         plant.sites[site.id] = site.description
         for j, spec in enumerate(site.assets):
             where = f"sites[{i}].assets[{j}]"
             if spec.id in plant.assets:
                 first = asset_lines.get(spec.id)
-                raise PlantError(path, spec.line("id"), f"{where}.id",
-                                 f"duplicate asset id {spec.id!r}"
-                                 + (f" (first at line {first})" if first else ""))
-            plant.assets[spec.id] = _resolve_asset(path, where, site.id, spec, doc, bearings,
-                                                     cache)
+                raise PlantError(
+                    path,
+                    spec.line("id"),
+                    f"{where}.id",
+                    f"duplicate asset id {spec.id!r}"
+                    + (f" (first at line {first})" if first else ""),
+                )
+            plant.assets[spec.id] = _resolve_asset(path, where, site.id, spec, doc, bearings, cache)
             asset_lines[spec.id] = spec.line("id")
             plant.asset_files[spec.id] = str(path)
     for inc in doc.include:
@@ -561,16 +635,20 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
         if s.tag is not None:
             other = tags.setdefault(s.tag, f"{a.asset_id}/{s.sensor_id}")
             if other != f"{a.asset_id}/{s.sensor_id}":
-                raise PlantError(path, asset_lines.get(a.asset_id), a.asset_id,
-                                 f"duplicate tag {s.tag!r} ({other} and "
-                                 f"{a.asset_id}/{s.sensor_id})")
+                raise PlantError(
+                    path,
+                    asset_lines.get(a.asset_id),
+                    a.asset_id,
+                    f"duplicate tag {s.tag!r} ({other} and {a.asset_id}/{s.sensor_id})",
+                )
     edges = list(plant.topology)
     lines: list[int | None] = [None] * len(edges)
     for i, e in enumerate(doc.topology):
         for end, key in ((e.source, "from"), (e.target, "to")):
             if end not in plant.assets:
-                raise PlantError(path, e.line(key), f"topology[{i}].{key}",
-                                 f"unknown asset {end!r}")
+                raise PlantError(
+                    path, e.line(key), f"topology[{i}].{key}", f"unknown asset {end!r}"
+                )
         edges.append(Edge(e.source, e.target, e.kind, e.description))
         lines.append(e.line())
     plant.topology = tuple(edges)
@@ -599,15 +677,23 @@ def _check_adapters(path: Path, specs: list[Any], plant: Plant) -> None:
     for i, spec in enumerate(specs):
         where = f"adapters[{i}]"
         if spec.id in ids:
-            raise PlantError(path, spec.line("id"), f"{where}.id",
-                             f"duplicate adapter id {spec.id!r} (first at line {ids[spec.id]})")
+            raise PlantError(
+                path,
+                spec.line("id"),
+                f"{where}.id",
+                f"duplicate adapter id {spec.id!r} (first at line {ids[spec.id]})",
+            )
         ids[spec.id] = spec.line("id")
         scheme = _ENDPOINT_SCHEMES[spec.kind]
-        rest = spec.endpoint[len(scheme):] if spec.endpoint.startswith(scheme) else None
+        rest = spec.endpoint[len(scheme) :] if spec.endpoint.startswith(scheme) else None
         if not rest or (spec.kind != "opcua" and not _host_port(rest)):
             form = f"{scheme}host" + ("[:port][/path]" if spec.kind == "opcua" else ":port")
-            raise PlantError(path, spec.line("endpoint"), f"{where}.endpoint",
-                             f"{spec.endpoint!r} is not a {spec.kind} endpoint ({form})")
+            raise PlantError(
+                path,
+                spec.line("endpoint"),
+                f"{where}.endpoint",
+                f"{spec.endpoint!r} is not a {spec.kind} endpoint ({form})",
+            )
         sources: dict[tuple[Any, ...], int] = {}
         targets: dict[tuple[str, str], int] = {}
         words: dict[tuple[str, int], int] = {}
@@ -615,40 +701,65 @@ def _check_adapters(path: Path, specs: list[Any], plant: Plant) -> None:
             bwhere = f"{where}.bindings[{j}]"
             key = _source_key(spec.kind, b)
             if key in sources:
-                raise PlantError(path, b.line(), bwhere, f"source {'/'.join(map(str, key))} is "
-                                 f"bound twice (first at line {sources[key]})")
+                raise PlantError(
+                    path,
+                    b.line(),
+                    bwhere,
+                    f"source {'/'.join(map(str, key))} is "
+                    f"bound twice (first at line {sources[key]})",
+                )
             sources[key] = b.line()
             templated = "{" in b.asset
             if templated:
                 if b.asset not in ("{device}", "{node}"):
-                    raise PlantError(path, b.line("asset"), f"{bwhere}.asset",
-                                     f"{b.asset!r}: an asset is an id, '{{device}}' or "
-                                     f"'{{node}}'")
+                    raise PlantError(
+                        path,
+                        b.line("asset"),
+                        f"{bwhere}.asset",
+                        f"{b.asset!r}: an asset is an id, '{{device}}' or '{{node}}'",
+                    )
             else:
                 target = (b.asset, b.sensor)
                 if target in targets:
-                    raise PlantError(path, b.line(), bwhere,
-                                     f"sensor {b.asset}/{b.sensor} is bound twice (first at "
-                                     f"line {targets[target]})")
+                    raise PlantError(
+                        path,
+                        b.line(),
+                        bwhere,
+                        f"sensor {b.asset}/{b.sensor} is bound twice (first at "
+                        f"line {targets[target]})",
+                    )
                 targets[target] = b.line()
                 asset = plant.asset(b.asset)
                 if asset is None:
-                    raise PlantError(path, b.line("asset"), f"{bwhere}.asset",
-                                     f"unknown asset {b.asset!r}")
+                    raise PlantError(
+                        path, b.line("asset"), f"{bwhere}.asset", f"unknown asset {b.asset!r}"
+                    )
                 sensor = asset.sensors.get(b.sensor)
                 if sensor is None:
-                    raise PlantError(path, b.line("sensor"), f"{bwhere}.sensor",
-                                     f"{b.sensor!r} is not a sensor of asset {b.asset!r}")
+                    raise PlantError(
+                        path,
+                        b.line("sensor"),
+                        f"{bwhere}.sensor",
+                        f"{b.sensor!r} is not a sensor of asset {b.asset!r}",
+                    )
                 if b.unit is not None and b.unit != sensor.contract.unit:
-                    raise PlantError(path, b.line("unit"), f"{bwhere}.unit",
-                                     f"{b.unit!r} is not the unit of {b.asset}/{b.sensor} "
-                                     f"({sensor.contract.unit!r}); convert with scale/offset")
+                    raise PlantError(
+                        path,
+                        b.line("unit"),
+                        f"{bwhere}.unit",
+                        f"{b.unit!r} is not the unit of {b.asset}/{b.sensor} "
+                        f"({sensor.contract.unit!r}); convert with scale/offset",
+                    )
             if spec.kind == "modbus":
                 for w in range(b.address, b.address + MODBUS_TYPES[b.type]):
                     if (b.table, w) in words:
-                        raise PlantError(path, b.line("register"), f"{bwhere}.register",
-                                         f"{b.table} register {w} is already read by the "
-                                         f"binding at line {words[(b.table, w)]}")
+                        raise PlantError(
+                            path,
+                            b.line("register"),
+                            f"{bwhere}.register",
+                            f"{b.table} register {w} is already read by the "
+                            f"binding at line {words[(b.table, w)]}",
+                        )
                     words[(b.table, w)] = b.line()
 
 
@@ -661,36 +772,55 @@ def _check_replay(path: Path, spec: Any, plant: Plant) -> None:
     """The replay adapter names a declared asset and sensors it declares."""
     asset = plant.assets.get(spec.asset)
     if asset is None:
-        raise PlantError(path, spec.line("asset"), "replay.asset",
-                         f"unknown asset {spec.asset!r}")
+        raise PlantError(path, spec.line("asset"), "replay.asset", f"unknown asset {spec.asset!r}")
     if spec.adapter in ("skab", "cmapss"):
         if not any(s.column for s in asset.sensors.values()):
-            raise PlantError(path, spec.line("asset"), "replay.asset",
-                             f"asset {spec.asset!r} has no sensor with a 'column' to read")
+            raise PlantError(
+                path,
+                spec.line("asset"),
+                "replay.asset",
+                f"asset {spec.asset!r} has no sensor with a 'column' to read",
+            )
         return
     keys = ("sensor",) if spec.adapter == "nab" else ("vibration_sensor", "speed_sensor")
     for key in keys:
         if getattr(spec, key) not in asset.sensors:
-            raise PlantError(path, spec.line(key), f"replay.{key}",
-                             f"{getattr(spec, key)!r} is not a sensor of asset {spec.asset!r}")
+            raise PlantError(
+                path,
+                spec.line(key),
+                f"replay.{key}",
+                f"{getattr(spec, key)!r} is not a sensor of asset {spec.asset!r}",
+            )
 
 
 def _merge(path: Path, doc: PlantFile, plant: Plant, other: Plant) -> Plant:
     """``plant`` with the sites, assets, bearings and topology of an included plant."""
-    for kind, mine, theirs in (("site", plant.sites, other.sites),
-                               ("asset", plant.assets, other.assets)):
+    for kind, mine, theirs in (
+        ("site", plant.sites, other.sites),
+        ("asset", plant.assets, other.assets),
+    ):
         clash = sorted(set(mine) & set(theirs))
         if clash:
-            raise PlantError(path, doc.line("include"), "include",
-                             f"duplicate {kind} id {clash[0]!r} (also in {other.path})")
+            raise PlantError(
+                path,
+                doc.line("include"),
+                "include",
+                f"duplicate {kind} id {clash[0]!r} (also in {other.path})",
+            )
         mine.update(theirs)  # type: ignore[arg-type]
     for name, b in other.bearings.items():
         if plant.bearings.setdefault(name, b) != b:
-            raise PlantError(path, doc.line("include"), "include",
-                             f"bearing {name!r} differs in {other.path}")
+            raise PlantError(
+                path, doc.line("include"), "include", f"bearing {name!r} differs in {other.path}"
+            )
     plant.asset_files.update(other.asset_files)
-    return replace(plant, topology=plant.topology + other.topology, _resolved={},
-                   files=plant.files + other.files, adapters=plant.adapters + other.adapters)
+    return replace(
+        plant,
+        topology=plant.topology + other.topology,
+        _resolved={},
+        files=plant.files + other.files,
+        adapters=plant.adapters + other.adapters,
+    )
 
 
 def _load(path: Path, seen: tuple[Path, ...]) -> Plant:

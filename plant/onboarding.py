@@ -32,8 +32,16 @@ from numpy.typing import NDArray
 
 from plant.model import Plant
 
-__all__ = ["SensorProfile", "profile_sensor", "propose_sensor", "proposal_yaml", "KindInfo",
-           "plant_kinds", "GAP_FACTOR", "STUCK_MIN_S"]
+__all__ = [
+    "SensorProfile",
+    "profile_sensor",
+    "propose_sensor",
+    "proposal_yaml",
+    "KindInfo",
+    "plant_kinds",
+    "GAP_FACTOR",
+    "STUCK_MIN_S",
+]
 
 GAP_FACTOR = 5.0
 """An interval longer than this many median intervals is a gap."""
@@ -70,8 +78,7 @@ def plant_kinds(plant: Plant) -> dict[str, KindInfo]:
     seen: dict[str, Counter] = {}
     for _, s in plant.iter_sensors():
         c = s.contract
-        seen.setdefault(c.kind, Counter())[(c.unit, c.low, c.high, c.sample_rate_hz,
-                                            c.frames)] += 1
+        seen.setdefault(c.kind, Counter())[(c.unit, c.low, c.high, c.sample_rate_hz, c.frames)] += 1
     return {k: KindInfo(k, *cnt.most_common(1)[0][0]) for k, cnt in seen.items()}
 
 
@@ -131,8 +138,9 @@ INSIDE_SHARE = 0.99
 spikes or faulty readings do not decide the kind; the contract then rejects them)."""
 
 
-def _guess_kind(sensor_id: str, v: NDArray[np.float64], rate: float | None,
-                kinds: dict[str, KindInfo]) -> tuple[str | None, str]:
+def _guess_kind(
+    sensor_id: str, v: NDArray[np.float64], rate: float | None, kinds: dict[str, KindInfo]
+) -> tuple[str | None, str]:
     scalar = {k: i for k, i in kinds.items() if not i.frames}
     name = sensor_id.lower().replace("-", "_")
     parts = set(name.split("_"))
@@ -145,8 +153,10 @@ def _guess_kind(sensor_id: str, v: NDArray[np.float64], rate: float | None,
         named = any(w in parts or (len(w) > 3 and w in name) for w in words)
         if named and (not v.size or holds(info)):
             return kind, f"its id {sensor_id!r} names a {kind}" + (
-                "" if not v.size else f" and its values lie in {kind}'s range "
-                f"[{info.low:g}, {info.high:g}]")
+                ""
+                if not v.size
+                else f" and its values lie in {kind}'s range [{info.low:g}, {info.high:g}]"
+            )
     if not v.size:
         return None, "no finite values to judge by"
     lo, hi = np.quantile(v, [0.005, 0.995]).tolist()
@@ -164,12 +174,19 @@ def _guess_kind(sensor_id: str, v: NDArray[np.float64], rate: float | None,
     if best is None:
         return None, f"no declared kind's range holds [{lo:g}, {hi:g}]"
     info = scalar[best]
-    return best, (f"values in [{lo:g}, {hi:g}] lie in {best}'s range [{info.low:g}, "
-                  f"{info.high:g}] and its rate is nearest ({info.rate_hz:g} Hz)")
+    return best, (
+        f"values in [{lo:g}, {hi:g}] lie in {best}'s range [{info.low:g}, "
+        f"{info.high:g}] and its rate is nearest ({info.rate_hz:g} Hz)"
+    )
 
 
-def profile_sensor(asset_id: str, sensor_id: str, ts_us: NDArray[np.int64],
-                   values: NDArray[np.float64], plant: Plant) -> SensorProfile:
+def profile_sensor(
+    asset_id: str,
+    sensor_id: str,
+    ts_us: NDArray[np.int64],
+    values: NDArray[np.float64],
+    plant: Plant,
+) -> SensorProfile:
     """The profile of one sensor's readings (any order; duplicates of a timestamp count once
     for the rate and gaps)."""
     ts_us = np.asarray(ts_us, np.int64)
@@ -193,9 +210,23 @@ def profile_sensor(asset_id: str, sensor_id: str, ts_us: NDArray[np.int64],
     hi = float(v.max()) if v.size else None
     kind, why = _guess_kind(sensor_id, v, rate, plant_kinds(plant))
     return SensorProfile(
-        asset_id, sensor_id, int(values.size), int(ts_us[0]) if ts_us.size else 0,
-        int(ts_us[-1]) if ts_us.size else 0, lo, hi, rate, _resolution(v), gaps, longest_gap,
-        stuck, longest_stuck, int((~finite).sum()), kind, why)
+        asset_id,
+        sensor_id,
+        int(values.size),
+        int(ts_us[0]) if ts_us.size else 0,
+        int(ts_us[-1]) if ts_us.size else 0,
+        lo,
+        hi,
+        rate,
+        _resolution(v),
+        gaps,
+        longest_gap,
+        stuck,
+        longest_stuck,
+        int((~finite).sum()),
+        kind,
+        why,
+    )
 
 
 def _nice(x: float) -> float:
@@ -222,15 +253,18 @@ def propose_sensor(profile: SensorProfile, plant: Plant) -> dict[str, Any]:
             lo, hi = 0.0, 1.0
         margin = max(0.5 * (hi - lo), 0.1 * max(abs(lo), abs(hi)), 1e-6)
         entry["range"] = [_nice(lo - margin), _nice(hi + margin)]
-    entry["rate_hz"] = _nice(profile.rate_hz) if profile.rate_hz else (
-        info.rate_hz if info else 1.0)
+    entry["rate_hz"] = (
+        _nice(profile.rate_hz) if profile.rate_hz else (info.rate_hz if info else 1.0)
+    )
     if profile.resolution:
         entry["resolution"] = profile.resolution
     if profile.longest_gap_s:  # it pauses by nature: do not call its normal gaps missing data
         entry["max_gap_s"] = _nice(profile.longest_gap_s * 2)
     span = "no finite values" if lo is None else f"values {profile.min:g}..{profile.max:g}"
-    entry["description"] = (f"onboarded from {profile.n_readings} readings ({span}); "
-                            f"kind guessed: {profile.kind_reason}")
+    entry["description"] = (
+        f"onboarded from {profile.n_readings} readings ({span}); "
+        f"kind guessed: {profile.kind_reason}"
+    )
     return entry
 
 

@@ -265,6 +265,7 @@ ReplaySpec = Annotated[
 
 # -- protocol adapters (``adapters/``): a connection and its bindings -------------------------
 
+
 class _Binding(_Node):
     """Where one sensor's values come from: the reading is ``raw * scale + offset``, in
     ``unit`` (optional; when given it must be the sensor's unit, a check that the scaling
@@ -283,8 +284,16 @@ class OpcuaBinding(_Binding):
     node: str = Field(min_length=1)
 
 
-MODBUS_TYPES = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2,
-                "int64": 4, "uint64": 4, "float64": 4}
+MODBUS_TYPES = {
+    "int16": 1,
+    "uint16": 1,
+    "int32": 2,
+    "uint32": 2,
+    "float32": 2,
+    "int64": 4,
+    "uint64": 4,
+    "float64": 4,
+}
 """Modbus data types and the number of 16-bit registers each takes."""
 
 
@@ -295,8 +304,9 @@ class ModbusBinding(_Binding):
 
     address: int = Field(alias="register", ge=0, le=65_535)  # ("register" is ABCMeta's)
     table: Literal["holding", "input"] = "holding"
-    type: Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64",
-                  "float64"] = "uint16"
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "int64", "uint64", "float64"] = (
+        "uint16"
+    )
     word_order: Literal["big", "little"] = "big"
 
 

@@ -44,8 +44,7 @@ class PlantWatcher:
     """The plant of ``path``, reloaded when one of its files changes (checked at most every
     ``refresh_s`` seconds, on a look-up)."""
 
-    def __init__(self, path: str | Path, refresh_s: float = REFRESH_S,
-                 plant: Plant | None = None):
+    def __init__(self, path: str | Path, refresh_s: float = REFRESH_S, plant: Plant | None = None):
         self.path, self.refresh_s = str(path), refresh_s
         self.plant = plant if plant is not None else load_plant(self.path)
         self._stamp = _stamp(self.plant.files)
@@ -74,14 +73,19 @@ class PlantWatcher:
         try:
             plant = load_plant(self.path)
         except PlantError as exc:
-            log.warning("plant file changed but does not validate; keeping the last good plant"
-                        " (version %d): %s", self.version, exc)
+            log.warning(
+                "plant file changed but does not validate; keeping the last good plant"
+                " (version %d): %s",
+                self.version,
+                exc,
+            )
             return False
         self.plant = plant
         self._stamp = _stamp(plant.files)  # includes may have changed too
         self.version += 1
-        log.info("plant %s reloaded (version %d): %d assets", plant.name, self.version,
-                 len(plant.assets))
+        log.info(
+            "plant %s reloaded (version %d): %d assets", plant.name, self.version, len(plant.assets)
+        )
         return True
 
     # -- the Plant look-ups the planes use ---------------------------------------------------

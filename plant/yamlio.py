@@ -77,11 +77,14 @@ def _construct(loader: _LineLoader, node: yaml.Node, memo: dict[tuple[str, str],
             try:
                 seen = key in out
             except TypeError:
-                raise _DuplicateKey(None, None, "a mapping key must be a plain value",
-                                    key_node.start_mark) from None
+                raise _DuplicateKey(
+                    None, None, "a mapping key must be a plain value", key_node.start_mark
+                ) from None
             if seen:
                 raise _DuplicateKey(
-                    None, None, f"duplicate key {key!r} (first at line {out.key_lines[key]})",
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {out.key_lines[key]})",
                     key_node.start_mark,
                 )
             out[key] = _construct(loader, value_node, memo)

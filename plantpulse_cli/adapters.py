@@ -33,23 +33,33 @@ def rows(statuses: list[dict[str, Any]], now_us: int) -> list[dict[str, Any]]:
     out = []
     for s in statuses:
         age = (now_us - int(s.get("updated_us") or 0)) / 1e6
-        state = ("not running" if age > STALE_S
-                 else "connected" if s.get("connected") else "reconnecting")
+        state = (
+            "not running"
+            if age > STALE_S
+            else "connected"
+            if s.get("connected")
+            else "reconnecting"
+        )
         lag = s.get("lag_s")
         fwd = s.get("forward_lag_s")
-        out.append({
-            "adapter": s["adapter_id"], "kind": s["kind"], "endpoint": s["endpoint"],
-            "state": state, "reconnects": s.get("reconnects", 0),
-            "lag_s": "-" if lag is None else f"{lag:.2f}",
-            "stream": "up" if s.get("sink_connected") else "down",
-            "buffer": f"{s.get('buffer_messages', 0)} msgs, {_mb(s.get('buffer_bytes'))} of "
-                      f"{_mb(s.get('buffer_bound_bytes'))} MB",
-            "buffered_for_s": "-" if fwd is None else f"{fwd:.1f}",
-            "overflow": s.get("overflow_readings", 0),
-            "readings": s.get("readings_in", 0),
-            "dead_letters": s.get("dead_letters", 0),
-            "last_error": (s.get("last_error") or "")[:60],
-        })
+        out.append(
+            {
+                "adapter": s["adapter_id"],
+                "kind": s["kind"],
+                "endpoint": s["endpoint"],
+                "state": state,
+                "reconnects": s.get("reconnects", 0),
+                "lag_s": "-" if lag is None else f"{lag:.2f}",
+                "stream": "up" if s.get("sink_connected") else "down",
+                "buffer": f"{s.get('buffer_messages', 0)} msgs, {_mb(s.get('buffer_bytes'))} of "
+                f"{_mb(s.get('buffer_bound_bytes'))} MB",
+                "buffered_for_s": "-" if fwd is None else f"{fwd:.1f}",
+                "overflow": s.get("overflow_readings", 0),
+                "readings": s.get("readings_in", 0),
+                "dead_letters": s.get("dead_letters", 0),
+                "last_error": (s.get("last_error") or "")[:60],
+            }
+        )
     return out
 
 

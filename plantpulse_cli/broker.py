@@ -15,9 +15,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BrokerError", "LIMITS", "WORKER", "OUTBOUND", "ensure_mosquitto", "publishers_for",
-           "write_config",
-           "wait_for_port"]
+__all__ = [
+    "BrokerError",
+    "LIMITS",
+    "WORKER",
+    "OUTBOUND",
+    "ensure_mosquitto",
+    "publishers_for",
+    "write_config",
+    "wait_for_port",
+]
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-mosquitto.sh"
 
@@ -28,8 +35,9 @@ class BrokerError(RuntimeError):
 
 def ensure_mosquitto() -> str:
     """The path of the ``mosquitto`` binary, installing the Debian package if needed."""
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto"
-                                           if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if found:
         return found
     done = subprocess.run([str(SCRIPT)], capture_output=True, text=True, timeout=900)
@@ -104,8 +112,10 @@ def write_config(
         known = json.loads(creds_path.read_text())
     except (OSError, ValueError):
         known = {}
-    users = {name: known.get(name) or secrets.token_urlsafe(24)
-             for name in dict.fromkeys([WORKER, OUTBOUND, *publishers, *acl])}
+    users = {
+        name: known.get(name) or secrets.token_urlsafe(24)
+        for name in dict.fromkeys([WORKER, OUTBOUND, *publishers, *acl])
+    }
     _private_write(creds_path, json.dumps(users, indent=1) + "\n")
     passwd = directory / "passwd"
     _private_write(passwd, "".join(f"{u}:{pw}\n" for u, pw in users.items()))
@@ -113,10 +123,16 @@ def write_config(
     done = subprocess.run([tool, "-U", str(passwd)], capture_output=True, text=True)
     if done.returncode != 0:
         raise BrokerError(f"mosquitto_passwd -U {passwd} failed: {done.stderr.strip()}")
-    lines = [f"user {WORKER}", "topic read plantpulse/#",
-             "topic read $SYS/broker/publish/messages/dropped", "",
-             f"user {OUTBOUND}", "topic readwrite plantpulse-out/#", "topic readwrite spBv1.0/#",
-             ""]
+    lines = [
+        f"user {WORKER}",
+        "topic read plantpulse/#",
+        "topic read $SYS/broker/publish/messages/dropped",
+        "",
+        f"user {OUTBOUND}",
+        "topic readwrite plantpulse-out/#",
+        "topic readwrite spBv1.0/#",
+        "",
+    ]
     for name, assets in publishers.items():
         lines.append(f"user {name}")
         for asset in assets:
@@ -137,8 +153,7 @@ def write_config(
         # the 'mosquitto' user, who cannot read these owner-only files)
         f"user {getpass.getuser()}\n"
         "persistence false\n"
-        "sys_interval 2\n"
-        + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
+        "sys_interval 2\n" + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
     )
     return conf
 

@@ -30,7 +30,9 @@ def readable_lake_error(location: str) -> str | None:
     root = Path(location.removeprefix("file://"))
     where = f"PLANTPULSE_LAKE={location}"
     if root.is_file():
-        return f"{where} is a file, not a lake directory; set PLANTPULSE_LAKE to the lake's directory"
+        return (
+            f"{where} is a file, not a lake directory; set PLANTPULSE_LAKE to the lake's directory"
+        )
     if not root.exists():
         parent = root.parent
         if not parent.exists():

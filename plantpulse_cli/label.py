@@ -43,7 +43,9 @@ def _parse_ts(text: str) -> pd.Timestamp:
     try:
         ts = pd.Timestamp(text)
     except (ValueError, TypeError):
-        raise UsageError(f"--ts {text!r} is not a time; use ISO 8601, e.g. 2026-12-01T14:05Z") from None
+        raise UsageError(
+            f"--ts {text!r} is not a time; use ISO 8601, e.g. 2026-12-01T14:05Z"
+        ) from None
     if ts is pd.NaT:
         raise UsageError(f"--ts {text!r} is not a time")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
@@ -112,7 +114,8 @@ def record_label(
     """Validate and append one label; returns the row written."""
     check_readable_lake(settings.lake_uri)
     lake = Lake(settings.lake_uri)
-    row = label_row(lake, target, kind=kind, component=component, ts=ts, detail=detail,
-                    source=source)
+    row = label_row(
+        lake, target, kind=kind, component=component, ts=ts, detail=detail, source=source
+    )
     lake.append("maintenance_events", pd.DataFrame([row]))
     return row

@@ -13,8 +13,21 @@ from typing import Any
 # Bytewax or Dagster (seconds each).  Each command imports what it needs when it runs.
 
 BENCHES = (
-    "cwru", "cwru_stream", "rul", "features", "validation", "stream", "skab", "nab", "retrain_loop",
-    "plant_model", "plant", "reliability", "storage", "adapters", "outbound",
+    "cwru",
+    "cwru_stream",
+    "rul",
+    "features",
+    "validation",
+    "stream",
+    "skab",
+    "nab",
+    "retrain_loop",
+    "plant_model",
+    "plant",
+    "reliability",
+    "storage",
+    "adapters",
+    "outbound",
 )
 LABEL_KINDS = ("failure", "repair", "inspection")
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
@@ -33,9 +46,7 @@ that was never imported cannot have raised its error, so none is imported just t
 
 
 def _user_error(exc: BaseException) -> bool:
-    classes = [
-        getattr(sys.modules[mod], name) for mod, name in USER_ERRORS if mod in sys.modules
-    ]
+    classes = [getattr(sys.modules[mod], name) for mod, name in USER_ERRORS if mod in sys.modules]
     return isinstance(exc, tuple(classes))
 
 
@@ -81,20 +92,23 @@ def _parser() -> argparse.ArgumentParser:
         help="run a Mosquitto broker (installed if missing) on PORT (1883) and stream from it",
     )
     up.add_argument(
-        "--adapters", default=None, metavar="PLANT.yaml",
+        "--adapters",
+        default=None,
+        metavar="PLANT.yaml",
         help="run the protocol adapters this plant file declares beside the stream (implies "
         "--mqtt; the stream checks that plant's contracts)",
     )
     up.add_argument(
-        "--no-technician", action="store_true",
+        "--no-technician",
+        action="store_true",
         help="no simulated technician confirming alerts on faulted machines (simulator only)",
     )
-    sql = sub.add_parser(
-        "sql", help="run one read-only SQL query over the lake's tables (DuckDB)"
-    )
+    sql = sub.add_parser("sql", help="run one read-only SQL query over the lake's tables (DuckDB)")
     sql.add_argument("query", help='one SELECT, e.g. "select * from alerts"')
     sql.add_argument(
-        "--limit", type=_positive_int, default=1000,
+        "--limit",
+        type=_positive_int,
+        default=1000,
         help="print at most N rows (default 1000; says so when rows were cut)",
     )
     sql.add_argument("--all", action="store_true", help="no row limit")
@@ -102,8 +116,12 @@ def _parser() -> argparse.ArgumentParser:
         "replay", help="replay a reference data set through the stream into the lake"
     )
     replay.add_argument("dataset", nargs="?", help="cmapss, cwru, nab or skab (or --plant)")
-    replay.add_argument("--plant", default=None, help="a plant file whose replay: section says "
-                        "what to read; the stream checks its contracts")
+    replay.add_argument(
+        "--plant",
+        default=None,
+        help="a plant file whose replay: section says "
+        "what to read; the stream checks its contracts",
+    )
     pace = replay.add_mutually_exclusive_group()
     pace.add_argument(
         "--speed", type=_positive, default=None, help="N times real time (1 = real time)"
@@ -136,11 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("target", help="an alert_id (the label confirms that alert) or an asset_id")
     lb.add_argument("--kind", required=True, choices=LABEL_KINDS)
     lb.add_argument(
-        "--component", required=True,
+        "--component",
+        required=True,
         help="outer_race, inner_race, ball (bearing_ prefix optional) or <sensor_id>_sensor",
     )
     lb.add_argument(
-        "--ts", default=None,
+        "--ts",
+        default=None,
         help="when the condition held (ISO 8601, UTC if no zone); default: the alert's opening "
         "time, or now for an asset",
     )
@@ -250,8 +270,11 @@ def _sql(args: argparse.Namespace) -> int:
     print(_format_rows(names, rows) if names else "(no columns)")
     n = table.num_rows
     if result.truncated:
-        print(f"({n} rows shown; the query returned more: cut at --limit {result.limit},"
-              " raise it or use --all)", file=sys.stderr)
+        print(
+            f"({n} rows shown; the query returned more: cut at --limit {result.limit},"
+            " raise it or use --all)",
+            file=sys.stderr,
+        )
     elif n == 0:
         print("(0 rows)", file=sys.stderr)
     return 0
@@ -261,20 +284,29 @@ def _label(args: argparse.Namespace) -> int:
     from lake import Settings
     from plantpulse_cli.label import record_label
 
-    row = record_label(Settings.from_env(), args.target, kind=args.kind,
-                       component=args.component, ts=args.ts, detail=args.detail)
+    row = record_label(
+        Settings.from_env(),
+        args.target,
+        kind=args.kind,
+        component=args.component,
+        ts=args.ts,
+        detail=args.detail,
+    )
     if args.json:
         print(json.dumps(row, default=str))
     else:
-        print(f"recorded {row['kind']} of {row['component']} on {row['asset_id']} at "
-              f"{row['ts']} in maintenance_events")
+        print(
+            f"recorded {row['kind']} of {row['component']} on {row['asset_id']} at "
+            f"{row['ts']} in maintenance_events"
+        )
     return 0
 
 
 def _bench(name: str, rest: list[str]) -> int:
     if name not in BENCHES:
-        print(f"error: unknown benchmark {name!r}; choose from {', '.join(BENCHES)}",
-              file=sys.stderr)
+        print(
+            f"error: unknown benchmark {name!r}; choose from {', '.join(BENCHES)}", file=sys.stderr
+        )
         return EXIT_USER_ERROR
     importlib.import_module(f"bench.{name}").main(rest)
     return 0
@@ -290,9 +322,15 @@ def main(argv: list[str] | None = None) -> int:
             from plantpulse_cli.up import up
 
             mqtt = args.mqtt if args.mqtt is not None or not args.adapters else 1883
-            return up(args.host, args.port, ui=not args.no_ui, duration_s=args.duration,
-                      mqtt_port=mqtt, technician=not args.no_technician,
-                      adapters=args.adapters)
+            return up(
+                args.host,
+                args.port,
+                ui=not args.no_ui,
+                duration_s=args.duration,
+                mqtt_port=mqtt,
+                technician=not args.no_technician,
+                adapters=args.adapters,
+            )
         if args.command == "adapters":
             from plantpulse_cli.adapters import run as run_adapters
 
@@ -300,8 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "replay":
             from plantpulse_cli.replay import replay
 
-            return replay(args.dataset, speed=None if args.asap else args.speed, data_dir=args.data,
-                          plant_file=args.plant)
+            return replay(
+                args.dataset,
+                speed=None if args.asap else args.speed,
+                data_dir=args.data,
+                plant_file=args.plant,
+            )
         if args.command in ("status", "alerts", "promote", "rollback"):
             return _ops(args)
         if args.command == "bench":

@@ -29,6 +29,7 @@ def models() -> dict[str, str]:
 
     return {"fault": FAULT_MODEL, "rul": RUL_MODEL}
 
+
 STREAM_STALE_S = 30.0
 """The stream commits every few seconds; no commit for this long means the worker is not running
 (or not receiving data)."""
@@ -174,15 +175,26 @@ def alerts(settings: Settings, days: float = 7.0, only_open: bool = False) -> li
 def promote(settings: Settings, name: str, version: str, policy: GatePolicy) -> dict[str, Any]:
     from models.gate import run_gate
 
-    d = run_gate(settings.mlflow_tracking_uri, Lake(settings.lake_uri), model_name(name),
-                 version, policy)
-    return {"decision": d.decision, "model": d.model_name, "candidate": d.candidate_version,
-            "champion_before": d.champion_version, "reasons": d.reasons}
+    d = run_gate(
+        settings.mlflow_tracking_uri, Lake(settings.lake_uri), model_name(name), version, policy
+    )
+    return {
+        "decision": d.decision,
+        "model": d.model_name,
+        "candidate": d.candidate_version,
+        "champion_before": d.champion_version,
+        "reasons": d.reasons,
+    }
 
 
 def roll_back(settings: Settings, name: str, reason: str) -> dict[str, Any]:
     from models.gate import rollback
 
     d = rollback(settings.mlflow_tracking_uri, Lake(settings.lake_uri), model_name(name), reason)
-    return {"decision": d.decision, "model": d.model_name, "from": d.candidate_version,
-            "to": d.champion_version, "reasons": d.reasons}
+    return {
+        "decision": d.decision,
+        "model": d.model_name,
+        "from": d.candidate_version,
+        "to": d.champion_version,
+        "reasons": d.reasons,
+    }

@@ -21,8 +21,12 @@ def add_parser(sub: Any) -> None:
     v = cmd.add_parser("validate", help="check a plant file; one line per problem, exit 2")
     v.add_argument("file")
     s = cmd.add_parser("show", help="assets, sensors and contracts, topology as tables")
-    s.add_argument("file", nargs="?", default=None,
-                   help="plant file (default: PLANTPULSE_PLANT or the bundled demo plant)")
+    s.add_argument(
+        "file",
+        nargs="?",
+        default=None,
+        help="plant file (default: PLANTPULSE_PLANT or the bundled demo plant)",
+    )
     s.add_argument("--asset", default=None, help="only assets whose id matches this glob")
     s.add_argument("--json", action="store_true", help="the resolved plant as JSON")
 
@@ -68,46 +72,84 @@ def _show(args: argparse.Namespace) -> int:
     plant = _load(args.file)
     data = plant.to_dict()
     if args.asset:
-        data["assets"] = [a for a in data["assets"]
-                          if fnmatch.fnmatchcase(a["asset_id"], args.asset)]
+        data["assets"] = [
+            a for a in data["assets"] if fnmatch.fnmatchcase(a["asset_id"], args.asset)
+        ]
     if args.json:
         print(json.dumps(data, indent=2, default=str))
         return 0
     con = Console(width=200)
     con.print(f"[bold]plant {plant.name}[/bold] ({plant.path}): {plant.description}")
     assets = Table(title="assets", title_justify="left")
-    for col in ("asset", "site", "kind", "matches", "nominal rpm", "bearings", "sensors",
-                "relationships"):
+    for col in (
+        "asset",
+        "site",
+        "kind",
+        "matches",
+        "nominal rpm",
+        "bearings",
+        "sensors",
+        "relationships",
+    ):
         assets.add_column(col)
     for a in data["assets"]:
         assets.add_row(
-            a["asset_id"], a["site"], a["kind"] or "", a["match"] or "",
+            a["asset_id"],
+            a["site"],
+            a["kind"] or "",
+            a["match"] or "",
             _fmt(a["nominal_speed_rpm"]),
-            ", ".join(f"{c['component_id']}: {c['bearing_name']}" for c in a["components"]
-                      if c["bearing_name"]),
+            ", ".join(
+                f"{c['component_id']}: {c['bearing_name']}"
+                for c in a["components"]
+                if c["bearing_name"]
+            ),
             str(len(a["sensors"])),
             "; ".join(f"{r['target']} ~ {' + '.join(r['inputs'])}" for r in a["relationships"]),
         )
     con.print(assets)
     sensors = Table(title="sensors and contracts", title_justify="left")
-    for col in ("asset", "sensor", "tag", "kind", "unit", "range", "rate Hz", "frames",
-                "resolution", "lateness s", "max gap s", "stuck after s", "watched as"):
+    for col in (
+        "asset",
+        "sensor",
+        "tag",
+        "kind",
+        "unit",
+        "range",
+        "rate Hz",
+        "frames",
+        "resolution",
+        "lateness s",
+        "max gap s",
+        "stuck after s",
+        "watched as",
+    ):
         sensors.add_column(col)
     for a in data["assets"]:
         for s in a["sensors"]:
             sensors.add_row(
-                a["asset_id"], s["sensor_id"], s["tag"] or "", s["kind"], s["unit"],
-                f"{s['low']:g} .. {s['high']:g}", f"{s['sample_rate_hz']:.4g}",
-                "yes" if s["frames"] else "", _fmt(s["resolution"] or None),
-                _fmt(s["allowed_lateness_s"]), _fmt(s["max_gap_s"]), _fmt(s["stuck_after_s"]),
+                a["asset_id"],
+                s["sensor_id"],
+                s["tag"] or "",
+                s["kind"],
+                s["unit"],
+                f"{s['low']:g} .. {s['high']:g}",
+                f"{s['sample_rate_hz']:.4g}",
+                "yes" if s["frames"] else "",
+                _fmt(s["resolution"] or None),
+                _fmt(s["allowed_lateness_s"]),
+                _fmt(s["max_gap_s"]),
+                _fmt(s["stuck_after_s"]),
                 s["watched_as"],
             )
     con.print(sensors)
     for a in data["assets"]:
         for s in a["sensors"]:
             if s["watched_as_reason"]:
-                con.print(f"{a['asset_id']}/{s['sensor_id']} watched as {s['watched_as']}: "
-                          f"{s['watched_as_reason']}")
+                con.print(
+                    f"{a['asset_id']}/{s['sensor_id']} watched as {s['watched_as']}: "
+                    f"{s['watched_as_reason']}"
+                )
     topology = Table(title="topology", title_justify="left")
     for col in ("from", "to", "kind", "description"):
         topology.add_column(col)

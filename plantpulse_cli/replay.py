@@ -31,8 +31,10 @@ def replay(
     from expectations.contracts import use_plant
 
     if (dataset is None) == (plant_file is None):
-        print("error: give a data set name (cmapss, cwru, nab, skab) or --plant FILE, not both",
-              file=sys.stderr)
+        print(
+            "error: give a data set name (cmapss, cwru, nab, skab) or --plant FILE, not both",
+            file=sys.stderr,
+        )
         return 2
     settings = Settings.from_env()
     data = data_dir or settings.data_dir

@@ -27,21 +27,32 @@ def add_parser(sub: Any) -> None:
     cmd = p.add_subparsers(dest="sensors_command", required=True)
     ls = cmd.add_parser("list", help="every sensor with readings in unknown_readings")
     ls.add_argument("--json", action="store_true")
-    for name, text in (("show", "profile and proposed contract of one landed sensor"),
-                       ("accept", "declare the proposed sensor in the plant file and replay "
-                        "its backlog into readings")):
+    for name, text in (
+        ("show", "profile and proposed contract of one landed sensor"),
+        (
+            "accept",
+            "declare the proposed sensor in the plant file and replay its backlog into readings",
+        ),
+    ):
         c = cmd.add_parser(name, help=text)
         c.add_argument("asset")
         c.add_argument("sensor")
-        c.add_argument("--plant", default=None,
-                       help="plant file (default: PLANTPULSE_PLANT or the bundled demo plant)")
+        c.add_argument(
+            "--plant",
+            default=None,
+            help="plant file (default: PLANTPULSE_PLANT or the bundled demo plant)",
+        )
         c.add_argument("--json", action="store_true")
         if name == "accept":
             c.add_argument("--kind", default=None, help="override the guessed sensor kind")
-            c.add_argument("--settle", type=float, default=SETTLE_S,
-                           help=f"seconds a running stream may take to commit what it lands "
-                           f"(its snapshot interval and more; default {SETTLE_S:g}); rows landed "
-                           "more recently wait for the next accept.  0 when no stream runs")
+            c.add_argument(
+                "--settle",
+                type=float,
+                default=SETTLE_S,
+                help=f"seconds a running stream may take to commit what it lands "
+                f"(its snapshot interval and more; default {SETTLE_S:g}); rows landed "
+                "more recently wait for the next accept.  0 when no stream runs",
+            )
 
 
 def _plant_path(arg: str | None) -> str:
@@ -77,15 +88,26 @@ def _list(lake: Any, args: argparse.Namespace) -> int:
     kinds: dict[tuple[str, str], str] = {}
     if lake.exists("sensor_proposals"):
         p = lake.read_arrow("sensor_proposals", columns=["asset_id", "sensor_id", "kind"])
-        kinds = {(a, s): k or "" for a, s, k in zip(*(p[c].to_pylist() for c in p.column_names),
-                                                    strict=True)}
-    rows = [{
-        "asset_id": r["asset_id"], "sensor_id": r["sensor_id"], "readings": r["n_readings"],
-        "first_ts": _us(r["first_ts"]), "last_ts": _us(r["last_ts"]),
-        "status": ("declared" if plant.contract(r["asset_id"], r["sensor_id"]) is not None
-                   else "unknown"),
-        "proposed_kind": kinds.get((r["asset_id"], r["sensor_id"]), ""),
-    } for r in t.to_pylist()]
+        kinds = {
+            (a, s): k or ""
+            for a, s, k in zip(*(p[c].to_pylist() for c in p.column_names), strict=True)
+        }
+    rows = [
+        {
+            "asset_id": r["asset_id"],
+            "sensor_id": r["sensor_id"],
+            "readings": r["n_readings"],
+            "first_ts": _us(r["first_ts"]),
+            "last_ts": _us(r["last_ts"]),
+            "status": (
+                "declared"
+                if plant.contract(r["asset_id"], r["sensor_id"]) is not None
+                else "unknown"
+            ),
+            "proposed_kind": kinds.get((r["asset_id"], r["sensor_id"]), ""),
+        }
+        for r in t.to_pylist()
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -101,8 +123,7 @@ def _list(lake: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _proposal(lake: Any, plant: Any, asset: str, sensor: str) -> tuple[Any, dict[str, Any],
-                                                                       bool]:
+def _proposal(lake: Any, plant: Any, asset: str, sensor: str) -> tuple[Any, dict[str, Any], bool]:
     """The profile, the entry to accept (the stored proposal the UI showed, else a fresh one),
     and whether it was the stored one."""
     from lake.onboarding import fresh_proposal, stored_proposal
@@ -118,15 +139,27 @@ def _show_one(lake: Any, plant: Any, args: argparse.Namespace) -> int:
     profile, entry, stored = _proposal(lake, plant, args.asset, args.sensor)
     declared = plant.contract(args.asset, args.sensor) is not None
     if args.json:
-        print(json.dumps({"profile": profile.as_dict(), "proposal": entry,
-                          "stored": stored, "declared": declared}, indent=2, default=str))
+        print(
+            json.dumps(
+                {
+                    "profile": profile.as_dict(),
+                    "proposal": entry,
+                    "stored": stored,
+                    "declared": declared,
+                },
+                indent=2,
+                default=str,
+            )
+        )
         return 0
     print(f"{args.asset}/{args.sensor}: {'declared in the plant' if declared else 'unknown'}")
     for k, v in profile.as_dict().items():
         if k not in ("asset_id", "sensor_id"):
             print(f"  {k}: {v}")
-    print(f"proposed entry ({'from sensor_proposals' if stored else 'computed now'}), under "
-          f"the asset's sensors:")
+    print(
+        f"proposed entry ({'from sensor_proposals' if stored else 'computed now'}), under "
+        f"the asset's sensors:"
+    )
     print(proposal_yaml(entry), end="")
     return 0
 
@@ -147,20 +180,34 @@ def _accept(lake: Any, path: str, plant: Any, args: argparse.Namespace) -> int:
             from plant.watch import REFRESH_S
 
             time.sleep(args.settle + REFRESH_S)
-    result = replay_backlog(lake, plant, args.asset, args.sensor,
-                            now_us=time.time_ns() // 1000, settle_s=args.settle)
-    out = {"asset_id": args.asset, "sensor_id": args.sensor,
-           "plant_file": str(changed) if changed else None,
-           "replayed_readings": result.readings, "replayed_dead_letters": result.dead_letters,
-           "replayed_before": result.already, "pending": result.pending}
+    result = replay_backlog(
+        lake, plant, args.asset, args.sensor, now_us=time.time_ns() // 1000, settle_s=args.settle
+    )
+    out = {
+        "asset_id": args.asset,
+        "sensor_id": args.sensor,
+        "plant_file": str(changed) if changed else None,
+        "replayed_readings": result.readings,
+        "replayed_dead_letters": result.dead_letters,
+        "replayed_before": result.already,
+        "pending": result.pending,
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print((f"declared {args.asset}/{args.sensor} in {changed}" if changed
-               else f"{args.asset}/{args.sensor} was already declared")
-              + f"; replayed {result.readings} readings into readings, "
-              f"{result.dead_letters} into dead_letter ({result.already} replayed before)"
-              + (f"; {result.pending} landed in the last {args.settle:g} s: run accept again "
-                 "to replay them" if result.pending else ""))
+        print(
+            (
+                f"declared {args.asset}/{args.sensor} in {changed}"
+                if changed
+                else f"{args.asset}/{args.sensor} was already declared"
+            )
+            + f"; replayed {result.readings} readings into readings, "
+            f"{result.dead_letters} into dead_letter ({result.already} replayed before)"
+            + (
+                f"; {result.pending} landed in the last {args.settle:g} s: run accept again "
+                "to replay them"
+                if result.pending
+                else ""
+            )
+        )
     return 0
-

@@ -140,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--never", type=float, default=0.25, help="share of alerts never labelled")
     p.add_argument("--every", type=float, default=10.0, help="seconds between rounds")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from physics.simulator import default_fleet
 
     settings = Settings.from_env()
@@ -152,25 +154,41 @@ def main(argv: list[str] | None = None) -> int:
     stop = {"now": False}
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.update(now=True))
-    log.info("technician: confirms alerts %g s after they open; %.0f %% never",
-             args.delay, 100 * args.never)
+    log.info(
+        "technician: confirms alerts %g s after they open; %.0f %% never",
+        args.delay,
+        100 * args.never,
+    )
     while not stop["now"]:
         missing = [a for a in fleet.asset_ids if a not in starts]
         if missing:
             starts.update(simulation_starts(lake, missing, epoch_us))
         faults = [
-            f for a, start in starts.items() for f in faults_of(fleet.starting_at(start).ground_truth())
+            f
+            for a, start in starts.items()
+            for f in faults_of(fleet.starting_at(start).ground_truth())
             if f.asset_id == a
         ]
         alerts = current_alerts(lake)
         if len(alerts) and faults:
-            rows = confirmations(alerts, faults, labelled_alerts(lake),
-                                 pd.Timestamp.now(tz="UTC"), args.delay, args.never)
+            rows = confirmations(
+                alerts,
+                faults,
+                labelled_alerts(lake),
+                pd.Timestamp.now(tz="UTC"),
+                args.delay,
+                args.never,
+            )
             if rows:
                 lake.append("maintenance_events", pd.DataFrame(rows))
                 for r in rows:
-                    log.info("labelled %s: %s on %s (%s)", r["detail"].split(";")[0],
-                             r["component"], r["asset_id"], r["ts"])
+                    log.info(
+                        "labelled %s: %s on %s (%s)",
+                        r["detail"].split(";")[0],
+                        r["component"],
+                        r["asset_id"],
+                        r["ts"],
+                    )
         for _ in range(int(args.every * 10)):
             if stop["now"]:
                 break

@@ -65,7 +65,10 @@ class Service:
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         out = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
         self.proc = subprocess.Popen(
-            self.argv, env={**env, **(self.env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            self.argv,
+            env={**env, **(self.env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -256,8 +259,9 @@ def services(
 
         # logins and topic ACLs from the plant file: readings only for the assets it declares
         publishers = publishers_for(default_plant(), default_fleet().asset_ids)
-        conf = write_config(state / "mosquitto", mqtt[1], publishers,
-                            acl=adapter_acl(adapters, mqtt[1]))
+        conf = write_config(
+            state / "mosquitto", mqtt[1], publishers, acl=adapter_acl(adapters, mqtt[1])
+        )
         out.append(Service("mosquitto", [mqtt[0], "-c", str(conf)]))
         flow = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})"
         recovery_dir = str(state / "recovery-mqtt")
@@ -268,9 +272,12 @@ def services(
     if mqtt is not None and "simulator" in publishers:  # the plant declares the simulated fleet
         out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
     if mqtt is not None and adapters is not None:
-        out.append(Service("adapters", [py, "-m", "adapters.run", adapters, "--broker-port",
-                                        str(mqtt[1])]))
-    if mqtt is None and technician:  # confirms alerts on machines the simulator faulted, late or never
+        out.append(
+            Service("adapters", [py, "-m", "adapters.run", adapters, "--broker-port", str(mqtt[1])])
+        )
+    if (
+        mqtt is None and technician
+    ):  # confirms alerts on machines the simulator faulted, late or never
         out.append(Service("technician", [py, "-m", "plantpulse_cli.technician"]))
     if outbound:
         out.append(Service("outbound", [py, "-m", "outbound"], env=_outbound_env(mqtt, home)))
@@ -300,11 +307,16 @@ def adapter_acl(plant_file: str | None, port: int) -> dict[str, list[str]]:
         # is any asset: the stream still takes only assets the plant declares, each on its
         # own topic)
         assets = sorted({b.asset for b in spec.bindings})
-        out[spec.id] = ([f"topic write plantpulse/+/{spec.id}"] if any("{" in a for a in assets)
-                        else [f"topic write plantpulse/{a}/{spec.id}" for a in assets])
+        out[spec.id] = (
+            [f"topic write plantpulse/+/{spec.id}"]
+            if any("{" in a for a in assets)
+            else [f"topic write plantpulse/{a}/{spec.id}" for a in assets]
+        )
         if spec.kind == "sparkplug" and spec.endpoint.endswith(f":{port}"):
-            rules = [f"topic readwrite spBv1.0/{spec.group}/#",
-                     f"topic readwrite spBv1.0/STATE/{spec.host_id}"]
+            rules = [
+                f"topic readwrite spBv1.0/{spec.group}/#",
+                f"topic readwrite spBv1.0/STATE/{spec.host_id}",
+            ]
             out.setdefault(spec.credentials or spec.id, []).extend(rules)
             out.setdefault("sparkplug-edge", []).append(f"topic readwrite spBv1.0/{spec.group}/#")
     return out
@@ -320,8 +332,10 @@ def _outbound_env(mqtt: tuple[str, int] | None, home: str | None) -> dict[str, s
     from plantpulse_cli.broker import OUTBOUND
 
     users = json.loads((Path(home) / "mosquitto" / "credentials.json").read_text())
-    return {"PLANTPULSE_OUTBOUND_MQTT_USERNAME": OUTBOUND,
-            "PLANTPULSE_OUTBOUND_MQTT_PASSWORD": users[OUTBOUND]}
+    return {
+        "PLANTPULSE_OUTBOUND_MQTT_USERNAME": OUTBOUND,
+        "PLANTPULSE_OUTBOUND_MQTT_PASSWORD": users[OUTBOUND],
+    }
 
 
 def wants_outbound() -> bool:
@@ -369,13 +383,23 @@ def _run(
     mqtt = (ensure_mosquitto(), mqtt_port) if mqtt_port is not None else None
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
     if mqtt is not None:  # the stream and the publisher log in with what the set-up generates
-        env["PLANTPULSE_MQTT_CREDENTIALS"] = str(Path(settings.home) / "mosquitto"
-                                                 / "credentials.json")
+        env["PLANTPULSE_MQTT_CREDENTIALS"] = str(
+            Path(settings.home) / "mosquitto" / "credentials.json"
+        )
         env.setdefault("PLANTPULSE_ADAPTER_CREDENTIALS", env["PLANTPULSE_MQTT_CREDENTIALS"])
     log_dir = Path(settings.home) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    running = services(host, port, ui, settings.recovery_dir, mqtt, settings.home, technician,
-                       adapters, outbound=wants_outbound())
+    running = services(
+        host,
+        port,
+        ui,
+        settings.recovery_dir,
+        mqtt,
+        settings.home,
+        technician,
+        adapters,
+        outbound=wants_outbound(),
+    )
     stop = {"now": False}
 
     def _stop(signum: int, _frame: object) -> None:

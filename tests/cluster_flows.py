@@ -18,8 +18,11 @@ T0_US = 1_767_225_600_000_000  # 2026-01-01T00:00:00Z, as tests.conftest
 
 def bad_payload(asset: str, k: int) -> bytes:
     """A reading whose value is not a number: a dead letter (``malformed``) of ``asset``."""
-    return (b'{"asset_id": "%s", "sensor_id": "motor_current", "ts": [%d], "value": ["x%d"]}'
-            % (asset.encode(), T0_US + k * 1_000_000, k))
+    return b'{"asset_id": "%s", "sensor_id": "motor_current", "ts": [%d], "value": ["x%d"]}' % (
+        asset.encode(),
+        T0_US + k * 1_000_000,
+        k,
+    )
 
 
 def fleet_timelines(n_machines: int, n_chunks: int) -> dict[str, Timeline]:
@@ -28,8 +31,14 @@ def fleet_timelines(n_machines: int, n_chunks: int) -> dict[str, Timeline]:
     from bytewax_flows.sources import chunk_payloads
     from physics.simulator import default_fleet
 
-    fleet = default_fleet(n_machines, seed=3, start_us=T0_US, outer_race_at_s=20,
-                          inner_race_at_s=40, time_to_failure_s=200)
+    fleet = default_fleet(
+        n_machines,
+        seed=3,
+        start_us=T0_US,
+        outer_race_at_s=20,
+        inner_race_at_s=40,
+        time_to_failure_s=200,
+    )
     out: dict[str, Timeline] = {}
     for asset in fleet.asset_ids:
         timeline: Timeline = []
@@ -42,8 +51,9 @@ def fleet_timelines(n_machines: int, n_chunks: int) -> dict[str, Timeline]:
     return out
 
 
-def fleet_replay_flow(lake_uri: str, n_machines: int = 6, n_chunks: int = 40,
-                      pause_s: float = 0.0) -> Dataflow:
+def fleet_replay_flow(
+    lake_uri: str, n_machines: int = 6, n_chunks: int = 40, pause_s: float = 0.0
+) -> Dataflow:
     """The telemetry flow over the fleet's replay: one source partition per machine, so the
     processes of a cluster each read their part.  ``pause_s`` before each micro-batch of 8
     messages slows the run down without changing where its micro-batches are cut (pacing by

@@ -64,31 +64,57 @@ def _values(sink: DecodeSink) -> dict[tuple[str, str], list[float]]:
 def test_example_plant_binds_declared_sensors():
     plant = load_plant(EXAMPLE)
     kinds = {a.id: a.kind for a in plant.adapters}
-    assert kinds == {"scada-opcua": "opcua", "plc-modbus": "modbus",
-                     "edge-sparkplug": "sparkplug"}
+    assert kinds == {"scada-opcua": "opcua", "plc-modbus": "modbus", "edge-sparkplug": "sparkplug"}
     modbus = next(a for a in plant.adapters if a.kind == "modbus")
     assert [(b.address, b.type, b.word_order) for b in modbus.bindings] == [
-        (0, "uint16", "big"), (1, "float32", "little"), (0, "int16", "big")]
+        (0, "uint16", "big"),
+        (1, "float32", "little"),
+        (0, "int16", "big"),
+    ]
 
 
-@pytest.mark.parametrize("old, new, where, message", [
-    ("sensor: motor_current, unit: A}", "sensor: motor_currant, unit: A}",
-     "adapters[0].bindings[2].sensor", "is not a sensor of asset 'pump-01'"),
-    ("sensor: bearing_temp, unit: degC}", "sensor: bearing_temp, unit: degF}",
-     "adapters[0].bindings[0].unit", "is not the unit of pump-01/bearing_temp"),
-    ("{register: 1, type: float32", "{register: 0, type: float32",
-     "adapters[1].bindings[1]", "bound twice"),
-    ("{register: 0, table: input, type: int16", "{register: 2, type: int16",
-     "adapters[1].bindings[2].register", "already read by the binding at line"),
-    ("kind: modbus", "kind: profinet", "adapters[1]", "kind must be one of"),
-    ("type: int16", "type: int12", "adapters[1].bindings[2].type", "Input should be"),
-    ("tcp://127.0.0.1:5020", "tcp://127.0.0.1", "adapters[1].endpoint",
-     "is not a modbus endpoint"),
-    ("poll_ms: 100", "poll_ms: 100\n    pol_ms: 3", "adapters[1]", "unknown key 'pol_ms'"),
-])
+@pytest.mark.parametrize(
+    "old, new, where, message",
+    [
+        (
+            "sensor: motor_current, unit: A}",
+            "sensor: motor_currant, unit: A}",
+            "adapters[0].bindings[2].sensor",
+            "is not a sensor of asset 'pump-01'",
+        ),
+        (
+            "sensor: bearing_temp, unit: degC}",
+            "sensor: bearing_temp, unit: degF}",
+            "adapters[0].bindings[0].unit",
+            "is not the unit of pump-01/bearing_temp",
+        ),
+        (
+            "{register: 1, type: float32",
+            "{register: 0, type: float32",
+            "adapters[1].bindings[1]",
+            "bound twice",
+        ),
+        (
+            "{register: 0, table: input, type: int16",
+            "{register: 2, type: int16",
+            "adapters[1].bindings[2].register",
+            "already read by the binding at line",
+        ),
+        ("kind: modbus", "kind: profinet", "adapters[1]", "kind must be one of"),
+        ("type: int16", "type: int12", "adapters[1].bindings[2].type", "Input should be"),
+        (
+            "tcp://127.0.0.1:5020",
+            "tcp://127.0.0.1",
+            "adapters[1].endpoint",
+            "is not a modbus endpoint",
+        ),
+        ("poll_ms: 100", "poll_ms: 100\n    pol_ms: 3", "adapters[1]", "unknown key 'pol_ms'"),
+    ],
+)
 def test_bad_bindings_are_one_line_errors(tmp_path, old, new, where, message):
-    text = EXAMPLE.read_text().replace("include: [demo.yaml]",
-                                       f"include: [{EXAMPLE.parent / 'demo.yaml'}]")
+    text = EXAMPLE.read_text().replace(
+        "include: [demo.yaml]", f"include: [{EXAMPLE.parent / 'demo.yaml'}]"
+    )
     assert old in text
     bad = tmp_path / "plant.yaml"
     bad.write_text(text.replace(old, new, 1))
@@ -103,19 +129,46 @@ def test_bad_bindings_are_one_line_errors(tmp_path, old, new, where, message):
 # -- Modbus TCP -------------------------------------------------------------------------------
 def test_modbus_types_scaling_bad_register_and_restart(tmp_path):
     lake = _lake(tmp_path)
-    spec = ModbusSpec.model_validate({
-        "id": "plc", "kind": "modbus", "endpoint": "tcp://127.0.0.1:1", "poll_ms": 50,
-        "reconnect_max_s": 0.5, "flush_ms": 50,
-        "bindings": [
-            {"register": 0, "type": "uint16", "scale": 0.01, "asset": "pump-02",
-             "sensor": "discharge_pressure"},
-            {"register": 1, "type": "float32", "word_order": "little", "asset": "pump-02",
-             "sensor": "motor_current"},
-            {"register": 3, "type": "int32", "asset": "pump-02", "sensor": "shaft_speed"},
-            {"register": 0, "table": "input", "type": "int16", "scale": 0.1,
-             "asset": "pump-02", "sensor": "bearing_temp"},
-            {"register": 150, "asset": "pump-01", "sensor": "bearing_temp"},  # not on the device
-        ]})
+    spec = ModbusSpec.model_validate(
+        {
+            "id": "plc",
+            "kind": "modbus",
+            "endpoint": "tcp://127.0.0.1:1",
+            "poll_ms": 50,
+            "reconnect_max_s": 0.5,
+            "flush_ms": 50,
+            "bindings": [
+                {
+                    "register": 0,
+                    "type": "uint16",
+                    "scale": 0.01,
+                    "asset": "pump-02",
+                    "sensor": "discharge_pressure",
+                },
+                {
+                    "register": 1,
+                    "type": "float32",
+                    "word_order": "little",
+                    "asset": "pump-02",
+                    "sensor": "motor_current",
+                },
+                {"register": 3, "type": "int32", "asset": "pump-02", "sensor": "shaft_speed"},
+                {
+                    "register": 0,
+                    "table": "input",
+                    "type": "int16",
+                    "scale": 0.1,
+                    "asset": "pump-02",
+                    "sensor": "bearing_temp",
+                },
+                {
+                    "register": 150,
+                    "asset": "pump-01",
+                    "sensor": "bearing_temp",
+                },  # not on the device
+            ],
+        }
+    )
 
     async def main() -> None:
         server = ModbusTestServer(n_holding=20, input_values=[0xFF9C])  # -100 -> -10.0 degC
@@ -130,14 +183,19 @@ def test_modbus_types_scaling_bad_register_and_restart(tmp_path):
         async def write(pressure: float, current: float, speed: int) -> None:
             c = AsyncModbusTcpClient("127.0.0.1", port=server.port)
             await c.connect()
-            words = [int(pressure * 100)] + registers_for(current, "float32", "little") + \
-                registers_for(speed, "int32")
+            words = (
+                [int(pressure * 100)]
+                + registers_for(current, "float32", "little")
+                + registers_for(speed, "int32")
+            )
             await c.write_registers(0, words, device_id=1)
             c.close()
 
         await write(3.5, 21.25, -1750)
-        await _until(lambda: 3.5 in _values(sink).get(("pump-02", "discharge_pressure"), []),
-                     what="the first poll")
+        await _until(
+            lambda: 3.5 in _values(sink).get(("pump-02", "discharge_pressure"), []),
+            what="the first poll",
+        )
         v = _values(sink)
         assert v[("pump-02", "motor_current")][-1] == 21.25
         assert v[("pump-02", "shaft_speed")][-1] == -1750
@@ -150,8 +208,10 @@ def test_modbus_types_scaling_bad_register_and_restart(tmp_path):
         server = ModbusTestServer(n_holding=20, port=port)
         await server.start()
         await write(4.25, 22.5, 1800)
-        await _until(lambda: 4.25 in _values(sink).get(("pump-02", "discharge_pressure"), []),
-                     what="a poll after the restart")
+        await _until(
+            lambda: 4.25 in _values(sink).get(("pump-02", "discharge_pressure"), []),
+            what="a poll after the restart",
+        )
         assert adapter.status.reconnects >= 1
         stop.set()
         await task
@@ -178,21 +238,30 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
         found = await browse(server.url)
         assert {f["node"] for f in found} == {temp, current}  # the text tag is no sensor
         assert "asset: pump-01, sensor: bearing_temp" in proposal_yaml(server.url, found)
-        spec = OpcuaSpec.model_validate({
-            "id": "scada", "kind": "opcua", "endpoint": server.url, "sampling_ms": 0,
-            "publishing_ms": 50, "reconnect_max_s": 0.5, "flush_ms": 50, "bindings": [
-                {"node": temp, "asset": "pump-01", "sensor": "bearing_temp"},
-                {"node": current, "asset": "pump-01", "sensor": "motor_current",
-                 "scale": 2.0},
-                {"node": label, "asset": "pump-01", "sensor": "discharge_pressure"},
-                {"node": "ns=2;s=pump-01.nothing", "asset": "pump-01", "sensor": "shaft_speed"},
-            ]})
+        spec = OpcuaSpec.model_validate(
+            {
+                "id": "scada",
+                "kind": "opcua",
+                "endpoint": server.url,
+                "sampling_ms": 0,
+                "publishing_ms": 50,
+                "reconnect_max_s": 0.5,
+                "flush_ms": 50,
+                "bindings": [
+                    {"node": temp, "asset": "pump-01", "sensor": "bearing_temp"},
+                    {"node": current, "asset": "pump-01", "sensor": "motor_current", "scale": 2.0},
+                    {"node": label, "asset": "pump-01", "sensor": "discharge_pressure"},
+                    {"node": "ns=2;s=pump-01.nothing", "asset": "pump-01", "sensor": "shaft_speed"},
+                ],
+            }
+        )
         sink = DecodeSink(keep=True)
         home = tmp_path / "home"
 
         async def start() -> tuple[OpcuaAdapter, asyncio.Event, asyncio.Task]:
-            adapter = OpcuaAdapter(spec.model_copy(update={"endpoint": server.url}), home,
-                                   lake, sink)
+            adapter = OpcuaAdapter(
+                spec.model_copy(update={"endpoint": server.url}), home, lake, sink
+            )
             stop = asyncio.Event()
             task = asyncio.create_task(adapter.run(stop))
             await _until(lambda: adapter.status.connected, 20, "a connection")
@@ -202,8 +271,9 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
         for i in range(5):
             await server.write({temp: 40.0 + i, current: 10.0 + i})
             await asyncio.sleep(0.1)
-        await _until(lambda: 44.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
-                     what="live values")
+        await _until(
+            lambda: 44.0 in _values(sink).get(("pump-01", "bearing_temp"), []), what="live values"
+        )
         assert 28.0 in _values(sink)[("pump-01", "motor_current")]  # scaled: 14 x 2
         # the adapter goes away (an outage); the server keeps recording history
         stop.set()
@@ -213,9 +283,14 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
             await server.write({temp: 60.0 + i})
             await asyncio.sleep(0.05)
         adapter, stop, task = await start()
-        await _until(lambda: adapter.status.backfilled >= 5 and len(
-            [x for x in _values(sink)[("pump-01", "bearing_temp")] if x >= 60]) >= 5, 20,
-            "the backfill")
+        await _until(
+            lambda: (
+                adapter.status.backfilled >= 5
+                and len([x for x in _values(sink)[("pump-01", "bearing_temp")] if x >= 60]) >= 5
+            ),
+            20,
+            "the backfill",
+        )
         await asyncio.sleep(0.3)  # nothing more comes (no value twice)
         got = _values(sink)[("pump-01", "bearing_temp")]
         assert [x for x in got if x >= 60] == [60.0, 61.0, 62.0, 63.0, 64.0]  # in order, once
@@ -225,12 +300,17 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
         await server.stop()
         server = OpcuaTestServer(tags, port=port, strings=(label,))
         await server.start()
-        await _until(lambda: adapter.status.reconnects >= 1 and adapter.status.connected, 30,
-                     "a reconnection")
+        await _until(
+            lambda: adapter.status.reconnects >= 1 and adapter.status.connected,
+            30,
+            "a reconnection",
+        )
         await asyncio.sleep(0.3)
         await server.write({temp: 99.0})
-        await _until(lambda: 99.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
-                     what="a value after the restart")
+        await _until(
+            lambda: 99.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
+            what="a value after the restart",
+        )
         stop.set()
         await task
         await server.stop()
@@ -250,11 +330,19 @@ def spb_broker(tmp_path_factory):
     adapter ``plc`` that may write ``plantpulse/+/plc`` (as ``plantpulse up`` sets it up)."""
     directory = tmp_path_factory.mktemp("mosquitto-spb")
     port = free_port()
-    conf = write_config(directory, port, {}, acl={
-        "host": ["topic readwrite spBv1.0/#"], "edge": ["topic readwrite spBv1.0/#"],
-        "plc": ["topic write plantpulse/+/plc"]})
-    proc = subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    conf = write_config(
+        directory,
+        port,
+        {},
+        acl={
+            "host": ["topic readwrite spBv1.0/#"],
+            "edge": ["topic readwrite spBv1.0/#"],
+            "plc": ["topic write plantpulse/+/plc"],
+        },
+    )
+    proc = subprocess.Popen(
+        [ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port(port)
     users = json.loads((directory / "credentials.json").read_text())
     yield port, users
@@ -267,17 +355,38 @@ def test_sparkplug_births_gap_malformed_and_wrong_type(tmp_path, spb_broker, mon
     monkeypatch.setenv("PLANTPULSE_HOST_USERNAME", "host")
     monkeypatch.setenv("PLANTPULSE_HOST_PASSWORD", users["host"])
     lake = _lake(tmp_path)
-    spec = SparkplugSpec.model_validate({
-        "id": "edge", "kind": "sparkplug", "endpoint": f"mqtt://127.0.0.1:{port}",
-        "credentials": "host", "group": "plant1", "flush_ms": 50, "reconnect_max_s": 0.5,
-        "bindings": [
-            {"device": "*", "metric": "Pump/BearingTemp", "asset": "{device}",
-             "sensor": "bearing_temp"},
-            {"device": "*", "metric": "Pump/Speed", "asset": "{device}", "sensor": "shaft_speed",
-             "scale": 60.0},
-            {"device": "pump-01", "metric": "Pump/Mode", "asset": "pump-01",
-             "sensor": "discharge_pressure"},
-        ]})
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "edge",
+            "kind": "sparkplug",
+            "endpoint": f"mqtt://127.0.0.1:{port}",
+            "credentials": "host",
+            "group": "plant1",
+            "flush_ms": 50,
+            "reconnect_max_s": 0.5,
+            "bindings": [
+                {
+                    "device": "*",
+                    "metric": "Pump/BearingTemp",
+                    "asset": "{device}",
+                    "sensor": "bearing_temp",
+                },
+                {
+                    "device": "*",
+                    "metric": "Pump/Speed",
+                    "asset": "{device}",
+                    "sensor": "shaft_speed",
+                    "scale": 60.0,
+                },
+                {
+                    "device": "pump-01",
+                    "metric": "Pump/Mode",
+                    "asset": "pump-01",
+                    "sensor": "discharge_pressure",
+                },
+            ],
+        }
+    )
 
     async def main() -> None:
         sink = DecodeSink(keep=True)
@@ -285,28 +394,43 @@ def test_sparkplug_births_gap_malformed_and_wrong_type(tmp_path, spb_broker, mon
         stop = asyncio.Event()
         task = asyncio.create_task(adapter.run(stop))
         await _until(lambda: adapter.status.connected, 10, "the broker")
-        edge = SparkplugEdge("127.0.0.1", port, "plant1", "node-1",
-                             {"pump-01": ["Pump/BearingTemp", "Pump/Speed", "Pump/Mode"],
-                              "pump-02": ["Pump/BearingTemp", "Pump/Speed"]},
-                             auth=("edge", users["edge"]))
+        edge = SparkplugEdge(
+            "127.0.0.1",
+            port,
+            "plant1",
+            "node-1",
+            {
+                "pump-01": ["Pump/BearingTemp", "Pump/Speed", "Pump/Mode"],
+                "pump-02": ["Pump/BearingTemp", "Pump/Speed"],
+            },
+            auth=("edge", users["edge"]),
+        )
         await asyncio.to_thread(edge.births)
         t0 = int(time.time() * 1000) - 10_000
         for k in range(5):
-            await asyncio.to_thread(edge.data, "pump-01", {"Pump/BearingTemp": 40.0 + k,
-                                                            "Pump/Speed": 29.5}, t0 + k * 100)
+            await asyncio.to_thread(
+                edge.data,
+                "pump-01",
+                {"Pump/BearingTemp": 40.0 + k, "Pump/Speed": 29.5},
+                t0 + k * 100,
+            )
         # a gap: two messages never arrive
         edge.seq = (edge.seq + 2) % 256
         await asyncio.to_thread(edge.data, "pump-02", {"Pump/BearingTemp": 50.0}, t0 + 600)
         await _until(lambda: edge.rebirths >= 1, 10, "a rebirth request after the gap")
         # a malformed payload, and a text metric bound to a sensor (the wrong type)
         await asyncio.sleep(2.1)  # the rebirth limit: one per node every 2 s
-        await asyncio.to_thread(edge.publish, "spBv1.0/plant1/DDATA/node-1/pump-01",
-                                b"\xff\xff not protobuf")
+        await asyncio.to_thread(
+            edge.publish, "spBv1.0/plant1/DDATA/node-1/pump-01", b"\xff\xff not protobuf"
+        )
         await _until(lambda: edge.rebirths >= 2, 10, "a rebirth request after the garbage")
-        await asyncio.to_thread(edge.data, "pump-01", {"Pump/Mode": "AUTO",
-                                                        "Pump/BearingTemp": 45.0}, t0 + 700)
-        await _until(lambda: 45.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
-                     what="the metrics beside the wrong one")
+        await asyncio.to_thread(
+            edge.data, "pump-01", {"Pump/Mode": "AUTO", "Pump/BearingTemp": 45.0}, t0 + 700
+        )
+        await _until(
+            lambda: 45.0 in _values(sink).get(("pump-01", "bearing_temp"), []),
+            what="the metrics beside the wrong one",
+        )
         edge.close()
         stop.set()
         await task
@@ -330,11 +454,19 @@ def test_sparkplug_metric_timestamps_and_aliases(tmp_path, spb_broker, monkeypat
     port, users = spb_broker
     monkeypatch.setenv("PLANTPULSE_HOST_USERNAME", "host")
     monkeypatch.setenv("PLANTPULSE_HOST_PASSWORD", users["host"])
-    spec = SparkplugSpec.model_validate({
-        "id": "edge2", "kind": "sparkplug", "endpoint": f"mqtt://127.0.0.1:{port}",
-        "credentials": "host", "group": "plant2", "flush_ms": 50,
-        "bindings": [{"device": "*", "metric": "T", "asset": "{device}",
-                      "sensor": "bearing_temp"}]})
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "edge2",
+            "kind": "sparkplug",
+            "endpoint": f"mqtt://127.0.0.1:{port}",
+            "credentials": "host",
+            "group": "plant2",
+            "flush_ms": 50,
+            "bindings": [
+                {"device": "*", "metric": "T", "asset": "{device}", "sensor": "bearing_temp"}
+            ],
+        }
+    )
 
     async def main() -> DecodeSink:
         sink = DecodeSink(keep=True)
@@ -342,8 +474,9 @@ def test_sparkplug_metric_timestamps_and_aliases(tmp_path, spb_broker, monkeypat
         stop = asyncio.Event()
         task = asyncio.create_task(adapter.run(stop))
         await _until(lambda: adapter.status.connected, 10, "the broker")
-        edge = SparkplugEdge("127.0.0.1", port, "plant2", "n", {"pump-03": ["T"]},
-                             auth=("edge", users["edge"]))
+        edge = SparkplugEdge(
+            "127.0.0.1", port, "plant2", "n", {"pump-03": ["T"]}, auth=("edge", users["edge"])
+        )
         await asyncio.to_thread(edge.births)
         await asyncio.to_thread(edge.data, "pump-03", {"T": 41.5}, 1_767_225_600_123)
         await _until(lambda: sink.readings >= 2, what="the readings")  # birth value + data
@@ -363,9 +496,15 @@ def test_buffer_is_bounded_and_overflow_is_recorded(tmp_path):
     """The stream is down: the buffer grows to its bound, no further; the oldest messages go to
     dead_letter (payload kept) and are counted; when the stream is back the rest drains."""
     lake = _lake(tmp_path)
-    spec = ModbusSpec.model_validate({
-        "id": "plc", "kind": "modbus", "endpoint": "tcp://127.0.0.1:1", "buffer_mb": 0.05,
-        "bindings": [{"register": 0, "asset": "pump-02", "sensor": "discharge_pressure"}]})
+    spec = ModbusSpec.model_validate(
+        {
+            "id": "plc",
+            "kind": "modbus",
+            "endpoint": "tcp://127.0.0.1:1",
+            "buffer_mb": 0.05,
+            "bindings": [{"register": 0, "asset": "pump-02", "sensor": "discharge_pressure"}],
+        }
+    )
     sink = DecodeSink()
     sink.available = False
     adapter = ModbusAdapter(spec, tmp_path / "home", lake, sink)
@@ -415,8 +554,7 @@ def test_modbus_readings_reach_the_lake_through_the_broker_and_the_stream(tmp_pa
 
     port, users = spb_broker
     lake = Lake(tmp_path / "lake")
-    source = MQTTSource(port=port, idle_stop_s=4.0, username="worker",
-                        password=users["worker"])
+    source = MQTTSource(port=port, idle_stop_s=4.0, username="worker", password=users["worker"])
     done = threading.Event()
 
     def stream() -> None:
@@ -428,13 +566,29 @@ def test_modbus_readings_reach_the_lake_through_the_broker_and_the_stream(tmp_pa
     async def main() -> ModbusAdapter:
         server = ModbusTestServer(n_holding=10)
         await server.start()
-        spec = ModbusSpec.model_validate({
-            "id": "plc", "kind": "modbus", "endpoint": f"tcp://127.0.0.1:{server.port}",
-            "poll_ms": 100, "flush_ms": 100, "bindings": [
-                {"register": 0, "scale": 0.01, "asset": "pump-02",
-                 "sensor": "discharge_pressure"},
-                {"register": 1, "type": "float32", "asset": "pump-02",
-                 "sensor": "motor_current"}]})
+        spec = ModbusSpec.model_validate(
+            {
+                "id": "plc",
+                "kind": "modbus",
+                "endpoint": f"tcp://127.0.0.1:{server.port}",
+                "poll_ms": 100,
+                "flush_ms": 100,
+                "bindings": [
+                    {
+                        "register": 0,
+                        "scale": 0.01,
+                        "asset": "pump-02",
+                        "sensor": "discharge_pressure",
+                    },
+                    {
+                        "register": 1,
+                        "type": "float32",
+                        "asset": "pump-02",
+                        "sensor": "motor_current",
+                    },
+                ],
+            }
+        )
         from pymodbus.client import AsyncModbusTcpClient
 
         c = AsyncModbusTcpClient("127.0.0.1", port=server.port)
@@ -475,8 +629,14 @@ def test_up_runs_the_adapters_with_their_own_broker_users(tmp_path):
     acl = adapter_acl(str(EXAMPLE), 1883)
     assert acl["plc-modbus"] == ["topic write plantpulse/pump-02/plc-modbus"]  # its assets
     assert "topic readwrite spBv1.0/plant1/#" in acl["sparkplug"]
-    running = services("127.0.0.1", 3000, ui=False, mqtt=("/usr/sbin/mosquitto", 1883),
-                       home=str(tmp_path), adapters=str(EXAMPLE))
+    running = services(
+        "127.0.0.1",
+        3000,
+        ui=False,
+        mqtt=("/usr/sbin/mosquitto", 1883),
+        home=str(tmp_path),
+        adapters=str(EXAMPLE),
+    )
     argv = {s.name: s.argv for s in running}
     assert argv["adapters"][1:] == ["-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883"]
     users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())

@@ -40,21 +40,28 @@ def test_retrain_loop_closes_on_real_services(tmp_path: Path):
     sensor's retrain → the gate promotes a champion that knows the fault → the running stream
     scores with it, within the target counted from the label's arrival."""
     out = tmp_path / "retrain_loop.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANTPULSE_", "DAGSTER_",
-                                                                      "MLFLOW_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PLANTPULSE_", "DAGSTER_", "MLFLOW_"))
+    }
     # the bench waits up to 200 s for a label, then the 300 s its target allows plus 60 s
     done = subprocess.run(
         # every alert labelled: a never-labelled share (the bench's default) could leave the
         # loop open by chance, which the bench reports and a test must not depend on
         [sys.executable, "-m", "bench.retrain_loop", "--quick", "--never", "0", "--out", str(out)],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
     m, details = result["metrics"], result["details"]
     # labels only after the alert they confirm, and only for machines really faulted
-    assert details["labels"] and all(r["asset_id"] in ("pump-03", "pump-06")
-                                     for r in details["labels"])
+    assert details["labels"] and all(
+        r["asset_id"] in ("pump-03", "pump-06") for r in details["labels"]
+    )
     assert 0 < m["change_to_first_alert_s"] <= m["change_to_label_s"]
     assert details["new_champion"] not in (None, details["first_champion"])
     assert 0 < m["label_to_gate_decision_s"] <= m["label_to_new_champion_scoring_s"] <= 300

@@ -96,8 +96,10 @@ def test_status_reports_tables_champion_and_stream(mlops: dict, tmp_path: Path):
 def test_alerts_show_the_current_state_of_each_alert(tmp_path: Path):
     lake = Lake(tmp_path / "lake")
     t = pd.Timestamp.now(tz="UTC").floor("s")
-    top = [{"feature": "env_bpfo_1", "contribution": 2.5}, {"feature": "kurtosis",
-                                                             "contribution": 0.5}]
+    top = [
+        {"feature": "env_bpfo_1", "contribution": 2.5},
+        {"feature": "kurtosis", "contribution": 0.5},
+    ]
     rows = pd.DataFrame(
         {
             "alert_id": ["a1", "a1", "a2"],
@@ -159,7 +161,11 @@ def test_operator_mistakes_are_one_line_and_exit_2(
 # -- sql: read-only, one statement, bounded ----------------------------------------------------
 def _sql(*args: str, home: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PLANTPULSE, "sql", *args], cwd=cwd or REPO, capture_output=True, text=True, timeout=60,
+        [PLANTPULSE, "sql", *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PLANTPULSE_HOME": str(home)},
     )
 
@@ -211,7 +217,9 @@ def test_sql_limits_rows_and_says_so(tmp_path: Path):
     exact = _sql("select value from readings", "--limit", "30", home=tmp_path)
     assert len(exact.stdout.split()) == 31 and "shown" not in exact.stderr
     default = _sql("select * from range(5000)", home=tmp_path)
-    assert len(default.stdout.strip().splitlines()) == 1 + 1000 and "1000 rows shown" in default.stderr
+    assert (
+        len(default.stdout.strip().splitlines()) == 1 + 1000 and "1000 rows shown" in default.stderr
+    )
     every = _sql("select * from range(5000)", "--all", home=tmp_path)
     assert len(every.stdout.strip().splitlines()) == 1 + 5000
 
@@ -284,7 +292,11 @@ def test_cli_does_not_import_heavy_packages_it_does_not_need(tmp_path: Path, arg
         f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
     )
     assert out.returncode == 0, out.stderr
@@ -305,8 +317,11 @@ def test_a_second_up_is_refused_and_the_first_keeps_running_then_leaves_nothing(
     with open(log, "w") as sink:
         first = subprocess.Popen(
             [PLANTPULSE, "up", "--port", str(port), "--duration", "400"],
-            cwd=REPO, env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
-            stdout=sink, stderr=subprocess.STDOUT, text=True,
+            cwd=REPO,
+            env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     try:
         deadline = time.monotonic() + 240

@@ -31,8 +31,12 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 TABLES = ("readings", "features", "scores", "alerts", "dead_letter", "frames", "drift_events")
-WALL_CLOCK = {"readings": ["ingest_ts"], "scores": ["latency_ms"],
-              "dead_letter": ["received_ts", "date"], "frames": ["samples"]}
+WALL_CLOCK = {
+    "readings": ["ingest_ts"],
+    "scores": ["latency_ms"],
+    "dead_letter": ["received_ts", "date"],
+    "frames": ["samples"],
+}
 MACHINES, CHUNKS = 6, 40
 
 
@@ -50,8 +54,9 @@ def contents(lake: Lake) -> dict[str, Counter]:
     return {t: rows(lake, t) for t in TABLES}
 
 
-def assert_same_contents(expected: dict[str, Counter], lake: Lake, what: str,
-                         tables: tuple[str, ...] = TABLES) -> None:
+def assert_same_contents(
+    expected: dict[str, Counter], lake: Lake, what: str, tables: tuple[str, ...] = TABLES
+) -> None:
     got = contents(lake)
     for table in tables:
         dup = sum(n - 1 for n in got[table].values() if n > 1)
@@ -59,7 +64,8 @@ def assert_same_contents(expected: dict[str, Counter], lake: Lake, what: str,
         lost, extra = expected[table] - got[table], got[table] - expected[table]
         assert not lost and not extra, (
             f"{what}: {table} differs from one worker: {sum(lost.values())} rows missing, "
-            f"{sum(extra.values())} rows extra")
+            f"{sum(extra.values())} rows extra"
+        )
 
 
 def cluster_env(tmp_path: Path, lake: Lake) -> dict[str, str]:
@@ -68,8 +74,13 @@ def cluster_env(tmp_path: Path, lake: Lake) -> dict[str, str]:
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client(tracking).search_experiments(max_results=1)
-    return {**os.environ, "PLANTPULSE_HOME": str(tmp_path), "PLANTPULSE_LAKE": lake.uri,
-            "MLFLOW_TRACKING_URI": tracking, "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "PLANTPULSE_HOME": str(tmp_path),
+        "PLANTPULSE_LAKE": lake.uri,
+        "MLFLOW_TRACKING_URI": tracking,
+        "PYTHONPATH": str(REPO),
+    }
 
 
 def stop(procs: list, grace_s: float = 10.0) -> None:
@@ -112,17 +123,20 @@ def test_the_shards_spread_evenly_over_the_processes(tmp_path: Path, processes: 
     """Shard ``k``'s state key lands on process ``k % n`` (plain "0".."3" all landed on one
     process of two: a 2-process cluster did no more work than one)."""
     target = f"tests.cluster_flows:key_probe_flow({str(tmp_path)!r})"
-    procs = start_cluster(target, processes, {**os.environ, "PYTHONPATH": str(REPO)},
-                          log=tmp_path / "log")
+    procs = start_cluster(
+        target, processes, {**os.environ, "PYTHONPATH": str(REPO)}, log=tmp_path / "log"
+    )
     assert wait_all(procs, 120) == [0] * processes
-    got = {key: i for i, p in enumerate(procs)
-           for key in (tmp_path / str(p.pid)).read_text().split()}
+    got = {
+        key: i for i, p in enumerate(procs) for key in (tmp_path / str(p.pid)).read_text().split()
+    }
     assert got == {key: k % processes for k, key in enumerate(WORKER_KEYS)}
 
 
 @pytest.mark.parametrize("processes", [2, 4])
 def test_a_cluster_over_the_partitioned_replay_writes_what_one_worker_writes(
-        one_worker: dict[str, Counter], tmp_path: Path, processes: int):
+    one_worker: dict[str, Counter], tmp_path: Path, processes: int
+):
     lake = Lake(tmp_path / "lake")
     lake.create_tables()  # once, not by N processes racing
     target = f"tests.cluster_flows:fleet_replay_flow({lake.uri!r}, {MACHINES}, {CHUNKS})"
@@ -133,10 +147,12 @@ def test_a_cluster_over_the_partitioned_replay_writes_what_one_worker_writes(
     assert_same_contents(one_worker, lake, f"{processes} processes")
 
 
-@pytest.mark.parametrize("restart_with", [2, pytest.param(3, marks=pytest.mark.long)],
-                         ids=["restart", "rescale-to-3"])
+@pytest.mark.parametrize(
+    "restart_with", [2, pytest.param(3, marks=pytest.mark.long)], ids=["restart", "rescale-to-3"]
+)
 def test_kill_9_of_one_process_and_a_cluster_restart_lose_and_duplicate_nothing(
-        one_worker: dict[str, Counter], tmp_path: Path, restart_with: int):
+    one_worker: dict[str, Counter], tmp_path: Path, restart_with: int
+):
     """The replay slowed down (so the kill lands mid-run) through 2 processes with recovery
     (snapshots every second): one process is SIGKILLed once rows are committed, the other falls
     with the cluster; the restarted cluster (of 2, or rescaled to 3 processes over the same
@@ -148,8 +164,9 @@ def test_kill_9_of_one_process_and_a_cluster_restart_lose_and_duplicate_nothing(
     recovery.mkdir()
     init_db_dir(recovery, 2)
     env = cluster_env(tmp_path, lake)
-    target = (f"tests.cluster_flows:fleet_replay_flow({lake.uri!r}, {MACHINES}, {CHUNKS}, "
-              f"pause_s=0.5)")
+    target = (
+        f"tests.cluster_flows:fleet_replay_flow({lake.uri!r}, {MACHINES}, {CHUNKS}, pause_s=0.5)"
+    )
     log = tmp_path / "cluster.log"
     procs = start_cluster(target, 2, env, recovery=recovery, log=log)
     total = sum(one_worker["readings"].values())
@@ -162,8 +179,9 @@ def test_kill_9_of_one_process_and_a_cluster_restart_lose_and_duplicate_nothing(
     partial = lake.count("readings")
     assert 0 < partial < total, "the kill must land mid-run"
 
-    again = start_cluster(target.replace("pause_s=0.5", "pause_s=0.0"), restart_with, env,
-                          recovery=recovery, log=log)
+    again = start_cluster(
+        target.replace("pause_s=0.5", "pause_s=0.0"), restart_with, env, recovery=recovery, log=log
+    )
     codes = wait_all(again, 240)
     assert codes == [0] * restart_with, log.read_text()[-3000:]
     assert_same_contents(one_worker, lake, "kill -9 and restart")
@@ -179,8 +197,11 @@ def _publish(rig: Rig, n: int) -> int:
         infos = []
         for k in range(n):
             asset, sensor = ASSETS[k % 3], SCALARS[(k // 3) % 3]
-            infos.append(pub.publish(topic_for(asset, sensor),
-                                     scalar_message(asset, sensor, k, 10, rate_hz=20)))
+            infos.append(
+                pub.publish(
+                    topic_for(asset, sensor), scalar_message(asset, sensor, k, 10, rate_hz=20)
+                )
+            )
         for info in infos:
             info.wait_for_publish(30)
     finally:
@@ -188,8 +209,9 @@ def _publish(rig: Rig, n: int) -> int:
     return n * 10
 
 
-def test_an_mqtt_cluster_writes_what_one_worker_writes(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch):
+def test_an_mqtt_cluster_writes_what_one_worker_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("PLANTPULSE_MQTT_CREDENTIALS", "")  # restored after the rigs set it
     rigs = {n: Rig(tmp_path / f"p{n}", f"cluster{n}", processes=n) for n in (1, 2)}
     try:
@@ -198,9 +220,11 @@ def test_an_mqtt_cluster_writes_what_one_worker_writes(tmp_path: Path,
         want = {n: _publish(rig, 120) for n, rig in rigs.items()}
         for n, rig in rigs.items():
             deadline = time.monotonic() + 240
-            while (time.monotonic() < deadline and not rig.died()
-                   and (rig.lake.count("readings") if rig.lake.exists("readings") else 0)
-                   < want[n]):
+            while (
+                time.monotonic() < deadline
+                and not rig.died()
+                and (rig.lake.count("readings") if rig.lake.exists("readings") else 0) < want[n]
+            ):
                 time.sleep(0.5)
             assert not rig.died(), (rig.root / "workers.log").read_text()[-3000:]
         time.sleep(3)  # a duplicate would have landed by now
@@ -215,14 +239,17 @@ def test_an_mqtt_cluster_writes_what_one_worker_writes(tmp_path: Path,
     # allowed lateness, is accepted but its window may be gone): windows of the same series
     assert_same_contents(one, rigs[2].lake, "2 MQTT workers", ("readings", "dead_letter"))
     assert not two["dead_letter"]
-    series = [set(map(tuple, rigs[n].lake.read("features", columns=["asset_id", "sensor_id"])
-                      .to_numpy())) for n in (1, 2)]
+    series = [
+        set(map(tuple, rigs[n].lake.read("features", columns=["asset_id", "sensor_id"]).to_numpy()))
+        for n in (1, 2)
+    ]
     assert series[0] == series[1] and len(series[0]) == 9
 
 
 @pytest.mark.long  # bench.reliability --parts kill runs it at 20 points
 def test_a_kill_matrix_over_an_mqtt_cluster_loses_and_duplicates_nothing(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Issue 13.5 with several workers: a publisher keeps sending through the broker to a
     2-process cluster (each process one client of the shared subscription, one source per
     client) while one process is SIGKILLed at 2 random points after progress, and the cluster

@@ -39,8 +39,12 @@ def pump(n: int, seed: int, tail_df: float | None = None) -> dict[str, np.ndarra
     }
 
 
-def stream(asset: str, readings: dict[str, np.ndarray], state: AssetScorer | None = None,
-           policy: AlertPolicy | None = None) -> tuple[AssetScorer, Out]:
+def stream(
+    asset: str,
+    readings: dict[str, np.ndarray],
+    state: AssetScorer | None = None,
+    policy: AlertPolicy | None = None,
+) -> tuple[AssetScorer, Out]:
     """Every sensor's 30 s window per second (level, slope, std and the sensor's quantum, as
     ``dataplane.step`` offers them) through ``score_process``."""
     state, policy, out = state or AssetScorer(), policy or AlertPolicy(), Out([])
@@ -51,8 +55,9 @@ def stream(asset: str, readings: dict[str, np.ndarray], state: AssetScorer | Non
         tick = T0_US + t * 1_000_000
         for s in readings:
             views = {k: float(stats[s][k][t]) for k in ("level", "slope", "std")}
-            views.update(resolution=RESOLUTION[s], window_s=float(window), rate_hz=1.0,
-                         overlap=float(window))
+            views.update(
+                resolution=RESOLUTION[s], window_s=float(window), rate_hz=1.0, overlap=float(window)
+            )
             score_process(state, Emit(out, 0, 0), asset, s, tick, tick, views, policy)
     return state, out
 
@@ -78,7 +83,7 @@ def test_a_fault_inside_the_warm_up_is_not_learnt_as_normal():
         state, out = stream("pump-01", readings, policy=policy)
         thresholds[name] = policy.for_channel("process", state.proc.detector).anomaly_open_at
         scores = np.array([r["anomaly_score"] for r in out.dicts["scores"]])
-        fault_scores[name] = np.median(scores[100 + 40:160])  # inside the late fault
+        fault_scores[name] = np.median(scores[100 + 40 : 160])  # inside the late fault
         assert alerts_opened(out), name
     assert fault_scores["faulty"] > 5 * thresholds["faulty"]
     assert thresholds["faulty"] < 2 * thresholds["clean"]
@@ -95,13 +100,19 @@ def test_each_asset_gets_the_threshold_its_own_warm_up_supports():
     rng = np.random.default_rng(2)
     spiky = pump(n, seed=7)
     spiky["motor_current"] += 0.03 * np.abs(rng.standard_t(1.5, n))
-    runs = {"pump-01": stream("pump-01", pump(n, seed=7), policy=policy),
-            "pump-02": stream("pump-02", spiky, policy=policy)}
-    opens = {a: policy.for_channel("process", s.proc.detector).anomaly_open_at
-             for a, (s, _) in runs.items()}
+    runs = {
+        "pump-01": stream("pump-01", pump(n, seed=7), policy=policy),
+        "pump-02": stream("pump-02", spiky, policy=policy),
+    }
+    opens = {
+        a: policy.for_channel("process", s.proc.detector).anomaly_open_at
+        for a, (s, _) in runs.items()
+    }
     assert opens["pump-02"] > 1.1 * opens["pump-01"]
-    scores = {a: np.array([r["anomaly_score"] for r in out.dicts["scores"]])
-              for a, (_, out) in runs.items()}
+    scores = {
+        a: np.array([r["anomaly_score"] for r in out.dicts["scores"]])
+        for a, (_, out) in runs.items()
+    }
     on_calm = (scores["pump-02"] > opens["pump-01"]).mean()
     on_own = (scores["pump-02"] > opens["pump-02"]).mean()
     assert on_calm > 1.2 * on_own
@@ -122,9 +133,11 @@ def test_slow_normal_drift_does_not_alert_a_step_fault_does():
     drifting["discharge_pressure"] += creep
     drifting["motor_current"] += 2.0 * creep
     state, out = stream("pump-01", drifting, policy=policy)
-    assert state.proc.detector.views == {"bearing_temp": "slope",
-                                         "discharge_pressure": "level",
-                                         "motor_current": "level"}
+    assert state.proc.detector.views == {
+        "bearing_temp": "slope",
+        "discharge_pressure": "level",
+        "motor_current": "level",
+    }
     assert not alerts_opened(out)
 
     stepped = pump(n, seed=3)
@@ -142,8 +155,14 @@ def test_a_declared_view_is_kept_and_sensors_without_warm_up_data_never_score():
     det = RobustMahalanobis(warmup=50)
     rng = np.random.default_rng(0)
     for _ in range(50):
-        det.learn_one({"a:slope": rng.normal(), "b:level": rng.normal(), "b:slope": rng.normal(),
-                       "b:std": 5.0})
+        det.learn_one(
+            {
+                "a:slope": rng.normal(),
+                "b:level": rng.normal(),
+                "b:slope": rng.normal(),
+                "b:std": 5.0,
+            }
+        )
     assert det.views == {"a": "slope", "b": "level"}
     assert det.quantile(0.99) > 0
     empty = RobustMahalanobis(warmup=5)

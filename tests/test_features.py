@@ -88,9 +88,7 @@ def test_stream_features_equal_batch_features_on_the_same_frames(lake: Lake):
     run_main(get_flow(SimulatorSource(sim, n_chunks=3), lake.uri))
     stream = lake.read(
         "features", filters=[("asset_id", "=", "pump-02"), ("sensor_id", "=", "vib_de")]
-    ).sort_values(
-        "window_start"
-    )
+    ).sort_values("window_start")
     assert len(stream) == 3 and (stream["feature_version"] == FEATURE_VERSION).all()
     frames = frames_of(sim, "pump-02", range(3))
     # the stream uses the newest shaft_speed reading seen before each frame (same chunk)

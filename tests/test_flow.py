@@ -108,8 +108,9 @@ def test_every_branch_ends_in_exactly_one_table(lake: Lake):
     # reached its last expected reading (a 1 Hz sensor: its one reading): 0 s, 3 s and 4 s;
     # the out-of-order 1.5 s reading is accepted but its bucket had passed (it joins the window
     # of 4 s: the mean of 40, 41, 43 and 44)
-    assert sorted(process["window_end"]) == [pd.Timestamp(t, unit="us", tz="UTC")
-                                              + pd.Timedelta(seconds=s) for s in (0, 3, 4)]
+    assert sorted(process["window_end"]) == [
+        pd.Timestamp(t, unit="us", tz="UTC") + pd.Timedelta(seconds=s) for s in (0, 3, 4)
+    ]
     assert process.sort_values("window_end")["proc_level"].tolist() == [40.0, 40.5, 42.0]
     assert process["proc_level"].notna().all() and process["vib_rms"].isna().all()
     assert lake.count("frames") == 1  # the first accepted frame is kept as a sample
@@ -220,8 +221,15 @@ def test_a_later_simulation_of_the_same_machines_lands_in_full(tmp_path):
 
 def _rejected(source: str, offset: int) -> SinkRows:
     schema = table_spec("dead_letter").input_schema
-    row = {"received_ts": T0_US + offset, "source": source, "raw": b"x%d" % offset,
-           "reason": "malformed", "detail": "test", "asset_id": None, "sensor_id": None}
+    row = {
+        "received_ts": T0_US + offset,
+        "source": source,
+        "raw": b"x%d" % offset,
+        "reason": "malformed",
+        "detail": "test",
+        "asset_id": None,
+        "sensor_id": None,
+    }
     rows = pa.table({f.name: pa.array([row[f.name]], f.type) for f in schema}, schema=schema)
     return SinkRows("dead_letter", source, offset, rows)
 
@@ -260,16 +268,25 @@ def test_a_source_is_durable_up_to_the_smallest_mark_over_every_stream_table(lak
 def _readings_item(source: str, offsets: list[int]) -> SinkRows:
     n = len(offsets)
     ts = pa.array([T0_US + o for o in offsets], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    rows = pa.table({"asset_id": ["a"] * n, "sensor_id": ["s"] * n, "ts": ts,
-                     "value": [float(o) for o in offsets], "raw_value": [float(o) for o in offsets],
-                     "quality": ["good"] * n, "ingest_ts": ts},
-                    schema=table_spec("readings").input_schema)
+    rows = pa.table(
+        {
+            "asset_id": ["a"] * n,
+            "sensor_id": ["s"] * n,
+            "ts": ts,
+            "value": [float(o) for o in offsets],
+            "raw_value": [float(o) for o in offsets],
+            "quality": ["good"] * n,
+            "ingest_ts": ts,
+        },
+        schema=table_spec("readings").input_schema,
+    )
     return SinkRows("readings", source, np.array(offsets), rows)
 
 
 @pytest.mark.parametrize("per_path", [False, True], ids=["one-key-per-source", "one-key-per-path"])
 def test_a_crash_between_two_paths_commits_loses_nothing_only_with_per_path_keys(
-        lake: Lake, per_path: bool):
+    lake: Lake, per_path: bool
+):
     """Issue 13.5, proven: one source's rows reach a table along two shards.  Shard 0 commits
     offsets 5..9 eagerly; shard 1's offsets 0..4 are still in flight when the worker dies; the
     restart replays both.  Keyed by source alone, 0..4 sit below the recorded 9 and are dropped
@@ -293,9 +310,20 @@ def test_shards_crash_and_resume_match_an_uninterrupted_run(tmp_path: Path):
     from dataplane.wire import Batch
 
     def batch(k: int) -> Batch:
-        return Batch([msg(k * 10 + j, reading("motor_current", T0_US + k * 1_000_000 + j,
-                                               20.0 + j, asset_id=f"pump-0{j % 6 + 1}"))
-                      for j in range(10)])
+        return Batch(
+            [
+                msg(
+                    k * 10 + j,
+                    reading(
+                        "motor_current",
+                        T0_US + k * 1_000_000 + j,
+                        20.0 + j,
+                        asset_id=f"pump-0{j % 6 + 1}",
+                    ),
+                )
+                for j in range(10)
+            ]
+        )
 
     items = [batch(k) for k in range(12)]
     reference = Lake(tmp_path / "reference")
@@ -306,10 +334,11 @@ def test_shards_crash_and_resume_match_an_uninterrupted_run(tmp_path: Path):
     init_db_dir(recovery, 1)
     with_abort = [*items[:7], TestingSource.ABORT(), *items[7:]]  # aborts the first run only
     for _ in range(2):
-        run_main(build_flow(TestingSource(with_abort),
-                            DeltaSink(crashed.uri, max_rows=1), shards=4),
-                 epoch_interval=timedelta(seconds=3600),
-                 recovery_config=RecoveryConfig(str(recovery)))
+        run_main(
+            build_flow(TestingSource(with_abort), DeltaSink(crashed.uri, max_rows=1), shards=4),
+            epoch_interval=timedelta(seconds=3600),
+            recovery_config=RecoveryConfig(str(recovery)),
+        )
     cols = ["asset_id", "sensor_id", "ts", "value"]
     a = reference.read("readings", columns=cols).sort_values(cols).reset_index(drop=True)
     b = crashed.read("readings", columns=cols).sort_values(cols).reset_index(drop=True)

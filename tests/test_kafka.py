@@ -28,11 +28,13 @@ TOPIC = "plantpulse.telemetry"
 
 
 def test_settings_from_the_environment():
-    s = KafkaSettings.from_env({
-        "PLANTPULSE_KAFKA_BROKERS": "k1:9092, k2:9092",
-        "PLANTPULSE_KAFKA_CONFIG": '{"security.protocol": "SSL"}',
-        "PLANTPULSE_KAFKA_BATCH": "500",
-    })
+    s = KafkaSettings.from_env(
+        {
+            "PLANTPULSE_KAFKA_BROKERS": "k1:9092, k2:9092",
+            "PLANTPULSE_KAFKA_CONFIG": '{"security.protocol": "SSL"}',
+            "PLANTPULSE_KAFKA_BATCH": "500",
+        }
+    )
     assert s.brokers == ("k1:9092", "k2:9092") and s.topic == TOPIC and s.batch_size == 500
     conf = producer_config(s)
     assert conf["bootstrap.servers"] == "k1:9092,k2:9092"
@@ -41,13 +43,16 @@ def test_settings_from_the_environment():
     assert source._add_config == {"security.protocol": "SSL"} and source._batch_size == 500
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({}, "PLANTPULSE_KAFKA_BROKERS is not set"),
-    ({"PLANTPULSE_KAFKA_BROKERS": "k1"}, "k1 is not host:port"),
-    ({"PLANTPULSE_KAFKA_BROKERS": "k:1", "PLANTPULSE_KAFKA_CONFIG": "[1]"}, "JSON object"),
-    ({"PLANTPULSE_KAFKA_BROKERS": "k:1", "PLANTPULSE_KAFKA_CONFIG": "{"}, "not valid JSON"),
-    ({"PLANTPULSE_KAFKA_BROKERS": "k:1", "PLANTPULSE_KAFKA_BATCH": "0"}, "positive integer"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "PLANTPULSE_KAFKA_BROKERS is not set"),
+        ({"PLANTPULSE_KAFKA_BROKERS": "k1"}, "k1 is not host:port"),
+        ({"PLANTPULSE_KAFKA_BROKERS": "k:1", "PLANTPULSE_KAFKA_CONFIG": "[1]"}, "JSON object"),
+        ({"PLANTPULSE_KAFKA_BROKERS": "k:1", "PLANTPULSE_KAFKA_CONFIG": "{"}, "not valid JSON"),
+        ({"PLANTPULSE_KAFKA_BROKERS": "k:1", "PLANTPULSE_KAFKA_BATCH": "0"}, "positive integer"),
+    ],
+)
 def test_bad_settings_are_one_clear_error(env: dict, message: str):
     with pytest.raises(KafkaConfigError, match=message):
         KafkaSettings.from_env(env)
@@ -65,9 +70,12 @@ def test_the_partition_mapping_is_the_one_librdkafka_applies():
     placed: dict[str, int] = {}
     assets = [f"pump-{i:02d}" for i in range(1, 21)]
     for asset in assets:
-        producer.produce(TOPIC, b"{}", key=message_key(asset),
-                         on_delivery=lambda err, m: placed.__setitem__(m.key().decode(),
-                                                                       m.partition()))
+        producer.produce(
+            TOPIC,
+            b"{}",
+            key=message_key(asset),
+            on_delivery=lambda err, m: placed.__setitem__(m.key().decode(), m.partition()),
+        )
     assert producer.flush(20) == 0
     n = len(producer.list_topics(TOPIC, timeout=10).topics[TOPIC].partitions)
     assert n > 1
@@ -96,8 +104,10 @@ def test_the_connector_feeds_the_flow_and_redelivery_adds_no_rows(tmp_path, monk
     assert lake.read("features").groupby("sensor_id").size()["vib_de"] == 9  # 3 s x 3 machines
     sources = {source_name(TOPIC, partition_for(a, 4)) for a in fleet.asset_ids}
     # the exactly-once key is the Kafka partition's offset, per shard path of the flow
-    assert any(lake.committed_version("readings", f"telemetry:{sorted(sources)[0]}#{k}")
-               is not None for k in range(SHARDS))
+    assert any(
+        lake.committed_version("readings", f"telemetry:{sorted(sources)[0]}#{k}") is not None
+        for k in range(SHARDS)
+    )
 
     counts = {t: lake.count(t) for t in ("readings", "features", "scores")}
     run_main(get_flow(lake.uri, tail=False))  # everything is delivered again

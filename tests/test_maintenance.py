@@ -34,8 +34,9 @@ def frames_rows(t0_us: int, n: int = 2, samples: int = 64) -> dict:
         "ts_start": ts,
         "sample_rate_hz": [10_000.0] * n,
         "n_samples": pa.array([samples] * n, pa.int32()),
-        "samples": pa.array([rng.normal(size=samples).astype(np.float32) for _ in range(n)],
-                            pa.list_(pa.float32())),
+        "samples": pa.array(
+            [rng.normal(size=samples).astype(np.float32) for _ in range(n)], pa.list_(pa.float32())
+        ),
         "retained_because": ["sampled"] * n,
     }
 
@@ -44,10 +45,14 @@ def features_rows(t0_us: int, n: int = 2) -> dict:
     spec = table_spec("features")
     start = _ts([t0_us + i * 1_000_000 for i in range(n)])
     end = _ts([t0_us + (i + 1) * 1_000_000 for i in range(n)])
-    rows: dict = {"asset_id": ["pump-01"] * n, "sensor_id": ["vibration_de"] * n,
-                  "window_start": start, "window_end": end,
-                  "feature_version": pa.array([1] * n, pa.int32()),
-                  "n_samples": pa.array([10_000] * n, pa.int64())}
+    rows: dict = {
+        "asset_id": ["pump-01"] * n,
+        "sensor_id": ["vibration_de"] * n,
+        "window_start": start,
+        "window_end": end,
+        "feature_version": pa.array([1] * n, pa.int32()),
+        "n_samples": pa.array([10_000] * n, pa.int64()),
+    }
     for f in spec.input_schema:
         if f.name not in rows:
             rows[f.name] = pa.array([1.0] * n, pa.float64())
@@ -56,8 +61,10 @@ def features_rows(t0_us: int, n: int = 2) -> dict:
 
 def _many_small_commits(lake: Lake, n: int = 6) -> None:
     for i in range(n):  # two days, several small files in each
-        lake.append("readings", readings_rows(3, t0_us=T0_US + (i % 2) * DAY_US + i * 10_000_000,
-                                             value=float(i)))
+        lake.append(
+            "readings",
+            readings_rows(3, t0_us=T0_US + (i % 2) * DAY_US + i * 10_000_000, value=float(i)),
+        )
 
 
 def test_catalogue_keeps_raw_frames_shorter_than_features_and_labels_for_ever():
@@ -153,7 +160,9 @@ def test_maintenance_assets_materialise_on_a_real_lake(lake: Lake):
 def test_maintenance_is_scheduled_in_the_definitions():
     job = defs.resolve_job_def("lake_maintenance")
     assert {k.to_user_string() for k in job.asset_layer.executable_asset_keys} >= {
-        "lake_compaction", "lake_vacuum"}
+        "lake_compaction",
+        "lake_vacuum",
+    }
     schedule = defs.resolve_schedule_def("lake_maintenance_schedule")
     assert schedule.job_name == "lake_maintenance"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -178,8 +187,9 @@ def test_frames_are_stored_no_larger_than_raw_float32_also_after_compaction(lake
 
     def stored() -> tuple[int, set[str]]:
         files = [Path(u) for u in lake.table("frames").file_uris()]
-        encodings = {e for f in files for e in pq.ParquetFile(f).metadata.row_group(0)
-                     .column(5).encodings}
+        encodings = {
+            e for f in files for e in pq.ParquetFile(f).metadata.row_group(0).column(5).encodings
+        }
         return sum(f.stat().st_size for f in files), encodings
 
     size, encodings = stored()

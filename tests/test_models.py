@@ -59,8 +59,16 @@ def test_split_is_by_machine_and_every_history_is_on_both_sides():
     df = pd.DataFrame(
         {
             "asset_id": ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p5"],
-            "condition": ["normal", "outer_race", "normal", "outer_race", "normal", "normal",
-                          "normal", "normal"],
+            "condition": [
+                "normal",
+                "outer_race",
+                "normal",
+                "outer_race",
+                "normal",
+                "normal",
+                "normal",
+                "normal",
+            ],
         }
     )
     holdout = split_by_machine(df, "condition")
@@ -77,8 +85,14 @@ def test_gate_rules_each_can_refuse():
     champ = _evaluation(0.80, {"asset=a": 0.8, "asset=b": 0.8})
     ok_sig = (True, "signature ok")
     good = _evaluation(0.90, {"asset=a": 0.9, "asset=b": 0.79})
-    passed, reasons = decide(good, champ, policy=policy, training_validated=True,
-                             feature_version=FEATURE_VERSION, signature_ok=ok_sig)
+    passed, reasons = decide(
+        good,
+        champ,
+        policy=policy,
+        training_validated=True,
+        feature_version=FEATURE_VERSION,
+        signature_ok=ok_sig,
+    )
     assert passed and all(r.startswith("PASS") for r in reasons)
     cases = {
         "slice": (_evaluation(0.90, {"asset=a": 0.99, "asset=b": 0.70}), True, FV, ok_sig),
@@ -89,8 +103,14 @@ def test_gate_rules_each_can_refuse():
         "signature": (good, True, FV, (False, "signature inputs missing")),
     }
     for name, (cand, validated, fv, sig) in cases.items():
-        passed, reasons = decide(cand, champ, policy=policy, training_validated=validated,
-                                 feature_version=fv, signature_ok=sig)
+        passed, reasons = decide(
+            cand,
+            champ,
+            policy=policy,
+            training_validated=validated,
+            feature_version=fv,
+            signature_ok=sig,
+        )
         assert not passed, name
         assert sum(r.startswith("FAIL") for r in reasons) == 1, (name, reasons)
 
@@ -192,11 +212,17 @@ def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(tmp_path: Path):
         assert len(result.run_requests) == 1
         assert result.run_requests[0].tags["plantpulse/assets"] == "pump-02"
         cursor = result.cursor
-    lake.append("drift_events", lake.read("drift_events").drop(columns=["date"]).assign(
-        ts=lambda d: d["ts"] + pd.Timedelta(minutes=1)))
+    lake.append(
+        "drift_events",
+        lake.read("drift_events")
+        .drop(columns=["date"])
+        .assign(ts=lambda d: d["ts"] + pd.Timedelta(minutes=1)),
+    )
     with dg.build_sensor_context(resources=resources, cursor=cursor) as ctx:
         again = sensor(ctx)
-    assert isinstance(again, dg.SkipReason) and "4 drift event(s) pending" in str(again.skip_message)
+    assert isinstance(again, dg.SkipReason) and "4 drift event(s) pending" in str(
+        again.skip_message
+    )
 
 
 def test_declarative_automation_follows_a_new_training_set(mlops: dict):
@@ -205,9 +231,7 @@ def test_declarative_automation_follows_a_new_training_set(mlops: dict):
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert first.total_requested == 0  # nothing upstream has changed yet
     dg.materialize([fault_training_set], resources=mlops["resources"], instance=instance)
-    result = dg.evaluate_automation_conditions(
-        defs=defs, instance=instance, cursor=first.cursor
-    )
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
     assert result.get_num_requested(dg.AssetKey("fault_candidate")) == 1
     assert result.get_num_requested(dg.AssetKey("rul_candidate")) == 0
 
@@ -216,15 +240,20 @@ def test_the_three_pump_demo_fleet_trains_with_a_time_split(tmp_path: Path):
     """No two demo pumps share a history, so the holdout falls back to each pump's last
     quarter (and says so) instead of failing on an empty holdout."""
     lake = Lake(tmp_path / "lake")
-    fleet = default_fleet(3, seed=5, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=90,
-                          time_to_failure_s=300)
-    run_main(get_flow(SimulatorSource(fleet, n_chunks=240), lake.uri,
-                      f"sqlite:///{tmp_path / 'stream.db'}"))
+    fleet = default_fleet(
+        3, seed=5, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=90, time_to_failure_s=300
+    )
+    run_main(
+        get_flow(
+            SimulatorSource(fleet, n_chunks=240), lake.uri, f"sqlite:///{tmp_path / 'stream.db'}"
+        )
+    )
     lake.append("maintenance_events", pd.DataFrame(fleet.ground_truth()))
     resources = {
         "lake": LakeResource(uri=lake.uri),
-        "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                                 artifact_root=str(tmp_path / "a")),
+        "mlflow": MLflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=str(tmp_path / "a")
+        ),
         "datasets": DatasetsResource(path=str(tmp_path)),
     }
     meta = retrain({"resources": resources}, n_estimators=60)
@@ -250,8 +279,12 @@ def _retrain(ops: dict, **training) -> dict:
     result = defs.resolve_job_def("retrain_fault_classifier").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         resources=ops["resources"],
-        run_config={"ops": {"fault_candidate": {"config": training},
-                            "fault_promotion": {"config": {"latency_budget_ms": 60_000.0}}}},
+        run_config={
+            "ops": {
+                "fault_candidate": {"config": training},
+                "fault_promotion": {"config": {"latency_budget_ms": 60_000.0}},
+            }
+        },
     )
     assert result.success
     return {
@@ -287,7 +320,10 @@ def test_a_champion_trained_on_other_inputs_is_compared_on_features_read_from_th
     weaker = _retrain(ops, n_estimators=30, drop_features=ENVELOPE)["fault_promotion"]
     assert weaker["decision"] == "refuse", weaker["rules"]
     assert "no champion yet" not in weaker["rules"]
-    assert "NOTE: champion inputs" in weaker["rules"] and "from lake table 'features'" in weaker["rules"]
+    assert (
+        "NOTE: champion inputs" in weaker["rules"]
+        and "from lake table 'features'" in weaker["rules"]
+    )
     assert np.isfinite(weaker["champion_overall"])
     assert "FAIL: macro_f1" in weaker["rules"]
     row = plant["lake"].read("model_decisions").sort_values("ts").iloc[-1]
@@ -302,25 +338,37 @@ def test_champion_inputs_the_lake_cannot_supply_refuse_the_candidate(plant: dict
     source = {"table": "features", "keys": ["asset_id", "sensor_id", "window_end"]}
     done, account = champion_holdout(lake, holdout, ["env_bpfo_1"], source)
     assert done is not None and "for all 20 holdout rows" in account
-    assert (done["env_bpfo_1"].to_numpy() == lake.read(
-        "features", filters=[("sensor_id", "=", "vib_de")]).head(20)["env_bpfo_1"].to_numpy()).all()
+    assert (
+        done["env_bpfo_1"].to_numpy()
+        == lake.read("features", filters=[("sensor_id", "=", "vib_de")])
+        .head(20)["env_bpfo_1"]
+        .to_numpy()
+    ).all()
     # rows the lake has never seen (a year later), no source, and an input no table has
     later = holdout.assign(window_end=holdout["window_end"] + pd.Timedelta(days=365))
     assert champion_holdout(lake, later, ["env_bpfo_1"], source) == (
-        None, "the champion needs ['env_bpfo_1']; 20 of 20 holdout rows have no row in lake "
-        "table 'features'")
+        None,
+        "the champion needs ['env_bpfo_1']; 20 of 20 holdout rows have no row in lake "
+        "table 'features'",
+    )
     none, why = champion_holdout(lake, holdout, ["env_bpfo_1"], None)
     assert none is None and "names no lake table" in why
     none, why = champion_holdout(lake, holdout, ["no_such_feature"], source)
     assert none is None and "no_such_feature" in why
     # and the gate turns an unavailable champion into a failed rule, not "no champion yet"
     passed, reasons = decide(
-        _evaluation(0.9, {}), None, policy=GatePolicy(), training_validated=True,
-        feature_version=FV, signature_ok=(True, "ok"), champion_unavailable=why,
+        _evaluation(0.9, {}),
+        None,
+        policy=GatePolicy(),
+        training_validated=True,
+        feature_version=FV,
+        signature_ok=(True, "ok"),
+        champion_unavailable=why,
     )
     assert not passed
     assert [r for r in reasons if r.startswith("FAIL")] == [
-        f"FAIL: not compared with the champion: {why}"]
+        f"FAIL: not compared with the champion: {why}"
+    ]
 
 
 def test_training_set_leaves_out_days_whose_readings_fail_and_flags_days_never_validated(
@@ -362,8 +410,10 @@ def test_time_split_keeps_a_fault_with_few_windows_in_training():
         "pump-03": ["normal"] * 92 + ["inner_race"] * 8,
     }
     df = pd.concat(
-        (pd.DataFrame({"asset_id": a, "window_end": t, "condition": c})
-         for a, c in conditions.items()),
+        (
+            pd.DataFrame({"asset_id": a, "window_end": t, "condition": c})
+            for a, c in conditions.items()
+        ),
         ignore_index=True,
     )
     holdout, how = holdout_split(df, "condition")
@@ -388,9 +438,17 @@ def _fleet_to_failure(n: int, seed: int) -> pd.DataFrame:
         t = np.arange(1, life + 1, dtype=float)
         rate = rng.uniform(0.015, 0.03)
         hi = 0.2 * rng.normal() + np.exp(rate * (t - life)) * 3.0 + rng.normal(0, 0.08, life)
-        parts.append(pd.DataFrame({"unit": unit, "cycle": t, "z_hi": hi,
-                                   "noise": rng.normal(size=life),
-                                   "rul": np.minimum(life - t, 125.0)}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "unit": unit,
+                    "cycle": t,
+                    "z_hi": hi,
+                    "noise": rng.normal(size=life),
+                    "rul": np.minimum(life - t, 125.0),
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -398,17 +456,29 @@ def test_hybrid_rul_beats_its_prior_and_its_interval_covers_held_out_assets():
     from models.prognostics import fit_hybrid
     from models.training import rmse
 
-    train, calib, test = _fleet_to_failure(40, 1), _fleet_to_failure(15, 2), _fleet_to_failure(20, 3)
+    train, calib, test = (
+        _fleet_to_failure(40, 1),
+        _fleet_to_failure(15, 2),
+        _fleet_to_failure(20, 3),
+    )
     cols = ["z_hi", "noise", "cycle"]
-    model = fit_hybrid(train[cols], train["rul"].to_numpy(), train["unit"].to_numpy(),
-                       n_estimators=80, params={"learning_rate": 0.1}, n_jobs=1)
+    model = fit_hybrid(
+        train[cols],
+        train["rul"].to_numpy(),
+        train["unit"].to_numpy(),
+        n_estimators=80,
+        params={"learning_rate": 0.1},
+        n_jobs=1,
+    )
     model.calibrate(model.predict(calib[cols], calib["unit"].to_numpy()), calib["rul"].to_numpy())
     predicted = model.predict(test[cols], test["unit"].to_numpy())
     prior = model.prior_rul(test[cols], test["unit"].to_numpy())
     truth = test["rul"].to_numpy()
     late = test["cycle"].to_numpy() >= 31  # once the window has history, as the bench scores
-    assert rmse(predicted[late], truth[late]) < rmse(np.full(late.sum(), truth[late].mean()),
-                                                     truth[late]) / 2
+    assert (
+        rmse(predicted[late], truth[late])
+        < rmse(np.full(late.sum(), truth[late].mean()), truth[late]) / 2
+    )
     assert rmse(predicted[late], truth[late]) <= rmse(prior[late], truth[late]) * 1.05
     low, high = model.interval(predicted)
     inside = (truth >= low) & (truth <= high)
@@ -419,7 +489,9 @@ def test_hybrid_rul_beats_its_prior_and_its_interval_covers_held_out_assets():
 def test_rul_truncation_points_are_inside_each_engine_life():
     from bench.rul import MIN_CYCLES, truncation_points
 
-    df = pd.DataFrame({"unit": [1] * 200 + [2] * 40, "cycle": list(range(1, 201)) + list(range(1, 41))})
+    df = pd.DataFrame(
+        {"unit": [1] * 200 + [2] * 40, "cycle": list(range(1, 201)) + list(range(1, 41))}
+    )
     cuts = truncation_points(df, draws=50, seed=3)
     last = cuts["unit"].map({1: 200, 2: 40})
     assert len(cuts) == 100 and (cuts["cycle"] >= MIN_CYCLES).all() and (cuts["cycle"] < last).all()

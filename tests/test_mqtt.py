@@ -54,8 +54,9 @@ def _start_broker(directory: Path, limits: dict[str, int] | None = None):
     binary = ensure_mosquitto()
     port = _free_port()
     conf = write_config(directory, port, PUBLISHERS, limits)
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port(port)
     return proc, port
 
@@ -78,8 +79,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
     proc.wait(10)
 
 
-def _client(port: int, user: str | None = "simulator", client_id: str = "",
-            session_expiry_s: int = 0) -> mqtt.Client:
+def _client(
+    port: int, user: str | None = "simulator", client_id: str = "", session_expiry_s: int = 0
+) -> mqtt.Client:
     """A plain paho client logged in as ``user`` (None: anonymous), connected."""
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     if user is not None:
@@ -102,8 +104,12 @@ def _numbered(publisher: str, seq: str) -> Properties:
     return props
 
 
-def _run_while_publishing(source: MQTTSource, lake: Lake, messages: list[tuple[str, bytes]],
-                          auth: tuple[str, str] | None = None):
+def _run_while_publishing(
+    source: MQTTSource,
+    lake: Lake,
+    messages: list[tuple[str, bytes]],
+    auth: tuple[str, str] | None = None,
+):
     done = threading.Event()
 
     def run() -> None:
@@ -125,16 +131,21 @@ def test_json_readings_and_binary_frames_through_a_real_broker(broker: int, tmp_
     messages = [
         (
             topic_for("pump-01", "motor_current"),
-            encode_scalars("pump-01", "motor_current", T0_US + (i * 31 + np.arange(31)) * 32_258,
-                           20 + rng.normal(0, 0.1, 31)),
+            encode_scalars(
+                "pump-01",
+                "motor_current",
+                T0_US + (i * 31 + np.arange(31)) * 32_258,
+                20 + rng.normal(0, 0.1, 31),
+            ),
         )
         for i in range(10)
     ]
     sim = default_fleet(1, start_us=T0_US)
     for k in range(2):
         _, t0, rate, x = sim.chunk("pump-01", k).frames[0]
-        messages.append((topic_for("pump-01", "vib_de"),
-                         encode_frame("pump-01", "vib_de", t0, rate, x)))
+        messages.append(
+            (topic_for("pump-01", "vib_de"), encode_frame("pump-01", "vib_de", t0, rate, x))
+        )
     messages.append((topic_for("pump-01", "motor_current"), b'{"asset_id": "pump-01", '))
     _run_while_publishing(MQTTSource(port=broker, idle_stop_s=3.0), lake, messages)
     assert lake.count("readings") == 310
@@ -169,13 +180,20 @@ def test_a_burst_is_shed_into_dead_letter_and_nothing_is_lost(broker: int, tmp_p
     messages = [
         (
             topic_for("pump-01", "bearing_temp"),
-            json.dumps({"asset_id": "pump-01", "sensor_id": "bearing_temp",
-                        "ts": T0_US + i * 1000, "value": 40.0}).encode(),
+            json.dumps(
+                {
+                    "asset_id": "pump-01",
+                    "sensor_id": "bearing_temp",
+                    "ts": T0_US + i * 1000,
+                    "value": 40.0,
+                }
+            ).encode(),
         )
         for i in range(n)
     ]
-    source = MQTTSource(port=broker, idle_stop_s=3.0, batch=8, high_watermark=50,
-                        low_watermark=10, keep_every=5)
+    source = MQTTSource(
+        port=broker, idle_stop_s=3.0, batch=8, high_watermark=50, low_watermark=10, keep_every=5
+    )
     _run_while_publishing(source, lake, messages)
     dead = lake.read("dead_letter")
     shed = dead[dead["reason"] == "shed"]
@@ -188,9 +206,18 @@ def test_plantpulse_up_mqtt_streams_the_fleet_through_its_own_broker(tmp_path: P
     """``make run MQTT=<port>``: broker, publisher and stream as separate processes."""
     port = _free_port()
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "plantpulse"), "up", "--no-ui", "--mqtt", str(port),
-         "--duration", "30"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).parent / "plantpulse"),
+            "up",
+            "--no-ui",
+            "--mqtt",
+            str(port),
+            "--duration",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={**os.environ, "PLANTPULSE_HOME": str(tmp_path)},
     )
     assert out.returncode == 0, out.stderr
@@ -203,11 +230,21 @@ def test_plantpulse_up_mqtt_streams_the_fleet_through_its_own_broker(tmp_path: P
 
 def _stream_worker(port: int, group: str, lake: Path, recovery: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "bytewax.run",
-         f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {port}, {group!r})",
-         "-r", str(recovery), "-s", "1", "-b", "0"],
+        [
+            sys.executable,
+            "-m",
+            "bytewax.run",
+            f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {port}, {group!r})",
+            "-r",
+            str(recovery),
+            "-s",
+            "1",
+            "-b",
+            "0",
+        ],
         env={**os.environ, "PLANTPULSE_LAKE": str(lake)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -225,8 +262,9 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
     session persists) and what it had already written is recognised by publisher and number."""
     group, n_msgs, per_msg = "killtest", 300, 10
     # the worker's persistent session exists before the first message, so none is missed
-    session = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"plantpulse-{group}-w0",
-                          protocol=mqtt.MQTTv5)
+    session = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=f"plantpulse-{group}-w0", protocol=mqtt.MQTTv5
+    )
     session.username_pw_set(*credentials("worker"))
     props = Properties(PacketTypes.CONNECT)
     props.SessionExpiryInterval = 3600
@@ -241,9 +279,13 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
     recovery.mkdir()
     init_db_dir(recovery, 1)
     ts = T0_US + np.arange(n_msgs * per_msg).reshape(n_msgs, per_msg) * 100_000
-    messages = [(topic_for("pump-01", "motor_current"),
-                 encode_scalars("pump-01", "motor_current", t, 20.0 + (t - T0_US) / 1e9))
-                for t in ts]
+    messages = [
+        (
+            topic_for("pump-01", "motor_current"),
+            encode_scalars("pump-01", "motor_current", t, 20.0 + (t - T0_US) / 1e9),
+        )
+        for t in ts
+    ]
     pub = Publisher("edge-01", port=broker)
     src = "mqtt:edge-01:pump-01:w0"
 
@@ -251,24 +293,35 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
         for i, (topic, payload) in enumerate(messages):
             pub.publish(topic, payload).wait_for_publish(10)
             if i == 20:  # the rest once the worker is running (its start-up varies with load)
-                _wait_for(lambda: lake.exists("readings") and lake.count("readings") > 0, 120,
-                          "the worker's first rows")
+                _wait_for(
+                    lambda: lake.exists("readings") and lake.count("readings") > 0,
+                    120,
+                    "the worker's first rows",
+                )
             time.sleep(0.02)
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
     proc = _stream_worker(broker, group, Path(lake.uri), recovery)
-    _wait_for(lambda: lake.exists("readings") and lake.count("readings") >= 600, 90,
-              "the first worker to write")
+    _wait_for(
+        lambda: lake.exists("readings") and lake.count("readings") >= 600,
+        90,
+        "the first worker to write",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     partial = lake.count("readings")
     again = _stream_worker(broker, group, Path(lake.uri), recovery)
     try:
         sender.join(60)
-        _wait_for(lambda: lake.count("readings") >= n_msgs * per_msg
-                  and durable_offsets(lake, [src])[src] == pub.seq, 90,
-                  "every message to be durable")
+        _wait_for(
+            lambda: (
+                lake.count("readings") >= n_msgs * per_msg
+                and durable_offsets(lake, [src])[src] == pub.seq
+            ),
+            90,
+            "every message to be durable",
+        )
         time.sleep(1.5)  # a duplicate would have landed by now
     finally:
         again.kill()
@@ -282,8 +335,9 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
     assert lake.count("dead_letter") == 0
 
 
-def test_a_publisher_whose_numbers_go_back_is_dead_lettered_not_dropped(broker: int,
-                                                                         tmp_path: Path):
+def test_a_publisher_whose_numbers_go_back_is_dead_lettered_not_dropped(
+    broker: int, tmp_path: Path
+):
     """A device that restarts its numbering at 1 sends new data under numbers already used:
     those messages cannot be told from replays, so they go to dead_letter (payload kept) with a
     reason that says what to fix, instead of vanishing as replays in the sink."""
@@ -298,8 +352,13 @@ def test_a_publisher_whose_numbers_go_back_is_dead_lettered_not_dropped(broker: 
 
     done = threading.Event()
     source = MQTTSource(port=broker, lake_uri=lake.uri, group="renumber", idle_stop_s=3.0)
-    t = threading.Thread(target=lambda: (run_main(build_flow(
-        source, DeltaSink(lake.uri, max_age_s=0.2))), done.set()), daemon=True)
+    t = threading.Thread(
+        target=lambda: (
+            run_main(build_flow(source, DeltaSink(lake.uri, max_age_s=0.2))),
+            done.set(),
+        ),
+        daemon=True,
+    )
     t.start()
     time.sleep(1.5)
     # numbers 1..5, then the device restarts and numbers its next readings 1..3 again
@@ -357,21 +416,31 @@ def test_unusable_sequence_marks_do_not_stop_reception(broker: int, tmp_path: Pa
     def send() -> None:
         k = 0
         for seq in bad:
-            client.publish(topic_for("pump-01", "motor_current"), _reading(k), 1,
-                           properties=_numbered("device-9", seq)).wait_for_publish(10)
+            client.publish(
+                topic_for("pump-01", "motor_current"),
+                _reading(k),
+                1,
+                properties=_numbered("device-9", seq),
+            ).wait_for_publish(10)
             k += 1
         props = Properties(PacketTypes.PUBLISH)
         props.UserProperty = [("pp-publisher", "x" * 500), ("pp-seq", "1")]
-        client.publish(topic_for("pump-01", "motor_current"), _reading(k), 1,
-                       properties=props).wait_for_publish(10)
+        client.publish(
+            topic_for("pump-01", "motor_current"), _reading(k), 1, properties=props
+        ).wait_for_publish(10)
         for seq in range(1, 4):
             k += 1
-            client.publish(topic_for("pump-01", "motor_current"), _reading(k), 1,
-                           properties=_numbered("device-9", str(seq))).wait_for_publish(10)
+            client.publish(
+                topic_for("pump-01", "motor_current"),
+                _reading(k),
+                1,
+                properties=_numbered("device-9", str(seq)),
+            ).wait_for_publish(10)
 
     try:
-        _run_flow(MQTTSource(port=broker, lake_uri=lake.uri, group="marks", idle_stop_s=4.0),
-                  lake, send)
+        _run_flow(
+            MQTTSource(port=broker, lake_uri=lake.uri, group="marks", idle_stop_s=4.0), lake, send
+        )
     finally:
         client.loop_stop()
         client.disconnect()
@@ -396,8 +465,10 @@ def test_a_callback_that_raises_is_logged_and_reception_goes_on(
     part.client.on_message = flaky
     try:
         with caplog.at_level(logging.ERROR):
-            publish([(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(3)],
-                    port=broker)
+            publish(
+                [(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(3)],
+                port=broker,
+            )
             got = _take_all(part, 2)
     finally:
         part.close()
@@ -411,7 +482,9 @@ def test_anonymous_and_unknown_clients_are_refused(broker: int):
     assert anonymous.reason.is_failure and "authorized" in str(anonymous.reason).lower()
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match="refused"):
-        MQTTSource(port=broker, username="worker", password="not-the-password").build_part("in", "w0", None)
+        MQTTSource(port=broker, username="worker", password="not-the-password").build_part(
+            "in", "w0", None
+        )
     assert time.monotonic() - t0 < 5
 
 
@@ -436,8 +509,7 @@ def test_a_client_publishing_outside_its_acl_gets_nothing_through(broker: int):
     assert sorted(m.payload for m in got) == sorted([_reading(9, "pump-99"), _reading(10)])
 
 
-def test_a_forged_sequence_number_does_not_block_a_genuine_publisher(broker: int,
-                                                                       tmp_path: Path):
+def test_a_forged_sequence_number_does_not_block_a_genuine_publisher(broker: int, tmp_path: Path):
     """13.8: a forged ``pp-publisher=simulator``/``pp-seq=10**18`` made the simulator's next
     messages ``out_of_sequence``.  On the simulator's own topics the ACL refuses it; on the
     forger's topics the numbers are the forger's own, and one so far ahead is refused rather
@@ -447,10 +519,12 @@ def test_a_forged_sequence_number_does_not_block_a_genuine_publisher(broker: int
     forged = _numbered("simulator", str(10**18))
 
     def send() -> None:
-        intruder.publish(topic_for("pump-01", "motor_current"), _reading(0), 1,
-                         properties=forged).wait_for_publish(10)
-        intruder.publish(topic_for("pump-99", "motor_current"), _reading(1, "pump-99"), 1,
-                         properties=forged).wait_for_publish(10)
+        intruder.publish(
+            topic_for("pump-01", "motor_current"), _reading(0), 1, properties=forged
+        ).wait_for_publish(10)
+        intruder.publish(
+            topic_for("pump-99", "motor_current"), _reading(1, "pump-99"), 1, properties=forged
+        ).wait_for_publish(10)
         time.sleep(0.5)
         pub = Publisher("simulator", port=broker)
         for k in range(2, 5):
@@ -458,8 +532,9 @@ def test_a_forged_sequence_number_does_not_block_a_genuine_publisher(broker: int
         pub.close()
 
     try:
-        _run_flow(MQTTSource(port=broker, lake_uri=lake.uri, group="forged", idle_stop_s=4.0),
-                  lake, send)
+        _run_flow(
+            MQTTSource(port=broker, lake_uri=lake.uri, group="forged", idle_stop_s=4.0), lake, send
+        )
     finally:
         intruder.loop_stop()
         intruder.disconnect()
@@ -474,11 +549,13 @@ def test_a_forged_sequence_number_does_not_block_a_genuine_publisher(broker: int
 def test_the_broker_holds_messages_back_beyond_the_receive_maximum(broker: int, tmp_path: Path):
     """13.7: with acknowledgements waiting for the lake, a worker had every message of a burst
     in memory; MQTT 5 flow control keeps the rest in the broker."""
-    part = MQTTSource(port=broker, lake_uri=str(tmp_path / "lake"), group="rmax",
-                      receive_maximum=20).build_part("in", "w0", None)
+    part = MQTTSource(
+        port=broker, lake_uri=str(tmp_path / "lake"), group="rmax", receive_maximum=20
+    ).build_part("in", "w0", None)
     try:
-        publish([(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(100)],
-                port=broker)
+        publish(
+            [(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(100)], port=broker
+        )
         time.sleep(1.5)
         with part.lock:
             held = len(part.buffer)
@@ -490,8 +567,12 @@ def test_the_broker_holds_messages_back_beyond_the_receive_maximum(broker: int, 
 def test_the_generated_config_bounds_the_broker(tmp_path: Path):
     conf = write_config(tmp_path, 1883).read_text()
     assert "allow_anonymous false" in conf and "max_inflight_messages 0" not in conf
-    for key in ("max_inflight_messages", "max_queued_messages", "max_queued_bytes",
-                "message_size_limit"):
+    for key in (
+        "max_inflight_messages",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "message_size_limit",
+    ):
         value = next(line.split()[1] for line in conf.splitlines() if line.startswith(key + " "))
         assert int(value) > 0, key
     users = json.loads((tmp_path / "credentials.json").read_text())
@@ -500,23 +581,29 @@ def test_the_generated_config_bounds_the_broker(tmp_path: Path):
     acl = (tmp_path / "acl").read_text()
     assert "user simulator\ntopic write plantpulse/pump-01/#" in acl
     assert "user outbound\ntopic readwrite plantpulse-out/#" in acl  # not the stream's topics
-    assert write_config(tmp_path, 1883) and json.loads(
-        (tmp_path / "credentials.json").read_text()) == users  # kept across restarts
+    assert (
+        write_config(tmp_path, 1883)
+        and json.loads((tmp_path / "credentials.json").read_text()) == users
+    )  # kept across restarts
 
 
-def test_what_the_broker_drops_is_counted_in_dead_letter(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch):
+def test_what_the_broker_drops_is_counted_in_dead_letter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Beyond its queue limit the broker drops QoS 1 messages; the worker records how many
     (``dropped_by_broker``) instead of losing them silently."""
     proc, port = _start_broker(tmp_path / "mosquitto", {"max_queued_messages": 5})
-    monkeypatch.setenv("PLANTPULSE_MQTT_CREDENTIALS", str(tmp_path / "mosquitto"
-                                                          / "credentials.json"))
-    part = MQTTSource(port=port, lake_uri=str(tmp_path / "lake"), group="drops",
-                      receive_maximum=5).build_part("in", "w0", None)
+    monkeypatch.setenv(
+        "PLANTPULSE_MQTT_CREDENTIALS", str(tmp_path / "mosquitto" / "credentials.json")
+    )
+    part = MQTTSource(
+        port=port, lake_uri=str(tmp_path / "lake"), group="drops", receive_maximum=5
+    ).build_part("in", "w0", None)
     try:
         time.sleep(0.5)
-        publish([(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(50)],
-                port=port)
+        publish(
+            [(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(50)], port=port
+        )
         got: list = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and not any(m.set_aside for m in got):
@@ -542,8 +629,13 @@ def test_plantpulse_up_mqtt_stream_keeps_its_state_across_a_restart(broker: int,
     env = {**os.environ, "PLANTPULSE_HOME": str(home)}
     settings = Settings.from_env(env)
     prepare(settings, mqtt=True)
-    [stream] = [s for s in services("127.0.0.1", 3000, False, settings.recovery_dir,
-                                    ("mosquitto", broker), settings.home) if s.name == "stream"]
+    [stream] = [
+        s
+        for s in services(
+            "127.0.0.1", 3000, False, settings.recovery_dir, ("mosquitto", broker), settings.home
+        )
+        if s.name == "stream"
+    ]
     assert str(home / "recovery-mqtt") in stream.argv
     client_id = f"plantpulse-{SHARE_GROUP}-w0"
     # the worker's session queues from the first message on, while the worker is starting
@@ -557,31 +649,42 @@ def test_plantpulse_up_mqtt_stream_keeps_its_state_across_a_restart(broker: int,
     ts = T0_US + np.arange(10) * 1_000_000
     first = second = None
     try:
-        first = subprocess.Popen(stream.argv, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
-        pub.publish(topic_for("pump-01", "motor_current"),
-                    encode_scalars("pump-01", "motor_current", ts, 20.0 + np.arange(10) / 10)
-                    ).wait_for_publish(10)
-        _wait_for(lambda: durable_offsets(lake, [source])[source] == pub.seq, 150,
-                  "the first message to be durable")
+        first = subprocess.Popen(
+            stream.argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        pub.publish(
+            topic_for("pump-01", "motor_current"),
+            encode_scalars("pump-01", "motor_current", ts, 20.0 + np.arange(10) / 10),
+        ).wait_for_publish(10)
+        _wait_for(
+            lambda: durable_offsets(lake, [source])[source] == pub.seq,
+            150,
+            "the first message to be durable",
+        )
         time.sleep(4)  # a state snapshot after it
         first.kill()
         first.wait(30)
-        second = subprocess.Popen(stream.argv, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
-        pub.publish(topic_for("pump-01", "motor_current"),
-                    encode_scalars("pump-01", "motor_current", ts, 21.0 + np.arange(10) / 10)
-                    ).wait_for_publish(10)
-        _wait_for(lambda: durable_offsets(lake, [source])[source] == pub.seq, 150,
-                  "the second message to be durable")
+        second = subprocess.Popen(
+            stream.argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        pub.publish(
+            topic_for("pump-01", "motor_current"),
+            encode_scalars("pump-01", "motor_current", ts, 21.0 + np.arange(10) / 10),
+        ).wait_for_publish(10)
+        _wait_for(
+            lambda: durable_offsets(lake, [source])[source] == pub.seq,
+            150,
+            "the second message to be durable",
+        )
     finally:
         pub.close()
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(30)
-        wipe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                           protocol=mqtt.MQTTv5)
+        wipe = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         wipe.username_pw_set(*credentials("worker"))
         wipe.connect("127.0.0.1", broker, clean_start=True)
         wipe.disconnect()
@@ -597,8 +700,9 @@ def test_a_worker_that_falls_keeps_its_session_for_the_restart(broker: int, tmp_
     source = MQTTSource(port=broker, lake_uri=str(tmp_path / "lake"), group="falls")
     part = source.build_part("in", "w0", None)
     try:
-        publish([(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(3)],
-                port=broker)
+        publish(
+            [(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(3)], port=broker
+        )
         assert len(_take_all(part, 3)) == 3  # handed to the flow, not yet durable: unacked
     finally:
         part.close()  # the flow fell (no idle end)
@@ -611,8 +715,9 @@ def test_a_worker_that_falls_keeps_its_session_for_the_restart(broker: int, tmp_
     assert sorted(m.payload for m in redelivered) == sorted(_reading(k) for k in range(3))
 
 
-def test_a_payload_speaking_for_another_asset_than_its_topic_is_dead_lettered(broker: int,
-                                                                            tmp_path: Path):
+def test_a_payload_speaking_for_another_asset_than_its_topic_is_dead_lettered(
+    broker: int, tmp_path: Path
+):
     """The intruder may write only ``plantpulse/pump-99/#``; a payload there that claims to be
     pump-01's readings (or a frame of pump-01) is dead-lettered whole as ``asset_mismatch``, and
     the readings it carried stay out of ``readings``; its own asset's readings land."""
@@ -621,9 +726,12 @@ def test_a_payload_speaking_for_another_asset_than_its_topic_is_dead_lettered(br
     _, t0, rate, x = sim.chunk("pump-01", 0).frames[0]
     forged = [_reading(k) for k in range(3)] + [encode_frame("pump-01", "vib_de", t0, rate, x)]
     own = [_reading(k, "pump-99") for k in range(4)]
-    _run_while_publishing(MQTTSource(port=broker, group="mismatch", idle_stop_s=3.0), lake,
-                          [(topic_for("pump-99", "motor_current"), p) for p in forged + own],
-                          auth=credentials("intruder"))
+    _run_while_publishing(
+        MQTTSource(port=broker, group="mismatch", idle_stop_s=3.0),
+        lake,
+        [(topic_for("pump-99", "motor_current"), p) for p in forged + own],
+        auth=credentials("intruder"),
+    )
     readings = lake.read("readings")
     assert set(readings["asset_id"]) == {"pump-99"} and len(readings) == 4
     dead = lake.read("dead_letter")
@@ -651,11 +759,15 @@ def test_the_broker_grants_topics_from_the_plant_file(tmp_path: Path):
         "  - id: south\n"
         "    assets:\n"
         "      - {id: chiller-1, sensors: [{id: t, kind: temperature}]}\n"
-        "      - {id: sim, match: 'sim-*', sensors: [{id: t, kind: temperature}]}\n")
+        "      - {id: sim, match: 'sim-*', sensors: [{id: t, kind: temperature}]}\n"
+    )
     plant = load_plant(plant_file)
     pubs = publishers_for(plant, ["sim-1", "sim-2"])
-    assert pubs == {"site-north": ["fan-1", "fan-2"], "site-south": ["chiller-1"],
-                    "simulator": ["sim-1", "sim-2"]}
+    assert pubs == {
+        "site-north": ["fan-1", "fan-2"],
+        "site-south": ["chiller-1"],
+        "simulator": ["sim-1", "sim-2"],
+    }
     write_config(tmp_path / "broker", 1883, pubs)
     acl = (tmp_path / "broker" / "acl").read_text()
     assert "user site-north\ntopic write plantpulse/fan-1/#\ntopic write plantpulse/fan-2/#" in acl

@@ -59,8 +59,9 @@ def test_many_new_days_are_requested_a_few_per_tick_newest_first():
     assert due == sorted(days)[-MAX_DAYS_PER_TICK:]
     requested = list(due)
     for tick in range(1, 40):
-        due, cursor = new_readings_requests([], cursor, now_s=10_000.0 + 60 * tick,
-                                            valid_keys=set(days))
+        due, cursor = new_readings_requests(
+            [], cursor, now_s=10_000.0 + 60 * tick, valid_keys=set(days)
+        )
         assert len(due) <= MAX_DAYS_PER_TICK
         requested += due
     assert sorted(requested) == sorted(days)  # every day once, none twice
@@ -76,8 +77,11 @@ def test_the_sensor_on_a_replayed_history_yields_a_bounded_number_of_runs(tmp_pa
     with dg.build_sensor_context(resources=resources) as ctx:
         result = sensor(ctx)
     assert 0 < len(result.run_requests) <= MAX_DAYS_PER_TICK
-    assert {r.partition_key for r in result.run_requests} == {"2025-01-12", "2025-01-11",
-                                                              "2025-01-10"}
+    assert {r.partition_key for r in result.run_requests} == {
+        "2025-01-12",
+        "2025-01-11",
+        "2025-01-10",
+    }
     assert len(json.loads(result.cursor)["pending"]) == 12 - MAX_DAYS_PER_TICK
 
 
@@ -87,8 +91,11 @@ def test_the_automation_condition_sensor_runs_by_default():
     assert len(sensors) == 1
     assert sensors[0].default_status == dg.DefaultSensorStatus.RUNNING
     conditioned = [
-        k for a in defs.assets if isinstance(a, dg.AssetsDefinition)
-        for k, c in a.automation_conditions_by_key.items() if c is not None
+        k
+        for a in defs.assets
+        if isinstance(a, dg.AssetsDefinition)
+        for k, c in a.automation_conditions_by_key.items()
+        if c is not None
     ]
     assert conditioned
     selected = sensors[0].asset_selection.resolve(defs.resolve_asset_graph())
@@ -97,26 +104,38 @@ def test_the_automation_condition_sensor_runs_by_default():
 
 # -- labels ------------------------------------------------------------------------------------
 def _alert(alert_id: str, asset: str, opened: pd.Timestamp) -> dict:
-    return dict(alert_id=alert_id, asset_id=asset, opened_ts=opened, closed_ts=pd.NaT,
-                updated_ts=opened, severity="warning", status="open", summary="anomaly",
-                top_features=[{"feature": "vib_kurtosis", "contribution": 1.0}],
-                suspected_cause=None, downstream_effects=None)
+    return dict(
+        alert_id=alert_id,
+        asset_id=asset,
+        opened_ts=opened,
+        closed_ts=pd.NaT,
+        updated_ts=opened,
+        severity="warning",
+        status="open",
+        summary="anomaly",
+        top_features=[{"feature": "vib_kurtosis", "contribution": 1.0}],
+        suspected_cause=None,
+        downstream_effects=None,
+    )
 
 
 def test_the_technician_confirms_only_alerts_on_faulted_machines_after_a_delay():
     t = pd.Timestamp("2026-12-01T12:00", tz="UTC")
     faults = [GroundTruthFault("pump-02", t, "bearing_outer_race")]
-    alerts = pd.DataFrame([
-        _alert("early", "pump-02", t - pd.Timedelta(minutes=5)),  # before the fault began
-        _alert("real", "pump-02", t + pd.Timedelta(minutes=1)),
-        _alert("false", "pump-01", t + pd.Timedelta(minutes=1)),  # a healthy machine
-    ])
+    alerts = pd.DataFrame(
+        [
+            _alert("early", "pump-02", t - pd.Timedelta(minutes=5)),  # before the fault began
+            _alert("real", "pump-02", t + pd.Timedelta(minutes=1)),
+            _alert("false", "pump-01", t + pd.Timedelta(minutes=1)),  # a healthy machine
+        ]
+    )
     soon = t + pd.Timedelta(minutes=2)
     assert confirmations(alerts, faults, set(), soon, delay_s=120) == []  # 60 s: not yet
     later = t + pd.Timedelta(minutes=4)
     rows = confirmations(alerts, faults, set(), later, delay_s=120)
     assert [(r["asset_id"], r["component"], r["kind"]) for r in rows] == [
-        ("pump-02", "bearing_outer_race", "failure")]
+        ("pump-02", "bearing_outer_race", "failure")
+    ]
     assert rows[0]["ts"] == t + pd.Timedelta(minutes=1) and "real" in rows[0]["detail"]
     assert confirmations(alerts, faults, {"real"}, later, delay_s=120) == []  # once only
     assert confirmations(alerts, faults, set(), later, delay_s=120, never_share=1.0) == []
@@ -128,7 +147,9 @@ def test_the_technician_reads_the_simulators_ground_truth():
     fleet = default_fleet(3, start_us=1_767_225_600_000_000)
     faults = faults_of(fleet.ground_truth())
     assert {(f.asset_id, f.component) for f in faults} == {
-        ("pump-02", "bearing_outer_race"), ("pump-03", "bearing_inner_race")}
+        ("pump-02", "bearing_outer_race"),
+        ("pump-03", "bearing_inner_race"),
+    }
     assert min(f.onset for f in faults) == pd.Timestamp("2026-01-01T00:10", tz="UTC")
 
 
@@ -141,7 +162,11 @@ def test_bearing_components_are_the_classifiers_fault_classes():
 
 def _label(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PLANTPULSE, "label", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+        [PLANTPULSE, "label", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PLANTPULSE_HOME": str(home)},
     )
 
@@ -151,16 +176,25 @@ def test_label_confirms_an_alert_or_an_asset(tmp_path: Path):
     opened = pd.Timestamp("2026-01-01T00:00:30", tz="UTC")
     lake.append("readings", readings_rows(3, asset_id="pump-02"))
     lake.append("alerts", pd.DataFrame([_alert("pump-02-1", "pump-02", opened)]))
-    out = _label("pump-02-1", "--kind", "failure", "--component", "outer_race", "--json",
-                 home=tmp_path)
+    out = _label(
+        "pump-02-1", "--kind", "failure", "--component", "outer_race", "--json", home=tmp_path
+    )
     assert out.returncode == 0, out.stderr
     ev = lake.read("maintenance_events")
     assert len(ev) == 1
     row = ev.iloc[0]
     assert (row.asset_id, row.kind, row.component) == ("pump-02", "failure", "bearing_outer_race")
     assert row.ts == opened and row.source == "cli" and "pump-02-1" in row.detail
-    out = _label("pump-02", "--kind", "repair", "--component", "bearing_outer_race",
-                 "--ts", "2026-01-01T01:00", home=tmp_path)
+    out = _label(
+        "pump-02",
+        "--kind",
+        "repair",
+        "--component",
+        "bearing_outer_race",
+        "--ts",
+        "2026-01-01T01:00",
+        home=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     ev = lake.read("maintenance_events").sort_values("ts")
     assert list(ev["kind"]) == ["failure", "repair"]
@@ -172,10 +206,14 @@ def test_label_confirms_an_alert_or_an_asset(tmp_path: Path):
     [
         (("pump-99", "--kind", "failure", "--component", "outer_race"), "unknown alert or asset"),
         (("pump-02", "--kind", "failure", "--component", "impeller"), "unknown component"),
-        (("pump-02", "--kind", "failure", "--component", "outer_race", "--ts", "yesterday-ish"),
-         "is not a time"),
-        (("pump-02", "--kind", "failure", "--component", "outer_race", "--ts", "2999-01-01"),
-         "in the future"),
+        (
+            ("pump-02", "--kind", "failure", "--component", "outer_race", "--ts", "yesterday-ish"),
+            "is not a time",
+        ),
+        (
+            ("pump-02", "--kind", "failure", "--component", "outer_race", "--ts", "2999-01-01"),
+            "in the future",
+        ),
     ],
 )
 def test_label_refuses_what_it_cannot_vouch_for(tmp_path: Path, args: tuple, message: str):
@@ -193,32 +231,56 @@ def test_a_new_label_requests_a_retrain(tmp_path: Path):
 
     lake = Lake(tmp_path / "lake")
     t = pd.Timestamp("2026-01-01T00:10", tz="UTC")
-    old = dict(asset_id="pump-02", ts=t, kind="fault_injected", component="bearing_outer_race",
-               detail=None, source="simulator")
+    old = dict(
+        asset_id="pump-02",
+        ts=t,
+        kind="fault_injected",
+        component="bearing_outer_race",
+        detail=None,
+        source="simulator",
+    )
     lake.append("maintenance_events", pd.DataFrame([old]))
     sensor = defs.resolve_sensor_def("new_labels_sensor")
     instance = dg.DagsterInstance.ephemeral()
     resources = {
         "lake": LakeResource(uri=lake.uri),
-        "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                                 artifact_root=str(tmp_path / "a")),
+        "mlflow": MLflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=str(tmp_path / "a")
+        ),
     }
     with dg.build_sensor_context(resources=resources, instance=instance) as ctx:
         first = sensor(ctx)  # no champion has been trained on any label yet
     assert len(first.run_requests) == 1
-    with dg.build_sensor_context(resources=resources, instance=instance, cursor=first.cursor) as ctx:
+    with dg.build_sensor_context(
+        resources=resources, instance=instance, cursor=first.cursor
+    ) as ctx:
         assert isinstance(sensor(ctx), dg.SkipReason)
-    lake.append("maintenance_events", pd.DataFrame([dict(
-        old, asset_id="pump-03", component="bearing_inner_race", kind="failure",
-        source="technician")]))
-    with dg.build_sensor_context(resources=resources, instance=instance, cursor=first.cursor) as ctx:
+    lake.append(
+        "maintenance_events",
+        pd.DataFrame(
+            [
+                dict(
+                    old,
+                    asset_id="pump-03",
+                    component="bearing_inner_race",
+                    kind="failure",
+                    source="technician",
+                )
+            ]
+        ),
+    )
+    with dg.build_sensor_context(
+        resources=resources, instance=instance, cursor=first.cursor
+    ) as ctx:
         result = sensor(ctx)
     assert len(result.run_requests) == 1
     assert result.run_requests[0].tags["plantpulse/assets"] == "pump-03"
     assert result.run_requests[0].run_key != first.run_requests[0].run_key
     inspection = dict(old, ts=t + pd.Timedelta(hours=1), kind="inspection")
     lake.append("maintenance_events", pd.DataFrame([inspection]))  # changes no window's label
-    with dg.build_sensor_context(resources=resources, instance=instance, cursor=result.cursor) as ctx:
+    with dg.build_sensor_context(
+        resources=resources, instance=instance, cursor=result.cursor
+    ) as ctx:
         assert isinstance(sensor(ctx), dg.SkipReason)
 
 
@@ -258,9 +320,16 @@ def test_status_gives_newest_for_every_table_with_rows(tmp_path: Path):
     for name, spec in TABLES.items():
         lake.append(name, _one_row(spec.input_schema, t))
     out = subprocess.run(
-        [PLANTPULSE, "status", "--json"], cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PLANTPULSE_HOME": str(tmp_path),
-             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}"},
+        [PLANTPULSE, "status", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "PLANTPULSE_HOME": str(tmp_path),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'm.db'}",
+        },
     )
     assert out.returncode == 0, out.stderr
     tables = {r["table"]: r for r in json.loads(out.stdout)["tables"]}
@@ -274,14 +343,21 @@ def test_labels_wait_for_a_retrain_that_has_not_started(tmp_path: Path):
     from dagster_project.resources import MLflowResource
 
     lake = Lake(tmp_path / "lake")
-    row = dict(asset_id="pump-03", ts=pd.Timestamp("2026-01-01", tz="UTC"), kind="failure",
-               component="bearing_inner_race", detail=None, source="technician")
+    row = dict(
+        asset_id="pump-03",
+        ts=pd.Timestamp("2026-01-01", tz="UTC"),
+        kind="failure",
+        component="bearing_inner_race",
+        detail=None,
+        source="technician",
+    )
     lake.append("maintenance_events", pd.DataFrame([row]))
     sensor = defs.resolve_sensor_def("new_labels_sensor")
     resources = {
         "lake": LakeResource(uri=lake.uri),
-        "mlflow": MLflowResource(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
-                                 artifact_root=str(tmp_path / "a")),
+        "mlflow": MLflowResource(
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", artifact_root=str(tmp_path / "a")
+        ),
     }
     with dg.instance_for_test() as instance:
         job = defs.resolve_job_def("retrain_fault_classifier")

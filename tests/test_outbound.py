@@ -59,24 +59,52 @@ def _plant(tmp_path: Path, targets: str):
 
 
 def _score(lake: Lake, asset: str, t_us: int, score: float) -> None:
-    lake.append("scores", {
-        "asset_id": [asset], "window_end": [t_us], "anomaly_score": [score],
-        "prediction": [None], "model_name": ["river:StandardScaler|mean-squared-z"],
-        "model_version": ["online"], "feature_version": [1], "latency_ms": [1.0]})
+    lake.append(
+        "scores",
+        {
+            "asset_id": [asset],
+            "window_end": [t_us],
+            "anomaly_score": [score],
+            "prediction": [None],
+            "model_name": ["river:StandardScaler|mean-squared-z"],
+            "model_version": ["online"],
+            "feature_version": [1],
+            "latency_ms": [1.0],
+        },
+    )
 
 
-def _alert(lake: Lake, asset: str, opened_us: int, status: str = "open",
-           severity: str = "warning", updated_us: int | None = None) -> str:
+def _alert(
+    lake: Lake,
+    asset: str,
+    opened_us: int,
+    status: str = "open",
+    severity: str = "warning",
+    updated_us: int | None = None,
+) -> str:
     aid = f"{asset}-{opened_us}"
     updated = updated_us or opened_us
-    lake.append("alerts", {
-        "alert_id": [aid], "asset_id": [asset], "opened_ts": [opened_us],
-        "closed_ts": [updated if status == "closed" else None], "updated_ts": [updated],
-        "severity": [severity], "status": [status],
-        "summary": [f"{asset}: vibration unlike this machine's normal; anomaly score 30.0"],
-        "top_features": [[{"feature": "env_bpfo_1", "contribution": 21.0},
-                          {"feature": "vib_kurtosis", "contribution": 5.5}]],
-        "suspected_cause": [None], "downstream_effects": [None]})
+    lake.append(
+        "alerts",
+        {
+            "alert_id": [aid],
+            "asset_id": [asset],
+            "opened_ts": [opened_us],
+            "closed_ts": [updated if status == "closed" else None],
+            "updated_ts": [updated],
+            "severity": [severity],
+            "status": [status],
+            "summary": [f"{asset}: vibration unlike this machine's normal; anomaly score 30.0"],
+            "top_features": [
+                [
+                    {"feature": "env_bpfo_1", "contribution": 21.0},
+                    {"feature": "vib_kurtosis", "contribution": 5.5},
+                ]
+            ],
+            "suspected_cause": [None],
+            "downstream_effects": [None],
+        },
+    )
     return aid
 
 
@@ -100,9 +128,17 @@ def _until(check, timeout_s: float = 15.0):
 # -- pure: the state book -------------------------------------------------------------------
 def test_alert_rows_fold_idempotently_into_one_event_per_state(lake: Lake):
     book = StateBook(site_of=lambda a: "hall-1")
-    row = {"alert_id": "pump-01-1", "asset_id": "pump-01", "opened_ts": 1, "closed_ts": None,
-           "updated_ts": 1, "severity": "warning", "status": "open", "summary": "s",
-           "top_features": []}
+    row = {
+        "alert_id": "pump-01-1",
+        "asset_id": "pump-01",
+        "opened_ts": 1,
+        "closed_ts": None,
+        "updated_ts": 1,
+        "severity": "warning",
+        "status": "open",
+        "summary": "s",
+        "top_features": [],
+    }
     escalated = {**row, "updated_ts": 5, "severity": "critical"}
     closed = {**row, "updated_ts": 9, "status": "closed", "closed_ts": 9}
     _, events = book.fold_alerts([closed, row, escalated])  # any order
@@ -110,12 +146,31 @@ def test_alert_rows_fold_idempotently_into_one_event_per_state(lake: Lake):
     assert book.assets["pump-01"].alert_status == "normal"
     changed, again = book.fold_alerts([row, escalated, closed])  # read again (compaction)
     assert again == [] and changed == set()
-    assert book.fold_scores([{"asset_id": "pump-01", "window_end": 3, "anomaly_score": 9.0,
-                              "prediction": None, "model_name": None, "model_version": None}])
+    assert book.fold_scores(
+        [
+            {
+                "asset_id": "pump-01",
+                "window_end": 3,
+                "anomaly_score": 9.0,
+                "prediction": None,
+                "model_name": None,
+                "model_version": None,
+            }
+        ]
+    )
     assert book.assets["pump-01"].health == 50.0  # at the opening threshold
-    assert not book.fold_scores([{"asset_id": "pump-01", "window_end": 2, "anomaly_score": 0.0,
-                                  "prediction": None, "model_name": None,
-                                  "model_version": None}])  # older: ignored
+    assert not book.fold_scores(
+        [
+            {
+                "asset_id": "pump-01",
+                "window_end": 2,
+                "anomaly_score": 0.0,
+                "prediction": None,
+                "model_name": None,
+                "model_version": None,
+            }
+        ]
+    )  # older: ignored
 
 
 def test_the_tail_reads_only_new_files_and_compaction_changes_nothing(lake: Lake):
@@ -157,8 +212,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("mosquitto")
     port = _free_port()
     conf = write_config(directory, port, {"simulator": ["pump-01", "pump-02"]})
-    proc = subprocess.Popen([ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for_port(port)
     users = json.loads((directory / "credentials.json").read_text())
     yield port, users
@@ -193,8 +249,9 @@ def _next(got: queue.Queue, topic_part: str, timeout_s: float = 10.0):
     raise AssertionError(f"no message on {topic_part} within {timeout_s} s")
 
 
-def test_a_subscriber_sees_each_assets_state_and_sparkplug_metrics(tmp_path: Path, lake: Lake,
-                                                                    broker):
+def test_a_subscriber_sees_each_assets_state_and_sparkplug_metrics(
+    tmp_path: Path, lake: Lake, broker
+):
     port, users = broker
     auth = (OUTBOUND, users[OUTBOUND])
     plant = _plant(tmp_path, f"  mqtt: {{port: {port}, min_interval_s: 0}}")
@@ -222,12 +279,16 @@ def test_a_subscriber_sees_each_assets_state_and_sparkplug_metrics(tmp_path: Pat
         topic, payload, retain = _next(states, "pump-01")
         assert topic == "plantpulse-out/hall-1/pump-01/state" and retain
         state = json.loads(payload)
-        assert state["alert"] == {**state["alert"], "state": "open", "alert_id": aid,
-                                  "severity": "critical", "active": True}
+        assert state["alert"] == {
+            **state["alert"],
+            "state": "open",
+            "alert_id": aid,
+            "severity": "critical",
+            "active": True,
+        }
         assert state["anomaly_score"] == 2.0 and 0 < state["health"] <= 100
         # the alert closes: the JSON state and a DDATA (aliases only) say so
-        _alert(lake, "pump-01", T0_US + 1_000_000, status="closed",
-               updated_us=T0_US + 9_000_000)
+        _alert(lake, "pump-01", T0_US + 1_000_000, status="closed", updated_us=T0_US + 9_000_000)
         _, payload, _ = _next(states, "pump-01")
         assert json.loads(payload)["alert"]["state"] == "normal"
         _, payload, _ = _next(spark, "/DDATA/plantpulse-outbound/pump-01")
@@ -240,13 +301,13 @@ def test_a_subscriber_sees_each_assets_state_and_sparkplug_metrics(tmp_path: Pat
     rows = _deliveries(lake, "mqtt")
     assert [(r["key"], r["status"]) for r in rows] == [
         (alert_key(aid, "open", "critical"), "delivered"),
-        (alert_key(aid, "closed", ""), "delivered")]
+        (alert_key(aid, "closed", ""), "delivered"),
+    ]
     assert {r["key"] for r in _deliveries(lake, "sparkplug")} == {r["key"] for r in rows}
 
 
 # -- OPC UA ------------------------------------------------------------------------------------
-def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path: Path,
-                                                                         lake: Lake):
+def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path: Path, lake: Lake):
     port = _free_port()
     endpoint = f"opc.tcp://127.0.0.1:{port}/plantpulse"
     plant = _plant(tmp_path, f"  opcua: {{endpoint: '{endpoint}'}}")
@@ -263,25 +324,45 @@ def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path
                 node = client.get_node(ua.NodeId(name, ns))
                 out[name] = await node.read_data_value(raise_on_bad_status=False)
             path = await client.nodes.objects.get_child(
-                [f"{ns}:outbound-test", f"{ns}:hall-1", f"{ns}:pump-01", f"{ns}:AlertState"])
+                [f"{ns}:outbound-test", f"{ns}:hall-1", f"{ns}:pump-01", f"{ns}:AlertState"]
+            )
             out["browsed"] = await path.read_data_value()
             return out
 
     try:
-        values = _until(lambda: (v := asyncio.run(read(
-            ["pump-01.AlertState", "pump-01.AlertSeverity", "pump-01.AlertId",
-             "pump-01.Health", "pump-02.Health", "pump-01.RUL"])))
-            ["pump-01.AlertState"].Value.Value == "open" and v)
+        values = _until(
+            lambda: (
+                (
+                    v := asyncio.run(
+                        read(
+                            [
+                                "pump-01.AlertState",
+                                "pump-01.AlertSeverity",
+                                "pump-01.AlertId",
+                                "pump-01.Health",
+                                "pump-02.Health",
+                                "pump-01.RUL",
+                            ]
+                        )
+                    )
+                )["pump-01.AlertState"].Value.Value
+                == "open"
+                and v
+            )
+        )
         assert values["browsed"].Value.Value == "open"  # by browse path too
         assert values["pump-01.AlertSeverity"].Value.Value == "warning"
         assert values["pump-01.AlertId"].Value.Value == aid
         assert values["pump-01.Health"].Value.Value == pytest.approx(100 * 9 / 39, abs=0.01)
         for unknown in ("pump-02.Health", "pump-01.RUL"):  # never scored / no RUL model
             assert values[unknown].StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
-        _alert(lake, "pump-01", T0_US + 1_000_000, status="closed",
-               updated_us=T0_US + 20_000_000)
-        _until(lambda: asyncio.run(read(["pump-01.AlertState"]))
-               ["pump-01.AlertState"].Value.Value == "normal")
+        _alert(lake, "pump-01", T0_US + 1_000_000, status="closed", updated_us=T0_US + 20_000_000)
+        _until(
+            lambda: (
+                asyncio.run(read(["pump-01.AlertState"]))["pump-01.AlertState"].Value.Value
+                == "normal"
+            )
+        )
     finally:
         service.stop()
     assert [r["status"] for r in _deliveries(lake, "opcua")] == ["delivered", "delivered"]
@@ -324,9 +405,13 @@ def cmms():
 
 
 def test_a_cmms_that_fails_twice_gets_one_work_order_even_across_a_restart(
-        tmp_path: Path, lake: Lake, cmms: str):
-    plant = _plant(tmp_path, f"  webhook: {{url: '{cmms}', backoff_s: 0.05, "
-                             f"frames_link: 'http://hmi/frames?alert={{alert_id}}'}}")
+    tmp_path: Path, lake: Lake, cmms: str
+):
+    plant = _plant(
+        tmp_path,
+        f"  webhook: {{url: '{cmms}', backoff_s: 0.05, "
+        f"frames_link: 'http://hmi/frames?alert={{alert_id}}'}}",
+    )
     _score(lake, "pump-01", T0_US, 30.0)
     aid = _alert(lake, "pump-01", T0_US + 1_000_000)
     service = Outbound(plant, lake)
@@ -338,13 +423,15 @@ def test_a_cmms_that_fails_twice_gets_one_work_order_even_across_a_restart(
     assert len(_Receiver.accepted) == 1
     order = _Receiver.accepted[0][1]
     assert order["event"] == "open" and order["asset_id"] == "pump-01"
-    assert order["evidence"]["top_features"][0] == {"feature": "env_bpfo_1",
-                                                    "contribution": 21.0}
+    assert order["evidence"]["top_features"][0] == {"feature": "env_bpfo_1", "contribution": 21.0}
     assert f"retained_because = 'alert:{aid}'" in order["evidence"]["frames_query"]
     assert order["evidence"]["frames_link"] == f"http://hmi/frames?alert={aid}"
     rows = _deliveries(lake, "webhook")
     assert [(r["attempt"], r["status"], r["code"]) for r in rows] == [
-        (1, "retry", 503), (2, "retry", 503), (3, "delivered", 201)]
+        (1, "retry", 503),
+        (2, "retry", 503),
+        (3, "delivered", 201),
+    ]
     assert {r["key"] for r in rows} == {key}
 
     # a restart finds the alert still open: nothing is sent again; its closing is
@@ -353,14 +440,17 @@ def test_a_cmms_that_fails_twice_gets_one_work_order_even_across_a_restart(
     try:
         time.sleep(0.5)
         assert again.webhook.wait_idle(10) and len(_Receiver.seen) == 3
-        _alert(lake, "pump-01", T0_US + 1_000_000, status="closed",
-               updated_us=T0_US + 30_000_000)
+        _alert(lake, "pump-01", T0_US + 1_000_000, status="closed", updated_us=T0_US + 30_000_000)
         _until(lambda: len(_Receiver.accepted) == 2)
     finally:
         again.stop()
     assert _Receiver.accepted[1][1]["event"] == "close"
     assert [r["status"] for r in _deliveries(lake, "webhook")] == [
-        "retry", "retry", "delivered", "delivered"]
+        "retry",
+        "retry",
+        "delivered",
+        "delivered",
+    ]
 
 
 def test_a_refused_work_order_fails_at_once_and_is_recorded(tmp_path: Path, lake: Lake):
@@ -398,10 +488,18 @@ def test_up_runs_outbound_only_for_a_plant_with_the_section(tmp_path: Path, monk
     assert not wants_outbound()  # the demo plant sends nothing out
     monkeypatch.setenv("PLANTPULSE_PLANT", str(_plant(tmp_path, "  opcua: {}").path))
     assert wants_outbound()
-    running = services("127.0.0.1", 3000, ui=False, mqtt=("mosquitto", _free_port()),
-                       home=str(tmp_path), outbound=True)
+    running = services(
+        "127.0.0.1",
+        3000,
+        ui=False,
+        mqtt=("mosquitto", _free_port()),
+        home=str(tmp_path),
+        outbound=True,
+    )
     [out] = [s for s in running if s.name == "outbound"]
     assert out.argv[1:] == ["-m", "outbound"]
     users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())
-    assert out.env == {"PLANTPULSE_OUTBOUND_MQTT_USERNAME": OUTBOUND,
-                       "PLANTPULSE_OUTBOUND_MQTT_PASSWORD": users[OUTBOUND]}
+    assert out.env == {
+        "PLANTPULSE_OUTBOUND_MQTT_USERNAME": OUTBOUND,
+        "PLANTPULSE_OUTBOUND_MQTT_PASSWORD": users[OUTBOUND],
+    }

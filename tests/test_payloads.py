@@ -93,8 +93,14 @@ def test_bad_payloads_raise_with_reason(payload: bytes, reason: str):
 def test_nan_literals_from_python_json_reject_only_those_values():
     """``json.dumps`` writes NaN as a bare literal (not JSON); the fast decoder refuses it, so
     the standard one takes over and only the NaN becomes a rejected value."""
-    body = json.dumps({"asset_id": "p", "sensor_id": "motor_current", "ts": [T0_US, T0_US + 1],
-                       "value": [1.5, float("nan")]}).encode()
+    body = json.dumps(
+        {
+            "asset_id": "p",
+            "sensor_id": "motor_current",
+            "ts": [T0_US, T0_US + 1],
+            "value": [1.5, float("nan")],
+        }
+    ).encode()
     assert b"NaN" in body
     batch = decode(body)
     assert batch.values[0] == 1.5 and np.isnan(batch.values[1])

@@ -122,7 +122,8 @@ def test_skab_declares_no_label_tuned_view_and_a_declared_view_needs_its_reason(
     sensor = plant.asset("skab-valve1-1").sensors["skab_temperature"]
     assert sensor.contract.watched_as == "auto" and sensor.watched_as_reason is None
     unexplained = NEW_PLANT.replace(
-        ",\n             watched_as_reason: the housing follows the ambient}", "}")
+        ",\n             watched_as_reason: the housing follows the ambient}", "}"
+    )
     assert unexplained != NEW_PLANT
     with pytest.raises(PlantError, match="watched_as_reason"):
         load_plant(write(tmp_path, unexplained))
@@ -275,7 +276,9 @@ def test_plant_validate_and_show_a_good_file(tmp_path: Path, capsys, monkeypatch
     temp = next(s for s in fan["sensors"] if s["sensor_id"] == "bearing_temp")
     assert (temp["high"], temp["tag"]) == (95.0, "fan-101-TT1")
     assert {(e["source"], e["target"]) for e in shown["topology"]} == {
-        ("pump-201", "fan-101"), ("fan-101", "fan-102")}
+        ("pump-201", "fan-101"),
+        ("fan-101", "fan-102"),
+    }
     monkeypatch.setenv("PLANTPULSE_PLANT", str(path))
     assert plant_command("show") == 0
     table = capsys.readouterr().out
@@ -291,18 +294,23 @@ def test_dagster_asset_shows_the_plant_as_markdown_tables(tmp_path: Path):
 
     assert defs.resolve_assets_def("plant_model") is not None
     path = write(tmp_path, NEW_PLANT)
-    result = dg.materialize([plant_model],
-                            run_config={"ops": {"plant_model": {"config": {"path": str(path)}}}})
+    result = dg.materialize(
+        [plant_model], run_config={"ops": {"plant_model": {"config": {"path": str(path)}}}}
+    )
     meta = result.asset_materializations_for_node("plant_model")[0].metadata
     assert meta["assets"].value == 4 and meta["sensor_count"].value == 11
     sensors = meta["sensor_contracts"].value
     assert "| fan-101 | bearing_temp | fan-101-TT1 | temperature | degC | -20 .. 95 |" in sensors
     assert "| pump-201 | fan-101 | feeds |" in meta["topology"].value
     assert "| fan-101 | hall-1 | fan |  | 1480 | nde: SKF_6310, de: FAG_22220 | 3 |" in (
-        meta["asset_table"].value)
+        meta["asset_table"].value
+    )
     bad = write(tmp_path, BAD["unknown_bearing"][0], "bad.yaml")
-    failed = dg.materialize([plant_model], raise_on_error=False,
-                            run_config={"ops": {"plant_model": {"config": {"path": str(bad)}}}})
+    failed = dg.materialize(
+        [plant_model],
+        raise_on_error=False,
+        run_config={"ops": {"plant_model": {"config": {"path": str(bad)}}}},
+    )
     assert not failed.success
 
 
@@ -311,5 +319,7 @@ def test_yaml_tags_a_safe_loader_refuses_and_duplicate_keys_are_errors(tmp_path:
     with pytest.raises(PlantError, match=r"plant.yaml:2: .*could not determine a constructor"):
         load_plant(unsafe)
     twice = write(tmp_path, "plant: x\nsites: []\nplant: y\n", "twice.yaml")
-    with pytest.raises(PlantError, match=r"twice.yaml:3: duplicate key 'plant' \(first at line 1\)"):
+    with pytest.raises(
+        PlantError, match=r"twice.yaml:3: duplicate key 'plant' \(first at line 1\)"
+    ):
         load_plant(twice)

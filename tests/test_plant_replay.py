@@ -44,11 +44,17 @@ def skab_plant(tmp_path: Path, **replace: str) -> Path:
 
 
 @needs_data
-def test_a_plant_file_alone_replays_its_folder_end_to_end(lake: Lake, tmp_path: Path,
-                                                          restore_default_plant):
-    path = skab_plant(tmp_path, **{'files: "*.csv"': 'files: "1[01].csv"',
-                                   "  batch_s: 10.0": '  batch_s: 1.0\n  asset_id: "mill-{stem}"',
-                                   'match: "skab-*"': 'match: "mill-*"'})
+def test_a_plant_file_alone_replays_its_folder_end_to_end(
+    lake: Lake, tmp_path: Path, restore_default_plant
+):
+    path = skab_plant(
+        tmp_path,
+        **{
+            'files: "*.csv"': 'files: "1[01].csv"',
+            "  batch_s: 10.0": '  batch_s: 1.0\n  asset_id: "mill-{stem}"',
+            'match: "skab-*"': 'match: "mill-*"',
+        },
+    )
     plant = contracts.use_plant(path)
     assert "mill_current" in contracts.SENSORS and "skab_current" not in contracts.SENSORS
     timelines = plant_messages(plant, DATA)
@@ -60,16 +66,27 @@ def test_a_plant_file_alone_replays_its_folder_end_to_end(lake: Lake, tmp_path: 
     readings = lake.read("readings", columns=["asset_id", "sensor_id"])
     rows = sum(len(pd.read_csv(DATA / "skab" / "valve1" / f"{n}.csv", sep=";")) for n in (10, 11))
     assert len(readings) == rows * 8 and not lake.exists("dead_letter")
-    assert set(readings["sensor_id"]) == {f"mill_{s}" for s in (
-        "accelerometer1_rms", "accelerometer2_rms", "current", "pressure", "temperature",
-        "thermocouple", "voltage", "volume_flow_rate_rms")}
+    assert set(readings["sensor_id"]) == {
+        f"mill_{s}"
+        for s in (
+            "accelerometer1_rms",
+            "accelerometer2_rms",
+            "current",
+            "pressure",
+            "temperature",
+            "thermocouple",
+            "voltage",
+            "volume_flow_rate_rms",
+        )
+    }
     assert lake.count("features") > 0 and lake.count("scores") > 0
 
 
 @needs_data
 def test_any_skab_folder_by_the_file(tmp_path: Path):
-    path = skab_plant(tmp_path, **{"folder: valve1": 'folder: ""',
-                                   'files: "*.csv"': 'files: "anomaly-free.csv"'})
+    path = skab_plant(
+        tmp_path, **{"folder: valve1": 'folder: ""', 'files: "*.csv"': 'files: "anomaly-free.csv"'}
+    )
     timelines = plant_messages(load_plant(path), DATA)
     assert list(timelines) == ["skab-skab-anomaly-free"]
     missing = skab_plant(tmp_path, **{"folder: valve1": "folder: valve9"})
@@ -80,20 +97,36 @@ def test_any_skab_folder_by_the_file(tmp_path: Path):
 def test_replayed_assets_must_fall_under_the_declared_asset(tmp_path: Path):
     path = skab_plant(tmp_path, **{"  batch_s: 10.0": '  batch_s: 10.0\n  asset_id: "x-{stem}"'})
     (tmp_path / "skab" / "valve1").mkdir(parents=True)
-    columns = ["datetime", "Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure",
-               "Temperature", "Thermocouple", "Voltage", "Volume Flow RateRMS"]
+    columns = [
+        "datetime",
+        "Accelerometer1RMS",
+        "Accelerometer2RMS",
+        "Current",
+        "Pressure",
+        "Temperature",
+        "Thermocouple",
+        "Voltage",
+        "Volume Flow RateRMS",
+    ]
     pd.DataFrame([["2020-01-01 00:00:00", *[1.0] * 8]], columns=columns).to_csv(
-        tmp_path / "skab" / "valve1" / "0.csv", sep=";", index=False)
-    with pytest.raises(PlantError, match=r"replayed asset 'x-0' does not fall under asset "
-                                         r"'skab-testbed' \(match: 'skab-\*'\)"):
+        tmp_path / "skab" / "valve1" / "0.csv", sep=";", index=False
+    )
+    with pytest.raises(
+        PlantError,
+        match=r"replayed asset 'x-0' does not fall under asset "
+        r"'skab-testbed' \(match: 'skab-\*'\)",
+    ):
         plant_messages(load_plant(path), tmp_path)
 
 
 def write_nab_series(data: Path) -> None:
     (data / "nab").mkdir(parents=True)
-    pd.DataFrame({"timestamp": pd.date_range("2026-01-01", periods=50, freq="1min"),
-                  "value": [5.0 + 0.01 * i for i in range(50)]}).to_csv(
-        data / "nab" / "boiler_pressure.csv", index=False)
+    pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=50, freq="1min"),
+            "value": [5.0 + 0.01 * i for i in range(50)],
+        }
+    ).to_csv(data / "nab" / "boiler_pressure.csv", index=False)
 
 
 NAB_PLANT = """\
@@ -118,8 +151,11 @@ def test_a_nab_series_of_a_declared_kind(tmp_path: Path):
     assert b"drum_pressure" in timelines["boiler-1"][0][1]
     bad = tmp_path / "bad.yaml"
     bad.write_text(NAB_PLANT.replace("sensor: drum_pressure", "sensor: drum_level"))
-    with pytest.raises(PlantError, match=r"bad.yaml:9: replay.sensor: 'drum_level' is not a "
-                                         r"sensor of asset 'boiler-1'"):
+    with pytest.raises(
+        PlantError,
+        match=r"bad.yaml:9: replay.sensor: 'drum_level' is not a "
+        r"sensor of asset 'boiler-1'",
+    ):
         load_plant(bad)
 
 
@@ -148,10 +184,13 @@ def test_replay_command_takes_a_plant_file_and_a_data_path(tmp_path: Path):
     write_nab_series(tmp_path / "data")
     path = tmp_path / "boiler.yaml"
     path.write_text(NAB_PLANT)
-    out = cli("replay", "--plant", str(path), "--data", str(tmp_path / "data"), home=tmp_path,
-              timeout=300)
+    out = cli(
+        "replay", "--plant", str(path), "--data", str(tmp_path / "data"), home=tmp_path, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     readings = Lake(tmp_path / "lake").read("readings")
     assert len(readings) == 50 and set(readings["sensor_id"]) == {"drum_pressure"}
     out = cli("replay", "--plant", str(tmp_path / "nope.yaml"), home=tmp_path, timeout=300)
-    assert out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    assert (
+        out.returncode == 2 and out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+    )

@@ -35,16 +35,22 @@ def test_lake_rows_end_at_failures_and_ignore_confirmations_and_censored_assets(
     asset and a technician's confirmation of an alert give no RUL target."""
     t = pd.date_range("2026-01-01", periods=200, freq="s", tz="UTC")
     hi = 0.05 + 0.1 * np.exp((np.arange(200) - 199) / 30.0)
-    feats = pd.concat([
-        pd.DataFrame({"asset_id": a, "sensor_id": "vib_de", "window_end": t, "vib_rms": hi})
-        for a in ("pump-01", "pump-02")
-    ])
+    feats = pd.concat(
+        [
+            pd.DataFrame({"asset_id": a, "sensor_id": "vib_de", "window_end": t, "vib_rms": hi})
+            for a in ("pump-01", "pump-02")
+        ]
+    )
     fail = t[-1] + pd.Timedelta(seconds=10)
-    events = pd.DataFrame({
-        "asset_id": ["pump-02", "pump-01"], "ts": [fail, t[100]], "kind": ["failure", "failure"],
-        "component": ["bearing_outer_race"] * 2,
-        "detail": ["spall", "confirms alert pump-01-1; found on inspection"],
-    })
+    events = pd.DataFrame(
+        {
+            "asset_id": ["pump-02", "pump-01"],
+            "ts": [fail, t[100]],
+            "kind": ["failure", "failure"],
+            "component": ["bearing_outer_race"] * 2,
+            "detail": ["spall", "confirms alert pump-01-1; found on inspection"],
+        }
+    )
     rows = lake_rul_rows(feats, events, default_plant())
     assert set(rows["asset_id"]) == {"pump-02"}
     assert len(rows) == 200 - 30 + 1  # the first 29 windows learn the healthy baseline
@@ -68,18 +74,26 @@ def rul_served(mlops: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     result = defs.resolve_job_def("retrain_rul").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         resources=mlops["resources"],
-        run_config={"ops": {"rul_candidate": {"config": {"n_estimators": 150}},
-                            # latency is measured by the benches, not here (a busy machine)
-                            "rul_promotion": {"config": {"latency_budget_ms": 60_000.0}}}},
+        run_config={
+            "ops": {
+                "rul_candidate": {"config": {"n_estimators": 150}},
+                # latency is measured by the benches, not here (a busy machine)
+                "rul_promotion": {"config": {"latency_budget_ms": 60_000.0}},
+            }
+        },
     )
     assert result.success
-    meta = {e.materialization.asset_key.to_user_string():
-            {k: v.value for k, v in e.materialization.metadata.items()}
-            for e in result.get_asset_materialization_events()}
+    meta = {
+        e.materialization.asset_key.to_user_string(): {
+            k: v.value for k, v in e.materialization.metadata.items()
+        }
+        for e in result.get_asset_materialization_events()
+    }
     lake = Lake(tmp_path_factory.mktemp("rul-served"))
     start = T0_US + 2 * 86_400_000_000
-    fleet = default_fleet(3, seed=21, start_us=start, outer_race_at_s=60,
-                          inner_race_at_s=120, time_to_failure_s=400)
+    fleet = default_fleet(
+        3, seed=21, start_us=start, outer_race_at_s=60, inner_race_at_s=120, time_to_failure_s=400
+    )
     run_main(get_flow(SimulatorSource(fleet, n_chunks=200), lake.uri, mlops["tracking"]))
     return {"meta": meta, "lake": lake, "fleet": fleet, "tracking": mlops["tracking"]}
 
@@ -116,8 +130,13 @@ def test_stream_serves_rul_whose_interval_holds_the_truth(rul_served: dict):
     assert np.median(err) < 150
     # the operations picture reads its truth from maintenance_events failures
     with_truth = with_rul_truth(prog.drop(columns="truth"), pd.DataFrame(fleet.ground_truth()))
-    both = prog[["asset_id", "ts", "truth"]].astype({"truth": float}).merge(
-        with_truth[["asset_id", "ts", "truth"]], on=["asset_id", "ts"], suffixes=("", "_lake"))
+    both = (
+        prog[["asset_id", "ts", "truth"]]
+        .astype({"truth": float})
+        .merge(
+            with_truth[["asset_id", "ts", "truth"]], on=["asset_id", "ts"], suffixes=("", "_lake")
+        )
+    )
     assert len(both) == len(prog)
     assert np.allclose(both["truth"].fillna(-1), both["truth_lake"].fillna(-1))
 
@@ -126,17 +145,22 @@ def test_late_labels_only_after_alerts_and_some_never(plant: dict):
     """The technician labels an alert only after it opened, on a really faulted machine; a
     share is never labelled; the fault classifier's training set uses only those labels."""
     lake = plant["lake"]
-    fleet = default_fleet(6, seed=3, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=120,
-                          time_to_failure_s=400)
+    fleet = default_fleet(
+        6, seed=3, start_us=T0_US, outer_race_at_s=60, inner_race_at_s=120, time_to_failure_s=400
+    )
     faults = faults_of(fleet.ground_truth())
     t0 = pd.Timestamp(T0_US, unit="us", tz="UTC")
-    alerts = pd.DataFrame({  # as lake.current_alerts gives them: the stream's alert ids
-        "asset_id": ["pump-01", "pump-02", "pump-03", "pump-05", "pump-06", "pump-02"],
-        "opened_s": [100, 150, 200, 160, 210, 30],  # pump-02's first: before its fault began
-    })
+    alerts = pd.DataFrame(
+        {  # as lake.current_alerts gives them: the stream's alert ids
+            "asset_id": ["pump-01", "pump-02", "pump-03", "pump-05", "pump-06", "pump-02"],
+            "opened_s": [100, 150, 200, 160, 210, 30],  # pump-02's first: before its fault began
+        }
+    )
     alerts["opened_ts"] = t0 + pd.to_timedelta(alerts["opened_s"], unit="s")
-    alerts["alert_id"] = [f"{a}-{int(t.value // 1000)}" for a, t in
-                          zip(alerts["asset_id"], alerts["opened_ts"], strict=True)]
+    alerts["alert_id"] = [
+        f"{a}-{int(t.value // 1000)}"
+        for a, t in zip(alerts["asset_id"], alerts["opened_ts"], strict=True)
+    ]
     opened = alerts["opened_ts"].min()
     assert confirmations(alerts, faults, set(), opened, 30.0) == []  # not before the delay
     now = alerts["opened_ts"].max() + pd.Timedelta(seconds=30)
@@ -145,8 +169,9 @@ def test_late_labels_only_after_alerts_and_some_never(plant: dict):
     assert sorted(r["asset_id"] for r in every) == ["pump-02", "pump-03", "pump-05", "pump-06"]
     some = confirmations(alerts, faults, set(), now, 30.0, never_share=0.5)
     assert len(some) < len(every)
-    again = confirmations(alerts, faults, {r["detail"].split(";")[0].split()[-1] for r in some},
-                          now, 30.0)
+    again = confirmations(
+        alerts, faults, {r["detail"].split(";")[0].split()[-1] for r in some}, now, 30.0
+    )
     assert len(again) == len(every) - len(some)  # what is labelled is not labelled twice
     for r in every:
         alert = alerts[alerts["alert_id"] == r["detail"].split(";")[0].split()[-1]].iloc[0]
@@ -164,8 +189,7 @@ def test_late_labels_only_after_alerts_and_some_never(plant: dict):
 def test_operations_overview_draws_rul_against_the_truth(rul_served: dict, tmp_path):
     lake, fleet = rul_served["lake"], rul_served["fleet"]
     lake.append("maintenance_events", pd.DataFrame(fleet.ground_truth()))
-    result = dg.materialize([operations_overview],
-                            resources={"lake": LakeResource(uri=lake.uri)})
+    result = dg.materialize([operations_overview], resources={"lake": LakeResource(uri=lake.uri)})
     meta = result.get_asset_materialization_events()[0].materialization.metadata
     md = meta["remaining_useful_life"].value
     png = base64.b64decode(re.search(r"base64,([^)]+)\)", md).group(1))

@@ -39,8 +39,9 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lake = Lake(root / ".plantpulse" / "lake")
     lake.create_tables()
     start = (time.time_ns() // 1000 - 3_600_000_000) // 1_000_000 * 1_000_000
-    fleet = default_fleet(3, start_us=start, outer_race_at_s=70, inner_race_at_s=90,
-                          time_to_failure_s=200)
+    fleet = default_fleet(
+        3, start_us=start, outer_race_at_s=70, inner_race_at_s=90, time_to_failure_s=200
+    )
     tracking = f"sqlite:///{root / '.plantpulse' / 'mlflow' / 'mlflow.db'}"
     (root / ".plantpulse" / "mlflow").mkdir(parents=True)
     run_main(get_flow(SimulatorSource(fleet, n_chunks=300), lake.uri, tracking))
@@ -49,8 +50,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _env() -> dict[str, str]:
-    drop = {"PLANTPULSE_HOME", "PLANTPULSE_LAKE", "MLFLOW_TRACKING_URI", "PLANTPULSE_ARTIFACTS",
-            "DAGSTER_HOME", "PLANTPULSE_RECOVERY"}
+    drop = {
+        "PLANTPULSE_HOME",
+        "PLANTPULSE_LAKE",
+        "MLFLOW_TRACKING_URI",
+        "PLANTPULSE_ARTIFACTS",
+        "DAGSTER_HOME",
+        "PLANTPULSE_RECOVERY",
+    }
     return {k: v for k, v in os.environ.items() if k not in drop}
 
 
@@ -60,15 +67,22 @@ def test_the_readme_has_examples():
 
 @pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0][:40])
 def test_python_block_runs(workdir: Path, block: str):
-    out = subprocess.run([sys.executable, "-c", block], cwd=workdir, env=_env(),
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", block],
+        cwd=workdir,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "pump-02" in out.stdout  # the queries print real rows
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_command_runs(workdir: Path, command: str):
-    out = subprocess.run(command, shell=True, cwd=workdir, env=_env(), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        command, shell=True, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip(), "printed nothing"

@@ -78,13 +78,16 @@ def test_read_write_and_idempotent_append_on_s3(s3_lake: Lake):
     rows = readings_rows(5)
     assert s3_lake.append("readings", rows, idempotency_key=("mqtt:0", 1))
     assert not s3_lake.append("readings", rows, idempotency_key=("mqtt:0", 1))  # a replay
-    assert s3_lake.append("readings", readings_rows(3, t0_us=T0_US + 10_000_000),
-                          idempotency_key=("mqtt:0", 2))
+    assert s3_lake.append(
+        "readings", readings_rows(3, t0_us=T0_US + 10_000_000), idempotency_key=("mqtt:0", 2)
+    )
     assert s3_lake.count("readings") == 8
     again = Lake(s3_lake.uri)  # a second process's view of the same bucket
     assert again.committed_version("readings", "mqtt:0") == 2
     day = again.read("readings", filters=[("asset_id", "=", "pump-01")])
-    assert sorted(day["value"]) == sorted([40.0 + i for i in range(5)] + [40.0 + i for i in range(3)])
+    assert sorted(day["value"]) == sorted(
+        [40.0 + i for i in range(5)] + [40.0 + i for i in range(3)]
+    )
     assert any(k.endswith("_delta_log/00000000000000000002.json") for k in _objects(s3_lake))
 
 
@@ -93,8 +96,9 @@ def test_stream_writes_to_s3_and_a_rerun_duplicates_nothing(s3_lake: Lake):
     run_main(get_flow(SimulatorSource(fleet, n_chunks=4), s3_lake.uri))
     first = {t: s3_lake.count(t) for t in ("readings", "features", "scores")}
     assert first["readings"] > 0 and first["features"] > 0 and first["scores"] > 0
-    run_main(get_flow(SimulatorSource(default_fleet(2, seed=5, start_us=T0_US), n_chunks=4),
-                      s3_lake.uri))
+    run_main(
+        get_flow(SimulatorSource(default_fleet(2, seed=5, start_us=T0_US), n_chunks=4), s3_lake.uri)
+    )
     assert {t: s3_lake.count(t) for t in first} == first
 
 
@@ -117,7 +121,11 @@ def test_cli_status_reads_the_s3_lake(s3_lake: Lake, tmp_path: Path):
     env = {**os.environ, "PLANTPULSE_LAKE": s3_lake.uri, "PLANTPULSE_HOME": str(tmp_path)}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "plantpulse"), "status", "--json"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert out.returncode == 0, out.stderr[-2000:]
     status = json.loads(out.stdout)
@@ -145,7 +153,10 @@ def test_an_append_loop_and_compaction_at_the_same_time_lose_no_commit(s3_lake: 
     n = 20
     writer = subprocess.Popen(
         [sys.executable, "-c", _APPEND_LOOP, s3_lake.uri, str(n)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     compactions = 0
@@ -164,6 +175,7 @@ def test_an_append_loop_and_compaction_at_the_same_time_lose_no_commit(s3_lake: 
     assert fresh.committed_version("readings", "writer") == n - 1
     ops = [h["operation"] for h in fresh.history("readings")]
     assert ops.count("WRITE") == n and ops.count("OPTIMIZE") == compactions >= 1
-    versions = sorted(int(Path(k).stem) for k in _objects(fresh) if k.endswith(".json")
-                      and "_delta_log/" in k)
+    versions = sorted(
+        int(Path(k).stem) for k in _objects(fresh) if k.endswith(".json") and "_delta_log/" in k
+    )
     assert versions == list(range(len(versions)))  # one commit file per version, no gaps

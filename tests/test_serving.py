@@ -37,12 +37,19 @@ def served(mlops: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     client(mlops["tracking"]).set_registered_model_alias(FAULT_MODEL, CHAMPION, version)
     lake = Lake(tmp_path_factory.mktemp("served"))
     fleet = default_fleet(
-        3, seed=11, start_us=T0_US + 86_400_000_000, outer_race_at_s=60, inner_race_at_s=120,
+        3,
+        seed=11,
+        start_us=T0_US + 86_400_000_000,
+        outer_race_at_s=60,
+        inner_race_at_s=120,
         time_to_failure_s=400,
     )
     run_main(get_flow(SimulatorSource(fleet, n_chunks=300), lake.uri, mlops["tracking"]))
-    return {"lake": lake, "version": version, "start": pd.Timestamp(fleet.start_us, unit="us",
-                                                                      tz="UTC")}
+    return {
+        "lake": lake,
+        "version": version,
+        "start": pd.Timestamp(fleet.start_us, unit="us", tz="UTC"),
+    }
 
 
 def test_every_score_is_stamped_with_the_champion_and_predicts_the_faults(served: dict):
@@ -86,8 +93,9 @@ def test_hysteresis_one_noisy_window_neither_opens_nor_closes():
     policy, state = AlertPolicy(), Channel()
 
     def step(i: int, anomaly: float) -> list[dict]:
-        return _update_alert(state, policy, "a", T0_US + i, anomaly, None, None, None,
-                             None, {"rms": anomaly})
+        return _update_alert(
+            state, policy, "a", T0_US + i, anomaly, None, None, None, None, {"rms": anomaly}
+        )
 
     assert step(0, 50.0) == [] and step(1, 1.0) == []  # a single spike: nothing
     opened = [r for i in range(2, 5) for r in step(i, 12.0)]
@@ -114,8 +122,7 @@ def test_the_stream_follows_the_alias_without_restart(mlops: dict, served: dict)
         return Batch([Message("test", 10 * k + j, T0_US, p) for j, p in enumerate(payloads)])
 
     def served_by(rows: list) -> list[str]:
-        return next(r for r in rows if r.table == "scores").rows.column(
-            "model_version").to_pylist()
+        return next(r for r in rows if r.table == "scores").rows.column("model_version").to_pylist()
 
     state, rows = run_batch(None, second(0), ctx)
     assert served_by(rows) == [served["version"]]

@@ -3,7 +3,6 @@ small files (Z-ordered by asset and time), then vacuum files out of the tables f
 their window.  The rules are the tables' declarations in ``lake.catalogue``; the work is
 ``lake.maintenance``.  Safe while the stream appends (optimistic concurrency, retried commits)."""
 
-
 import dagster as dg
 import pandas as pd
 
@@ -47,8 +46,12 @@ def lake_compaction(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     return dg.MaterializeResult(
         metadata={
             "tables": dg.MetadataValue.int(len(reports)),
-            "files_before": dg.MetadataValue.int(int(table["files_before"].sum()) if len(table) else 0),
-            "files_after": dg.MetadataValue.int(int(table["files_after"].sum()) if len(table) else 0),
+            "files_before": dg.MetadataValue.int(
+                int(table["files_before"].sum()) if len(table) else 0
+            ),
+            "files_after": dg.MetadataValue.int(
+                int(table["files_after"].sum()) if len(table) else 0
+            ),
             "expired_partitions": dg.MetadataValue.int(
                 sum(len(r.expired_partitions) for r in reports)
             ),
@@ -58,7 +61,9 @@ def lake_compaction(context: dg.AssetExecutionContext, lake: LakeResource) -> dg
     )
 
 
-@dg.asset(deps=[lake_compaction], group_name="maintenance", kinds={"delta"}, owners=["team:platform"])
+@dg.asset(
+    deps=[lake_compaction], group_name="maintenance", kinds={"delta"}, owners=["team:platform"]
+)
 def lake_vacuum(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Every table: delete the files that compaction and expiry took out of it once they are
     older than the table's vacuum window (readers on older versions and time travel keep

@@ -115,9 +115,9 @@ def fault_training_set(
         ],
     )
     events = (
-        store.read("maintenance_events") if store.exists("maintenance_events") else pd.DataFrame(
-            columns=["asset_id", "ts", "kind", "component"]
-        )
+        store.read("maintenance_events")
+        if store.exists("maintenance_events")
+        else pd.DataFrame(columns=["asset_id", "ts", "kind", "component"])
     )
     labelled = label_faults(feats, events)
     labelled["validated"] = ~labelled["date"].astype(str).isin(unvalidated)
@@ -248,10 +248,16 @@ def fault_candidate(
         task="classifier",
         x_example=train[used].astype(np.float64),
         holdout=holdout[keep].reset_index(drop=True),
-        params={"n_estimators": config.n_estimators, "features": len(used),
-                "shuffled_labels": config.shuffle_labels},
-        metrics={"train_rows": len(train), "holdout_rows": len(holdout),
-                 "holdout_accuracy": float((predicted == holdout["condition"]).mean())},
+        params={
+            "n_estimators": config.n_estimators,
+            "features": len(used),
+            "shuffled_labels": config.shuffle_labels,
+        },
+        metrics={
+            "train_rows": len(train),
+            "holdout_rows": len(holdout),
+            "holdout_accuracy": float((predicted == holdout["condition"]).mean()),
+        },
         tags={
             "classes": json.dumps(classes),
             "slice_by": json.dumps(["asset_id", "condition"]),
@@ -300,8 +306,9 @@ def _decision_result(d: Decision) -> dg.MaterializeResult:
 
 
 def _gate(name: str, version: str, config: GateConfig, lake, mlflow) -> dg.MaterializeResult:
-    return _decision_result(run_gate(mlflow.tracking_uri, lake.lake(), name, version,
-                                     config.policy()))
+    return _decision_result(
+        run_gate(mlflow.tracking_uri, lake.lake(), name, version, config.policy())
+    )
 
 
 @dg.asset(
@@ -337,14 +344,23 @@ def rul_training_set(
     store = lake.lake()
     good, skipped, readings_failed, unvalidated = _validated_days(store, context.run.run_id)
     plant = default_plant()
-    his = {(a.health_indicator.sensor_id) for a in plant.assets.values()
-           if a.health_indicator is not None}
-    feats = store.read("features", filters=[
-        ("date", "in", [pd.Timestamp(d).date() for d in good]),
-        ("sensor_id", "in", sorted(his)),
-    ])
-    events = store.read("maintenance_events") if store.exists("maintenance_events") else (
-        pd.DataFrame(columns=["asset_id", "ts", "kind", "component"]))
+    his = {
+        (a.health_indicator.sensor_id)
+        for a in plant.assets.values()
+        if a.health_indicator is not None
+    }
+    feats = store.read(
+        "features",
+        filters=[
+            ("date", "in", [pd.Timestamp(d).date() for d in good]),
+            ("sensor_id", "in", sorted(his)),
+        ],
+    )
+    events = (
+        store.read("maintenance_events")
+        if store.exists("maintenance_events")
+        else (pd.DataFrame(columns=["asset_id", "ts", "kind", "component"]))
+    )
     df = lake_rul_rows(feats, events, plant)
     runs = sorted(df["run"].unique())
     if not runs:
@@ -360,8 +376,7 @@ def rul_training_set(
     if not held:  # too few lives to hold one out: the holdout is the last 25 % of each run
         order = df.groupby("run")["window_end"].rank(pct=True)
         df["holdout"] = order > 0.75
-    df["rul_band"] = np.where(df["rul"] <= df["rul_cap"] / 3, "last_third_of_horizon",
-                              "earlier")
+    df["rul_band"] = np.where(df["rul"] <= df["rul_cap"] / 3, "last_third_of_horizon", "earlier")
     days = df["window_end"].dt.strftime("%Y-%m-%d")
     df["validated"] = ~days.isin(unvalidated)
     return dg.Output(
@@ -410,13 +425,32 @@ def rul_candidate(
     truth = holdout["rul"].to_numpy()
     figures = {
         "rul_over_time.png": rul_figure(
-            holdout.assign(ts=holdout["window_end"], rul=predicted, rul_low=low, rul_high=high,
-                           truth=holdout["rul"]),
-            "RUL of the holdout runs: predicted, interval and truth (capped)"),
+            holdout.assign(
+                ts=holdout["window_end"],
+                rul=predicted,
+                rul_low=low,
+                rul_high=high,
+                truth=holdout["rul"],
+            ),
+            "RUL of the holdout runs: predicted, interval and truth (capped)",
+        ),
         "feature_importance.png": _importance_figure(served.model, "RUL residual: top inputs"),
     }
-    state_cols = ["asset_id", "run", "window_end", "t_s", "hi_z", "a", "b", "c", "rmse",
-                  "age_s", "rul", "rul_cap", "rul_band"]
+    state_cols = [
+        "asset_id",
+        "run",
+        "window_end",
+        "t_s",
+        "hi_z",
+        "a",
+        "b",
+        "c",
+        "rmse",
+        "age_s",
+        "rul",
+        "rul_cap",
+        "rul_band",
+    ]
     mv = log_candidate(
         mlflow.tracking_uri,
         mlflow.experiment_id(EXPERIMENT),
@@ -425,11 +459,18 @@ def rul_candidate(
         task="regressor",
         x_example=x_train,
         holdout=holdout[state_cols].assign(**x_hold).reset_index(drop=True),
-        params={"n_estimators": config.n_estimators, "inputs": len(TRACKER_FEATURES),
-                "shuffled_labels": config.shuffle_labels, "z_fail": served.z_fail},
-        metrics={"train_rows": len(train), "holdout_rows": len(holdout),
-                 "holdout_rmse_s": rmse(predicted, truth),
-                 "holdout_interval_coverage": float(np.mean((truth >= low) & (truth <= high)))},
+        params={
+            "n_estimators": config.n_estimators,
+            "inputs": len(TRACKER_FEATURES),
+            "shuffled_labels": config.shuffle_labels,
+            "z_fail": served.z_fail,
+        },
+        metrics={
+            "train_rows": len(train),
+            "holdout_rows": len(holdout),
+            "holdout_rmse_s": rmse(predicted, truth),
+            "holdout_interval_coverage": float(np.mean((truth >= low) & (truth <= high))),
+        },
         tags={
             "slice_by": json.dumps(["rul_band"]),
             "training_validated": "true" if bool(df["validated"].all()) else "false",
@@ -447,7 +488,8 @@ def rul_candidate(
             "z_fail": served.z_fail,
             "conformal_calibration": served.calibration,
             "rul_over_time": dg.MetadataValue.md(
-                png_markdown(figures["rul_over_time.png"], "RUL over time, holdout runs")),
+                png_markdown(figures["rul_over_time.png"], "RUL over time, holdout runs")
+            ),
         },
     )
 

@@ -14,8 +14,7 @@ from plant import default_plant, load_plant
 from plant.errors import PlantError
 from plant.onboarding import proposal_yaml
 
-__all__ = ["unknown_readings", "sensor_proposals", "build_unknown_sensors_sensor",
-           "onboarding_job"]
+__all__ = ["unknown_readings", "sensor_proposals", "build_unknown_sensors_sensor", "onboarding_job"]
 
 unknown_readings = dg.AssetSpec(
     "unknown_readings",
@@ -57,27 +56,59 @@ def sensor_proposals(config: ProposalsConfig, lake: LakeResource) -> dg.Material
     found = proposals(store, plant)
     store.replace("sensor_proposals", proposal_rows(found, time.time_ns() // 1000))
     table = _md(
-        ["asset", "sensor", "readings", "min", "max", "rate Hz", "resolution", "gaps",
-         "stuck", "non-finite", "kind", "why"],
-        [[p.asset_id, p.sensor_id, p.n_readings, _g(p.min), _g(p.max), _g(p.rate_hz),
-          _g(p.resolution), p.gaps, p.stuck_stretches, p.non_finite, p.kind or "?",
-          p.kind_reason] for p, _ in found],
+        [
+            "asset",
+            "sensor",
+            "readings",
+            "min",
+            "max",
+            "rate Hz",
+            "resolution",
+            "gaps",
+            "stuck",
+            "non-finite",
+            "kind",
+            "why",
+        ],
+        [
+            [
+                p.asset_id,
+                p.sensor_id,
+                p.n_readings,
+                _g(p.min),
+                _g(p.max),
+                _g(p.rate_hz),
+                _g(p.resolution),
+                p.gaps,
+                p.stuck_stretches,
+                p.non_finite,
+                p.kind or "?",
+                p.kind_reason,
+            ]
+            for p, _ in found
+        ],
     )
     entries = "\n\n".join(
         f"**{p.asset_id} / {p.sensor_id}** - accept with `plantpulse sensors accept "
-        f"{p.asset_id} {p.sensor_id}`\n\n```yaml\n{proposal_yaml(e)}```" for p, e in found)
-    return dg.MaterializeResult(metadata={
-        "unknown_sensors": len(found),
-        "plant": dg.MetadataValue.path(plant.path),
-        "profiles": dg.MetadataValue.md(table),
-        "proposed_entries": dg.MetadataValue.md(entries or "no undeclared sensors"),
-        "proposals": dg.MetadataValue.json(
-            {f"{p.asset_id}/{p.sensor_id}": e for p, e in found}),
-    })
+        f"{p.asset_id} {p.sensor_id}`\n\n```yaml\n{proposal_yaml(e)}```"
+        for p, e in found
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "unknown_sensors": len(found),
+            "plant": dg.MetadataValue.path(plant.path),
+            "profiles": dg.MetadataValue.md(table),
+            "proposed_entries": dg.MetadataValue.md(entries or "no undeclared sensors"),
+            "proposals": dg.MetadataValue.json(
+                {f"{p.asset_id}/{p.sensor_id}": e for p, e in found}
+            ),
+        }
+    )
 
 
 onboarding_job = dg.define_asset_job(
-    "propose_sensor_contracts", selection=[sensor_proposals],
+    "propose_sensor_contracts",
+    selection=[sensor_proposals],
     description="Profile the sensors the plant does not declare and propose their contracts.",
     executor_def=dg.in_process_executor,
 )
@@ -98,23 +129,30 @@ def build_unknown_sensors_sensor(job=onboarding_job) -> dg.SensorDefinition:
         description="Proposes contracts when a sensor the plant does not declare lands its "
         "first readings in unknown_readings.",
     )
-    def unknown_sensors_sensor(context: dg.SensorEvaluationContext,
-                               lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
+    def unknown_sensors_sensor(
+        context: dg.SensorEvaluationContext, lake: LakeResource
+    ) -> dg.SensorResult | dg.SkipReason:
         from lake.onboarding import landed_sensors
 
         store = lake.lake()
         if not store.exists("unknown_readings"):
             return dg.SkipReason("no unknown_readings table yet")
         t = landed_sensors(store)
-        pairs = [f"{a}/{s}" for a, s in zip(t["asset_id"].to_pylist(),
-                                             t["sensor_id"].to_pylist(), strict=True)]
+        pairs = [
+            f"{a}/{s}"
+            for a, s in zip(t["asset_id"].to_pylist(), t["sensor_id"].to_pylist(), strict=True)
+        ]
         cursor = json.loads(context.cursor) if context.cursor else {}
         new, next_cursor = new_landed_pairs(pairs, cursor)
         if not new:
             return dg.SkipReason("no new undeclared sensors")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"onboard:{','.join(new)}",
-                                        tags={"plantpulse/new_sensors": ",".join(new)[:200]})],
+            run_requests=[
+                dg.RunRequest(
+                    run_key=f"onboard:{','.join(new)}",
+                    tags={"plantpulse/new_sensors": ",".join(new)[:200]},
+                )
+            ],
             cursor=json.dumps(next_cursor),
         )
 

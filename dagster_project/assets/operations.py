@@ -43,17 +43,18 @@ HOURS = 24.0
 def alert_frame_spectrum(store, alert: pd.Series):
     """The envelope spectrum of the first frame the flight recorder kept for ``alert``, with
     the defect frequencies at the shaft speed of that moment; None without a frame or speed."""
-    frames = store.read(
-        "frames", filters=[("retained_because", "=", f"alert:{alert['alert_id']}")]
-    )
+    frames = store.read("frames", filters=[("retained_because", "=", f"alert:{alert['alert_id']}")])
     if frames.empty:
         return None
     frame = frames.sort_values("ts_start").iloc[-1]
     speed = store.read(
         "readings",
         columns=["ts", "value"],
-        filters=[("asset_id", "=", alert["asset_id"]), ("sensor_id", "=", "shaft_speed"),
-                 ("ts", "<=", frame["ts_start"])],
+        filters=[
+            ("asset_id", "=", alert["asset_id"]),
+            ("sensor_id", "=", "shaft_speed"),
+            ("ts", "<=", frame["ts_start"]),
+        ],
     )
     if speed.empty:
         return None
@@ -64,7 +65,9 @@ def alert_frame_spectrum(store, alert: pd.Series):
     freqs, amp = envelope_spectrum(x, fs, low, high)
     f = defect_frequencies(SKF_6205, rpm)
     return envelope_plot(
-        freqs, amp[0], {"BPFO": f.bpfo, "BPFI": f.bpfi, "2xBSF": 2 * f.bsf, "shaft": rpm / 60},
+        freqs,
+        amp[0],
+        {"BPFO": f.bpfo, "BPFI": f.bpfi, "2xBSF": 2 * f.bsf, "shaft": rpm / 60},
         f"{alert['asset_id']}: envelope spectrum of the frame at {frame['ts_start']:%H:%M:%S} "
         f"({rpm:.0f} rpm; band {low[0]:.0f}-{high[0]:.0f} Hz)",
     )
@@ -116,28 +119,43 @@ def operations_overview(lake: LakeResource) -> dg.MaterializeResult:
     if store.exists("prognostics"):
         prog = store.read("prognostics", filters=[("ts", ">=", since)])
         if len(prog):
-            prog = with_rul_truth(prog, store.read("maintenance_events") if store.exists(
-                "maintenance_events") else pd.DataFrame(columns=["asset_id", "ts", "kind"]))
-            metadata["remaining_useful_life"] = dg.MetadataValue.md(png_markdown(
-                rul_figure(prog, "remaining useful life, last 24 h (shaded: the champion's "
-                           f"{prog['coverage'].iloc[-1]:.0%} interval; dashed: truth from "
-                           "maintenance_events failures)"), "RUL over time"))
+            prog = with_rul_truth(
+                prog,
+                store.read("maintenance_events")
+                if store.exists("maintenance_events")
+                else pd.DataFrame(columns=["asset_id", "ts", "kind"]),
+            )
+            metadata["remaining_useful_life"] = dg.MetadataValue.md(
+                png_markdown(
+                    rul_figure(
+                        prog,
+                        "remaining useful life, last 24 h (shaded: the champion's "
+                        f"{prog['coverage'].iloc[-1]:.0%} interval; dashed: truth from "
+                        "maintenance_events failures)",
+                    ),
+                    "RUL over time",
+                )
+            )
             newest_rul = prog.sort_values("ts").groupby("asset_id").last()
             metadata["rul_now"] = dg.MetadataValue.md(
-                newest_rul[["ts", "rul", "rul_low", "rul_high", "model_version"]]
-                .to_markdown())
+                newest_rul[["ts", "rul", "rul_low", "rul_high", "model_version"]].to_markdown()
+            )
     return dg.MaterializeResult(metadata=metadata)
 
 
 def with_rul_truth(prog: pd.DataFrame, events: pd.DataFrame) -> pd.DataFrame:
     """``prognostics`` rows with ``truth``: seconds to the asset's next ``failure`` in
     ``maintenance_events`` (NaN where none is recorded yet)."""
-    fails = events[events["kind"] == "failure"][["asset_id", "ts"]].rename(
-        columns={"ts": "failed_at"}).sort_values("failed_at")
+    fails = (
+        events[events["kind"] == "failure"][["asset_id", "ts"]]
+        .rename(columns={"ts": "failed_at"})
+        .sort_values("failed_at")
+    )
     prog = prog.sort_values("ts")
     if fails.empty:
         return prog.assign(truth=float("nan"))
     fails["failed_at"] = fails["failed_at"].astype(prog["ts"].dtype)
-    out = pd.merge_asof(prog, fails, left_on="ts", right_on="failed_at", by="asset_id",
-                        direction="forward")
+    out = pd.merge_asof(
+        prog, fails, left_on="ts", right_on="failed_at", by="asset_id", direction="forward"
+    )
     return out.assign(truth=(out["failed_at"] - out["ts"]).dt.total_seconds())

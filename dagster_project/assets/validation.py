@@ -154,8 +154,9 @@ def readings_validation(
 ) -> dg.MaterializeResult:
     """Validates one day of ``readings`` against the sensor contracts and the time-series checks,
     appends every result to ``validation_results`` and shows the failures with what to do."""
-    data, report = validate_readings_day(lake.lake(), context.partition_key,
-                                         context.run.run_id, config)
+    data, report = validate_readings_day(
+        lake.lake(), context.partition_key, context.run.run_id, config
+    )
     errors = [o for o in report.failed if o.severity == "error"]
     warnings = [o for o in report.failed if o.severity != "error"]
     pass_rate = 1 - len(report.failed) / len(report.outcomes) if report.outcomes else 0.0
@@ -215,8 +216,9 @@ def features_validation(
     context: dg.AssetExecutionContext, lake: LakeResource
 ) -> dg.MaterializeResult:
     """Validates one day of ``features`` with a GX suite derived from the feature registry."""
-    data, results, report = validate_features_day(lake.lake(), context.partition_key,
-                                                  context.run.run_id)
+    data, results, report = validate_features_day(
+        lake.lake(), context.partition_key, context.run.run_id
+    )
     failed = [f"{o.check}: {o.observed}" for o in report.failed]
     return dg.MaterializeResult(
         metadata={
