@@ -163,7 +163,7 @@ def run(n_alerts: int, n_assets: int, rate: float, warmup: int) -> dict:
     }
     os.environ["PLANTPULSE_MQTT_CREDENTIALS"] = env["PLANTPULSE_MQTT_CREDENTIALS"]
     logs = {
-        name: open(home / f"{name}.log", "wb")
+        name: open(home / f"{name}.log", "wb")  # noqa: SIM115
         for name in (
             "mosquitto",
             "stream",  # noqa: SIM115
