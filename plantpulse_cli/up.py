@@ -432,6 +432,6 @@ def _run(
         print("stopping ...")
         for svc in reversed(running):
             svc.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
     return code
