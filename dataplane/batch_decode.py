@@ -6,6 +6,7 @@ back whole as ``asset_mismatch``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,7 @@ def _decode_all(messages: list[Message]) -> Decoded:
     ]
     docs = _bulk_json([messages[i].payload for i in json_at]) if json_at else None
     doc_of: dict[int, Any] = {}
+    rest: Iterable[int]
     if docs is not None:
         if _bulk_single(b, docs, json_at) or _bulk_multi(b, docs, json_at):
             if len(json_at) == len(messages):
@@ -156,10 +158,11 @@ def _bulk_single(b: Builder, docs: list[dict], at: list[int]) -> bool:
     """The whole batch when every message is one reading (``ts`` an integer)."""
     if set(map(len, docs)) != {4}:
         return False
-    assets = [d.get("asset_id") for d in docs]
-    sensors = [d.get("sensor_id") for d in docs]
-    ts = [d.get("ts") for d in docs]
-    values = [d.get("value") for d in docs]
+    # untrusted JSON: anything until the type checks below
+    assets: list[Any] = [d.get("asset_id") for d in docs]
+    sensors: list[Any] = [d.get("sensor_id") for d in docs]
+    ts: list[Any] = [d.get("ts") for d in docs]
+    values: list[Any] = [d.get("value") for d in docs]
     if (
         set(map(type, ts)) != {int}
         or not set(map(type, values)) <= NUMBER_TYPES
@@ -193,15 +196,15 @@ def _bulk_multi(b: Builder, docs: list[dict], at: list[int]) -> bool:
     the same tags in the same order: a (messages x tags) matrix of readings."""
     if set(map(len, docs)) != {3}:
         return False
-    rows = [d.get("values") for d in docs]
+    rows: list[Any] = [d.get("values") for d in docs]
     if set(map(type, rows)) != {dict}:
         return False
     tags = {tuple(r) for r in rows}
     if len(tags) != 1:
         return False
     (tag_names,) = tags
-    assets = [d.get("asset_id") for d in docs]
-    ts = [d.get("ts") for d in docs]
+    assets: list[Any] = [d.get("asset_id") for d in docs]
+    ts: list[Any] = [d.get("ts") for d in docs]
     if (
         not tag_names
         or set(map(type, ts)) != {int}
@@ -246,7 +249,9 @@ def _decode_json_fast(b: Builder, i: int, p: bytes, d: Any = None) -> None:
             _multi(b, i, d)
             return
         if len(d) == 4:
-            a, s, ts, v = d.get("asset_id"), d.get("sensor_id"), d.get("ts"), d.get("value")
+            a, s = d.get("asset_id"), d.get("sensor_id")
+            ts: Any = d.get("ts")
+            v: Any = d.get("value")
             ta, tv = type(ts), type(v)
             if (
                 type(a) is str
@@ -280,7 +285,8 @@ def _multi(b: Builder, i: int, d: dict) -> None:
     asset = clean_id(d.get("asset_id"))
     if asset is None:
         raise PayloadError("wrong_type", "asset_id must be a non-empty printable string")
-    values, ts = d.get("values"), d.get("ts")
+    values: Any = d.get("values")
+    ts: Any = d.get("ts")
     if type(values) is not dict:
         raise PayloadError("malformed", "values must be an object of tag: value(s)", asset)
     if not values:
@@ -293,8 +299,14 @@ def _multi(b: Builder, i: int, d: dict) -> None:
         sensor = clean_id(tag)
         problem = None
         if sensor is None:
-            problem = ("wrong_type", "a tag must be a non-empty printable string")
-        elif many:
+            raw = orjson.dumps(
+                {"asset_id": asset, "sensor_id": str(sensor), "ts": ts, "value": v}, default=str
+            )
+            b.reject(
+                i, "wrong_type", "a tag must be a non-empty printable string", asset, None, raw
+            )
+            continue
+        if many:
             if type(v) is not list or len(v) != ts_arr.size:
                 problem = ("malformed", f"tag {tag!r}: expected a list of {ts_arr.size} values")
             elif not set(map(type, v)) <= NUMBER_TYPES:
