@@ -195,9 +195,9 @@ def flow_for(
     batch: int = 4096,
 ):
     """The real telemetry flow over the plant-shaped replay (``bytewax.run`` target)."""
+    from bytewax_flows.calibration import CalibrationCache
     from bytewax_flows.sinks import DeltaSink
     from bytewax_flows.telemetry import build_flow
-    from dataplane.calibration import CalibrationCache
     from dataplane.step import Context
 
     timelines = _Timelines(shape, seconds, n_assets, n_sensors, n_vib)

@@ -177,7 +177,7 @@ class _Received:
     dropped: int = 0  # a report of this many messages the broker dropped (no payload of theirs)
 
 
-class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
+class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
     def __init__(self, source: MQTTSource, worker_index: int, resume: dict | None = None):
         self.cfg = source
         self.worker = worker_index
@@ -446,7 +446,11 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
     def _acknowledge_durable(self) -> None:
         """Acknowledge, in the order received, the messages whose rows are durable in every
         stream table; the broker keeps the rest for a restarted worker."""
-        if not self.unacked or time.monotonic() - self.last_ack_check < self.cfg.ack_check_s:
+        if (
+            self.lake is None
+            or not self.unacked
+            or time.monotonic() - self.last_ack_check < self.cfg.ack_check_s
+        ):
             return
         self.last_ack_check = time.monotonic()
         durable = durable_offsets(self.lake, {source for source, *_ in self.unacked})
@@ -490,7 +494,7 @@ def _asset_of(topic: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
+class MQTTSource(FixedPartitionedSource[Batch, dict]):
     """``partitions`` clients (``w0``, ``w1``, ...: one per worker is the usual) subscribe to
     ``topic`` in the shared group ``group`` on the broker, each under a stable client id.
 

@@ -67,7 +67,11 @@ def durable_offsets(
         dt = lake.table(table)
         for source, versions in marks.items():
             versions.append(dt.transaction_version(durable_app_id(flow_id, source)))
-    return {s: None if None in v else min(v) for s, v in marks.items()}
+    durable: dict[str, int | None] = {}
+    for source, versions in marks.items():
+        known = [v for v in versions if v is not None]
+        durable[source] = min(known) if len(known) == len(versions) else None
+    return durable
 
 
 @dataclass
@@ -93,8 +97,9 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         now = time.monotonic()
         for item in values:
             if item.progress:
-                key = (item.table, item.source)
-                self.marks[key] = max(self.marks.get(key, -1), item.offset)
+                if isinstance(item.source, str):  # a mark: one source, one offset
+                    key = (item.table, item.source)
+                    self.marks[key] = max(self.marks.get(key, -1), int(item.offset))
                 continue
             buf = self.buffers.setdefault(item.table, _Buffer(since=now))
             if not buf.items:
