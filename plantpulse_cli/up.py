@@ -247,6 +247,8 @@ def cancel_runs(dagster_home: str, wait_s: float = CANCEL_WAIT_S) -> list[str]:
     ]
     with DagsterInstance.from_config(dagster_home) as instance:
         runs = instance.get_runs(RunsFilter(statuses=active))
+        if not runs:
+            return []
         for run in runs:
             try:
                 instance.run_coordinator.cancel_run(run.run_id)
@@ -256,10 +258,9 @@ def cancel_runs(dagster_home: str, wait_s: float = CANCEL_WAIT_S) -> list[str]:
             run_ids=[r.run_id for r in runs], statuses=[*active, DagsterRunStatus.CANCELING]
         )
         deadline = time.monotonic() + wait_s
-        while runs and instance.get_runs_count(ending) and time.monotonic() < deadline:
+        while instance.get_runs_count(ending) and time.monotonic() < deadline:
             time.sleep(0.5)
-    if runs:
-        log.info("canceled %d Dagster run(s) before stopping", len(runs))
+    log.info("canceled %d Dagster run(s) before stopping", len(runs))
     return [r.run_id for r in runs]
 
 

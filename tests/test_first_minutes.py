@@ -26,6 +26,7 @@ from dagster import (
 )
 from dagster._core.scheduler.instigation import TickStatus  # not exported by dagster 1.13
 
+from plantpulse_cli.up import cancel_runs, write_dagster_yaml
 from tests.conftest import REPO
 
 PLANTPULSE = str(Path(sys.executable).parent / "plantpulse")
@@ -123,6 +124,7 @@ def test_a_fresh_up_shows_no_red_in_its_first_minutes(tmp_path: Path, minutes: f
         up.send_signal(signal.SIGINT)  # Ctrl-C
         up.wait(timeout=120)
     assert up.returncode == 0, log.read_text()
+    assert "could not cancel" not in log.read_text(), log.read_text()
     with DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert not red(instance), red(instance)
         # the day was really judged: the blocking check ran and passed
@@ -134,3 +136,11 @@ def test_a_fresh_up_shows_no_red_in_its_first_minutes(tmp_path: Path, minutes: f
         assert contracts and all(c.passed for c in contracts)
         # what ran at the stop was canceled, not failed, and nothing was left running
         assert not instance.get_run_records(RunsFilter(statuses=ACTIVE))
+
+
+def test_stopping_with_no_run_in_progress_cancels_nothing(tmp_path: Path, caplog):
+    write_dagster_yaml(str(tmp_path))
+    with DagsterInstance.from_config(str(tmp_path)):
+        pass
+    assert cancel_runs(str(tmp_path)) == []
+    assert "could not cancel" not in caplog.text
