@@ -182,31 +182,39 @@ def _note_start(folder: Path) -> None:
 
 
 class _FilePartition(StatefulSourcePartition[Batch, tuple[int, int]]):
-    """One gateway's file, ``batch`` records per micro-batch; resumes at (index, byte)."""
+    """One gateway's file, ``batch`` records per micro-batch, read in blocks of 1 MiB (one
+    ``read`` per block, the records sliced out of it); resumes at (index, byte)."""
 
     def __init__(self, name: str, path: Path, position: tuple[int, int], batch: int):
         self.name, self.batch, self.folder = name, batch, path.parent
         self.index, start = position
         self.file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self.file.seek(start)
+        self.buf, self.pos = b"", 0  # read but not yet emitted: buf[pos:]
 
     def next_batch(self) -> list[Batch]:
         _note_start(self.folder)
-        f, messages = self.file, []
+        messages: list[Message] = []
         received = time.time_ns() // 1000
-        for _ in range(self.batch):
-            head = f.read(RECORD.size)
-            if len(head) < RECORD.size:
-                break
-            _, size = RECORD.unpack(head)
-            messages.append(Message(self.name, self.index, received, f.read(size)))
+        buf, pos, head, name = self.buf, self.pos, RECORD.size, self.name
+        while len(messages) < self.batch:
+            end = pos + head + (RECORD.unpack_from(buf, pos)[1] if len(buf) - pos >= head else 0)
+            if len(buf) - pos < head or end > len(buf):
+                more = self.file.read(1 << 20)
+                if not more:
+                    break
+                buf, pos = buf[pos:] + more, 0
+                continue
+            messages.append(Message(name, self.index, received, buf[pos + head : end]))
             self.index += 1
+            pos = end
+        self.buf, self.pos = buf, pos
         if not messages:
             raise StopIteration()
         return [Batch(messages)]
 
     def snapshot(self) -> tuple[int, int]:
-        return self.index, self.file.tell()
+        return self.index, self.file.tell() - (len(self.buf) - self.pos)
 
     def close(self) -> None:
         self.file.close()

@@ -47,8 +47,11 @@ def progress_rows(source: str, offset: int) -> list[tuple[str, SinkRows]]:
 
 
 MARK_EVERY_S = 5.0
-"""How often a sink partition records durability marks (each may need a commit of its own: the
-trade is between acknowledgement delay and the number of commits in quiet tables)."""
+"""How often a sink partition records durability marks by default (each may need a commit of
+its own: the trade is between acknowledgement delay and the number of commits in quiet tables).
+An MQTT source acknowledges after the marks, so its throughput is at most ``receive_maximum``
+messages per client per acknowledgement delay: a fast stream sets ``DeltaSink(mark_every_s=)``
+lower (``bench.soak``)."""
 
 
 def durable_app_id(flow_id: str, source: str) -> str:
@@ -82,9 +85,11 @@ class _Buffer:
 
 
 class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
-    def __init__(self, lake: Lake, flow_id: str, max_rows: int, max_age_s: float):
+    def __init__(
+        self, lake: Lake, flow_id: str, max_rows: int, max_age_s: float, mark_every_s: float
+    ):
         self.lake, self.flow_id = lake, flow_id
-        self.max_rows, self.max_age_s = max_rows, max_age_s
+        self.max_rows, self.max_age_s, self.mark_every_s = max_rows, max_age_s, mark_every_s
         self.buffers: dict[str, _Buffer] = {}
         # (table, source) -> offset recorded in Delta when first seen: replays are at or below it
         self.resume: dict[tuple[str, str], int] = {}
@@ -113,7 +118,7 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
     def snapshot(self) -> None:
         """Commit everything buffered (and, when due, the durability marks with it)."""
         durable: dict[str, dict[str, int]] = {}
-        if self.marks and time.monotonic() - self.marked_at >= MARK_EVERY_S:
+        if self.marks and time.monotonic() - self.marked_at >= self.mark_every_s:
             for (table, source), offset in self.marks.items():
                 durable.setdefault(table, {})[durable_app_id(self.flow_id, source)] = offset
             self.marks.clear()
@@ -180,9 +185,10 @@ class DeltaSink(FixedPartitionedSink[SinkRows, None]):
         flow_id: str = "telemetry",
         max_rows: int = 200_000,
         max_age_s: float = 1.0,
+        mark_every_s: float = MARK_EVERY_S,
     ):
         self.lake_uri, self.flow_id = lake_uri, flow_id
-        self.max_rows, self.max_age_s = max_rows, max_age_s
+        self.max_rows, self.max_age_s, self.mark_every_s = max_rows, max_age_s, mark_every_s
 
     def list_parts(self) -> list[str]:
         return sorted(table_names())  # Bytewax indexes into the sorted partition names
@@ -191,4 +197,6 @@ class DeltaSink(FixedPartitionedSink[SinkRows, None]):
         return self.list_parts().index(item_key)
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeltaSinkPartition:
-        return _DeltaSinkPartition(Lake(self.lake_uri), self.flow_id, self.max_rows, self.max_age_s)
+        return _DeltaSinkPartition(
+            Lake(self.lake_uri), self.flow_id, self.max_rows, self.max_age_s, self.mark_every_s
+        )
