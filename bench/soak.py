@@ -364,7 +364,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # -- the worker -------------------------------------------------------------------------------
-def worker_flow(via: str, lake_uri: str, endpoint: str, partitions: int = 4) -> Any:
+def worker_flow(
+    via: str, lake_uri: str, endpoint: str, partitions: int = 4, idle_stop_s: float = 30.0
+) -> Any:
     """The real telemetry flow (``bytewax.run`` target) over MQTT (``endpoint``: the broker's
     port; ``partitions`` clients, each with the largest receive window, acknowledging after
     durability) or Kafka (``endpoint``: the mock cluster's bootstrap address)."""
@@ -382,7 +384,7 @@ def worker_flow(via: str, lake_uri: str, endpoint: str, partitions: int = 4) -> 
             lake_uri=lake_uri,
             receive_maximum=65_535,
             partitions=partitions,
-            idle_stop_s=30.0,
+            idle_stop_s=idle_stop_s,
             ack_check_s=0.2,
         )
     else:
@@ -537,7 +539,8 @@ def run(args: Any, via: str, tmp: Path) -> dict[str, Any]:
             sys.executable,
             "-m",
             "bytewax.run",
-            f"bench.soak:worker_flow({via!r}, {str(lake_dir)!r}, {ep!r}, {args.partitions})",
+            f"bench.soak:worker_flow({via!r}, {str(lake_dir)!r}, {ep!r}, {args.partitions}, "
+            f"{args.idle_stop_s})",
             "-s",
             "1",
         ]
@@ -739,11 +742,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--every-s", type=float, default=10.0, help="measurement interval")
     a = p.parse_args(argv)
     a.assets, a.sensors, a.vib = (20, 5, 2) if a.quick else (500, 20, 50)
+    a.worker_start_s, a.idle_stop_s = 8.0, 30.0  # the MQTT worker: subscribed; idle -> stops
     if a.quick:
-        a.rate, a.minutes, a.every_s = min(a.rate, 2_000.0), 0.5, 5.0
-        a.via = "mqtt,kafka"
+        a.rate, a.minutes, a.every_s = min(a.rate, 2_000.0), 0.25, 3.0
+        a.via, a.worker_start_s, a.idle_stop_s = "mqtt,kafka", 6.0, 15.0
     a.seconds = a.minutes * 60
-    a.worker_start_s, a.drain_s, a.drain_timeout_s = 8.0, 2 * a.every_s, 300.0
+    a.drain_s, a.drain_timeout_s = 2 * a.every_s, 300.0
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as tmp:
         for via in a.via.split(","):
