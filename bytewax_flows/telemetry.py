@@ -19,16 +19,18 @@ no registry, lake or fleet.
 from __future__ import annotations
 
 import logging
-import os
+import pickle
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
+from bytewax.operators import StatefulLogic
 
-from bytewax_flows.routing import worker_key
-from bytewax_flows.sinks import DeltaSink, progress_rows
+from bytewax_flows.routing import SHARDS, worker_key
+from bytewax_flows.sinks import DeltaSink, progress_rows, sink_key
 from bytewax_flows.sources import SimulatorSource
 from dataplane.columns import Decoded
 from dataplane.context import Context, Plant
@@ -45,10 +47,6 @@ if TYPE_CHECKING:
 __all__ = ["get_flow", "build_flow", "flow", "simulated_flow", "SHARDS"]
 
 log = logging.getLogger(__name__)
-
-SHARDS = int(os.environ.get("PLANTPULSE_SHARDS", "4"))
-"""Keyed pieces each micro-batch is split into by asset: the unit Bytewax spreads over workers
-(more shards than workers balance better; each costs a little per batch)."""
 
 
 def get_flow(
@@ -107,12 +105,14 @@ def build_flow(
     flow = Dataflow("telemetry")
     items = op.input("source", flow, source)  # Batch (or Message / list of them)
     batches = op.map("as_batch", items, as_batch)  # Batch
-    marks = op.flat_map("to_every_table", batches, _marks)  # (table, SinkRows) durability
+    # (table#writer, SinkRows): durability marks, to every writer of every table
+    marks = op.flat_map("to_every_table", batches, partial(_marks, writers=sink.writers))
     pieces = op.flat_map("route", batches, shell.route)
     # (shard, Decoded): the batch's readings, frames and rejects of one shard's assets
-    processed = op.stateful_map("process", pieces, shell.process)
-    # (shard, [SinkRows]): readings, features, scores, alerts, drift, frames, dead letters
-    rows = op.flat_map("rows", processed, _by_table)  # (table, SinkRows)
+    processed = op.stateful("process", pieces, shell.shard_logic)
+    # (shard key, (shard, [SinkRows])): readings, features, scores, alerts, drift, frames, ...
+    rows = op.flat_map("rows", processed, partial(_by_table, writers=sink.writers))
+    # (table#writer, SinkRows): each shard's rows to its own writer, on its own worker
     op.output("lake", op.merge("all_rows", rows, marks), sink)
     return flow
 
@@ -151,18 +151,38 @@ class _Shell:
             for shard, piece in route(batch, self.n_shards, groups=self.groups())
         ]
 
-    def process(
-        self, state: ShardState | None, piece: Decoded
-    ) -> tuple[ShardState, list[SinkRows]]:
-        return process(state, piece, self.ctx)
+    def shard_logic(self, resume: bytes | ShardState | None) -> _ShardLogic:
+        return _ShardLogic(self, resume)
 
 
-def _marks(batch: Batch) -> list[tuple[str, SinkRows]]:
-    return [item for p in batch.progress for item in progress_rows(p.source, p.offset)]
+class _ShardLogic(StatefulLogic[Decoded, tuple[int, list[SinkRows]], bytes]):
+    """One shard's stateful step: ``dataplane.step.process`` on each piece.  Its snapshot is
+    the pickled state: Bytewax's ``stateful_map`` deep-copies the state at every epoch, which
+    cost a tenth of the worker's time (``bench/results/profile_*.svg``); a pickle is one C-level
+    pass and is what the recovery store keeps anyway."""
+
+    def __init__(self, shell: _Shell, resume: bytes | ShardState | None):
+        self.shell = shell
+        # (a ShardState itself: a snapshot of the earlier stateful_map step)
+        self.state = pickle.loads(resume) if isinstance(resume, bytes) else resume
+
+    def on_item(self, value: Decoded) -> tuple[list[tuple[int, list[SinkRows]]], bool]:
+        self.state, rows = process(self.state, value, self.shell.ctx)
+        return [(int(value.shard), rows)], StatefulLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _by_table(keyed_rows: tuple[str, list[SinkRows]]) -> list[tuple[str, SinkRows]]:
-    return [(r.table, r) for r in keyed_rows[1]]
+def _marks(batch: Batch, writers: int) -> list[tuple[str, SinkRows]]:
+    return [item for p in batch.progress for item in progress_rows(p.source, p.offset, writers)]
+
+
+def _by_table(
+    keyed: tuple[str, tuple[int, list[SinkRows]]], writers: int
+) -> list[tuple[str, SinkRows]]:
+    shard, rows = keyed[1]
+    return [(sink_key(r.table, shard, writers), r) for r in rows]
 
 
 flow = get_flow()

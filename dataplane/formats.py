@@ -77,9 +77,11 @@ NUMBER_TYPES = {int, float, type(None)}
 TS_MIN, TS_MAX = 631_152_000_000_000, 4_102_444_800_000_000
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Message:
-    """One raw input: where it came from, its position there, and the bytes."""
+    """One raw input: where it came from, its position there, and the bytes.  (Not frozen: a
+    source makes one per message, and a frozen dataclass costs four times as much to build -
+    1.9 against 0.4 µs here; nothing changes a message once made.)"""
 
     source: str
     offset: int

@@ -165,8 +165,10 @@ def annotate_alerts(board: TopologyBoard, plant: object, out: Out) -> None:
         if ts >= board.drift.get(row["asset_id"], (-1 << 62,))[0]:
             board.drift[row["asset_id"]] = (ts, str(row["subject"]), str(row["detector"]))
     rows = out.dicts.get("alerts")
-    topology = as_topology(plant)
-    if not rows or (not topology.topology and not board.open):
+    if not rows:
+        return
+    topology = as_topology(plant)  # (a protocol check: only for a batch with alerts)
+    if not topology.topology and not board.open:
         return
     msgs = out.dict_msg["alerts"]
     revisions: list[tuple[dict[str, Any], int]] = []
