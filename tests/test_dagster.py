@@ -129,7 +129,10 @@ def test_local_resources_need_no_configuration_and_follow_the_state_directory(
     # resolved where the run executes, from the same variables the stream reads
     result = dg.materialize([sensor_daily_stats], partition_key="2026-01-01", resources=local)
     assert result.success and len(lake.read("sensor_daily_stats")) == 1
-    exp = local["mlflow"].experiment_id("plantpulse-local")
+    mlflow = local["mlflow"]
+    assert isinstance(mlflow, MLflowResource)
+    assert mlflow.uri() == f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}"
+    exp = mlflow.experiment_id("plantpulse-local")
     assert (tmp_path / "home" / "mlflow" / "mlflow.db").is_file()
     assert (tmp_path / "home" / "mlflow" / "artifacts" / "plantpulse-local").is_dir() and exp
 

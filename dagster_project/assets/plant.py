@@ -1,6 +1,8 @@
 """The plant model as a Dagster asset: its assets, sensors and contracts, and topology, shown
 as markdown tables in the UI, from the same plant file both planes read."""
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from plant import Plant, PlantError, default_plant, load_plant
@@ -16,7 +18,7 @@ class PlantConfig(dg.Config):
     path: str = ""
 
 
-def _md(header: list[str], rows: list[list[object]]) -> str:
+def _md(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
 
