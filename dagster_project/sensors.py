@@ -9,7 +9,9 @@ import dagster as dg
 import pandas as pd
 
 from dagster_project.resources import LakeResource, MLflowResource
+from lake import Lake
 from models.registry import FAULT_MODEL, champion_version
+from models.training import label_faults
 
 DEBOUNCE_S = float(os.environ.get("PLANTPULSE_VALIDATION_DEBOUNCE_S", "900"))
 """A day with fresh data is revalidated at most this often (the stream commits every second)."""
@@ -113,6 +115,16 @@ def drift_requests(
     }
 
 
+def fault_labelled(store: Lake) -> bool:
+    """Whether ``maintenance_events`` names a fault a classifier can learn: a condition other
+    than normal, as ``models.training.label_faults`` reads the events."""
+    if not store.exists("maintenance_events"):
+        return False
+    events = store.read("maintenance_events", columns=["asset_id", "ts", "kind", "component"])
+    at_events = events[["asset_id", "ts"]].rename(columns={"ts": "window_end"})
+    return bool((label_faults(at_events, events)["condition"] != "normal").any())
+
+
 def build_drift_sensor(job: Any) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,
@@ -146,6 +158,18 @@ def build_drift_sensor(job: Any) -> dg.SensorDefinition:
                 f"{new_cursor['pending']} drift event(s) pending; debouncing"
                 if new_cursor["pending"]
                 else "no new drift events"
+            )
+        if not fault_labelled(store):
+            # drift says the machines changed, only labels say into what: without a fault
+            # label a training set is all normal and no classifier can be trained (a fresh
+            # plant's first drift comes minutes before the first label); new_labels_sensor
+            # retrains when one lands
+            context.update_cursor(
+                json.dumps({**new_cursor, "last_run_s": cursor.get("last_run_s", -1e18)})
+            )
+            return dg.SkipReason(
+                f"{len(events)} drift event(s), but maintenance_events labels no fault yet: "
+                "a retrain waits for the first label"
             )
         assets = sorted(events["asset_id"].unique()) if len(events) else []
         return dg.SensorResult(

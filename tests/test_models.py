@@ -207,6 +207,38 @@ def test_drift_sensor_requests_the_retrain_job_once_for_a_burst(tmp_path: Path):
             }
         ),
     )
+    # drift before any fault label (a fresh plant): nothing a classifier could learn yet
+    with dg.build_sensor_context(resources=resources) as ctx:
+        early = sensor(ctx)
+    assert isinstance(early, dg.SkipReason) and "labels no fault" in str(early.skip_message)
+    lake.append(
+        "maintenance_events",
+        pd.DataFrame(
+            {
+                "asset_id": ["pump-01"],
+                "ts": [t],
+                "kind": ["failure"],
+                "component": ["seal"],  # not a condition the classifier knows
+                "detail": [None],
+                "source": ["test"],
+            }
+        ),
+    )
+    with dg.build_sensor_context(resources=resources) as ctx:
+        assert isinstance(sensor(ctx), dg.SkipReason)
+    lake.append(
+        "maintenance_events",
+        pd.DataFrame(
+            {
+                "asset_id": ["pump-02"],
+                "ts": [t],
+                "kind": ["failure"],
+                "component": ["bearing_outer_race"],
+                "detail": [None],
+                "source": ["test"],
+            }
+        ),
+    )
     with dg.build_sensor_context(resources=resources) as ctx:
         result = sensor(ctx)
         assert len(result.run_requests) == 1
