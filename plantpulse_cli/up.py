@@ -272,6 +272,34 @@ def cancel_runs(dagster_home: str, wait_s: float = CANCEL_WAIT_S) -> list[str]:
     return [r.run_id for r in runs]
 
 
+def close_runs(dagster_home: str) -> list[str]:
+    """After the services stopped: record as canceled any run that did not end (one a sensor
+    queued between ``cancel_runs`` and the daemon's stop, or whose worker went with it), so none
+    is left queued for the next start or shown running forever.  Returns their ids."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    unfinished = [
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.CANCELING,
+    ]
+    with DagsterInstance.from_config(dagster_home) as instance:
+        runs = instance.get_runs(RunsFilter(statuses=unfinished))
+        for run in runs:
+            instance.report_run_canceled(
+                run, message="`plantpulse up` stopped while this run was queued or in progress"
+            )
+    return [r.run_id for r in runs]
+
+
+def stop_order(running: list[Service]) -> list[Service]:
+    """The order services stop in: the Dagster daemon first (no sensor starts a run after
+    ``cancel_runs``), then the others in the reverse of their start."""
+    return sorted(reversed(running), key=lambda svc: svc.name != "dagster-daemon")
+
+
 def services(
     host: str,
     port: int,
@@ -483,8 +511,13 @@ def _run(
                 cancel_runs(settings.dagster_home)
             except Exception as exc:  # the services stop whatever happens here
                 log.warning("could not cancel the Dagster runs: %s", exc)
-        for svc in reversed(running):
+        for svc in stop_order(running):
             svc.stop()
+        if ui:
+            try:
+                close_runs(settings.dagster_home)
+            except Exception as exc:
+                log.warning("could not close the Dagster runs: %s", exc)
         for signum, handler in old.items():
             signal.signal(signum, handler)
     return code

@@ -21,12 +21,13 @@ import pytest
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     RunsFilter,
 )
 from dagster._core.scheduler.instigation import TickStatus  # not exported by dagster 1.13
 
-from plantpulse_cli.up import cancel_runs, write_dagster_yaml
+from plantpulse_cli.up import cancel_runs, close_runs, write_dagster_yaml
 from tests.conftest import REPO
 
 PLANTPULSE = str(Path(sys.executable).parent / "plantpulse")
@@ -138,9 +139,17 @@ def test_a_fresh_up_shows_no_red_in_its_first_minutes(tmp_path: Path, minutes: f
         assert not instance.get_run_records(RunsFilter(statuses=ACTIVE))
 
 
-def test_stopping_with_no_run_in_progress_cancels_nothing(tmp_path: Path, caplog):
+def test_stopping_cancels_nothing_when_idle_and_leaves_no_run_queued(tmp_path: Path, caplog):
     write_dagster_yaml(str(tmp_path))
     with DagsterInstance.from_config(str(tmp_path)):
         pass
-    assert cancel_runs(str(tmp_path)) == []
+    assert cancel_runs(str(tmp_path)) == [] and close_runs(str(tmp_path)) == []
     assert "could not cancel" not in caplog.text
+    # a run started after the cancel, just before the daemon stopped and took its worker along
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        run = instance.add_run(
+            DagsterRun(job_name="validate_day", run_id="late", status=DagsterRunStatus.STARTED)
+        )
+    assert close_runs(str(tmp_path)) == [run.run_id]
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.get_run_by_id("late").status == DagsterRunStatus.CANCELED
