@@ -76,6 +76,7 @@ def _check_evaluations(instance: DagsterInstance, job: str | None = None) -> lis
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(DEADLINE_S + 300)  # start-up and stop on a loaded machine, beyond the deadline
 @pytest.mark.parametrize(
     "minutes",
     [None, pytest.param(3.0, marks=pytest.mark.long)],
