@@ -51,6 +51,11 @@ concurrency:
       - key: plantpulse/queue
         value: retrain
         limit: 1
+# Run monitoring fails a run whose worker has not started in time: Dagster's 3 minutes fail
+# runs on a small loaded machine, where a worker takes that long to start and import
+run_monitoring:
+  enabled: true
+  start_timeout_seconds: 600
 """
 LOCK_FILE = "up.lock"
 

@@ -31,6 +31,7 @@ def test_the_instance_the_setup_writes_queues_runs_with_limits(tmp_path: Path):
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         queue = instance.get_concurrency_config().run_queue_config
+        assert instance.run_monitoring_start_timeout_seconds == 600
     assert queue is not None and queue.max_concurrent_runs == 2
     limits = {(t["key"], t["value"]): t["limit"] for t in queue.tag_concurrency_limits}
     assert limits[(QUEUE_TAG, "validate_day")] == 1 and limits[(QUEUE_TAG, "retrain")] == 1
