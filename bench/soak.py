@@ -391,7 +391,9 @@ def worker_flow(
         from bytewax_flows.kafka import KafkaSettings, TelemetryKafkaSource
 
         source = TelemetryKafkaSource(KafkaSettings((endpoint,), batch_size=4096))
-    sink = DeltaSink(lake_uri, max_age_s=0.5, mark_every_s=0.5)
+    # commits by size or age (1 s: score -> visible within the 2 s target) and at every epoch;
+    # the MQTT source's acknowledgements wait for the durability marks of a snapshot
+    sink = DeltaSink(lake_uri, max_age_s=1.0, mark_every_s=1.0)
     return build_flow(source, sink, Context(plant=BenchPlant()))
 
 
@@ -542,7 +544,7 @@ def run(args: Any, via: str, tmp: Path) -> dict[str, Any]:
             f"bench.soak:worker_flow({via!r}, {str(lake_dir)!r}, {ep!r}, {args.partitions}, "
             f"{args.idle_stop_s})",
             "-s",
-            "1",
+            str(args.epoch_s),
         ]
         worker_log = open(tmp / f"worker-{via}.log", "wb")  # noqa: SIM115 - the worker's
         worker = None
@@ -740,6 +742,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--generators", type=int, default=2, help="MQTT generator processes")
     p.add_argument("--partitions", type=int, default=4, help="MQTT clients of the worker")
     p.add_argument("--every-s", type=float, default=10.0, help="measurement interval")
+    p.add_argument("--epoch-s", type=int, default=10, help="the worker's epoch, s (bytewax -s)")
     a = p.parse_args(argv)
     a.assets, a.sensors, a.vib = (20, 5, 2) if a.quick else (500, 20, 50)
     a.worker_start_s, a.idle_stop_s = 8.0, 30.0  # the MQTT worker: subscribed; idle -> stops
