@@ -107,7 +107,7 @@ def gateway_seconds(
             ts_l = ts.tolist()
             for a, asset in enumerate(assets):
                 for j, sensor in enumerate(sensors):
-                    body = {"asset_id": asset, "sensor_id": sensor, "ts": ts_l}
+                    body: dict[str, Any] = {"asset_id": asset, "sensor_id": sensor, "ts": ts_l}
                     body["value"] = values[a, j].tolist()
                     out.append((t_last, orjson.dumps(body)))
         else:

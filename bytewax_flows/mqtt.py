@@ -369,6 +369,13 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         self.last_message = time.monotonic()
         out: list[Message | Progress] = []
         newest: dict[str, int] = {}
+        self._learn_high(
+            {
+                f"mqtt:{m.publisher}:{_asset_of(m.topic)}:w{self.worker}"
+                for m in taken
+                if m.publisher is not None and m.seq is not None
+            }
+        )
         for m in taken:
             set_aside = None
             if m.publisher is not None and m.seq is not None:
@@ -434,14 +441,23 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             out += [Progress(s, o) for s, o in newest.items()]
         return out
 
+    def _learn_high(self, sources: set[str]) -> None:
+        """First sight of ``sources`` in this run: what the lake already has of each, in one
+        read of the stream tables for all of them (a plant has thousands of asset topics; one
+        read per source stalled the worker for minutes at start-up)."""
+        fresh = sources - self.high.keys()
+        if not fresh:
+            return
+        done = (
+            durable_offsets(self.lake, fresh, writers=self.cfg.writers)
+            if self.lake
+            else dict.fromkeys(fresh)
+        )
+        for source, offset in done.items():
+            self.high[source] = -1 if offset is None else offset
+
     def _high(self, source: str) -> int:
-        if source not in self.high:  # first sight in this run: what the lake already has
-            done = (
-                durable_offsets(self.lake, [source], writers=self.cfg.writers)[source]
-                if self.lake
-                else None
-            )
-            self.high[source] = -1 if done is None else done
+        self._learn_high({source})
         return self.high[source]
 
     def _hold_for_ack(self, source: str, offset: int, mid: int, qos: int) -> None:

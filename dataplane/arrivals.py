@@ -74,7 +74,21 @@ def _logged(state: ShardState, sids: NDArray[np.int64]) -> dict[int, NDArray[np.
 
 
 def _prune_log(state: ShardState) -> None:
+    """Forget the oldest chunks no reading can be a duplicate of any more: a logged timestamp
+    matters while a reading at it would not be late (at or after its series' newest less its
+    allowed lateness; the newest only grows), so a chunk all of whose entries are past that
+    goes - for in-order series after one allowed lateness, half of what the slack below keeps;
+    a chunk older than twice the largest lateness behind the shard's newest goes anyway (a
+    series gone quiet), and beyond ``LOG_MAX_ROWS`` the oldest regardless.  (The log is part of
+    every snapshot of the shard's state.)"""
     horizon = state.newest_any - 2 * state.max_lateness
     log_ = state.arrival_log
-    while log_ and (log_[0][2] < horizon or state.log_rows > LOG_MAX_ROWS):
+    while log_:
+        sids, ts, newest = log_[0]
+        if not (
+            newest < horizon
+            or state.log_rows > LOG_MAX_ROWS
+            or bool((ts < state.newest[sids] - state.lateness[sids]).all())
+        ):
+            return
         state.log_rows -= log_.popleft()[0].size
