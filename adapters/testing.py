@@ -8,12 +8,18 @@ import asyncio
 import contextlib
 import logging
 import socket
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from asyncua import Server, ua
+from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.server.user_managers import UserManager
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
+
+from adapters.security import application_certificate
 
 __all__ = ["free_port", "OpcuaTestServer", "ModbusTestServer", "SparkplugEdge"]
 
@@ -24,9 +30,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TEST_SERVER_URI = "urn:plantpulse:test-server"
+
+
+class _TestUsers(UserManager):
+    """The test server's logins (``users``: name -> password); anonymous when there are none."""
+
+    def __init__(self, users: dict[str, str] | None):
+        self.users = users
+
+    def get_user(
+        self,
+        iserver: Any,
+        username: str | None = None,
+        password: str | None = None,
+        certificate: Any = None,
+    ) -> User | None:
+        if self.users is None:
+            return User(role=UserRole.User)
+        if username in self.users and self.users[username] == password:
+            return User(role=UserRole.User, name=username)
+        return None
+
+
 class OpcuaTestServer:
     """Variables ``ns=2;s=<asset>.<sensor>`` under one object per asset, all historised
-    (in memory), on ``opc.tcp://127.0.0.1:<port>/plantpulse/``."""
+    (in memory), on ``opc.tcp://127.0.0.1:<port>/plantpulse/``.  Secured like a plant's server:
+    Basic256Sha256 endpoints in the ``security`` modes with its own certificate (made in
+    ``cert_dir``, a temporary folder by default: ``certificate`` is what a client must trust),
+    sessions for ``users`` only (anonymous when None)."""
 
     def __init__(
         self,
@@ -34,18 +66,44 @@ class OpcuaTestServer:
         port: int | None = None,
         history: bool = True,
         strings: tuple[str, ...] = (),
+        *,
+        security: tuple[str, ...] = ("SignAndEncrypt", "Sign"),
+        users: dict[str, str] | None = None,
+        cert_dir: str | Path | None = None,
     ):
         self.tags, self.port, self.history = tags, port or free_port(), history
         self.strings = strings  # node ids that hold text (a wrongly typed tag)
         self.url = f"opc.tcp://127.0.0.1:{self.port}/plantpulse/"
+        self.security, self.users = security, users
+        self.cert_dir = Path(cert_dir or tempfile.mkdtemp(prefix="plantpulse-opcua-server-"))
         self.server: Server | None = None
         self.nodes: dict[str, Any] = {}
 
+    @property
+    def certificate(self) -> bytes:
+        """The server's certificate (DER), generated on first use."""
+        cert, _ = application_certificate(self.cert_dir, TEST_SERVER_URI, server=True)
+        return cert.read_bytes()
+
     async def start(self) -> None:
         logging.getLogger("asyncua").setLevel(logging.WARNING)
-        server = Server()
+        server = Server(user_manager=_TestUsers(self.users))
         await server.init()
         server.set_endpoint(self.url)
+        modes = {
+            "SignAndEncrypt": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            "Sign": ua.SecurityPolicyType.Basic256Sha256_Sign,
+            "None": ua.SecurityPolicyType.NoSecurity,
+        }
+        server.set_security_policy([modes[m] for m in self.security])
+        if self.security != ("None",):
+            cert, key = application_certificate(self.cert_dir, TEST_SERVER_URI, server=True)
+            await server.set_application_uri(TEST_SERVER_URI)
+            await server.load_certificate(str(cert))
+            await server.load_private_key(str(key))
+        server.set_identity_tokens(
+            [ua.AnonymousIdentityToken] if self.users is None else [ua.UserNameIdentityToken]
+        )
         idx = await server.register_namespace("urn:plantpulse:test")
         self.nodes = {}
         for asset, sensors in self.tags.items():
@@ -224,6 +282,12 @@ async def _serve_opcua(items: int, port: int, period_s: float) -> None:
         f"pump-{a:03d}": [f"s{s:03d}" for s in range(per_asset)]
         for a in range((items + per_asset - 1) // per_asset)
     }
+    from asyncua.server.monitored_item_service import MonitoredItemValues
+
+    def _keep(self, cur_val):
+        self.old_dvalue, self.current_dvalue = self.current_dvalue, cur_val
+
+    MonitoredItemValues.set_current_datavalue = _keep
     server = OpcuaTestServer(tags, port=port, history=False)
     await server.start()
     nodes = list(server.nodes.values())[:items]

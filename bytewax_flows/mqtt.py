@@ -36,7 +36,6 @@ written again.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -55,8 +54,10 @@ from paho.mqtt.properties import Properties
 from bytewax_flows.payloads import Message, Progress
 from bytewax_flows.sinks import durable_offsets
 from bytewax_flows.sources import chunk_payloads, now_us
+from dataplane.marks import PUBLISHER, SEQ
 from dataplane.wire import Batch, as_batch
 from lake import Lake, Settings
+from lake.credentials import login
 
 __all__ = [
     "CircuitBreaker",
@@ -115,10 +116,6 @@ class CircuitBreaker:
         self._n += 1
         return self._n % self.keep_every == 0
 
-
-PUBLISHER, SEQ = "pp-publisher", "pp-seq"
-"""MQTT v5 user properties by which a publisher names itself and numbers its messages
-(increasing); with them a message redelivered after a crash is recognised as already written."""
 
 MAX_SEQ_AHEAD_US = 600_000_000
 """A ``pp-seq`` more than this ahead of the receive clock (µs) is refused, not adopted: numbers
@@ -563,14 +560,7 @@ def credentials(role: str, env: dict[str, str] | None = None) -> tuple[str, str]
         env.get("PLANTPULSE_MQTT_CREDENTIALS")
         or Path(Settings.from_env(env).home) / "mosquitto" / CREDENTIALS_FILE
     )
-    try:
-        users = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ConnectionError(f"cannot read MQTT credentials from {path}: {exc}") from None
-    password = users.get(role) if isinstance(users, dict) else None
-    return (role, password) if isinstance(password, str) else None
+    return login(path, role)
 
 
 DEFAULT_PUBLISHER = "simulator"

@@ -18,6 +18,7 @@ import pytest
 from adapters.core import DiskBuffer, read_statuses
 from adapters.modbus import ModbusAdapter, registers_for
 from adapters.opcua import OpcuaAdapter, browse, proposal_yaml
+from adapters.security import trust_certificate
 from adapters.sinks import DecodeSink
 from adapters.sparkplug import SparkplugAdapter
 from adapters.testing import ModbusTestServer, OpcuaTestServer, SparkplugEdge, free_port
@@ -227,15 +228,22 @@ def test_modbus_types_scaling_bad_register_and_restart(tmp_path):
 
 
 # -- OPC UA ------------------------------------------------------------------------------------
-def test_opcua_wrong_type_restart_and_backfill(tmp_path):
+def test_opcua_wrong_type_restart_and_backfill(tmp_path, monkeypatch):
+    """Through a session secured as the plant file's defaults say (Basic256Sha256,
+    SignAndEncrypt, a login, the server's certificate in the trust list)."""
     lake = _lake(tmp_path)
     tags = {"pump-01": ["bearing_temp", "motor_current", "label"]}
     temp, current, label = (f"ns=2;s=pump-01.{s}" for s in tags["pump-01"])
+    home = tmp_path / "home"
+    monkeypatch.setenv("PLANTPULSE_SCADA_USERNAME", "plantpulse")
+    monkeypatch.setenv("PLANTPULSE_SCADA_PASSWORD", "s3cret")
+    users = {"plantpulse": "s3cret"}
 
     async def main() -> None:
-        server = OpcuaTestServer(tags, strings=(label,))
+        server = OpcuaTestServer(tags, strings=(label,), users=users, cert_dir=tmp_path / "srv")
         await server.start()
-        found = await browse(server.url)
+        trust_certificate(home, server.certificate, "scada")
+        found = await browse(server.url, home, auth=("plantpulse", "s3cret"))
         assert {f["node"] for f in found} == {temp, current}  # the text tag is no sensor
         assert "asset: pump-01, sensor: bearing_temp" in proposal_yaml(server.url, found)
         spec = OpcuaSpec.model_validate(
@@ -243,6 +251,7 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
                 "id": "scada",
                 "kind": "opcua",
                 "endpoint": server.url,
+                "credentials": "scada",
                 "sampling_ms": 0,
                 "publishing_ms": 50,
                 "reconnect_max_s": 0.5,
@@ -256,7 +265,6 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
             }
         )
         sink = DecodeSink(keep=True)
-        home = tmp_path / "home"
 
         async def start() -> tuple[OpcuaAdapter, asyncio.Event, asyncio.Task]:
             adapter = OpcuaAdapter(
@@ -295,10 +303,13 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
         got = _values(sink)[("pump-01", "bearing_temp")]
         assert [x for x in got if x >= 60] == [60.0, 61.0, 62.0, 63.0, 64.0]  # in order, once
         assert adapter.status.last_reading_ts_us >= gap_start * 1e6
-        # the server restarts (its history is gone): the adapter reconnects and reads on
+        # the server restarts (its history is gone, its certificate the same): the adapter
+        # reconnects and reads on
         port = server.port
         await server.stop()
-        server = OpcuaTestServer(tags, port=port, strings=(label,))
+        server = OpcuaTestServer(
+            tags, port=port, strings=(label,), users=users, cert_dir=tmp_path / "srv"
+        )
         await server.start()
         await _until(
             lambda: adapter.status.reconnects >= 1 and adapter.status.connected,
