@@ -200,6 +200,7 @@ class SparkplugEdge:
         node: str,
         devices: dict[str, list[str]],
         auth: tuple[str, str] | None = None,
+        tls_ca: str | Path | None = None,
     ):
         import paho.mqtt.client as mqtt
 
@@ -218,6 +219,8 @@ class SparkplugEdge:
         )
         if auth:
             self.client.username_pw_set(*auth)
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
         self.client.on_message = self._on_command
         self.client.connect(host, port)
         self.client.subscribe(f"spBv1.0/{group}/NCMD/{node}", qos=0)
@@ -388,3 +391,50 @@ if __name__ == "__main__":
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main)
+
+
+def mqtt_login_attempt(
+    port: int,
+    auth: tuple[str, str] | None = None,
+    tls_ca: str | Path | None = None,
+    host: str = "127.0.0.1",
+    timeout_s: float = 10.0,
+) -> str:
+    """Try to log in to the broker at ``host:port`` (anonymous when ``auth`` is None, over TLS
+    verifying it against ``tls_ca`` when given): ``"accepted"``, else why not (the CONNACK's
+    reason code, or the TLS or socket error)."""
+    import ssl
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if auth is not None:
+        client.username_pw_set(*auth)
+    if tls_ca is not None:
+        client.tls_set(ca_certs=str(tls_ca))
+    answered = threading.Event()
+    outcome: list[str] = []
+
+    def on_connect(c, userdata, flags, reason, properties) -> None:
+        outcome.append("accepted" if not reason.is_failure else str(reason))
+        answered.set()
+
+    def on_disconnect(c, userdata, flags, reason, properties) -> None:
+        if not outcome:
+            outcome.append(f"disconnected: {reason}")
+        answered.set()
+
+    client.on_connect, client.on_disconnect = on_connect, on_disconnect
+    try:
+        client.connect(host, port, keepalive=10)
+    except (OSError, ssl.SSLError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:200]
+    client.loop_start()
+    try:
+        if not answered.wait(timeout_s):
+            return "no answer"
+        return outcome[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()

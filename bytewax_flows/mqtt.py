@@ -221,6 +221,7 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
         auth = (source.username, source.password) if source.username else credentials("worker")
         if auth is not None:
             self.client.username_pw_set(*auth)
+        use_tls(self.client)
         self.subscribed = threading.Event()
         self.refused: str | None = None
         self.client.on_message = self._on_message
@@ -563,6 +564,15 @@ def credentials(role: str, env: dict[str, str] | None = None) -> tuple[str, str]
     return login(path, role)
 
 
+def use_tls(client: mqtt.Client, env: dict[str, str] | None = None) -> bool:
+    """TLS to the broker when ``PLANTPULSE_MQTT_CA`` names the CA certificate to verify it with
+    (the set-up's is ``<state dir>/mosquitto/tls/ca.crt``: ``plantpulse up --mqtt-tls``)."""
+    ca = (os.environ if env is None else env).get("PLANTPULSE_MQTT_CA")
+    if ca:
+        client.tls_set(ca_certs=ca)
+    return bool(ca)
+
+
 DEFAULT_PUBLISHER = "simulator"
 
 
@@ -587,6 +597,7 @@ class Publisher:
         auth = auth or credentials(name) or credentials(DEFAULT_PUBLISHER)
         if auth is not None:
             self.client.username_pw_set(*auth)
+        use_tls(self.client)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(1000)
         self.client.connect(host, port)

@@ -130,7 +130,7 @@ class Outbound:
             from outbound.mqtt import StatePublisher
 
             self.mqtt = StatePublisher.from_spec(
-                self.spec.mqtt, plant.name, self.deliveries, mqtt_auth
+                self.spec.mqtt, plant.name, self.deliveries, mqtt_auth, self.home
             )
         if self.spec.opcua is not None:
             from outbound.opcua import OpcUaServer, ServerSecurity

@@ -423,6 +423,8 @@ class OutboundMqttSpec(_Node):
     sparkplug: bool = True
     sparkplug_group: str | None = None  # default: the plant's name
     sparkplug_node: Id = "plantpulse-outbound"
+    tls: bool = False  # TLS to the broker, verified against tls_ca
+    tls_ca: str | None = None
 
 
 class OutboundOpcUaSpec(_Node):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -18,10 +19,17 @@ import pytest
 from adapters.core import DiskBuffer, read_statuses
 from adapters.modbus import ModbusAdapter, registers_for
 from adapters.opcua import OpcuaAdapter, browse, proposal_yaml
-from adapters.security import trust_certificate
+from adapters.security import broker_tls, trust_certificate
 from adapters.sinks import DecodeSink
 from adapters.sparkplug import SparkplugAdapter
-from adapters.testing import ModbusTestServer, OpcuaTestServer, SparkplugEdge, free_port
+from adapters.testing import (
+    ModbusTestServer,
+    OpcuaTestServer,
+    SparkplugEdge,
+    free_port,
+    mqtt_login_attempt,
+)
+from dataplane.wire import encode_arrow
 from lake import Lake
 from plant import PlantError, load_plant
 from plant.schema import ModbusAdapter as ModbusSpec
@@ -500,6 +508,121 @@ def test_sparkplug_metric_timestamps_and_aliases(tmp_path, spb_broker, monkeypat
     ts = np.concatenate([d.ts for d in sink.decoded])
     assert 1_767_225_600_123_000 in ts.tolist()
     assert _values(sink)[("pump-03", "bearing_temp")][-1] == 41.5
+
+
+# -- MQTT over TLS ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory):
+    """Mosquitto as the set-up writes it with a TLS listener beside the loopback one."""
+    directory = tmp_path_factory.mktemp("mosquitto-tls")
+    port, tls_port = free_port(), free_port()
+    conf = write_config(
+        directory,
+        port,
+        {},
+        acl={
+            "host": ["topic readwrite spBv1.0/#"],
+            "edge": ["topic readwrite spBv1.0/#"],
+            "plc": ["topic write plantpulse/+/plc"],
+        },
+        tls=("127.0.0.1", tls_port),
+    )
+    proc = subprocess.Popen(
+        [ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_port(tls_port)
+    users = json.loads((directory / "credentials.json").read_text())
+    yield port, tls_port, users, directory / "tls" / "ca.crt"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_mqtt_logins_are_checked_on_both_listeners_and_tls_verifies_the_broker(
+    tmp_path, tls_broker
+):
+    port, tls_port, users, ca = tls_broker
+    plc = ("plc", users["plc"])
+    assert mqtt_login_attempt(port) == "Not authorized"  # anonymous
+    assert mqtt_login_attempt(tls_port, tls_ca=ca) == "Not authorized"
+    assert mqtt_login_attempt(tls_port, ("plc", "guess"), tls_ca=ca) == "Not authorized"
+    assert mqtt_login_attempt(tls_port, plc, tls_ca=ca) == "accepted"
+    assert mqtt_login_attempt(port, plc) == "accepted"
+    assert mqtt_login_attempt(tls_port, plc) != "accepted"  # plain MQTT on the TLS port
+    other_ca = broker_tls(tmp_path / "another-installation").ca
+    refused = mqtt_login_attempt(tls_port, plc, tls_ca=other_ca)
+    assert "CERTIFICATE_VERIFY_FAILED" in refused  # a broker this CA did not sign: not trusted
+    key = (ca.parent / "server.key").stat().st_mode
+    assert stat.S_IMODE(key) == 0o600
+    assert "tls_version tlsv1.2" in (ca.parent.parent / "mosquitto.conf").read_text()
+
+
+def test_sparkplug_and_the_stream_sink_over_tls(tmp_path, tls_broker, monkeypatch):
+    """An edge node publishing over TLS, the Sparkplug adapter reading over TLS, and the
+    adapter's sink forwarding over TLS into the stream's broker, seen by a TLS subscriber."""
+    import paho.mqtt.client as mqtt
+
+    from adapters.sinks import MqttSink
+
+    port, tls_port, users, ca = tls_broker
+    monkeypatch.setenv("PLANTPULSE_HOST_USERNAME", "host")
+    monkeypatch.setenv("PLANTPULSE_HOST_PASSWORD", users["host"])
+    got: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.username_pw_set("worker", users["worker"])
+    sub.tls_set(ca_certs=str(ca))
+    sub.on_message = lambda c, u, msg: got.append(msg.payload)
+    sub.connect("127.0.0.1", tls_port)
+    sub.subscribe("plantpulse/#", qos=1)
+    sub.loop_start()
+    sink = MqttSink(
+        "127.0.0.1", tls_port, "plantpulse-adapter-plc", ("plc", users["plc"]), tls_ca=ca
+    )
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "edge-tls",
+            "kind": "sparkplug",
+            "endpoint": f"mqtt://127.0.0.1:{tls_port}",
+            "credentials": "host",
+            "group": "tls1",
+            "tls": True,
+            "tls_ca": str(ca),
+            "flush_ms": 50,
+            "bindings": [
+                {"device": "*", "metric": "T", "asset": "{device}", "sensor": "bearing_temp"}
+            ],
+        }
+    )
+
+    async def main() -> SparkplugAdapter:
+        adapter = SparkplugAdapter(spec, tmp_path / "home", None, DecodeSink(keep=True))
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        await _until(lambda: adapter.status.connected, 10, "the broker over TLS")
+        edge = SparkplugEdge(
+            "127.0.0.1", tls_port, "tls1", "n", {"pump-04": ["T"]}, ("edge", users["edge"]), ca
+        )
+        await asyncio.to_thread(edge.births)
+        await asyncio.to_thread(edge.data, "pump-04", {"T": 42.5}, 1_767_225_600_000)
+        await _until(lambda: adapter.status.readings_in >= 2, what="the readings over TLS")
+        await _until(lambda: sink.connected, 10, "the sink over TLS")
+        payload = encode_arrow(
+            "pump-04", np.array(["bearing_temp"], object), np.array([1], np.int64), np.ones(1)
+        )
+        await asyncio.to_thread(sink.send, "plc", [(1, "plantpulse/pump-04/plc", payload, 1)])
+        await _until(lambda: len(got) >= 1, 10, "the subscriber over TLS")
+        edge.close()
+        stop.set()
+        await task
+        return adapter
+
+    try:
+        adapter = asyncio.run(main())
+    finally:
+        sink.close()
+        sub.loop_stop()
+        sub.disconnect()
+    assert _values(adapter.forwarder.sink)[("pump-04", "bearing_temp")][-1] == 42.5
+    assert got[0][:4] == b"PPA1"  # the stream's Arrow payload, through the TLS listener
 
 
 # -- the store-and-forward buffer ---------------------------------------------------------------
