@@ -16,7 +16,8 @@ the node's (device's) aliases.
 
 The adapter subscribes at QoS 1 in a persistent session under a stable client id, so what the
 nodes publish while it reconnects waits in the broker; it announces itself on
-``spBv1.0/STATE/<host_id>`` (retained, with a will saying it went offline).  It acknowledges a
+``spBv1.0/STATE/<host_id>`` (retained, with a will saying it went offline); with ``nodes`` it
+subscribes to those edge nodes only (several adapters share a group).  It acknowledges a
 message only once its readings are durable in the buffer (``manual_ack``: the flush's
 ``committed``), with the nodes' sequence numbers, last timestamps and alias maps committed in
 the same transaction (the buffer's marks).  So after a kill -9 the broker delivers again what
@@ -570,7 +571,8 @@ class SparkplugAdapter(Adapter):
                 loop.call_soon_threadsafe(lost.set)
                 return
             group = self.spec.group
-            c.subscribe([(f"{NAMESPACE}/{group}/+/+", 1), (f"{NAMESPACE}/{group}/+/+/+", 1)])
+            topics = [(f"{NAMESPACE}/{group}/+/{n}", 1) for n in self.spec.nodes or ["+"]]
+            c.subscribe(topics + [(t + "/+", 1) for t, _ in topics])
             c.publish(
                 state,
                 orjson.dumps({"online": True, "timestamp": now_us() // 1000}),

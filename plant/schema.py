@@ -400,6 +400,9 @@ class SparkplugAdapter(_Connection):
     tls: bool = False
     tls_ca: str | None = None
     receive_maximum: int = Field(2000, ge=1, le=65535)  # QoS 1 messages in flight to it
+    # the edge nodes this adapter reads (all of the group when empty): several adapters, each
+    # in its own process, share a group's nodes
+    nodes: list[Annotated[str, Field(min_length=1, pattern=r"^[^/+#]+$")]] = []
     bindings: list[SparkplugBinding] = Field(min_length=1)
 
 

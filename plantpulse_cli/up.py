@@ -262,7 +262,8 @@ def services(
     Bytewax recovery in ``<home>/recovery-mqtt`` (alert state and duplicate tracking survive a
     restart; the broker delivers again what was not yet durable), and the simulated fleet
     publishing to it.  With ``adapters`` (a plant file): the protocol adapters it declares,
-    each publishing into the broker as its own user (``python -m adapters.run``).  With
+    each in its own process (``adapter-<id>``: ``python -m adapters.run --only <id>``),
+    publishing into the broker as its own user.  With
     ``outbound`` (the plant file has an ``outbound:`` section): the outbound process, logging in
     to the broker as its ``outbound`` user.  With ``mqtt_tls=(address, port)`` the broker also
     listens with TLS there (``plantpulse_cli.broker.write_config``).  Adapters and outbound are
@@ -295,13 +296,11 @@ def services(
     if mqtt is not None and "simulator" in publishers:  # the plant declares the simulated fleet
         out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
     if mqtt is not None and adapters is not None:
-        out.append(
-            Service(
-                "adapters",
-                [py, "-m", "adapters.run", adapters, "--broker-port", str(mqtt[1])],
-                restart=True,
-            )
-        )
+        from plant import load_plant
+
+        for spec in load_plant(adapters).adapters:  # one process each (a GIL, a crash domain)
+            argv = [py, "-m", "adapters.run", adapters, "--broker-port", str(mqtt[1])]
+            out.append(Service(f"adapter-{spec.id}", [*argv, "--only", spec.id], restart=True))
     if (
         mqtt is None and technician
     ):  # confirms alerts on machines the simulator faulted, late or never

@@ -772,7 +772,11 @@ def test_up_runs_the_adapters_with_their_own_broker_users(tmp_path):
         adapters=str(EXAMPLE),
     )
     argv = {s.name: s.argv for s in running}
-    assert argv["adapters"][1:] == ["-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883"]
+    for adapter in ("scada-opcua", "plc-modbus", "edge-sparkplug"):  # a process each
+        assert argv[f"adapter-{adapter}"][1:] == [
+            "-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883", "--only", adapter,
+        ]  # fmt: skip
+    assert all(s.restart for s in running if s.name.startswith("adapter-"))
     users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())
     assert {"worker", "scada-opcua", "plc-modbus", "edge-sparkplug", "sparkplug"} <= set(users)
 
