@@ -345,6 +345,7 @@ class AdapterStatus:
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     backfilled: int = 0
     rebirths_requested: int = 0
+    redelivered: int = 0  # messages the source sent again that were already durable (read once)
     updated_us: int = 0
 
 

@@ -65,7 +65,7 @@ async def run_all(adapters: list[Adapter], stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adapters.sinks import MqttSink, credentials
+    from adapters.sinks import MqttSink, broker_credentials
     from plant import load_plant
 
     ap = argparse.ArgumentParser(prog="python -m adapters.run", description=__doc__)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             args.broker_host,
             args.broker_port,
             f"plantpulse-adapter-{spec.id}",
-            credentials(spec.id, settings.home),
+            broker_credentials(spec.id, settings.home),
             tls_ca=args.broker_ca,
         )
         sinks.append(sink)

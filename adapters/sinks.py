@@ -22,7 +22,7 @@ from dataplane.marks import PUBLISHER, SEQ
 from dataplane.wire import Message, decode_batch
 from lake.credentials import login
 
-__all__ = ["MqttSink", "DecodeSink", "credentials"]
+__all__ = ["MqttSink", "DecodeSink", "broker_credentials", "credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,21 @@ def credentials(
         if found is not None:
             return found
     raise ConnectionError(f"no credentials {ref!r}: set {key}_USERNAME and {key}_PASSWORD")
+
+
+def broker_credentials(
+    adapter_id: str, home: str | Path, env: dict[str, str] | None = None
+) -> tuple[str, str] | None:
+    """The login of adapter ``adapter_id`` as a publisher into the stream's broker: its entry
+    in the broker set-up's credentials file (``PLANTPULSE_ADAPTER_CREDENTIALS``, default
+    ``<home>/mosquitto/credentials.json``), under its own id (the user the set-up's ACLs let
+    write its assets' topics).  Kept apart from the plant file's ``credentials`` names: those
+    log in to the adapter's source."""
+    env = dict(os.environ if env is None else env)
+    path = (
+        env.get("PLANTPULSE_ADAPTER_CREDENTIALS") or Path(home) / "mosquitto" / "credentials.json"
+    )
+    return login(path, adapter_id)
 
 
 class _Marks(Properties):

@@ -284,6 +284,7 @@ class SparkplugAdapter(Adapter):
         node = self.nodes.setdefault(node_id, _Node())
         if dup and self._delivered(node, p):
             self.redelivered += 1  # durable before a restart: acknowledged, not read again
+            self.status.redelivered = self.redelivered
             return
         self._read = True
         node.last_ts = max(node.last_ts, p.timestamp)

@@ -25,6 +25,7 @@ __all__ = [
     "OUTBOUND",
     "ensure_mosquitto",
     "publishers_for",
+    "wait_for_subscription",
     "write_config",
     "wait_for_port",
 ]
@@ -69,6 +70,25 @@ LIMITS = {
     # are refused at the broker (an MQTT 5 publisher gets the reason code)
     "message_size_limit": 8 * 1024 * 1024,
 }
+
+
+LOG_TYPES = ("error", "warning", "notice", "information", "subscribe")
+"""What the broker logs: its defaults, and each subscription (``wait_for_subscription``)."""
+
+
+def wait_for_subscription(log: Path, topic: str, timeout_s: float = 120.0) -> bool:
+    """Wait until the broker's log (``log``) shows a subscription to ``topic`` (a line
+    ``<time>: <client> <qos> <topic>``); False when it did not within ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        if any(line.endswith(f" {topic}") for line in lines):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def publishers_for(plant: Any, simulated: list[str] | None = None) -> dict[str, list[str]]:
@@ -171,7 +191,11 @@ def write_config(
         # the 'mosquitto' user, who cannot read these owner-only files)
         f"user {getpass.getuser()}\n"
         "persistence false\n"
-        "sys_interval 2\n" + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
+        # subscriptions in the log: ``up`` starts the publishers once the stream has subscribed
+        # (a message published before any subscription is dropped by the broker)
+        + "".join(f"log_type {t}\n" for t in LOG_TYPES)
+        + "sys_interval 2\n"
+        + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
     )
     return conf
 

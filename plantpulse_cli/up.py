@@ -32,7 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lake import Lake, Settings
-from plantpulse_cli.broker import ensure_mosquitto, publishers_for, wait_for_port, write_config
+from plantpulse_cli.broker import (
+    ensure_mosquitto,
+    publishers_for,
+    wait_for_port,
+    wait_for_subscription,
+    write_config,
+)
 from plantpulse_cli.checks import UsageError
 
 log = logging.getLogger(__name__)
@@ -182,6 +188,9 @@ def check_port_free(host: str, port: int, what: str, option: str) -> None:
                 f" PlantPulse running? Stop it or choose another port with {option}"
             ) from None
 
+
+STREAM_TOPIC = "$share/plantpulse/plantpulse/#"
+"""The stream's subscription (``bytewax_flows.mqtt``: its shared group and topic)."""
 
 SNAPSHOT_S = 2
 """Bytewax epoch/snapshot interval: the sink commits at least this often, and a restarted worker
@@ -476,6 +485,15 @@ def _run(
             log.info("started %s (pid %s)", svc.name, svc.proc.pid if svc.proc else "?")
             if svc.name == "mosquitto" and mqtt is not None:
                 wait_for_port(mqtt[1])
+            # what is published before the stream's first subscription is dropped by the
+            # broker: the publishers and adapters start once it subscribed (its session then
+            # keeps what comes while it is away)
+            if (
+                svc.name == "stream"
+                and mqtt is not None
+                and not wait_for_subscription(log_dir / "mosquitto.log", STREAM_TOPIC)
+            ):
+                log.warning("the stream has not subscribed yet; starting the publishers")
         print(f"PlantPulse is up. Dagster UI: http://{host}:{port}  lake: {settings.lake_uri}")
         if mqtt_tls is not None and mqtt is not None:
             ca = Path(settings.home) / "mosquitto" / "tls" / "ca.crt"
