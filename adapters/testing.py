@@ -90,7 +90,8 @@ class OpcuaTestServer:
         return cert.read_bytes()
 
     async def start(self) -> None:
-        logging.getLogger("asyncua").setLevel(logging.WARNING)
+        quiet = logging.getLogger("asyncua")
+        quiet.setLevel(max(quiet.level, logging.WARNING))
         server = Server(user_manager=_TestUsers(self.users))
         await server.init()
         server.set_endpoint(self.url)
