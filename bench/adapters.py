@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,9 +170,15 @@ def _adapters_process(
     )
 
 
-def _wait_connected(home: Path, n: int, timeout: float = 600.0) -> None:
+def _wait_connected(home: Path, n: int, procs: list[Any], timeout: float = 600.0) -> None:
+    """Until ``n`` adapters are connected and reading; an error as soon as one of ``procs`` (the
+    adapter processes) has exited."""
     deadline = time.monotonic() + timeout
+    st: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"an adapter process exited ({dead[0].args}); logs in {LOGS}")
         st = read_statuses(home)
         if len(st) >= n and all(s.get("connected") and s.get("readings_in") for s in st):
             return
@@ -382,7 +389,14 @@ def sparkplug_decode_rate(devices: int = 500, metrics: int = 20, rounds: int = 4
 # -- OPC UA ------------------------------------------------------------------------------------
 OPCUA_PLANT_HEAD = """\
 plant: bench-opcua
-sites: [{id: bench, assets: []}]
+sensor_kinds:
+  level: {{unit: m, range: [-1.0e9, 1.0e9], rate_hz: 2.0}}
+asset_kinds:
+  bench_asset:
+    sensors: [{sensors}]
+sites:
+  - id: bench
+    assets: [{assets}]
 adapters:
 """
 OPCUA_ADAPTER = """\
@@ -423,7 +437,11 @@ def opcua_rate(
     try:
         counter = _counter(port, users, progress)
         procs.append(counter)
-        plant = OPCUA_PLANT_HEAD
+        n_assets = sum(len(bench_tags(per, k * ((per + 99) // 100))) for k in range(servers))
+        plant = OPCUA_PLANT_HEAD.format(
+            sensors=", ".join(f"{{id: s{i:03d}, kind: level}}" for i in range(100)),
+            assets=", ".join(f"{{id: pump-{a:03d}, kind: bench_asset}}" for a in range(n_assets)),
+        )
         monitored = 0
         for k in range(servers):
             sport, cert_dir = free_port(), home / f"server-{k}"
@@ -451,7 +469,7 @@ def opcua_rate(
             },
         )
         procs.append(adapter)
-        _wait_connected(home, servers)
+        _wait_connected(home, servers, [adapter])
         load_before = load()
         n0 = sum(s["readings_in"] for s in read_statuses(home))
         cpu0, t0 = cpu_s(adapter.pid), time.monotonic()
@@ -735,6 +753,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--opcua-period", type=float, default=0.5)
     p.add_argument("--opcua-seconds", type=float, default=15.0)
     args = p.parse_args(argv)
+    # a SIGTERM unwinds like an error: every load generator and broker started is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench.adapters: terminated"))
     quick = args.quick
     parts = args.only.split(",") if args.only else list(PARTS)
     unknown = set(parts) - set(PARTS)
@@ -757,6 +777,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.spb_adapters,
         )
         details["sparkplug"] = r
+        print(f"sparkplug: {json.dumps(r)}", flush=True)
         metrics.update(
             {
                 "sparkplug_edge_nodes": float(args.spb_nodes),
@@ -783,6 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             publishing_ms=100.0,
         )
         details["opcua"] = r
+        print(f"opcua: {json.dumps(r)}", flush=True)
         metrics.update(
             {
                 "opcua_servers": float(args.opcua_servers),
