@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.core import DiskBuffer, read_statuses
+from adapters.core import CountSink, DiskBuffer, read_statuses
 from adapters.modbus import ModbusAdapter, registers_for
 from adapters.opcua import OpcuaAdapter, browse, proposal_yaml
 from adapters.security import broker_tls, trust_certificate
@@ -120,6 +120,12 @@ def test_example_plant_binds_declared_sensors():
             "is not a modbus endpoint",
         ),
         ("poll_ms: 100", "poll_ms: 100\n    pol_ms: 3", "adapters[1]", "unknown key 'pol_ms'"),
+        (
+            "security: SignAndEncrypt  #",
+            "security: None  #",
+            "adapters[0]",
+            "security None turns security off: say why in insecure_reason",
+        ),
     ],
 )
 def test_bad_bindings_are_one_line_errors(tmp_path, old, new, where, message):
@@ -510,6 +516,69 @@ def test_sparkplug_metric_timestamps_and_aliases(tmp_path, spb_broker, monkeypat
     ts = np.concatenate([d.ts for d in sink.decoded])
     assert 1_767_225_600_123_000 in ts.tolist()
     assert _values(sink)[("pump-03", "bearing_temp")][-1] == 41.5
+
+
+def test_a_restarted_sparkplug_adapter_resumes_from_its_marks(tmp_path):
+    """What the flush committed (aliases, sequence numbers, last timestamps) is where a new
+    adapter on the same state directory starts: a redelivered message that was durable is
+    acknowledged and not read again, the next one is read by alias without a rebirth."""
+    from adapters.proto.sparkplug_b_pb2 import Payload
+
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "spb",
+            "kind": "sparkplug",
+            "endpoint": "mqtt://127.0.0.1:1",
+            "group": "g",
+            "bindings": [{"device": "*", "metric": "T", "asset": "{device}", "sensor": "temp"}],
+        }
+    )
+    t0 = 1_767_225_600_000
+
+    def data(seq: int, k: int) -> bytes:
+        p = Payload(seq=seq, timestamp=t0 + k)
+        p.metrics.add(alias=1, timestamp=t0 + k, datatype=10, double_value=float(k))
+        return p.SerializeToString()
+
+    first = SparkplugAdapter(spec, tmp_path, None, CountSink())
+    first.on_message("spBv1.0/g/NBIRTH/n", Payload(seq=0, timestamp=t0).SerializeToString())
+    birth = Payload(seq=1, timestamp=t0)
+    birth.metrics.add(name="T", alias=1, datatype=10, double_value=0.0)
+    first.on_message("spBv1.0/g/DBIRTH/n/pump-01", birth.SerializeToString())
+    for k in range(1, 6):  # seq 2..6
+        first.on_message("spBv1.0/g/DDATA/n/pump-01", data(k + 1, k), mid=k, qos=1)
+    first.flush()
+    first.buffer.close()
+    # the process dies; the broker delivers again the last two it had not seen acknowledged
+    again = SparkplugAdapter(spec, tmp_path, None, CountSink())
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(5, 4), mid=1, qos=1, dup=True)
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(6, 5), mid=2, qos=1, dup=True)
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(7, 6), mid=3, qos=1, dup=True)  # new
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(8, 7), mid=4, qos=1)
+    assert again.redelivered == 2 and again.status.readings_in == 2  # k 6 and 7, once each
+    assert dict(again.dead.by_reason) == {} and again.rebirths == []  # no gap, aliases known
+    assert [mid for mid, _ in again._acks] == [1, 2, 3, 4]  # every one acknowledged
+
+
+def test_the_trust_list_takes_pinned_certificates_and_what_a_trusted_ca_signed(tmp_path):
+    from cryptography import x509
+
+    from adapters.security import ServerTrust, application_certificate
+
+    plant_ca = broker_tls(tmp_path / "plant-pki")  # a CA and a server certificate it signed
+    signed = x509.load_pem_x509_certificate(plant_ca.cert.read_bytes())
+    own, _ = application_certificate(tmp_path / "server", "urn:x", server=True)
+    own_cert = x509.load_der_x509_certificate(own.read_bytes())
+    stranger, _ = application_certificate(tmp_path / "other", "urn:y", server=True)
+    stranger_cert = x509.load_der_x509_certificate(stranger.read_bytes())
+    pinned = tmp_path / "trusted"
+    pinned.mkdir()
+    (pinned / "server.der").write_bytes(own.read_bytes())
+    (pinned / "server.key").write_text("not a certificate: skipped")
+    trust = ServerTrust([pinned, plant_ca.ca])
+    assert trust.trusts(own_cert) and trust.trusts(signed)
+    assert not trust.trusts(stranger_cert)
+    assert not ServerTrust([]).trusts(own_cert)  # nothing is trusted on first use
 
 
 # -- MQTT over TLS ----------------------------------------------------------------------------
