@@ -1121,3 +1121,32 @@ def test_up_with_adapters_survives_a_kill_of_every_adapter_mid_stream(tmp_path):
     dead = lake.read("dead_letter") if lake.exists("dead_letter") else None
     reasons = set(dead["reason"]) if dead is not None else set()
     assert reasons <= {"out_of_sequence"}, reasons  # a resend of what the stream had: not kept
+
+
+def test_cli_trusts_a_server_only_with_the_fingerprint_its_owner_gave(
+    tmp_path, monkeypatch, capsys
+):
+    from adapters.security import fingerprint, opcua_dir
+    from plantpulse_cli.main import main
+
+    monkeypatch.setenv("PLANTPULSE_HOME", str(tmp_path / "home"))
+    server = OpcuaTestServer({"pump-01": ["bearing_temp"]}, cert_dir=tmp_path / "srv")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    try:
+        fp = fingerprint(server.certificate)
+        assert main(["adapters", "trust", server.url]) == 0
+        shown = capsys.readouterr().out
+        assert fp in shown and "not trusted yet" in shown
+        assert not (opcua_dir(tmp_path / "home") / "trusted").exists()
+        assert main(["adapters", "trust", server.url, "--fingerprint", "AB:CD"]) == 2
+        assert "not the fingerprint given" in capsys.readouterr().err
+        assert main(["adapters", "trust", server.url, "--fingerprint", fp.lower()]) == 0
+        [pinned] = (opcua_dir(tmp_path / "home") / "trusted").iterdir()
+        assert pinned.read_bytes() == server.certificate
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
