@@ -10,6 +10,7 @@ import logging
 import socket
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -25,7 +26,16 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from adapters.security import application_certificate
 
-__all__ = ["free_port", "OpcuaTestServer", "ModbusTestServer", "SparkplugEdge"]
+__all__ = [
+    "free_port",
+    "OpcuaTestServer",
+    "ModbusTestServer",
+    "SparkplugEdge",
+    "EdgeFleet",
+    "PlantSources",
+    "bench_tags",
+    "mqtt_login_attempt",
+]
 
 
 def free_port() -> int:
@@ -621,6 +631,50 @@ def _count_stream(args: Any) -> None:
         f"readings {readings} rejected {rejected} messages {messages} dropped_by_broker {lost}",
         flush=True,
     )
+
+
+class PlantSources(threading.Thread):
+    """A plant's OPC UA server (secured, a login, historised) and Modbus device on their own
+    event loop, for end-to-end runs: while ``writing`` is set the OPC UA values ``level_a`` and
+    ``level_b`` of ``asset`` are rewritten every 100 ms (a count, so each value is known;
+    ``written`` keeps ``(source ts µs, value of level_a)``)."""
+
+    def __init__(self, cert_dir: Path, asset: str, users: dict[str, str]):
+        super().__init__(daemon=True)
+        self.asset = asset
+        self.opcua = OpcuaTestServer(
+            {asset: ["level_a", "level_b"]}, users=users, cert_dir=cert_dir
+        )
+        self.modbus = ModbusTestServer(n_holding=4)
+        self.written: list[tuple[int, float]] = []
+        self.ready, self.writing = threading.Event(), threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.done: asyncio.Event | None = None
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.loop, self.done = asyncio.get_running_loop(), asyncio.Event()
+        await self.opcua.start()
+        await self.modbus.start()
+        self.ready.set()
+        k = 0
+        while not self.done.is_set():
+            if self.writing.is_set():
+                k += 1
+                ts = ua.DateTime.now(UTC)
+                a, b = f"ns=2;s={self.asset}.level_a", f"ns=2;s={self.asset}.level_b"
+                await self.opcua.write({a: float(k), b: float(k + 0.5)}, ts)
+                self.written.append((int(ts.timestamp() * 1e6), float(k)))
+            await asyncio.sleep(0.1)
+        await self.opcua.stop()
+        await self.modbus.stop()
+
+    def stop(self) -> None:
+        if self.loop is not None and self.done is not None:
+            self.loop.call_soon_threadsafe(self.done.set)
+        self.join(20)
 
 
 def mqtt_login_attempt(

@@ -31,6 +31,10 @@ decoder (``dataplane.wire.decode_batch``): a value counts once it is there.
   port; the time from the server listening again to the adapter's next reading.
 - **Outage**: the stream is down for ``OUTAGE_S`` (30 s; 3 s with --quick) while Modbus reads 100
   registers at 10 Hz; the buffer's size then, scaled to a 5-minute outage, against its bound.
+- **Kill** (``kill_restart``, also the test of the integrator's path): ``plantpulse up
+  --adapters`` over a real OPC UA server, Modbus device and Sparkplug edge node; the broker
+  frozen so the buffers fill, every adapter SIGKILLed mid-stream, ``up`` restarts them: OPC UA
+  values and Sparkplug metrics lost, readings in ``readings`` twice.
 
 The machine may be shared: the 1-minute load average is recorded before and after each rate.
 ``--only sparkplug,opcua`` re-runs some parts and keeps the others' figures in the JSON.
@@ -45,6 +49,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC
 from pathlib import Path
@@ -63,7 +68,7 @@ from plant.schema import SparkplugAdapter as SparkplugSpec
 
 NAME = "adapters"
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("sparkplug", "opcua", "decode", "modbus", "reconnect", "outage")
+PARTS = ("sparkplug", "opcua", "decode", "modbus", "reconnect", "outage", "kill")
 OPCUA_USER = ("bench", "bench-password")
 
 
@@ -746,9 +751,250 @@ def outage(seconds: float) -> dict[str, float]:
     }
 
 
+# -- an adapter killed mid-stream under plantpulse up -------------------------------------------
+KILL_PLANT = """\
+plant: e2e-adapters
+sensor_kinds:
+  level: {{unit: m, range: [0.0, 1000000.0], rate_hz: 10.0}}
+sites:
+  - id: line
+    assets:
+      - {{id: opc-01, sensors: [{{id: level_a, kind: level}}, {{id: level_b, kind: level}}]}}
+      - {{id: plc-01, sensors: [{{id: level_a, kind: level}}]}}
+      - {{id: edge-01, sensors: [{{id: level_a, kind: level}}, {{id: level_b, kind: level}}]}}
+adapters:
+  - id: scada
+    kind: opcua
+    endpoint: {opcua}
+    credentials: scada
+    sampling_ms: 0
+    publishing_ms: 50
+    flush_ms: 50
+    reconnect_max_s: 0.5
+    bindings:
+      - {{node: "ns=2;s=opc-01.level_a", asset: opc-01, sensor: level_a}}
+      - {{node: "ns=2;s=opc-01.level_b", asset: opc-01, sensor: level_b}}
+  - id: plc
+    kind: modbus
+    endpoint: tcp://127.0.0.1:{modbus}
+    poll_ms: 100
+    flush_ms: 50
+    reconnect_max_s: 0.5
+    bindings:
+      - {{register: 0, asset: plc-01, sensor: level_a}}
+  - id: edge
+    kind: sparkplug
+    endpoint: mqtt://127.0.0.1:{mqtt}
+    credentials: spb-host
+    group: e2e
+    flush_ms: 50
+    reconnect_max_s: 0.5
+    bindings:
+      - {{device: "*", metric: A, asset: "{{device}}", sensor: level_a}}
+      - {{device: "*", metric: B, asset: "{{device}}", sensor: level_b}}
+"""
+SCADA_LOGIN = ("plantpulse", "s3cret")
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _us(ts: Any) -> Any:
+    """A column of timestamps as integer microseconds since the epoch."""
+    return ts.astype("datetime64[us, UTC]").astype("int64")
+
+
+def kill_restart(work: Path, after_s: float = 4.0) -> dict[str, Any]:
+    """``plantpulse up --adapters`` as processes over a real OPC UA server (secured,
+    historised), Modbus device and Sparkplug edge node (QoS 1): once every adapter's readings
+    are in the lake, the broker is frozen (the adapters' buffers fill), every adapter process is
+    SIGKILLed, the broker thawed, ``up`` starts them again; after ``after_s`` more the sources
+    stop and everything is waited for in the lake.  Returns what was written, published and
+    landed, and the counts: each OPC UA value and Sparkplug metric lost or twice, Modbus
+    readings twice."""
+    import contextlib
+
+    from adapters.testing import PlantSources, SparkplugEdge
+    from lake import Lake
+    from plantpulse_cli.broker import wait_for_port
+
+    home = work / "home"
+    servers = PlantSources(work / "opcua-server", "opc-01", {SCADA_LOGIN[0]: SCADA_LOGIN[1]})
+    servers.start()
+    if not servers.ready.wait(60):
+        raise RuntimeError("the OPC UA and Modbus servers did not start")
+    trust_certificate(home, servers.opcua.certificate, "scada")
+    mqtt_port = free_port()
+    plant = work / "plant.yaml"
+    plant.write_text(
+        KILL_PLANT.format(opcua=servers.opcua.url, modbus=servers.modbus.port, mqtt=mqtt_port)
+    )
+    env = {
+        **os.environ,
+        "PLANTPULSE_HOME": str(home),
+        "PLANTPULSE_SCADA_USERNAME": SCADA_LOGIN[0],
+        "PLANTPULSE_SCADA_PASSWORD": SCADA_LOGIN[1],
+    }
+    for k in ("PLANTPULSE_PLANT", "PLANTPULSE_LAKE", "PLANTPULSE_ADAPTER_CREDENTIALS"):
+        env.pop(k, None)
+    servers.writing.set()
+    argv = [str(Path(sys.executable).parent / "plantpulse"), "up", "--no-ui", "--no-technician"]
+    up = subprocess.Popen(
+        [*argv, "--adapters", str(plant), "--mqtt", str(mqtt_port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    edge: SparkplugEdge | None = None
+    stop_edge = threading.Event()
+    published: list[tuple[int, float, float]] = []  # (ts ms, A, B) the broker acknowledged
+    broker_pid = None
+    lake = Lake(home / "lake")
+
+    def statuses() -> dict[str, dict[str, Any]]:
+        return {s["adapter_id"]: s for s in read_statuses(home)}
+
+    try:
+        creds = home / "mosquitto" / "credentials.json"
+        _wait(creds.exists, 120, "the broker's set-up")
+        wait_for_port(mqtt_port, 60)
+        _wait(lambda: len(statuses()) == 3, 180, "three adapters")
+        _wait(lambda: statuses()["edge"]["connected"], 60, "the Sparkplug adapter")
+        users = json.loads(creds.read_text())
+        node = SparkplugEdge(
+            "127.0.0.1",
+            mqtt_port,
+            "e2e",
+            "gw-1",
+            {"edge-01": ["A", "B"]},
+            ("sparkplug-edge", users["sparkplug-edge"]),
+        )
+        edge = node
+        node.births()
+        time.sleep(0.05)  # the first data a few ms after the births' values (not the same ts)
+
+        def publish() -> None:
+            k = 0
+            while not stop_edge.is_set():
+                k += 1
+                ts = int(time.time() * 1000)
+                node.data("edge-01", {"A": float(k), "B": float(k) + 0.25}, ts)  # QoS 1, acked
+                published.append((ts, float(k), float(k) + 0.25))
+                time.sleep(0.1)
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        _wait(
+            lambda: (
+                lake.exists("readings")
+                and set(lake.read("readings", columns=["asset_id"])["asset_id"])
+                >= {"opc-01", "plc-01", "edge-01"}
+            ),
+            180,
+            "readings of all three adapters in the lake",
+        )
+        before = {k: s["pid"] for k, s in statuses().items()}
+        first_session = statuses()["scada"]["connected_since_us"]
+        # the broker freezes: the adapters cannot forward, their buffers on disk fill
+        found = subprocess.run(
+            ["pgrep", "-f", str(home / "mosquitto" / "mosquitto.conf")],
+            capture_output=True,
+            text=True,
+        )
+        broker_pid = int(found.stdout.split()[0])
+        os.kill(broker_pid, signal.SIGSTOP)
+        _wait(
+            lambda: all(statuses()[a]["buffer_messages"] > 0 for a in ("scada", "plc")),
+            20,
+            "messages waiting in the buffers",
+        )
+        held = {a: statuses()[a]["buffer_messages"] for a in ("scada", "plc")}
+        for pid in before.values():
+            os.kill(pid, signal.SIGKILL)
+        os.kill(broker_pid, signal.SIGCONT)
+        _wait(
+            lambda: all(s["pid"] != before[k] and s["connected"] for k, s in statuses().items()),
+            120,
+            "the adapters started again by plantpulse up",
+        )
+        time.sleep(after_s)  # reading on after the restart
+        servers.writing.clear()
+        stop_edge.set()
+        publisher.join(10)
+        last_opc, last_edge = servers.written[-1][0], published[-1][0] * 1000
+
+        def landed() -> bool:
+            r = lake.read("readings", columns=["asset_id", "ts"])
+            got = {a: int(_us(r["ts"][r["asset_id"] == a]).max()) for a in ("opc-01", "edge-01")}
+            return got["opc-01"] >= last_opc and got["edge-01"] >= last_edge
+
+        _wait(landed, 120, "the last values in the lake")
+        after = statuses()
+    finally:
+        stop_edge.set()
+        if broker_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(broker_pid, signal.SIGCONT)
+        if edge is not None:
+            edge.close()
+        os.killpg(up.pid, signal.SIGINT)
+        out = up.communicate(timeout=120)[0]
+        servers.stop()
+    readings = lake.read("readings")
+    readings["us"] = _us(readings["ts"])
+    dead = lake.read("dead_letter") if lake.exists("dead_letter") else None
+    twice = {
+        a: int(readings[readings["asset_id"] == a].duplicated(["sensor_id", "us"]).sum())
+        for a in ("opc-01", "plc-01", "edge-01")
+    }
+    opc = readings[(readings["asset_id"] == "opc-01") & (readings["sensor_id"] == "level_a")]
+    got = dict(zip(opc["us"], opc["value"], strict=False))
+    wanted = {ts: v for ts, v in servers.written if ts >= min(got)}
+    spb = readings[(readings["asset_id"] == "edge-01") & (readings["sensor_id"] == "level_a")]
+    spb_got = dict(zip(spb["us"], spb["value"], strict=False))
+    spb_wanted = {ts * 1000: a for ts, a, _ in published}
+    counts = {
+        "kill_adapters_killed": float(len(before)),
+        "kill_adapters_restarted": float(out.count("exited with code -9; starting it again")),
+        "kill_buffer_messages_held": float(sum(held.values())),
+        "kill_opcua_values_written": float(len(wanted)),
+        "kill_opcua_values_lost": float(sum(got.get(ts) != v for ts, v in wanted.items())),
+        "kill_opcua_backfilled": float(after["scada"]["backfilled"]),
+        "kill_sparkplug_metrics_published": float(len(spb_wanted)),
+        "kill_sparkplug_metrics_lost": float(
+            sum(spb_got.get(ts) != v for ts, v in spb_wanted.items())
+        ),
+        "kill_sparkplug_redelivered": float(after["edge"].get("redelivered", 0)),
+        "kill_readings_duplicated": float(sum(twice.values())),
+    }
+    counts["kill_readings_lost"] = (
+        counts["kill_opcua_values_lost"] + counts["kill_sparkplug_metrics_lost"]
+    )
+    return {
+        "counts": counts,
+        "readings": readings,
+        "written": servers.written,
+        "published": published,
+        "held": held,
+        "after": after,
+        "first_session": first_session,
+        "up_output": out,
+        "dead_letter_reasons": sorted(set(dead["reason"])) if dead is not None else [],
+    }
+
+
 # -- the run ---------------------------------------------------------------------------------
 TARGETS = {
     "opcua_values_per_s": ">= 10000",
+    "kill_readings_lost": "<= 0",
+    "kill_readings_duplicated": "<= 0",
     "sparkplug_metrics_per_s": ">= 100000",
     "sparkplug_metrics_not_received": "<= 0",
     "sparkplug_dropped_by_broker": "<= 0",
@@ -871,6 +1117,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metrics["buffer_bound_mb"] = out["bound_mb"]
         metrics["buffer_overflow_readings"] = out["overflow_readings"]
         metrics["buffer_drain_s"] = out["drain_s"]
+    if "kill" in parts:
+        k = kill_restart(_home(), after_s=2.0 if quick else 6.0)
+        metrics.update(k["counts"])
+        details["kill"] = {
+            "dead_letter_reasons": k["dead_letter_reasons"],
+            "held": k["held"],
+            "load_after": load(),
+        }
     if args.only and not quick:  # keep the other parts' figures of the last full run
         path = Path(args.out) if args.out else RESULTS / f"{NAME}.json"
         if path.exists():

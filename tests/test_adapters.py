@@ -6,7 +6,6 @@ OPC UA history, the store-and-forward buffer's bound."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import stat
 import subprocess
@@ -866,261 +865,46 @@ def test_cli_adapters_status_and_browse_errors(tmp_path, monkeypatch, capsys):
 
 
 # -- the integrator's path: plantpulse up --adapters, an adapter killed mid-stream ---------------
-E2E_PLANT = """\
-plant: e2e-adapters
-sensor_kinds:
-  level: {{unit: m, range: [0.0, 1000000.0], rate_hz: 10.0}}
-sites:
-  - id: line
-    assets:
-      - {{id: opc-01, sensors: [{{id: level_a, kind: level}}, {{id: level_b, kind: level}}]}}
-      - {{id: plc-01, sensors: [{{id: level_a, kind: level}}]}}
-      - {{id: edge-01, sensors: [{{id: level_a, kind: level}}, {{id: level_b, kind: level}}]}}
-adapters:
-  - id: scada
-    kind: opcua
-    endpoint: {opcua}
-    credentials: scada
-    sampling_ms: 0
-    publishing_ms: 50
-    flush_ms: 50
-    reconnect_max_s: 0.5
-    bindings:
-      - {{node: "ns=2;s=opc-01.level_a", asset: opc-01, sensor: level_a}}
-      - {{node: "ns=2;s=opc-01.level_b", asset: opc-01, sensor: level_b}}
-  - id: plc
-    kind: modbus
-    endpoint: tcp://127.0.0.1:{modbus}
-    poll_ms: 100
-    flush_ms: 50
-    reconnect_max_s: 0.5
-    bindings:
-      - {{register: 0, asset: plc-01, sensor: level_a}}
-  - id: edge
-    kind: sparkplug
-    endpoint: mqtt://127.0.0.1:{mqtt}
-    credentials: spb-host
-    group: e2e
-    flush_ms: 50
-    reconnect_max_s: 0.5
-    bindings:
-      - {{device: "*", metric: A, asset: "{{device}}", sensor: level_a}}
-      - {{device: "*", metric: B, asset: "{{device}}", sensor: level_b}}
-"""
-
-
-class _Servers(threading.Thread):
-    """The plant's OPC UA server (secured, historised) and Modbus device on their own event
-    loop, the OPC UA values rewritten every 100 ms (value = a count, so each is known)."""
-
-    def __init__(self, cert_dir: Path):
-        super().__init__(daemon=True)
-        self.opcua = OpcuaTestServer(
-            {"opc-01": ["level_a", "level_b"]}, users={"plantpulse": "s3cret"}, cert_dir=cert_dir
-        )
-        self.modbus = ModbusTestServer(n_holding=4)
-        self.written: list[tuple[int, float]] = []  # (source ts µs, value) of level_a and _b
-        self.ready, self.writing = threading.Event(), threading.Event()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.done: asyncio.Event | None = None
-
-    def run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        from datetime import UTC, datetime
-
-        self.loop, self.done = asyncio.get_running_loop(), asyncio.Event()
-        await self.opcua.start()
-        await self.modbus.start()
-        self.ready.set()
-        k = 0
-        while not self.done.is_set():
-            if self.writing.is_set():
-                k += 1
-                ts = datetime.now(UTC)
-                await self.opcua.write(
-                    {"ns=2;s=opc-01.level_a": float(k), "ns=2;s=opc-01.level_b": float(k + 0.5)},
-                    ts,
-                )
-                self.written.append((int(ts.timestamp() * 1e6), float(k)))
-            await asyncio.sleep(0.1)
-        await self.opcua.stop()
-        await self.modbus.stop()
-
-    def stop(self) -> None:
-        if self.loop is not None and self.done is not None:
-            self.loop.call_soon_threadsafe(self.done.set)
-        self.join(20)
-
-
-def _us(ts: Any) -> Any:
-    """A column of timestamps as integer microseconds since the epoch."""
-    return ts.astype("datetime64[us, UTC]").astype("int64")
-
-
-def _statuses(home: Path) -> dict[str, dict[str, Any]]:
-    return {s["adapter_id"]: s for s in read_statuses(home)}
-
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 def test_up_with_adapters_survives_a_kill_of_every_adapter_mid_stream(tmp_path):
     """``plantpulse up --adapters PLANT.yaml`` as processes over a real OPC UA server, Modbus
-    device and Sparkplug edge node.  The broker is frozen (its buffers fill), every adapter is
-    SIGKILLed, ``up`` starts them again: each OPC UA value and Sparkplug metric written lands in
-    ``readings`` exactly once (the buffer resent, the gap read from the server's history, the
-    broker's unacknowledged messages read once), no Modbus reading twice."""
-    import os
-    import signal
-    import sys
+    device and Sparkplug edge node (``bench.adapters.kill_restart``, the bench's ``kill``
+    part).  The broker is frozen (the buffers fill), every adapter is SIGKILLed, ``up`` starts
+    them again: each OPC UA value and Sparkplug metric written lands in ``readings`` exactly
+    once (the buffer resent, the gap read from the server's history, the broker's
+    unacknowledged messages read once), no Modbus reading twice."""
+    from bench.adapters import kill_restart
 
-    home = tmp_path / "home"
-    servers = _Servers(tmp_path / "opcua-server")
-    servers.start()
-    assert servers.ready.wait(60)
-    trust_certificate(home, servers.opcua.certificate, "scada")
-    mqtt_port = free_port()
-    plant = tmp_path / "plant.yaml"
-    plant.write_text(
-        E2E_PLANT.format(opcua=servers.opcua.url, modbus=servers.modbus.port, mqtt=mqtt_port)
-    )
-    env = {
-        **os.environ,
-        "PLANTPULSE_HOME": str(home),
-        "PLANTPULSE_SCADA_USERNAME": "plantpulse",
-        "PLANTPULSE_SCADA_PASSWORD": "s3cret",
-    }
-    env.pop("PLANTPULSE_PLANT", None)
-    servers.writing.set()
-    up = subprocess.Popen(
-        [str(Path(sys.executable).parent / "plantpulse"), "up", "--no-ui", "--no-technician",
-         "--adapters", str(plant), "--mqtt", str(mqtt_port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    edge = None
-    stop_edge = threading.Event()
-    published: list[tuple[int, float, float]] = []  # (ts ms, A, B) the broker acknowledged
-    broker_pid = None
-    try:
-        creds = home / "mosquitto" / "credentials.json"
-        _wait(lambda: creds.exists(), 120, "the broker's set-up")
-        wait_for_port(mqtt_port, 60)
-        _wait(lambda: len(_statuses(home)) == 3, 180, "three adapters")
-        _wait(lambda: _statuses(home)["edge"]["connected"], 60, "the Sparkplug adapter")
-        users = json.loads(creds.read_text())
-        edge = SparkplugEdge(
-            "127.0.0.1", mqtt_port, "e2e", "gw-1", {"edge-01": ["A", "B"]},
-            ("sparkplug-edge", users["sparkplug-edge"]),
-        )  # fmt: skip
-        edge.births()
-        time.sleep(0.05)  # the first data a few ms after the births' values (not the same ts)
-
-        def publish() -> None:
-            k = 0
-            while not stop_edge.is_set():
-                k += 1
-                ts = int(time.time() * 1000)
-                edge.data("edge-01", {"A": float(k), "B": float(k) + 0.25}, ts)  # QoS 1, acked
-                published.append((ts, float(k), float(k) + 0.25))
-                time.sleep(0.1)
-
-        publisher = threading.Thread(target=publish, daemon=True)
-        publisher.start()
-        lake = Lake(home / "lake")
-        _wait(
-            lambda: (
-                lake.exists("readings")
-                and set(lake.read("readings", columns=["asset_id"])["asset_id"])
-                >= {"opc-01", "plc-01", "edge-01"}
-            ),
-            180,
-            "readings of all three adapters in the lake",
-        )
-        before = {k: s["pid"] for k, s in _statuses(home).items()}
-        first_session = _statuses(home)["scada"]["connected_since_us"]
-        # the broker freezes: the adapters cannot forward, their buffers on disk fill
-        found = subprocess.run(
-            ["pgrep", "-f", str(home / "mosquitto" / "mosquitto.conf")],
-            capture_output=True, text=True,
-        )  # fmt: skip
-        broker_pid = int(found.stdout.split()[0])
-        os.kill(broker_pid, signal.SIGSTOP)
-        _wait(
-            lambda: all(_statuses(home)[a]["buffer_messages"] > 0 for a in ("scada", "plc")),
-            20,
-            "messages waiting in the buffers",
-        )
-        held = {a: _statuses(home)[a]["buffer_messages"] for a in ("scada", "plc")}
-        for pid in before.values():
-            os.kill(pid, signal.SIGKILL)
-        os.kill(broker_pid, signal.SIGCONT)
-        _wait(
-            lambda: all(
-                s["pid"] != before[k] and s["connected"] for k, s in _statuses(home).items()
-            ),
-            120,
-            "the adapters started again by plantpulse up",
-        )
-        time.sleep(4.0)  # reading on after the restart
-        servers.writing.clear()
-        stop_edge.set()
-        publisher.join(10)
-        # everything written and acknowledged reaches the lake
-        last_opc, last_edge = servers.written[-1][0], published[-1][0] * 1000
-
-        def landed() -> bool:
-            r = lake.read("readings", columns=["asset_id", "ts"])
-            got = {a: int(_us(r["ts"][r["asset_id"] == a]).max()) for a in ("opc-01", "edge-01")}
-            return got["opc-01"] >= last_opc and got["edge-01"] >= last_edge
-
-        _wait(landed, 120, "the last values in the lake")
-        after = _statuses(home)
-    finally:
-        stop_edge.set()
-        if broker_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(broker_pid, signal.SIGCONT)
-        if edge is not None:
-            edge.close()
-        os.killpg(up.pid, signal.SIGINT)
-        out = up.communicate(timeout=120)[0]
-        servers.stop()
+    run = kill_restart(tmp_path)
+    out, counts, readings = run["up_output"], run["counts"], run["readings"]
     assert "adapter-scada exited with code -9; starting it again" in out, out[-3000:]
     assert "adapter-edge exited with code -9; starting it again" in out
-    readings = lake.read("readings")
-    readings["us"] = _us(readings["ts"])
+    assert counts["kill_adapters_restarted"] == counts["kill_adapters_killed"] == 3
     for asset in ("opc-01", "plc-01", "edge-01"):  # no reading twice
         mine = readings[readings["asset_id"] == asset]
         assert not mine.duplicated(["sensor_id", "us"]).any(), asset
+    assert counts["kill_readings_duplicated"] == 0
     # OPC UA: every value written since the adapter first read is there once, none other
     opc = readings[(readings["asset_id"] == "opc-01") & (readings["sensor_id"] == "level_a")]
     got = dict(zip(opc["us"], opc["value"], strict=True))
-    wanted = {ts: v for ts, v in servers.written if ts >= min(got)}
+    wanted = {ts: v for ts, v in run["written"] if ts >= min(got)}
     assert {ts: got.get(ts) for ts in wanted} == wanted  # none lost (the gap came from history)
     assert set(got) - set(wanted) <= {min(got)}  # at most the value current at the first read
-    assert min(got) <= first_session  # from its very first session on (the current value then)
+    assert min(got) <= run["first_session"]  # from its very first session on
     # Sparkplug: every metric the broker acknowledged is there once
     spb = readings[readings["asset_id"] == "edge-01"]
     spb_a = spb[spb["sensor_id"] == "level_a"]
     a = dict(zip(spb_a["us"], spb_a["value"], strict=True))
+    published = run["published"]
     assert {ts * 1000: a.get(ts * 1000) for ts, _, _ in published} == {
         ts * 1000: v for ts, v, _ in published
     }
     assert len(spb) == 2 * len(published) + 2  # the data, and the births' values
+    assert counts["kill_readings_lost"] == 0
     # the buffers held messages when the adapters died; they went out after the restart
-    assert held["scada"] > 0 and held["plc"] > 0
-    assert after["scada"]["backfilled"] > 0  # the values written while it was down
-    dead = lake.read("dead_letter") if lake.exists("dead_letter") else None
-    reasons = set(dead["reason"]) if dead is not None else set()
-    assert reasons <= {"out_of_sequence"}, reasons  # a resend of what the stream had: not kept
+    assert run["held"]["scada"] > 0 and run["held"]["plc"] > 0
+    assert counts["kill_opcua_backfilled"] > 0  # the values written while it was down
+    # a resend of what the stream already had is the only dead letter: recorded, not kept
+    assert set(run["dead_letter_reasons"]) <= {"out_of_sequence"}
 
 
 def test_cli_trusts_a_server_only_with_the_fingerprint_its_owner_gave(
