@@ -13,8 +13,15 @@ replayed), counted in the status; nothing is dropped silently and the buffer nev
 its bound.
 
 Anything an adapter cannot turn into a reading (a value of the wrong type, a malformed payload,
-a sequence gap) is a ``dead_letter`` row with a reason, written by ``DeadLetters`` straight to
-the lake; the other tags go on.
+a sequence gap) is a ``dead_letter`` row with a reason (``DeadLetters``); the other tags go on.
+
+What survives a crash (kill -9) of the adapter: each flush is one SQLite transaction holding the
+readings gathered, the dead letters raised meanwhile (drained into the lake's ``dead_letter``
+from there, every second) and the adapter's *marks*: what it has delivered so far (the newest
+source timestamp of each OPC UA node, the sequence numbers and alias maps of the Sparkplug
+nodes).  A restarted adapter resumes from its marks, so what it had delivered is not delivered
+again and what it had not is read again (OPC UA history, the broker's redelivery of
+unacknowledged Sparkplug messages); only then does it acknowledge its source (``committed``).
 """
 
 from __future__ import annotations
@@ -88,6 +95,12 @@ class DiskBuffer:
                 "n INTEGER NOT NULL)"
             )
             self.db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS marks (k TEXT PRIMARY KEY, v TEXT)")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS dead (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "received_us INTEGER NOT NULL, source TEXT NOT NULL, raw BLOB, reason TEXT, "
+                "detail TEXT, asset_id TEXT, sensor_id TEXT)"
+            )
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('base_us', ?)", (now_us(),))
             for k in ("overflow_messages", "overflow_readings"):
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES (?, 0)", (k,))
@@ -100,12 +113,26 @@ class DiskBuffer:
             ).fetchone()
             self.messages, self.bytes, self.readings = (int(x) for x in row)
 
-    def put(self, records: list[tuple[str, bytes, int]]) -> list[tuple[str, bytes, int]]:
-        """Append ``records``; returns the records evicted to stay within ``max_bytes``."""
+    def put(
+        self,
+        records: list[tuple[str, bytes, int]],
+        marks: dict[str, str] | None = None,
+        dead: list[DeadRow] | None = None,
+        evicted_dead: Any = None,
+    ) -> list[tuple[str, bytes, int]]:
+        """Append ``records`` with the adapter's ``marks`` (key -> text, replacing those of the
+        same key) and ``dead`` letters, in one transaction; returns the records evicted to stay
+        within ``max_bytes`` (``evicted_dead(topic, payload, n)`` gives the dead letter of each,
+        kept in the same transaction)."""
         evicted: list[tuple[str, bytes, int]] = []
+        dead = list(dead or ())
         with self.lock:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO queue (topic, payload, n) VALUES (?, ?, ?)", records)
+            if marks:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO marks (k, v) VALUES (?, ?)", list(marks.items())
+                )
             self.messages += len(records)
             self.bytes += sum(len(p) for _, p, _ in records)
             self.readings += sum(n for *_, n in records)
@@ -133,8 +160,38 @@ class DiskBuffer:
                         (self.overflow_readings, "overflow_readings"),
                     ],
                 )
+                if evicted_dead is not None:
+                    dead += [evicted_dead(*r) for r in evicted]
+            if dead:
+                self.db.executemany(
+                    "INSERT INTO dead (received_us, source, raw, reason, detail, asset_id, "
+                    "sensor_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    dead,
+                )
             self.db.execute("COMMIT")
         return evicted
+
+    def marks(self, prefix: str = "") -> dict[str, str]:
+        """The marks committed so far whose key starts with ``prefix``."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT k, v FROM marks WHERE substr(k, 1, ?) = ?", (len(prefix), prefix)
+            ).fetchall()
+        return dict(rows)
+
+    def dead_letters(self, limit: int = 10_000) -> list[tuple[int, DeadRow]]:
+        """The oldest dead letters not yet in the lake: ``(id, row)``."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT id, received_us, source, raw, reason, detail, asset_id, sensor_id "
+                "FROM dead ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(r[0]), (int(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])) for r in rows]
+
+    def drop_dead(self, upto_id: int) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM dead WHERE id <= ?", (upto_id,))
 
     def peek(self, limit: int = 256) -> list[tuple[int, str, bytes, int]]:
         """The oldest records: ``(seq, topic, payload, n_readings)``."""
@@ -170,16 +227,35 @@ class DiskBuffer:
 
 
 # -- dead letters -------------------------------------------------------------------------------
-class DeadLetters:
-    """``dead_letter`` rows gathered and appended to the lake in one commit per ``flush``
-    (a commit per bad value would be thousands of commits in a bad minute)."""
+DeadRow = tuple[int, str, bytes, str, str, str | None, str | None]
+"""A dead letter in the buffer: received (µs), source, raw, reason, detail, asset, sensor."""
 
-    def __init__(self, lake: Lake | None, source: str):
-        self.lake, self.source = lake, source
-        self.rows: list[dict[str, Any]] = []
+
+class DeadLetters:
+    """``dead_letter`` rows: gathered in memory (``add``), made durable with the next flush's
+    transaction in the adapter's buffer (``take``), then appended to the lake from there in one
+    commit per ``flush`` (a commit per bad value would be thousands of commits in a bad
+    minute) and deleted from the buffer once the lake has them."""
+
+    def __init__(self, lake: Lake | None, source: str, buffer: DiskBuffer | None = None):
+        self.lake, self.source, self.buffer = lake, source, buffer
+        self.rows: list[DeadRow] = []
         self.count = 0
         self.by_reason: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
+
+    def row(
+        self,
+        raw: bytes,
+        reason: str,
+        detail: str,
+        asset_id: str | None = None,
+        sensor_id: str | None = None,
+    ) -> DeadRow:
+        self.count += 1
+        self.by_reason[reason] += 1
+        log.warning("%s: dead letter %s: %s", self.source, reason, detail[:300])
+        return (now_us(), self.source, raw, reason, detail[:2000], asset_id, sensor_id)
 
     def add(
         self,
@@ -189,36 +265,51 @@ class DeadLetters:
         asset_id: str | None = None,
         sensor_id: str | None = None,
     ) -> None:
-        ts = datetime.now(UTC)
         with self.lock:
-            self.rows.append(
+            self.rows.append(self.row(raw, reason, detail, asset_id, sensor_id))
+
+    def take(self) -> list[DeadRow]:
+        """The rows gathered since the last ``take`` (for the buffer's next transaction)."""
+        with self.lock:
+            rows, self.rows = self.rows, []
+        return rows
+
+    def flush(self) -> int:
+        """Dead letters into the lake: those made durable in the buffer (or, without a
+        buffer, those gathered); returns how many were written."""
+        if self.lake is None:
+            return 0
+        if self.buffer is None:
+            pending = [(0, r) for r in self.take()]
+        else:
+            pending = self.buffer.dead_letters()
+        if not pending:
+            return 0
+        rows = []
+        for _, (us, source, raw, reason, detail, asset, sensor) in pending:
+            ts = datetime.fromtimestamp(us / 1e6, UTC)
+            rows.append(
                 {
                     "received_ts": ts,
-                    "source": self.source,
+                    "source": source,
                     "raw": raw,
                     "reason": reason,
-                    "detail": detail[:2000],
-                    "asset_id": asset_id,
-                    "sensor_id": sensor_id,
+                    "detail": detail,
+                    "asset_id": asset,
+                    "sensor_id": sensor,
                     "date": ts.date(),
                 }
             )
-            self.count += 1
-            self.by_reason[reason] += 1
-        log.warning("%s: dead letter %s: %s", self.source, reason, detail[:300])
-
-    def flush(self) -> int:
-        with self.lock:
-            rows, self.rows = self.rows, []
-        if not rows or self.lake is None:
-            return 0
         try:
             self.lake.append("dead_letter", pa.Table.from_pylist(rows))
         except Exception:  # noqa: BLE001 - the lake is back next time; keep the rows
             log.exception("%s: cannot write %d dead letters yet", self.source, len(rows))
-            with self.lock:
-                self.rows[:0] = rows
+            if self.buffer is None:
+                with self.lock:
+                    self.rows[:0] = [r for _, r in pending]
             return 0
+        if self.buffer is not None:
+            self.buffer.drop_dead(pending[-1][0])
         return len(rows)
 
 
@@ -254,6 +345,7 @@ class AdapterStatus:
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     backfilled: int = 0
     rebirths_requested: int = 0
+    redelivered: int = 0  # messages the source sent again that were already durable (read once)
     updated_us: int = 0
 
 
@@ -378,21 +470,35 @@ class Adapter:
         self.dir = state_dir(home, spec.id)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.buffer = DiskBuffer(self.dir / "buffer.sqlite", int(spec.buffer_mb * 1024 * 1024))
-        self.dead = DeadLetters(lake, f"{self.kind}:{spec.id}")
+        self.dead = DeadLetters(lake, f"{self.kind}:{spec.id}", self.buffer)
         self.status = AdapterStatus(
             spec.id, self.kind, spec.endpoint, buffer_bound_bytes=self.buffer.max_bytes
         )
         self.forwarder = Forwarder(spec.id, self.buffer, sink, self.status)
         self._cols: dict[str, list[tuple[list[str] | str, Any, Any]]] = defaultdict(list)
         self._pending = 0
-        self._lock = threading.Lock()
+        self._marks: dict[str, str] = {}
+        # held while a protocol's message is turned into readings (subclasses take it too):
+        # a flush sees every message wholly or not at all
+        self._lock = threading.RLock()
 
     # -- readings in ----------------------------------------------------------------------
-    def emit(self, asset_id: str, sensor_id: Any, ts_us: Any, values: Any) -> None:
+    def emit(
+        self,
+        asset_id: str,
+        sensor_id: Any,
+        ts_us: Any,
+        values: Any,
+        marks: dict[str, str] | None = None,
+    ) -> None:
         """Readings of ``asset_id``: ``sensor_id`` one id or a list of one per reading,
         ``ts_us`` and ``values`` lists (or arrays); thread-safe.  Arrays are built at flush,
-        once per asset, not per call."""
+        once per asset, not per call.  ``marks`` (what delivering them means for the
+        adapter's resumption) are committed with them."""
         n = len(ts_us)
+        if marks:
+            with self._lock:
+                self._marks.update(marks)
         if n == 0:
             return
         newest = max(ts_us)
@@ -406,12 +512,26 @@ class Adapter:
             s.last_received_us = now_us()
             s.lag_s = (s.last_received_us - int(newest)) / 1e6
 
+    def checkpoint(self) -> tuple[dict[str, str], Any]:
+        """Called under the adapter's lock at each flush: further marks to commit with the
+        readings gathered so far, and what to hand to ``committed`` once they are durable."""
+        return {}, None
+
+    def committed(self, token: Any) -> None:
+        """The flush that ``checkpoint`` returned ``token`` for is durable (a subclass
+        acknowledges its source here)."""
+
     def flush(self) -> int:
-        """Gathered readings into the buffer, one Arrow message per asset; returns how many."""
+        """Gathered readings into the buffer, one Arrow message per asset, with the marks and
+        dead letters, in one transaction; returns how many readings."""
         with self._lock:
             cols, self._cols, n = self._cols, defaultdict(list), self._pending
             self._pending = 0
-        if not n:
+            more, token = self.checkpoint()
+            marks, self._marks = {**self._marks, **more}, {}
+            dead = self.dead.take()
+        if not n and not marks and not dead:
+            self.committed(token)
             return 0
         records = []
         for asset, parts in cols.items():
@@ -434,18 +554,20 @@ class Adapter:
                     len(ts),
                 )
             )
-        for topic, payload, count in self.buffer.put(records):
-            asset = topic.split("/")[1]
-            self.dead.add(
+
+        def overflow(topic: str, payload: bytes, count: int) -> DeadRow:
+            return self.dead.row(
                 payload,
                 "buffer_overflow",
                 f"store-and-forward buffer of {self.spec.id} over its bound of "
-                f"{self.buffer.max_bytes} bytes: its oldest message ({count} "
-                f"readings) evicted here ({self.buffer.overflow_messages} messages, "
-                f"{self.buffer.overflow_readings} readings so far); replayable",
-                asset,
+                f"{self.buffer.max_bytes} bytes: its oldest message ({count} readings) "
+                f"evicted here; replayable",
+                topic.split("/")[1],
                 None,
             )
+
+        self.buffer.put(records, marks, dead, overflow)
+        self.committed(token)
         self.forwarder.wake.set()
         return n
 

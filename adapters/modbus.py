@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from pymodbus.client import AsyncModbusTcpClient
@@ -33,7 +33,10 @@ MAX_GAP = 8  # unbound words read rather than a second request
 REPEAT_S = 60.0
 
 
-def decode_words(words: list[int], type_: str, word_order: str) -> float:
+WordOrder = Literal["big", "little"]
+
+
+def decode_words(words: list[int], type_: str, word_order: WordOrder) -> float:
     """``words`` (16-bit registers) as a number of ``type_``, the first word the most
     significant with ``word_order='big'``.
 
@@ -45,7 +48,10 @@ def decode_words(words: list[int], type_: str, word_order: str) -> float:
     -1.0
     """
     kind = AsyncModbusTcpClient.DATATYPE[type_.upper()]
-    return float(AsyncModbusTcpClient.convert_from_registers(words, kind, word_order))
+    value = AsyncModbusTcpClient.convert_from_registers(words, kind, word_order)
+    if not isinstance(value, int | float):  # a numeric type gives one number
+        raise ValueError(f"{type_} registers {words} decode to {value!r}, not a number")
+    return float(value)
 
 
 @dataclass
@@ -183,7 +189,7 @@ class _Refused(Exception):
     """The device answered with an exception (the connection is fine)."""
 
 
-def registers_for(value: float, type_: str, word_order: str = "big") -> list[int]:
+def registers_for(value: float, type_: str, word_order: WordOrder = "big") -> list[int]:
     """The registers holding ``value`` as ``type_`` (what a device, or a test, writes)."""
     kind = AsyncModbusTcpClient.DATATYPE[type_.upper()]
     v: Any = value if type_.startswith("float") else int(value)

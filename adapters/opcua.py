@@ -15,8 +15,17 @@ source timestamp on disk, and on connecting reads every node's raw history after
 ``backfill_max_s``, before releasing the live values (held meanwhile), so each sensor's
 readings reach the stream in time order and none twice.
 
+The session is secured as the plant file says (``secure_client``): Basic256Sha256 with
+SignAndEncrypt unless it says ``Sign`` (or ``None``, with a reason), the installation's client
+certificate (generated at set-up under ``<home>/opcua/client/``), a username and password
+when ``credentials`` names them, and the server accepted only if its certificate is in the
+trust list (``adapters.security.ServerTrust``: the file's ``trust`` entries and
+``<home>/opcua/trusted/``).  An untrusted server is refused on every attempt, its
+certificate's fingerprint in the status's ``last_error``.
+
 ``browse(url)`` walks the server's Objects folder and proposes plant-model entries
-(``plantpulse adapters browse opc.tcp://...``).
+(``plantpulse adapters browse opc.tcp://...``); ``server_certificate(url)`` fetches the
+certificate a server presents (``plantpulse adapters trust``).
 """
 
 from __future__ import annotations
@@ -27,21 +36,38 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 from asyncua import Client, ua
 from asyncua.common.subscription import Subscription
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 
 from adapters.core import Adapter, now_us
+from adapters.security import (
+    CLIENT_URI,
+    ServerTrust,
+    application_certificate,
+    opcua_dir,
+    server_trust,
+)
 from adapters.sinks import credentials
 
-__all__ = ["OpcuaAdapter", "browse", "proposal_yaml"]
+__all__ = [
+    "OpcuaAdapter",
+    "browse",
+    "proposal_yaml",
+    "secure_client",
+    "server_certificate",
+]
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1000  # monitored items per CreateMonitoredItems request
+_MARK = "opcua.last_ts:"  # buffer mark of a node's newest delivered source timestamp
 REPEAT_S = 60.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -52,6 +78,50 @@ def _us(dt: datetime | None) -> int | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return (dt - _EPOCH) // timedelta(microseconds=1)
+
+
+async def secure_client(
+    url: str,
+    home: str | Path,
+    *,
+    security: str = "SignAndEncrypt",
+    trust: Iterable[str | Path] = (),
+    auth: tuple[str, str] | None = None,
+    timeout: float = 10.0,
+    **kwargs: Any,
+) -> Client:
+    """An asyncua client of ``url`` (not connected yet): Basic256Sha256 in mode ``security``
+    (``SignAndEncrypt``, ``Sign``; ``None`` for a server without security) with the
+    installation's client certificate under ``home``, accepting the server only if its
+    certificate is in ``trust`` or ``<home>/opcua/trusted/``; logged in as ``auth`` (else
+    anonymous).  Setting up the security asks the server for its endpoints: ``OSError`` when it
+    does not answer."""
+    client = Client(url, timeout=timeout, **kwargs)
+    if security != "None":
+        client.application_uri = CLIENT_URI
+        cert, key = application_certificate(opcua_dir(home) / "client", CLIENT_URI, server=False)
+        client.certificate_validator = ServerTrust(server_trust(home, trust))
+        await client.set_security(
+            SecurityPolicyBasic256Sha256,
+            str(cert),
+            str(key),
+            mode=getattr(ua.MessageSecurityMode, security),
+        )
+    if auth is not None:
+        client.set_user(auth[0])
+        client.set_password(auth[1])
+    return client
+
+
+async def server_certificate(url: str, timeout: float = 10.0) -> tuple[bytes, str]:
+    """The certificate (DER) an OPC UA server presents on its secured endpoints, and its
+    application URI (asked over the discovery channel, as every client does first)."""
+    client = Client(url, timeout=timeout)
+    endpoints = await client.connect_and_get_server_endpoints()
+    for ep in endpoints:
+        if ep.ServerCertificate:
+            return bytes(ep.ServerCertificate), str(ep.Server.ApplicationUri)
+    raise ConnectionError(f"{url} presents no certificate (it offers no secured endpoint)")
 
 
 def _number(value: Any) -> float | None:
@@ -89,25 +159,22 @@ class OpcuaAdapter(Adapter):
         super().__init__(*args, **kwargs)
         self.by_handle: dict[int, Any] = {}
         self.last_ts: dict[str, int] = self._load_last_ts()  # node -> newest source ts (µs)
+        self._changed: dict[str, int] = {}  # the nodes' new timestamps not yet emitted
         self._bad: dict[str, tuple[float, int]] = {}
         self.holding: list[Any] | None = None
         self.lost = asyncio.Event()
         self.sessions = 0
 
-    # -- the newest timestamp of each node, kept on disk for the backfill ---------------------
+    # -- the newest timestamp of each node, committed with its readings (the backfill's start) -
     def _load_last_ts(self) -> dict[str, int]:
-        try:
-            return {
-                k: int(v) for k, v in json.loads((self.dir / "last_ts.json").read_text()).items()
-            }
+        marks = self.buffer.marks(_MARK)
+        if marks:
+            return {k[len(_MARK) :]: int(v) for k, v in marks.items()}
+        try:  # a state directory from before the marks were kept in the buffer
+            old = json.loads((self.dir / "last_ts.json").read_text())
+            return {str(k): int(v) for k, v in old.items()}
         except (OSError, ValueError, AttributeError):
             return {}
-
-    def write_status(self) -> None:
-        super().write_status()
-        tmp = self.dir / "last_ts.json.tmp"
-        tmp.write_text(json.dumps(self.last_ts))
-        tmp.replace(self.dir / "last_ts.json")
 
     # -- values in -----------------------------------------------------------------------------
     def on_items(self, items: list[Any]) -> None:
@@ -120,13 +187,25 @@ class OpcuaAdapter(Adapter):
         """Monitored-item notifications into readings (one ``emit`` per asset)."""
         out: dict[str, tuple[list[str], list[int], list[float]]] = {}
         received = now_us()
-        for item in items:
-            b = self.by_handle.get(item.ClientHandle)
-            if b is None:
-                continue
-            self._value(b, item.Value, received, out)
+        by_handle, value = self.by_handle, self._value
+        with self._lock:
+            for item in items:
+                b = by_handle.get(item.ClientHandle)
+                if b is not None:
+                    value(b, item.Value, received, out)
+            self._emit_all(out)
+
+    def _emit_all(self, out: dict[str, tuple[list[str], list[int], list[float]]]) -> None:
+        """The readings of ``out``, with the newest timestamp of each node they came from as the
+        marks committed with them (called under the lock that ``_value`` ran under, so a flush
+        never commits a node's mark without its readings)."""
+        marks = {_MARK + n: str(ts) for n, ts in self._changed.items()}
+        self._changed = {}
         for asset, (sensors, ts, values) in out.items():
-            self.emit(asset, sensors, ts, values)
+            self.emit(asset, sensors, ts, values, marks)
+            marks = {}
+        if marks:
+            self.emit("", [], [], [], marks)
 
     def _value(
         self,
@@ -154,7 +233,7 @@ class OpcuaAdapter(Adapter):
         ts = _us(dv.SourceTimestamp) or _us(dv.ServerTimestamp) or received
         if ts <= self.last_ts.get(b.node, -1):
             return  # already delivered (a subscription's initial value, or history overlap)
-        self.last_ts[b.node] = ts
+        self.last_ts[b.node] = self._changed[b.node] = ts
         self._bad.pop(b.node, None)
         sensors, tss, values = out.setdefault(b.asset, ([], [], []))
         sensors.append(b.sensor)
@@ -187,23 +266,33 @@ class OpcuaAdapter(Adapter):
 
     # -- the connection --------------------------------------------------------------------
     async def session(self, stop: asyncio.Event) -> None:
-        client = Client(
+        home = self.dir.parent.parent
+        client = await secure_client(
             self.spec.endpoint,
+            home,
+            security=self.spec.security,
+            trust=self.spec.trust,
+            auth=credentials(self.spec.credentials, home),
             timeout=self.spec.timeout_s,
             watchdog_intervall=1.0,
             auto_reconnect=False,
         )
-        auth = credentials(self.spec.credentials, self.dir.parent.parent)
-        if auth is not None:
-            client.set_user(auth[0])
-            client.set_password(auth[1])
         self.lost.clear()
 
         async def on_lost(exc: Exception) -> None:
             self.lost.set()
 
         client.connection_lost_callback = on_lost
-        await client.connect()
+        try:
+            await client.connect()
+        except ua.UaStatusCodeError as exc:
+            trust = client.certificate_validator
+            if isinstance(trust, ServerTrust) and trust.refused:
+                raise ConnectionError(
+                    f"the server's certificate {trust.refused[-1]} is not trusted: "
+                    f"`plantpulse adapters trust {self.spec.endpoint}` or a `trust:` entry"
+                ) from None
+            raise ConnectionError(f"the server refused the session: {exc}") from None
         try:
             self.holding = [] if self.spec.backfill else None
             sub = await self._subscribe(client)
@@ -291,13 +380,13 @@ class OpcuaAdapter(Adapter):
             histories = await asyncio.gather(*(one(b) for b in part))
             out: dict[str, tuple[list[str], list[int], list[float]]] = {}
             received = now_us()
-            for b, values in zip(part, histories, strict=True):
-                for dv in sorted(values, key=lambda d: d.SourceTimestamp or end):
-                    before = len(out.get(b.asset, ([],))[0])
-                    self._value(b, dv, received, out)
-                    n += len(out.get(b.asset, ([],))[0]) - before
-            for asset, (sensors, ts, vals) in out.items():
-                self.emit(asset, sensors, ts, vals)
+            with self._lock:
+                for b, values in zip(part, histories, strict=True):
+                    for dv in sorted(values, key=lambda d: d.SourceTimestamp or end):
+                        before = len(out.get(b.asset, ([],))[0])
+                        self._value(b, dv, received, out)
+                        n += len(out.get(b.asset, ([],))[0]) - before
+                self._emit_all(out)
         self.status.backfilled += n
         if n:
             log.info("opcua %s: backfilled %d values from the server's history", self.spec.id, n)
@@ -329,14 +418,17 @@ def _slug(text: str) -> str:
 
 
 async def browse(
-    url: str, max_depth: int = 6, auth: tuple[str, str] | None = None, limit: int = 100_000
+    url: str,
+    home: str | Path,
+    max_depth: int = 6,
+    auth: tuple[str, str] | None = None,
+    limit: int = 100_000,
+    security: str = "SignAndEncrypt",
 ) -> list[dict[str, Any]]:
     """The numeric variables under the server's Objects folder: ``node`` (its NodeId),
-    ``asset`` (its parent object's browse name) and ``sensor`` (its own), ``data_type``."""
-    client = Client(url, timeout=10)
-    if auth:
-        client.set_user(auth[0])
-        client.set_password(auth[1])
+    ``asset`` (its parent object's browse name) and ``sensor`` (its own), ``data_type``
+    (through a session secured as ``secure_client`` does)."""
+    client = await secure_client(url, home, security=security, auth=auth)
     found: list[dict[str, Any]] = []
     async with client:
         objects = client.nodes.objects

@@ -1,8 +1,11 @@
 """Run every adapter a plant file declares, beside the stream:
-``python -m adapters.run PLANT.yaml --broker-port 1883`` (what ``plantpulse up --adapters``
-starts).  Each adapter forwards into the stream's broker as publisher ``<adapter id>``
-(credentials: the broker set-up's file, ``PLANTPULSE_ADAPTER_CREDENTIALS``); its buffer,
-status and dead letters go under the state directory and the lake.
+``python -m adapters.run PLANT.yaml --broker-port 1883 [--only ID]`` (what ``plantpulse up
+--adapters`` starts: one process per adapter, so each has a core's worth of Python to itself and
+a crash of one leaves the others running).  Each adapter forwards into the stream's broker as publisher ``<adapter id>``
+(credentials: the broker set-up's file, ``PLANTPULSE_ADAPTER_CREDENTIALS``), over TLS with
+``--broker-ca`` (an adapter on another machine than the broker); its buffer, status and dead
+letters go under the state directory and the lake.  Paths in the plant file (``trust``,
+``tls_ca``) are relative to the file.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +44,44 @@ def build(specs: Any, home: str | Path, lake: Lake | None, sink_for: Any) -> lis
     return [classes[s.kind](s, home, lake, sink_for(s)) for s in specs]
 
 
+def resolve_paths(spec: Any, plant_dir: Path) -> Any:
+    """``spec`` with the files it names (OPC UA ``trust``, Sparkplug ``tls_ca``) relative to
+    the plant file's folder ``plant_dir``."""
+
+    def at(p: str) -> str:
+        path = Path(p).expanduser()
+        return str(path if path.is_absolute() else plant_dir / path)
+
+    update: dict[str, Any] = {}
+    if getattr(spec, "trust", None):
+        update["trust"] = [at(p) for p in spec.trust]
+    if getattr(spec, "tls_ca", None):
+        update["tls_ca"] = at(spec.tls_ca)
+    return spec.model_copy(update=update) if update else spec
+
+
 async def run_all(adapters: list[Adapter], stop: asyncio.Event) -> None:
     await asyncio.gather(*(a.run(stop) for a in adapters))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adapters.sinks import MqttSink, credentials
+    from adapters.sinks import MqttSink, broker_credentials
     from plant import load_plant
 
     ap = argparse.ArgumentParser(prog="python -m adapters.run", description=__doc__)
     ap.add_argument("plant", help="the plant file whose adapters: to run")
     ap.add_argument("--broker-host", default="127.0.0.1")
     ap.add_argument("--broker-port", type=int, default=1883)
+    ap.add_argument(
+        "--broker-ca", default=None, help="TLS to the broker, verified against this CA (PEM)"
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="ID",
+        help="run only this adapter (repeatable); plantpulse up runs each in its own process",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -66,12 +96,19 @@ def main(argv: list[str] | None = None) -> int:
             args.broker_host,
             args.broker_port,
             f"plantpulse-adapter-{spec.id}",
-            credentials(spec.id, settings.home),
+            broker_credentials(spec.id, settings.home),
+            tls_ca=args.broker_ca,
         )
         sinks.append(sink)
         return sink
 
-    adapters = build(plant.adapters, settings.home, lake, sink_for)
+    chosen = [s for s in plant.adapters if args.only is None or s.id in args.only]
+    missing = set(args.only or ()) - {s.id for s in chosen}
+    if missing:
+        print(f"error: {args.plant} declares no adapter {sorted(missing)}", file=sys.stderr)
+        return 2
+    specs = [resolve_paths(s, Path(args.plant).resolve().parent) for s in chosen]
+    adapters = build(specs, settings.home, lake, sink_for)
     if not adapters:
         log.warning("%s declares no adapters", args.plant)
 

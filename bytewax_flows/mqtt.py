@@ -36,7 +36,6 @@ written again.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
@@ -56,8 +55,10 @@ from bytewax_flows.payloads import Message, Progress
 from bytewax_flows.routing import SHARDS
 from bytewax_flows.sinks import durable_offsets
 from bytewax_flows.sources import chunk_payloads, now_us
+from dataplane.marks import PUBLISHER, SEQ
 from dataplane.wire import Batch, as_batch
 from lake import Lake, Settings
+from lake.credentials import login
 
 __all__ = [
     "CircuitBreaker",
@@ -116,10 +117,6 @@ class CircuitBreaker:
         self._n += 1
         return self._n % self.keep_every == 0
 
-
-PUBLISHER, SEQ = "pp-publisher", "pp-seq"
-"""MQTT v5 user properties by which a publisher names itself and numbers its messages
-(increasing); with them a message redelivered after a crash is recognised as already written."""
 
 MAX_SEQ_AHEAD_US = 600_000_000
 """A ``pp-seq`` more than this ahead of the receive clock (µs) is refused, not adopted: numbers
@@ -225,6 +222,7 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         auth = (source.username, source.password) if source.username else credentials("worker")
         if auth is not None:
             self.client.username_pw_set(*auth)
+        use_tls(self.client)
         self.subscribed = threading.Event()
         self.refused: str | None = None
         self.client.on_message = self._on_message
@@ -592,14 +590,16 @@ def credentials(role: str, env: dict[str, str] | None = None) -> tuple[str, str]
         env.get("PLANTPULSE_MQTT_CREDENTIALS")
         or Path(Settings.from_env(env).home) / "mosquitto" / CREDENTIALS_FILE
     )
-    try:
-        users = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise ConnectionError(f"cannot read MQTT credentials from {path}: {exc}") from None
-    password = users.get(role) if isinstance(users, dict) else None
-    return (role, password) if isinstance(password, str) else None
+    return login(path, role)
+
+
+def use_tls(client: mqtt.Client, env: dict[str, str] | None = None) -> bool:
+    """TLS to the broker when ``PLANTPULSE_MQTT_CA`` names the CA certificate to verify it with
+    (the set-up's is ``<state dir>/mosquitto/tls/ca.crt``: ``plantpulse up --mqtt-tls``)."""
+    ca = (os.environ if env is None else env).get("PLANTPULSE_MQTT_CA")
+    if ca:
+        client.tls_set(ca_certs=ca)
+    return bool(ca)
 
 
 DEFAULT_PUBLISHER = "simulator"
@@ -626,6 +626,7 @@ class Publisher:
         auth = auth or credentials(name) or credentials(DEFAULT_PUBLISHER)
         if auth is not None:
             self.client.username_pw_set(*auth)
+        use_tls(self.client)
         self.client.max_queued_messages_set(0)
         self.client.max_inflight_messages_set(1000)
         self.client.connect(host, port)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -96,6 +97,7 @@ class StatePublisher:
         node: str = "plantpulse-outbound",
         auth: tuple[str, str] | None = None,
         client_id: str | None = None,
+        tls_ca: str | None = None,
     ):
         self.host, self.port, self.plant, self.topic, self.qos = host, port, plant, topic, qos
         self.min_interval_s, self.deliveries = min_interval_s, deliveries
@@ -116,6 +118,8 @@ class StatePublisher:
         self.client.enable_logger(logging.getLogger("paho.mqtt"))
         if auth is not None:
             self.client.username_pw_set(*auth)
+        if tls_ca is not None:  # the broker verified against this CA
+            self.client.tls_set(ca_certs=tls_ca)
         self.client.max_queued_messages_set(10_000)  # bounded while the broker is away
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
@@ -126,8 +130,16 @@ class StatePublisher:
 
     @classmethod
     def from_spec(
-        cls, spec: Any, plant: str, deliveries: DeliveryLog, auth: tuple[str, str] | None
+        cls,
+        spec: Any,
+        plant: str,
+        deliveries: DeliveryLog,
+        auth: tuple[str, str] | None,
+        home: str | Path = ".plantpulse",
     ) -> StatePublisher:
+        """From the plant file's ``outbound.mqtt``; with ``tls`` the broker is verified against
+        ``tls_ca``, by default the set-up's CA (``<home>/mosquitto/tls/ca.crt``)."""
+        ca = spec.tls_ca or str(Path(home) / "mosquitto" / "tls" / "ca.crt")
         return cls(
             spec.host,
             spec.port,
@@ -140,6 +152,7 @@ class StatePublisher:
             group=spec.sparkplug_group,
             node=spec.sparkplug_node,
             auth=auth,
+            tls_ca=ca if spec.tls else None,
         )
 
     def start(self) -> None:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from lake import Lake
+from lake import Lake, Settings
 from outbound.deliveries import DELIVERED, FAILED, DeliveryLog
 from outbound.state import AlertEvent, AssetState, StateBook, alert_key
 from outbound.tail import TableTail
@@ -108,8 +109,10 @@ class Outbound:
         spec: Any = None,
         *,
         mqtt_auth: tuple[str, str] | None = None,
+        home: str | Path | None = None,
     ):
         self.plant, self.lake = plant, lake
+        self.home = Path(home if home is not None else Settings.from_env().home)
         self.spec = spec if spec is not None else plant.outbound
         if self.spec is None:
             raise ValueError(f"plant {plant.name!r} has no outbound section")
@@ -127,14 +130,18 @@ class Outbound:
             from outbound.mqtt import StatePublisher
 
             self.mqtt = StatePublisher.from_spec(
-                self.spec.mqtt, plant.name, self.deliveries, mqtt_auth
+                self.spec.mqtt, plant.name, self.deliveries, mqtt_auth, self.home
             )
         if self.spec.opcua is not None:
-            from outbound.opcua import OpcUaServer
+            from outbound.opcua import OpcUaServer, ServerSecurity
 
             declared = {a.asset_id: a.site for a in plant.assets.values() if a.match is None}
             self.opcua = OpcUaServer(
-                self.spec.opcua.endpoint, plant.name, declared, self.spec.opcua.namespace
+                self.spec.opcua.endpoint,
+                plant.name,
+                declared,
+                ServerSecurity.from_spec(self.spec.opcua, plant.name, self.home),
+                self.spec.opcua.namespace,
             )
         if self.spec.webhook is not None:
             self.webhook = WebhookDeliverer.from_spec(self.spec.webhook, self.deliveries)

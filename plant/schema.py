@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from plant.yamlio import LineDict
 
@@ -336,12 +337,32 @@ class _Connection(_Node):
     description: str = ""
 
 
+SecurityMode = Literal["SignAndEncrypt", "Sign", "None"]
+"""OPC UA message security with the Basic256Sha256 policy (``None``: no policy at all)."""
+
+
+def _needs_reason(insecure: list[str], reason: str | None) -> None:
+    """A plant file that turns security off says why (``insecure_reason``)."""
+    if insecure and not (reason or "").strip():
+        raise PydanticCustomError(
+            "insecure_without_reason",
+            "{what} turns security off: say why in insecure_reason",
+            {"what": " and ".join(insecure)},
+        )
+
+
 class OpcuaAdapter(_Connection):
     """OPC UA subscriptions (data change): the server samples every ``sampling_ms`` and
     publishes every ``publishing_ms``; after an outage, the gap is read back from the server's
-    history (``backfill``, at most ``backfill_max_s``)."""
+    history (``backfill``, at most ``backfill_max_s``).  The session is secured with
+    Basic256Sha256 in ``security`` mode (``SignAndEncrypt`` unless the file says ``Sign``, or
+    ``None`` with an ``insecure_reason``); the server's certificate must be in the trust list
+    (``trust``: certificate files or folders, beside the state directory's ``opcua/trusted/``)."""
 
     kind: Literal["opcua"]
+    security: SecurityMode = "SignAndEncrypt"
+    trust: list[str] = []
+    insecure_reason: str | None = None
     sampling_ms: float = Field(100.0, ge=0)
     publishing_ms: float = Field(500.0, gt=0)
     queue_size: int = Field(10, ge=1)
@@ -349,6 +370,11 @@ class OpcuaAdapter(_Connection):
     backfill_max_s: float = Field(3600.0, gt=0)
     timeout_s: float = Field(10.0, gt=0)  # a request unanswered this long: the session is lost
     bindings: list[OpcuaBinding] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _security_reason(self) -> OpcuaAdapter:
+        _needs_reason(["security None"] if self.security == "None" else [], self.insecure_reason)
+        return self
 
 
 class ModbusAdapter(_Connection):
@@ -364,11 +390,19 @@ class ModbusAdapter(_Connection):
 
 class SparkplugAdapter(_Connection):
     """Sparkplug B over MQTT (``endpoint`` ``mqtt://host:port``): the edge nodes of ``group``;
-    a sequence gap or an unknown alias asks the node to rebirth (NCMD)."""
+    a sequence gap or an unknown alias asks the node to rebirth (NCMD).  With ``tls`` the
+    connection is TLS, the broker verified against ``tls_ca`` (default: the CA the set-up
+    generated, ``<state dir>/mosquitto/tls/ca.crt``)."""
 
     kind: Literal["sparkplug"]
     group: str = Field(min_length=1, pattern=r"^[^/+#]+$")
     host_id: str = Field("plantpulse", pattern=r"^[^/+#]+$")
+    tls: bool = False
+    tls_ca: str | None = None
+    receive_maximum: int = Field(2000, ge=1, le=65535)  # QoS 1 messages in flight to it
+    # the edge nodes this adapter reads (all of the group when empty): several adapters, each
+    # in its own process, share a group's nodes
+    nodes: list[Annotated[str, Field(min_length=1, pattern=r"^[^/+#]+$")]] = []
     bindings: list[SparkplugBinding] = Field(min_length=1)
 
 
@@ -392,15 +426,32 @@ class OutboundMqttSpec(_Node):
     sparkplug: bool = True
     sparkplug_group: str | None = None  # default: the plant's name
     sparkplug_node: Id = "plantpulse-outbound"
+    tls: bool = False  # TLS to the broker, verified against tls_ca
+    tls_ca: str | None = None
 
 
 class OutboundOpcUaSpec(_Node):
-    """An OPC UA server (no security: put it on a plant network or behind a gateway) with a
-    namespace per plant (``namespace``, default ``urn:plantpulse:<plant>``) and an object per
-    asset."""
+    """An OPC UA server with a namespace per plant (``namespace``, default
+    ``urn:plantpulse:<plant>``) and an object per asset, read-only to its clients.  Secured by
+    default: Basic256Sha256 in the ``security`` modes, sessions only for the ``users`` named
+    here (their passwords are generated at set-up in the state directory, never written in the
+    file).  ``None`` among the modes, or ``allow_anonymous``, only with an
+    ``insecure_reason``."""
 
     endpoint: str = "opc.tcp://127.0.0.1:4841/plantpulse"
     namespace: str | None = None
+    security: list[SecurityMode] = Field(["SignAndEncrypt", "Sign"], min_length=1)
+    users: list[Id] = ["scada"]
+    allow_anonymous: bool = False
+    insecure_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _security_reason(self) -> OutboundOpcUaSpec:
+        insecure = ["security None"] if "None" in self.security else []
+        _needs_reason(
+            insecure + (["allow_anonymous"] if self.allow_anonymous else []), self.insecure_reason
+        )
+        return self
 
 
 class OutboundWebhookSpec(_Node):

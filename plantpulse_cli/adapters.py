@@ -1,6 +1,8 @@
 """``plantpulse adapters status`` (each adapter's connection, lag and buffer, from the status
-files the adapters write under the state directory) and ``plantpulse adapters browse URL``
-(an OPC UA server's numeric variables as a proposed plant-file ``adapters:`` entry)."""
+files the adapters write under the state directory), ``plantpulse adapters trust URL`` (an OPC
+UA server's certificate, shown with its fingerprint, put in the adapters' trust list) and
+``plantpulse adapters browse URL`` (an OPC UA server's numeric variables as a proposed
+plant-file ``adapters:`` entry)."""
 
 from __future__ import annotations
 
@@ -19,10 +21,25 @@ def add_parser(sub: Any) -> None:
     asub = p.add_subparsers(dest="adapters_command", required=True)
     st = asub.add_parser("status", help="each adapter's connection, lag and buffer")
     st.add_argument("--json", action="store_true")
+    tr = asub.add_parser("trust", help="trust an OPC UA server's certificate (after checking it)")
+    tr.add_argument("url", help="opc.tcp://host:port[/path]")
+    tr.add_argument("--name", default=None, help="file name in the trust list (default: host)")
+    tr.add_argument(
+        "--fingerprint",
+        default=None,
+        help="the SHA-256 fingerprint the server's owner gave you: trusted only if it matches "
+        "(without it, the fingerprint is shown and nothing is trusted)",
+    )
     br = asub.add_parser("browse", help="an OPC UA server's variables as plant-file bindings")
     br.add_argument("url", help="opc.tcp://host:port[/path]")
     br.add_argument("--id", default="opcua-1", help="the adapter id to propose")
     br.add_argument("--depth", type=int, default=6)
+    br.add_argument(
+        "--security", choices=["SignAndEncrypt", "Sign", "None"], default="SignAndEncrypt"
+    )
+    br.add_argument(
+        "--credentials", default=None, help="name of the login (as in a plant file's credentials:)"
+    )
 
 
 def _mb(n: Any) -> str:
@@ -89,13 +106,43 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import asyncio
 
-    from adapters.opcua import browse, proposal_yaml
+    from asyncua.ua import UaError
+
+    from adapters.opcua import browse, proposal_yaml, server_certificate
+    from adapters.security import fingerprint, trust_certificate
+    from adapters.sinks import credentials
+    from lake import Settings
 
     if not args.url.startswith("opc.tcp://"):
         raise UsageError(f"{args.url!r} is not an OPC UA endpoint (opc.tcp://host:port)")
+    home = Settings.from_env().home
     try:
-        found = asyncio.run(browse(args.url, max_depth=args.depth))
-    except (OSError, TimeoutError, ConnectionError) as exc:
-        raise UsageError(f"cannot browse {args.url}: {exc or type(exc).__name__}") from None
+        if args.adapters_command == "trust":
+            der, uri = asyncio.run(server_certificate(args.url))
+            fp = fingerprint(der)
+            print(f"{args.url}: {uri}\ncertificate SHA-256 {fp}")
+            wanted = (args.fingerprint or "").replace(":", "").upper()
+            if not wanted:
+                print(
+                    "not trusted yet: compare it with the server's, then run again with --fingerprint"
+                )
+                return 0
+            if wanted != fp.replace(":", ""):
+                raise UsageError(
+                    f"{args.url} presents {fp}, not the fingerprint given: not trusted"
+                )
+            name = args.name or (
+                args.url.removeprefix("opc.tcp://").split("/")[0].replace(":", "_")
+            )
+            print(f"trusted: {trust_certificate(home, der, name)}")
+            return 0
+        auth = credentials(args.credentials, home)
+        found = asyncio.run(
+            browse(args.url, home, max_depth=args.depth, auth=auth, security=args.security)
+        )
+    except (OSError, TimeoutError, ConnectionError, UaError) as exc:
+        raise UsageError(
+            f"cannot {args.adapters_command} {args.url}: {exc or type(exc).__name__}"
+        ) from None
     print(proposal_yaml(args.url, found, args.id), end="")
     return 0

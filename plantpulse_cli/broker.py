@@ -1,12 +1,13 @@
 """A local Mosquitto broker for ``plantpulse up --mqtt`` and the tests: installed by
 ``scripts/install-mosquitto.sh`` when missing, configured under the state directory with
-authentication, per-client topic ACLs and memory limits."""
+authentication, per-client topic ACLs and memory limits, and optionally a TLS listener for
+clients on other machines (certificates generated at set-up, ``adapters.security.broker_tls``).
+"""
 
 from __future__ import annotations
 
 import getpass
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lake.credentials import write_private
+
 __all__ = [
     "BrokerError",
     "LIMITS",
@@ -22,6 +25,7 @@ __all__ = [
     "OUTBOUND",
     "ensure_mosquitto",
     "publishers_for",
+    "wait_for_subscription",
     "write_config",
     "wait_for_port",
 ]
@@ -68,6 +72,25 @@ LIMITS = {
 }
 
 
+LOG_TYPES = ("error", "warning", "notice", "information", "subscribe")
+"""What the broker logs: its defaults, and each subscription (``wait_for_subscription``)."""
+
+
+def wait_for_subscription(log: Path, topic: str, timeout_s: float = 120.0) -> bool:
+    """Wait until the broker's log (``log``) shows a subscription to ``topic`` (a line
+    ``<time>: <client> <qos> <topic>``); False when it did not within ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        if any(line.endswith(f" {topic}") for line in lines):
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def publishers_for(plant: Any, simulated: list[str] | None = None) -> dict[str, list[str]]:
     """The broker's publishers as the plant file declares them: one login per site (its
     gateway), allowed to write the topics of that site's assets, and ``simulator`` for those of
@@ -90,6 +113,7 @@ def write_config(
     publishers: dict[str, list[str]] | None = None,
     limits: dict[str, int] | None = None,
     acl: dict[str, list[str]] | None = None,
+    tls: tuple[str, int] | None = None,
 ) -> Path:
     """A loopback-only listener with authentication: a password file (``mosquitto_passwd``)
     with the ``worker`` user and one user per publisher, and ACLs by topic (a publisher may
@@ -99,7 +123,11 @@ def write_config(
     name to its asset ids (default: the simulator, for the demo fleet).  Queue and size limits
     bound the broker's memory (``LIMITS``, updated with ``limits``).  ``acl`` adds users with
     their own ACL lines (``topic readwrite spBv1.0/#`` for a Sparkplug host or edge node;
-    ``topic write plantpulse/+/<adapter>`` for a protocol adapter feeding the stream)."""
+    ``topic write plantpulse/+/<adapter>`` for a protocol adapter feeding the stream).  With
+    ``tls=(address, port)`` a second listener takes TLS connections there (TLS 1.2 or newer,
+    the same users and ACLs), its certificate signed by a CA of this installation generated in
+    ``<directory>/tls/`` (``ca.crt`` is what clients verify the broker with); the plain
+    listener stays on loopback."""
     directory.mkdir(parents=True, exist_ok=True)
     if publishers is None:
         publishers = {"simulator": ["pump-01", "pump-02", "pump-03"]}
@@ -116,9 +144,9 @@ def write_config(
         name: known.get(name) or secrets.token_urlsafe(24)
         for name in dict.fromkeys([WORKER, OUTBOUND, *publishers, *acl])
     }
-    _private_write(creds_path, json.dumps(users, indent=1) + "\n")
+    write_private(creds_path, json.dumps(users, indent=1) + "\n")
     passwd = directory / "passwd"
-    _private_write(passwd, "".join(f"{u}:{pw}\n" for u, pw in users.items()))
+    write_private(passwd, "".join(f"{u}:{pw}\n" for u, pw in users.items()))
     tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
     done = subprocess.run([tool, "-U", str(passwd)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -142,27 +170,34 @@ def write_config(
         lines.append("")
     for name, rules in acl.items():
         lines += [f"user {name}", *rules, ""]
-    _private_write(directory / "acl", "\n".join(lines))
+    write_private(directory / "acl", "\n".join(lines))
+    listeners = f"listener {port} 127.0.0.1\n"
+    if tls is not None:
+        from adapters.security import broker_tls
+
+        address, tls_port = tls
+        files = broker_tls(directory / "tls", [address] if address not in ("", "0.0.0.0") else [])
+        listeners += (
+            f"listener {tls_port} {address}\n"
+            f"cafile {files.ca}\ncertfile {files.cert}\nkeyfile {files.key}\n"
+            "tls_version tlsv1.2\n"
+        )
     conf = directory / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        "allow_anonymous false\n"
+        listeners + "allow_anonymous false\n"
         f"password_file {passwd}\n"
         f"acl_file {directory / 'acl'}\n"
         # as the account that starts it (when that is root, mosquitto would otherwise switch to
         # the 'mosquitto' user, who cannot read these owner-only files)
         f"user {getpass.getuser()}\n"
         "persistence false\n"
-        "sys_interval 2\n" + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
+        # subscriptions in the log: ``up`` starts the publishers once the stream has subscribed
+        # (a message published before any subscription is dropped by the broker)
+        + "".join(f"log_type {t}\n" for t in LOG_TYPES)
+        + "sys_interval 2\n"
+        + "".join(f"{k} {v}\n" for k, v in {**LIMITS, **(limits or {})}.items())
     )
     return conf
-
-
-def _private_write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 def wait_for_port(port: int, timeout_s: float = 10.0) -> None:

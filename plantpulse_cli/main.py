@@ -99,6 +99,14 @@ def _parser() -> argparse.ArgumentParser:
         "--mqtt; the stream checks that plant's contracts)",
     )
     up.add_argument(
+        "--mqtt-tls",
+        default=None,
+        metavar="[HOST:]PORT",
+        type=_listen_address,
+        help="the broker also listens with TLS on PORT (all interfaces, or HOST), for clients on "
+        "other machines; certificates generated under the state directory (mosquitto/tls/)",
+    )
+    up.add_argument(
         "--no-technician",
         action="store_true",
         help="no simulated technician confirming alerts on faulted machines (simulator only)",
@@ -312,6 +320,18 @@ def _bench(name: str, rest: list[str]) -> int:
     return 0
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` as ``(host, port)``; all interfaces when there is no host."""
+    host, _, port = text.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port {number} is not between 1 and 65535")
+    return host or "0.0.0.0", number
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -330,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                 mqtt_port=mqtt,
                 technician=not args.no_technician,
                 adapters=args.adapters,
+                mqtt_tls=args.mqtt_tls,
             )
         if args.command == "adapters":
             from plantpulse_cli.adapters import run as run_adapters

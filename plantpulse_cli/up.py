@@ -5,6 +5,10 @@ stops them all, and if one dies the others are stopped too.  Stopping a service 
 process group, so what it started itself (the ``dagster api grpc`` code server of the webserver
 and of the daemon) does not outlive it.
 
+Edge processes are supervised: the protocol adapters and outbound, if they die (a crash, a
+kill -9), are started again at once (their buffers and delivery records are on disk), at most
+``RESTARTS`` times in ``RESTART_WINDOW_S``; any other service dying stops everything.
+
 One ``plantpulse up`` per state directory: the launcher holds an exclusive lock on
 ``$PLANTPULSE_HOME/up.lock`` while it runs, and checks that the UI (and broker) port is free
 before starting anything, so a second launch is refused with a message and leaves the first
@@ -24,11 +28,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lake import Lake, Settings
-from plantpulse_cli.broker import ensure_mosquitto, publishers_for, wait_for_port, write_config
+from plantpulse_cli.broker import (
+    ensure_mosquitto,
+    publishers_for,
+    wait_for_port,
+    wait_for_subscription,
+    write_config,
+)
 from plantpulse_cli.checks import UsageError
 
 log = logging.getLogger(__name__)
@@ -60,6 +70,10 @@ run_monitoring:
 LOCK_FILE = "up.lock"
 
 
+RESTARTS, RESTART_WINDOW_S = 5, 60.0
+"""A supervised service that dies more often than this is given up on (``up`` stops)."""
+
+
 @dataclass
 class Service:
     name: str
@@ -70,6 +84,14 @@ class Service:
     # stops its threads before its code server goes, instead of ticking a sensor against a code
     # server the same Ctrl-C already stopped (a failed tick in the UI)
     leader_first: bool = False
+    restart: bool = False  # started again when it dies (see ``supervise``)
+    restarts: list[float] = field(default_factory=list)  # when it was restarted (monotonic)
+
+    def may_restart(self) -> bool:
+        """Whether a supervised service that died may be started again now."""
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S]
+        return self.restart and len(self.restarts) < RESTARTS
 
     def start(self, env: dict[str, str], log_dir: Path) -> None:
         out = open(log_dir / f"{self.name}.log", "ab")  # noqa: SIM115 (lives as long as the child)
@@ -179,6 +201,9 @@ def check_port_free(host: str, port: int, what: str, option: str) -> None:
                 f" PlantPulse running? Stop it or choose another port with {option}"
             ) from None
 
+
+STREAM_TOPIC = "$share/plantpulse/plantpulse/#"
+"""The stream's subscription (``bytewax_flows.mqtt``: its shared group and topic)."""
 
 SNAPSHOT_S = 2
 """Bytewax epoch/snapshot interval: the sink commits at least this often, and a restarted worker
@@ -315,15 +340,19 @@ def services(
     technician: bool = True,
     adapters: str | None = None,
     outbound: bool = False,
+    mqtt_tls: tuple[str, int] | None = None,
 ) -> list[Service]:
     """The processes to run.  With ``mqtt=(mosquitto binary, port)``: the broker (with
     authentication, its files under ``<home>/mosquitto``), the stream reading from it with
     Bytewax recovery in ``<home>/recovery-mqtt`` (alert state and duplicate tracking survive a
     restart; the broker delivers again what was not yet durable), and the simulated fleet
     publishing to it.  With ``adapters`` (a plant file): the protocol adapters it declares,
-    each publishing into the broker as its own user (``python -m adapters.run``).  With
+    each in its own process (``adapter-<id>``: ``python -m adapters.run --only <id>``),
+    publishing into the broker as its own user.  With
     ``outbound`` (the plant file has an ``outbound:`` section): the outbound process, logging in
-    to the broker as its ``outbound`` user."""
+    to the broker as its ``outbound`` user.  With ``mqtt_tls=(address, port)`` the broker also
+    listens with TLS there (``plantpulse_cli.broker.write_config``).  Adapters and outbound are
+    restarted when they die."""
     py, code = sys.executable, ["-m", "dagster_project.definitions"]
     bin_dir = Path(py).parent
     flow = "bytewax_flows.telemetry:flow"
@@ -336,7 +365,11 @@ def services(
         # logins and topic ACLs from the plant file: readings only for the assets it declares
         publishers = publishers_for(default_plant(), default_fleet().asset_ids)
         conf = write_config(
-            state / "mosquitto", mqtt[1], publishers, acl=adapter_acl(adapters, mqtt[1])
+            state / "mosquitto",
+            mqtt[1],
+            publishers,
+            acl=adapter_acl(adapters, mqtt[1]),
+            tls=mqtt_tls,
         )
         out.append(Service("mosquitto", [mqtt[0], "-c", str(conf)]))
         flow = f"bytewax_flows.mqtt:mqtt_flow('127.0.0.1', {mqtt[1]})"
@@ -348,15 +381,19 @@ def services(
     if mqtt is not None and "simulator" in publishers:  # the plant declares the simulated fleet
         out.append(Service("publisher", [py, "-m", "bytewax_flows.mqtt", "--port", str(mqtt[1])]))
     if mqtt is not None and adapters is not None:
-        out.append(
-            Service("adapters", [py, "-m", "adapters.run", adapters, "--broker-port", str(mqtt[1])])
-        )
+        from plant import load_plant
+
+        for spec in load_plant(adapters).adapters:  # one process each (a GIL, a crash domain)
+            argv = [py, "-m", "adapters.run", adapters, "--broker-port", str(mqtt[1])]
+            out.append(Service(f"adapter-{spec.id}", [*argv, "--only", spec.id], restart=True))
     if (
         mqtt is None and technician
     ):  # confirms alerts on machines the simulator faulted, late or never
         out.append(Service("technician", [py, "-m", "plantpulse_cli.technician"]))
     if outbound:
-        out.append(Service("outbound", [py, "-m", "outbound"], env=_outbound_env(mqtt, home)))
+        out.append(
+            Service("outbound", [py, "-m", "outbound"], env=_outbound_env(mqtt, home), restart=True)
+        )
     if ui:
         out += [
             Service(
@@ -419,6 +456,35 @@ def _outbound_env(mqtt: tuple[str, int] | None, home: str | None) -> dict[str, s
     }
 
 
+def edge_setup(home: str) -> list[str]:
+    """The identities the plant's edge needs, generated when missing (what the broker's set-up
+    does for its users): the outbound OPC UA server's certificate and users, the adapters'
+    OPC UA client certificate.  Returns what an integrator needs to know, one line each."""
+    from adapters.security import CLIENT_URI, application_certificate, fingerprint, opcua_dir
+    from plant import default_plant
+
+    plant = default_plant()
+    notes = []
+    spec = plant.outbound.opcua if plant.outbound is not None else None
+    if spec is not None:
+        from outbound.opcua import ServerSecurity
+
+        sec = ServerSecurity.from_spec(spec, plant.name, home)
+        notes.append(
+            f"outbound OPC UA {spec.endpoint}: {'/'.join(sec.modes)}, users "
+            f"{', '.join(spec.users)} (passwords in {opcua_dir(home) / 'credentials.json'}), "
+            f"certificate SHA-256 {fingerprint(sec.certificate.read_bytes())}"
+        )
+    if any(a.kind == "opcua" and a.security != "None" for a in plant.adapters):
+        cert, _ = application_certificate(opcua_dir(home) / "client", CLIENT_URI, server=False)
+        notes.append(
+            f"OPC UA adapters' client certificate {cert} (SHA-256 "
+            f"{fingerprint(cert.read_bytes())}): the servers they read must trust it; they "
+            f"trust the servers whose certificates are in {opcua_dir(home) / 'trusted'}"
+        )
+    return notes
+
+
 def wants_outbound() -> bool:
     """Whether the plant (``PLANTPULSE_PLANT``, else the demo plant) has an ``outbound:``
     section."""
@@ -435,6 +501,7 @@ def up(
     mqtt_port: int | None = None,
     technician: bool = True,
     adapters: str | None = None,
+    mqtt_tls: tuple[str, int] | None = None,
 ) -> int:
     """Run the services until Ctrl-C (or for ``duration_s``); returns the exit code."""
     settings = Settings.from_env()
@@ -447,7 +514,9 @@ def up(
             check_port_free(host, port, "the Dagster UI", "--port")
         if mqtt_port is not None:
             check_port_free("127.0.0.1", mqtt_port, "the MQTT broker", "--mqtt PORT")
-        return _run(settings, host, port, ui, duration_s, mqtt_port, technician, adapters)
+        if mqtt_tls is not None:
+            check_port_free(*mqtt_tls, "the MQTT broker's TLS", "--mqtt-tls [HOST:]PORT")
+        return _run(settings, host, port, ui, duration_s, mqtt_port, technician, adapters, mqtt_tls)
 
 
 def _run(
@@ -459,8 +528,10 @@ def _run(
     mqtt_port: int | None,
     technician: bool,
     adapters: str | None = None,
+    mqtt_tls: tuple[str, int] | None = None,
 ) -> int:
     prepare(settings, mqtt=mqtt_port is not None)
+    edge = edge_setup(settings.home)
     mqtt = (ensure_mosquitto(), mqtt_port) if mqtt_port is not None else None
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
     if mqtt is not None:  # the stream and the publisher log in with what the set-up generates
@@ -480,6 +551,7 @@ def _run(
         technician,
         adapters,
         outbound=wants_outbound(),
+        mqtt_tls=mqtt_tls if mqtt is not None else None,
     )
     stop = {"now": False}
 
@@ -494,21 +566,28 @@ def _run(
             log.info("started %s (pid %s)", svc.name, svc.proc.pid if svc.proc else "?")
             if svc.name == "mosquitto" and mqtt is not None:
                 wait_for_port(mqtt[1])
+            # what is published before the stream's first subscription is dropped by the
+            # broker: the publishers and adapters start once it subscribed (its session then
+            # keeps what comes while it is away)
+            if (
+                svc.name == "stream"
+                and mqtt is not None
+                and not wait_for_subscription(log_dir / "mosquitto.log", STREAM_TOPIC)
+            ):
+                log.warning("the stream has not subscribed yet; starting the publishers")
         print(f"PlantPulse is up. Dagster UI: http://{host}:{port}  lake: {settings.lake_uri}")
+        if mqtt_tls is not None and mqtt is not None:
+            ca = Path(settings.home) / "mosquitto" / "tls" / "ca.crt"
+            print(f"MQTT over TLS on {mqtt_tls[0]}:{mqtt_tls[1]} (clients verify it with {ca})")
+        for note in edge:
+            print(note)
         print(f"Logs in {log_dir}. Press Ctrl-C to stop.")
         deadline = None if duration_s is None else time.monotonic() + duration_s
         while not stop["now"] and (deadline is None or time.monotonic() < deadline):
-            dead = [s for s in running if s.proc is not None and s.proc.poll() is not None]
-            if dead:
-                for s in dead:
-                    print(
-                        f"error: {s.name} exited with code {s.proc.returncode if s.proc else '?'};"
-                        f" see {log_dir / (s.name + '.log')}",
-                        file=sys.stderr,
-                    )
+            if not supervise(running, env, log_dir):
                 code = 1
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         print("stopping ...")
         if ui:
@@ -526,3 +605,21 @@ def _run(
         for signum, handler in old.items():
             signal.signal(signum, handler)
     return code
+
+
+def supervise(running: list[Service], env: dict[str, str], log_dir: Path) -> bool:
+    """Start again the supervised services that died (what was left of their process group
+    stopped first); False when a service died that may not be restarted."""
+    for s in running:
+        if s.proc is None or s.proc.poll() is None:
+            continue
+        why = f"{s.name} exited with code {s.proc.returncode}"
+        if not s.may_restart():
+            print(f"error: {why}; see {log_dir / (s.name + '.log')}", file=sys.stderr)
+            return False
+        stop_group(s.proc.pid, grace_s=2.0)
+        s.restarts.append(time.monotonic())
+        print(f"{why}; starting it again ({len(s.restarts)} in {RESTART_WINDOW_S:g} s)")
+        s.start(env, log_dir)
+        log.info("restarted %s (pid %s)", s.name, s.proc.pid if s.proc else "?")
+    return True

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,12 +17,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from adapters.core import DiskBuffer, read_statuses
+from adapters.core import CountSink, DiskBuffer, read_statuses
 from adapters.modbus import ModbusAdapter, registers_for
 from adapters.opcua import OpcuaAdapter, browse, proposal_yaml
+from adapters.security import broker_tls, trust_certificate
 from adapters.sinks import DecodeSink
 from adapters.sparkplug import SparkplugAdapter
-from adapters.testing import ModbusTestServer, OpcuaTestServer, SparkplugEdge, free_port
+from adapters.testing import (
+    ModbusTestServer,
+    OpcuaTestServer,
+    SparkplugEdge,
+    free_port,
+    mqtt_login_attempt,
+)
+from dataplane.wire import encode_arrow
 from lake import Lake
 from plant import PlantError, load_plant
 from plant.schema import ModbusAdapter as ModbusSpec
@@ -109,6 +119,12 @@ def test_example_plant_binds_declared_sensors():
             "is not a modbus endpoint",
         ),
         ("poll_ms: 100", "poll_ms: 100\n    pol_ms: 3", "adapters[1]", "unknown key 'pol_ms'"),
+        (
+            "security: SignAndEncrypt  #",
+            "security: None  #",
+            "adapters[0]",
+            "security None turns security off: say why in insecure_reason",
+        ),
     ],
 )
 def test_bad_bindings_are_one_line_errors(tmp_path, old, new, where, message):
@@ -227,15 +243,22 @@ def test_modbus_types_scaling_bad_register_and_restart(tmp_path):
 
 
 # -- OPC UA ------------------------------------------------------------------------------------
-def test_opcua_wrong_type_restart_and_backfill(tmp_path):
+def test_opcua_wrong_type_restart_and_backfill(tmp_path, monkeypatch):
+    """Through a session secured as the plant file's defaults say (Basic256Sha256,
+    SignAndEncrypt, a login, the server's certificate in the trust list)."""
     lake = _lake(tmp_path)
     tags = {"pump-01": ["bearing_temp", "motor_current", "label"]}
     temp, current, label = (f"ns=2;s=pump-01.{s}" for s in tags["pump-01"])
+    home = tmp_path / "home"
+    monkeypatch.setenv("PLANTPULSE_SCADA_USERNAME", "plantpulse")
+    monkeypatch.setenv("PLANTPULSE_SCADA_PASSWORD", "s3cret")
+    users = {"plantpulse": "s3cret"}
 
     async def main() -> None:
-        server = OpcuaTestServer(tags, strings=(label,))
+        server = OpcuaTestServer(tags, strings=(label,), users=users, cert_dir=tmp_path / "srv")
         await server.start()
-        found = await browse(server.url)
+        trust_certificate(home, server.certificate, "scada")
+        found = await browse(server.url, home, auth=("plantpulse", "s3cret"))
         assert {f["node"] for f in found} == {temp, current}  # the text tag is no sensor
         assert "asset: pump-01, sensor: bearing_temp" in proposal_yaml(server.url, found)
         spec = OpcuaSpec.model_validate(
@@ -243,6 +266,7 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
                 "id": "scada",
                 "kind": "opcua",
                 "endpoint": server.url,
+                "credentials": "scada",
                 "sampling_ms": 0,
                 "publishing_ms": 50,
                 "reconnect_max_s": 0.5,
@@ -256,7 +280,6 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
             }
         )
         sink = DecodeSink(keep=True)
-        home = tmp_path / "home"
 
         async def start() -> tuple[OpcuaAdapter, asyncio.Event, asyncio.Task]:
             adapter = OpcuaAdapter(
@@ -295,10 +318,13 @@ def test_opcua_wrong_type_restart_and_backfill(tmp_path):
         got = _values(sink)[("pump-01", "bearing_temp")]
         assert [x for x in got if x >= 60] == [60.0, 61.0, 62.0, 63.0, 64.0]  # in order, once
         assert adapter.status.last_reading_ts_us >= gap_start * 1e6
-        # the server restarts (its history is gone): the adapter reconnects and reads on
+        # the server restarts (its history is gone, its certificate the same): the adapter
+        # reconnects and reads on
         port = server.port
         await server.stop()
-        server = OpcuaTestServer(tags, port=port, strings=(label,))
+        server = OpcuaTestServer(
+            tags, port=port, strings=(label,), users=users, cert_dir=tmp_path / "srv"
+        )
         await server.start()
         await _until(
             lambda: adapter.status.reconnects >= 1 and adapter.status.connected,
@@ -491,6 +517,184 @@ def test_sparkplug_metric_timestamps_and_aliases(tmp_path, spb_broker, monkeypat
     assert _values(sink)[("pump-03", "bearing_temp")][-1] == 41.5
 
 
+def test_a_restarted_sparkplug_adapter_resumes_from_its_marks(tmp_path):
+    """What the flush committed (aliases, sequence numbers, last timestamps) is where a new
+    adapter on the same state directory starts: a redelivered message that was durable is
+    acknowledged and not read again, the next one is read by alias without a rebirth."""
+    from adapters.proto.sparkplug_b_pb2 import Payload
+
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "spb",
+            "kind": "sparkplug",
+            "endpoint": "mqtt://127.0.0.1:1",
+            "group": "g",
+            "bindings": [{"device": "*", "metric": "T", "asset": "{device}", "sensor": "temp"}],
+        }
+    )
+    t0 = 1_767_225_600_000
+
+    def data(seq: int, k: int) -> bytes:
+        p = Payload(seq=seq, timestamp=t0 + k)
+        p.metrics.add(alias=1, timestamp=t0 + k, datatype=10, double_value=float(k))
+        return p.SerializeToString()
+
+    first = SparkplugAdapter(spec, tmp_path, None, CountSink())
+    first.on_message("spBv1.0/g/NBIRTH/n", Payload(seq=0, timestamp=t0).SerializeToString())
+    birth = Payload(seq=1, timestamp=t0)
+    birth.metrics.add(name="T", alias=1, datatype=10, double_value=0.0)
+    first.on_message("spBv1.0/g/DBIRTH/n/pump-01", birth.SerializeToString())
+    for k in range(1, 6):  # seq 2..6
+        first.on_message("spBv1.0/g/DDATA/n/pump-01", data(k + 1, k), mid=k, qos=1)
+    first.flush()
+    first.buffer.close()
+    # the process dies; the broker delivers again the last two it had not seen acknowledged
+    again = SparkplugAdapter(spec, tmp_path, None, CountSink())
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(5, 4), mid=1, qos=1, dup=True)
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(6, 5), mid=2, qos=1, dup=True)
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(7, 6), mid=3, qos=1, dup=True)  # new
+    again.on_message("spBv1.0/g/DDATA/n/pump-01", data(8, 7), mid=4, qos=1)
+    assert again.redelivered == 2 and again.status.readings_in == 2  # k 6 and 7, once each
+    assert dict(again.dead.by_reason) == {} and again.rebirths == []  # no gap, aliases known
+    assert [mid for mid, _ in again._acks] == [1, 2, 3, 4]  # every one acknowledged
+
+
+def test_the_trust_list_takes_pinned_certificates_and_what_a_trusted_ca_signed(tmp_path):
+    from cryptography import x509
+
+    from adapters.security import ServerTrust, application_certificate
+
+    plant_ca = broker_tls(tmp_path / "plant-pki")  # a CA and a server certificate it signed
+    signed = x509.load_pem_x509_certificate(plant_ca.cert.read_bytes())
+    own, _ = application_certificate(tmp_path / "server", "urn:x", server=True)
+    own_cert = x509.load_der_x509_certificate(own.read_bytes())
+    stranger, _ = application_certificate(tmp_path / "other", "urn:y", server=True)
+    stranger_cert = x509.load_der_x509_certificate(stranger.read_bytes())
+    pinned = tmp_path / "trusted"
+    pinned.mkdir()
+    (pinned / "server.der").write_bytes(own.read_bytes())
+    (pinned / "server.key").write_text("not a certificate: skipped")
+    trust = ServerTrust([pinned, plant_ca.ca])
+    assert trust.trusts(own_cert) and trust.trusts(signed)
+    assert not trust.trusts(stranger_cert)
+    assert not ServerTrust([]).trusts(own_cert)  # nothing is trusted on first use
+
+
+# -- MQTT over TLS ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_broker(tmp_path_factory):
+    """Mosquitto as the set-up writes it with a TLS listener beside the loopback one."""
+    directory = tmp_path_factory.mktemp("mosquitto-tls")
+    port, tls_port = free_port(), free_port()
+    conf = write_config(
+        directory,
+        port,
+        {},
+        acl={
+            "host": ["topic readwrite spBv1.0/#"],
+            "edge": ["topic readwrite spBv1.0/#"],
+            "plc": ["topic write plantpulse/+/plc"],
+        },
+        tls=("127.0.0.1", tls_port),
+    )
+    proc = subprocess.Popen(
+        [ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for_port(tls_port)
+    users = json.loads((directory / "credentials.json").read_text())
+    yield port, tls_port, users, directory / "tls" / "ca.crt"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_mqtt_logins_are_checked_on_both_listeners_and_tls_verifies_the_broker(
+    tmp_path, tls_broker
+):
+    port, tls_port, users, ca = tls_broker
+    plc = ("plc", users["plc"])
+    assert mqtt_login_attempt(port) == "Not authorized"  # anonymous
+    assert mqtt_login_attempt(tls_port, tls_ca=ca) == "Not authorized"
+    assert mqtt_login_attempt(tls_port, ("plc", "guess"), tls_ca=ca) == "Not authorized"
+    assert mqtt_login_attempt(tls_port, plc, tls_ca=ca) == "accepted"
+    assert mqtt_login_attempt(port, plc) == "accepted"
+    assert mqtt_login_attempt(tls_port, plc) != "accepted"  # plain MQTT on the TLS port
+    other_ca = broker_tls(tmp_path / "another-installation").ca
+    refused = mqtt_login_attempt(tls_port, plc, tls_ca=other_ca)
+    assert "CERTIFICATE_VERIFY_FAILED" in refused  # a broker this CA did not sign: not trusted
+    key = (ca.parent / "server.key").stat().st_mode
+    assert stat.S_IMODE(key) == 0o600
+    assert "tls_version tlsv1.2" in (ca.parent.parent / "mosquitto.conf").read_text()
+
+
+def test_sparkplug_and_the_stream_sink_over_tls(tmp_path, tls_broker, monkeypatch):
+    """An edge node publishing over TLS, the Sparkplug adapter reading over TLS, and the
+    adapter's sink forwarding over TLS into the stream's broker, seen by a TLS subscriber."""
+    import paho.mqtt.client as mqtt
+
+    from adapters.sinks import MqttSink
+
+    port, tls_port, users, ca = tls_broker
+    monkeypatch.setenv("PLANTPULSE_HOST_USERNAME", "host")
+    monkeypatch.setenv("PLANTPULSE_HOST_PASSWORD", users["host"])
+    got: list[bytes] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.username_pw_set("worker", users["worker"])
+    sub.tls_set(ca_certs=str(ca))
+    sub.on_message = lambda c, u, msg: got.append(msg.payload)
+    sub.connect("127.0.0.1", tls_port)
+    sub.subscribe("plantpulse/#", qos=1)
+    sub.loop_start()
+    sink = MqttSink(
+        "127.0.0.1", tls_port, "plantpulse-adapter-plc", ("plc", users["plc"]), tls_ca=ca
+    )
+    spec = SparkplugSpec.model_validate(
+        {
+            "id": "edge-tls",
+            "kind": "sparkplug",
+            "endpoint": f"mqtt://127.0.0.1:{tls_port}",
+            "credentials": "host",
+            "group": "tls1",
+            "tls": True,
+            "tls_ca": str(ca),
+            "flush_ms": 50,
+            "bindings": [
+                {"device": "*", "metric": "T", "asset": "{device}", "sensor": "bearing_temp"}
+            ],
+        }
+    )
+
+    async def main() -> SparkplugAdapter:
+        adapter = SparkplugAdapter(spec, tmp_path / "home", None, DecodeSink(keep=True))
+        stop = asyncio.Event()
+        task = asyncio.create_task(adapter.run(stop))
+        await _until(lambda: adapter.status.connected, 10, "the broker over TLS")
+        edge = SparkplugEdge(
+            "127.0.0.1", tls_port, "tls1", "n", {"pump-04": ["T"]}, ("edge", users["edge"]), ca
+        )
+        await asyncio.to_thread(edge.births)
+        await asyncio.to_thread(edge.data, "pump-04", {"T": 42.5}, 1_767_225_600_000)
+        await _until(lambda: adapter.status.readings_in >= 2, what="the readings over TLS")
+        await _until(lambda: sink.connected, 10, "the sink over TLS")
+        payload = encode_arrow(
+            "pump-04", np.array(["bearing_temp"], object), np.array([1], np.int64), np.ones(1)
+        )
+        await asyncio.to_thread(sink.send, "plc", [(1, "plantpulse/pump-04/plc", payload, 1)])
+        await _until(lambda: len(got) >= 1, 10, "the subscriber over TLS")
+        edge.close()
+        stop.set()
+        await task
+        return adapter
+
+    try:
+        adapter = asyncio.run(main())
+    finally:
+        sink.close()
+        sub.loop_stop()
+        sub.disconnect()
+    assert _values(adapter.forwarder.sink)[("pump-04", "bearing_temp")][-1] == 42.5
+    assert got[0][:4] == b"PPA1"  # the stream's Arrow payload, through the TLS listener
+
+
 # -- the store-and-forward buffer ---------------------------------------------------------------
 def test_buffer_is_bounded_and_overflow_is_recorded(tmp_path):
     """The stream is down: the buffer grows to its bound, no further; the oldest messages go to
@@ -638,7 +842,11 @@ def test_up_runs_the_adapters_with_their_own_broker_users(tmp_path):
         adapters=str(EXAMPLE),
     )
     argv = {s.name: s.argv for s in running}
-    assert argv["adapters"][1:] == ["-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883"]
+    for adapter in ("scada-opcua", "plc-modbus", "edge-sparkplug"):  # a process each
+        assert argv[f"adapter-{adapter}"][1:] == [
+            "-m", "adapters.run", str(EXAMPLE), "--broker-port", "1883", "--only", adapter,
+        ]  # fmt: skip
+    assert all(s.restart for s in running if s.name.startswith("adapter-"))
     users = json.loads((tmp_path / "mosquitto" / "credentials.json").read_text())
     assert {"worker", "scada-opcua", "plc-modbus", "edge-sparkplug", "sparkplug"} <= set(users)
 
@@ -654,3 +862,75 @@ def test_cli_adapters_status_and_browse_errors(tmp_path, monkeypatch, capsys):
     assert main(["adapters", "browse", f"opc.tcp://127.0.0.1:{free_port()}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot browse") and "Traceback" not in err
+
+
+# -- the integrator's path: plantpulse up --adapters, an adapter killed mid-stream ---------------
+def test_up_with_adapters_survives_a_kill_of_every_adapter_mid_stream(tmp_path):
+    """``plantpulse up --adapters PLANT.yaml`` as processes over a real OPC UA server, Modbus
+    device and Sparkplug edge node (``bench.adapters.kill_restart``, the bench's ``kill``
+    part).  The broker is frozen (the buffers fill), every adapter is SIGKILLed, ``up`` starts
+    them again: each OPC UA value and Sparkplug metric written lands in ``readings`` exactly
+    once (the buffer resent, the gap read from the server's history, the broker's
+    unacknowledged messages read once), no Modbus reading twice."""
+    from bench.adapters import kill_restart
+
+    run = kill_restart(tmp_path)
+    out, counts, readings = run["up_output"], run["counts"], run["readings"]
+    assert "adapter-scada exited with code -9; starting it again" in out, out[-3000:]
+    assert "adapter-edge exited with code -9; starting it again" in out
+    assert counts["kill_adapters_restarted"] == counts["kill_adapters_killed"] == 3
+    for asset in ("opc-01", "plc-01", "edge-01"):  # no reading twice
+        mine = readings[readings["asset_id"] == asset]
+        assert not mine.duplicated(["sensor_id", "us"]).any(), asset
+    assert counts["kill_readings_duplicated"] == 0
+    # OPC UA: every value written since the adapter first read is there once, none other
+    opc = readings[(readings["asset_id"] == "opc-01") & (readings["sensor_id"] == "level_a")]
+    got = dict(zip(opc["us"], opc["value"], strict=True))
+    wanted = {ts: v for ts, v in run["written"] if ts >= min(got)}
+    assert {ts: got.get(ts) for ts in wanted} == wanted  # none lost (the gap came from history)
+    assert set(got) - set(wanted) <= {min(got)}  # at most the value current at the first read
+    assert min(got) <= run["first_session"]  # from its very first session on
+    # Sparkplug: every metric the broker acknowledged is there once
+    spb = readings[readings["asset_id"] == "edge-01"]
+    spb_a = spb[spb["sensor_id"] == "level_a"]
+    a = dict(zip(spb_a["us"], spb_a["value"], strict=True))
+    published = run["published"]
+    assert {ts * 1000: a.get(ts * 1000) for ts, _, _ in published} == {
+        ts * 1000: v for ts, v, _ in published
+    }
+    assert len(spb) == 2 * len(published) + 2  # the data, and the births' values
+    assert counts["kill_readings_lost"] == 0
+    # the buffers held messages when the adapters died; they went out after the restart
+    assert run["held"]["scada"] > 0 and run["held"]["plc"] > 0
+    assert counts["kill_opcua_backfilled"] > 0  # the values written while it was down
+    # a resend of what the stream already had is the only dead letter: recorded, not kept
+    assert set(run["dead_letter_reasons"]) <= {"out_of_sequence"}
+
+
+def test_cli_trusts_a_server_only_with_the_fingerprint_its_owner_gave(
+    tmp_path, monkeypatch, capsys
+):
+    from adapters.security import fingerprint, opcua_dir
+    from plantpulse_cli.main import main
+
+    monkeypatch.setenv("PLANTPULSE_HOME", str(tmp_path / "home"))
+    server = OpcuaTestServer({"pump-01": ["bearing_temp"]}, cert_dir=tmp_path / "srv")
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(60)
+    try:
+        fp = fingerprint(server.certificate)
+        assert main(["adapters", "trust", server.url]) == 0
+        shown = capsys.readouterr().out
+        assert fp in shown and "not trusted yet" in shown
+        assert not (opcua_dir(tmp_path / "home") / "trusted").exists()
+        assert main(["adapters", "trust", server.url, "--fingerprint", "AB:CD"]) == 2
+        assert "not the fingerprint given" in capsys.readouterr().err
+        assert main(["adapters", "trust", server.url, "--fingerprint", fp.lower()]) == 0
+        [pinned] = (opcua_dir(tmp_path / "home") / "trusted").iterdir()
+        assert pinned.read_bytes() == server.certificate
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)

@@ -775,3 +775,27 @@ def test_the_broker_grants_topics_from_the_plant_file(tmp_path: Path):
     # the simulator publishes only the fleet assets the plant declares (none: no login at all)
     assert publishers_for(plant, ["sim-1", "pump-01"])["simulator"] == ["sim-1"]
     assert "simulator" not in publishers_for(plant, ["pump-01"])
+
+
+def test_the_stream_reads_and_the_publisher_writes_over_tls(tmp_path: Path, monkeypatch):
+    """``plantpulse up --mqtt-tls``'s listener: with ``PLANTPULSE_MQTT_CA`` the stream's
+    source and a ``Publisher`` connect over TLS, verifying the broker against the set-up's CA;
+    every reading lands once."""
+    port, tls_port = _free_port(), _free_port()
+    conf = write_config(tmp_path / "broker", port, PUBLISHERS, tls=("127.0.0.1", tls_port))
+    proc = subprocess.Popen(
+        [ensure_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    monkeypatch.setenv("PLANTPULSE_MQTT_CREDENTIALS", str(tmp_path / "broker" / "credentials.json"))
+    monkeypatch.setenv("PLANTPULSE_MQTT_CA", str(tmp_path / "broker" / "tls" / "ca.crt"))
+    lake = Lake(tmp_path / "lake")
+    try:
+        wait_for_port(tls_port)
+        source = MQTTSource(port=tls_port, lake_uri=lake.uri, group="tls", idle_stop_s=4.0)
+        _run_while_publishing(
+            source, lake, [(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(5)]
+        )
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert lake.count("readings") == 5

@@ -11,19 +11,25 @@ import http.server
 import json
 import queue
 import socket
+import stat
 import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
 from asyncua import Client, ua
 
+from adapters.opcua import secure_client
 from adapters.proto import DataType
 from adapters.proto import sparkplug_b_pb2 as spb
+from adapters.security import opcua_dir, trust_certificate
 from lake import Lake
+from outbound import probes
 from outbound.__main__ import main as outbound_main
+from outbound.opcua import VARIABLES
 from outbound.service import Outbound
 from outbound.state import StateBook, alert_key
 from outbound.tail import TableTail
@@ -307,17 +313,25 @@ def test_a_subscriber_sees_each_assets_state_and_sparkplug_metrics(
 
 
 # -- OPC UA ------------------------------------------------------------------------------------
+def _opcua_login(home: Path, user: str = "scada") -> tuple[str, str]:
+    """The password the set-up generated for ``user``, and the server's certificate trusted
+    (what an integrator does once: ``plantpulse adapters trust`` or copying the file)."""
+    trust_certificate(home, (opcua_dir(home) / "server" / "cert.der").read_bytes(), "outbound")
+    return user, json.loads((opcua_dir(home) / "credentials.json").read_text())[user]
+
+
 def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path: Path, lake: Lake):
     port = _free_port()
     endpoint = f"opc.tcp://127.0.0.1:{port}/plantpulse"
     plant = _plant(tmp_path, f"  opcua: {{endpoint: '{endpoint}'}}")
     _score(lake, "pump-01", T0_US, 30.0)
     aid = _alert(lake, "pump-01", T0_US + 1_000_000)
-    service = Outbound(plant, lake)
+    service = Outbound(plant, lake, home=tmp_path)
     service.start()
+    auth = _opcua_login(tmp_path)
 
     async def read(names: list[str]) -> dict[str, ua.DataValue]:
-        async with Client(endpoint, timeout=10) as client:
+        async with await secure_client(endpoint, tmp_path, auth=auth) as client:
             ns = await client.get_namespace_index("urn:plantpulse:outbound-test")
             out = {}
             for name in names:
@@ -366,6 +380,98 @@ def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path
     finally:
         service.stop()
     assert [r["status"] for r in _deliveries(lake, "opcua")] == ["delivered", "delivered"]
+
+
+def test_the_outbound_opcua_server_refuses_anonymous_wrong_passwords_writes_and_no_security(
+    tmp_path: Path, lake: Lake
+):
+    """Secure by default: only Basic256Sha256 endpoints (Sign, SignAndEncrypt), sessions only
+    for the set-up's users; every attempt is a real session over TCP."""
+    port = _free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/plantpulse"
+    plant = _plant(tmp_path, f"  opcua: {{endpoint: '{endpoint}', users: [scada, hmi]}}")
+    _score(lake, "pump-01", T0_US, 30.0)
+    service = Outbound(plant, lake, home=tmp_path)
+    service.start()
+    user, password = _opcua_login(tmp_path)
+    hmi = _opcua_login(tmp_path, "hmi")
+    assert stat.S_IMODE((opcua_dir(tmp_path) / "credentials.json").stat().st_mode) == 0o600
+    assert password not in (opcua_dir(tmp_path) / "users").read_text()  # the server keeps hashes
+    nodes = [service.opcua.node_id("pump-01", name) for name, _ in VARIABLES]
+
+    async def attempts() -> dict[str, Any]:
+        offered = await Client(endpoint, timeout=10).connect_and_get_server_endpoints()
+        return {
+            "offered": offered,
+            "encrypted": await probes.session(endpoint, tmp_path, auth=(user, password)),
+            "signed": await probes.session(endpoint, tmp_path, security="Sign", auth=hmi),
+            "anonymous": await probes.session(endpoint, tmp_path),
+            "anonymous_signed": await probes.session(endpoint, tmp_path, security="Sign"),
+            "wrong_password": await probes.session(endpoint, tmp_path, auth=(user, "guess")),
+            "unknown_user": await probes.session(endpoint, tmp_path, auth=("admin", password)),
+            "no_security": await probes.session(endpoint, tmp_path, security="None", auth=hmi),
+            "unsecured_channel": await probes.unsecured_session(endpoint, (user, password)),
+            "unsecured_anonymous": await probes.unsecured_session(endpoint),
+            "writes": await probes.writes(endpoint, tmp_path, nodes, auth=(user, password)),
+            "health": await probes.session(endpoint, tmp_path, auth=(user, password)),
+        }
+
+    try:
+        got = asyncio.run(attempts())
+        health = asyncio.run(_read_value(endpoint, tmp_path, (user, password), nodes[0]))
+    finally:
+        service.stop()
+    policies = {(e.SecurityPolicyUri.rsplit("#")[-1], e.SecurityMode.name) for e in got["offered"]}
+    assert policies == {("Basic256Sha256", "Sign"), ("Basic256Sha256", "SignAndEncrypt")}
+    tokens = {t.TokenType.name for e in got["offered"] for t in e.UserIdentityTokens}
+    assert tokens == {"UserName"}  # no anonymous token on any endpoint
+    assert got["encrypted"].accepted and got["signed"].accepted
+    for name in ("anonymous", "anonymous_signed", "wrong_password", "unknown_user"):
+        assert not got[name].accepted, name
+    assert got["anonymous"].detail == "BadIdentityTokenRejected"
+    assert got["wrong_password"].detail == "BadUserAccessDenied"
+    assert not got["no_security"].accepted and "No matching endpoints" in got["no_security"].detail
+    # a client forcing a channel without security gets nothing, even with the right password
+    assert not got["unsecured_channel"].accepted and not got["unsecured_anonymous"].accepted
+    assert len(got["writes"]) == len(VARIABLES)
+    assert not any(w.accepted for w in got["writes"])
+    assert {w.detail for w in got["writes"]} == {"BadUserAccessDenied"}
+    assert health == pytest.approx(100 * 9 / 39, abs=0.01)  # still the outbound's value
+
+
+async def _read_value(endpoint: str, home: Path, auth: tuple[str, str], nid: str) -> Any:
+    async with await secure_client(endpoint, home, auth=auth) as client:
+        return await client.get_node(nid).read_value()
+
+
+def test_an_insecure_outbound_server_needs_a_reason_and_then_says_so(tmp_path: Path, lake: Lake):
+    port = _free_port()
+    endpoint = f"opc.tcp://127.0.0.1:{port}/plantpulse"
+    for targets in (
+        f"  opcua: {{endpoint: '{endpoint}', security: [None]}}",
+        f"  opcua: {{endpoint: '{endpoint}', allow_anonymous: true}}",
+    ):
+        with pytest.raises(PlantError) as err:
+            _plant(tmp_path, targets)
+        assert err.value.field == "outbound.opcua" and "say why in insecure_reason" in str(
+            err.value
+        )
+        assert "\n" not in str(err.value)
+    plant = _plant(
+        tmp_path,
+        f"  opcua: {{endpoint: '{endpoint}', security: [SignAndEncrypt, None], "
+        "allow_anonymous: true, insecure_reason: 'HMI panel on an isolated cell network'}",
+    )
+    service = Outbound(plant, lake, home=tmp_path)
+    service.start()
+    try:
+        anonymous = asyncio.run(probes.session(endpoint, tmp_path, security="None"))
+        nodes = [service.opcua.node_id("pump-01", "Health")]
+        written = asyncio.run(probes.writes(endpoint, tmp_path, nodes, auth=None, security="None"))
+    finally:
+        service.stop()
+    assert anonymous.accepted  # what the plant file asked for, with its reason
+    assert [w.accepted for w in written] == [False]  # still read-only
 
 
 # -- the CMMS webhook ---------------------------------------------------------------------------
