@@ -116,6 +116,7 @@ class Asset:
     match: str | None = None
     description: str = ""
     health_indicator: HealthIndicator | None = None
+    alerts_per_day: float | None = None  # the false-alarm budget of its detector
 
     def bearing(self, sensor_id: str | None = None) -> BearingGeometry | None:
         """The bearing ``sensor_id`` is mounted on, else the asset's first bearing."""
@@ -201,6 +202,11 @@ class Plant:
         """The declared health indicator of ``asset_id`` (None: no remaining life for it)."""
         a = self.asset(asset_id)
         return None if a is None else a.health_indicator
+
+    def alerts_per_day(self, asset_id: str) -> float | None:
+        """The false-alarm budget of ``asset_id``'s detector, alerts per day (None: undeclared)."""
+        a = self.asset(asset_id)
+        return None if a is None else a.alerts_per_day
 
     def upstream(self, asset_id: str) -> list[Edge]:
         """Edges into ``asset_id``: what feeds or drives it."""
@@ -551,6 +557,7 @@ def _resolve_asset(
         match=spec.match,
         description=spec.description or template.description,
         health_indicator=health,
+        alerts_per_day=spec.alerts_per_day or template.alerts_per_day or doc.alerts_per_day,
     )
 
 
