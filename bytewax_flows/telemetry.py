@@ -30,6 +30,7 @@ from dataplane.step import Context, Plant, process, route
 from dataplane.topology import shard_groups
 from dataplane.wire import Batch, Decoded, as_batch
 from lake import Settings
+from lake.labels import MaintenanceFeed
 from models.registry import FAULT_MODEL, RUL_MODEL, ChampionWatcher
 from physics.simulator import default_fleet
 from plant.model import Plant as PlantModel
@@ -64,7 +65,10 @@ def get_flow(
     )
     rul_champion = ChampionWatcher(champion.tracking_uri, RUL_MODEL, champion.refresh_s)
     ctx = Context(
-        calibration=CalibrationCache(lake_uri), champion=champion, rul_champion=rul_champion
+        calibration=CalibrationCache(lake_uri),
+        champion=champion,
+        rul_champion=rul_champion,
+        labels=MaintenanceFeed(lake_uri),  # re-baselines and confirmations without restart
     )
     if plant is not None:  # a loaded plant file is followed like the default one
         ctx.plant = PlantWatcher.following(plant) if isinstance(plant, PlantModel) else plant

@@ -44,6 +44,7 @@ from dataplane.scoring import (
     AssetScorer,
     Emit,
     FrameCandidate,
+    LabelFeed,
     now_us,
     record_frame,
     score_process,
@@ -112,6 +113,7 @@ class Context:
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     max_series: int = MAX_SERIES
     rul_champion: ChampionWatcher | None = None  # the RUL model (dataplane.prognostics)
+    labels: LabelFeed | None = None  # maintenance labels (re-baseline, confirm) by asset
 
 
 # -- routing ----------------------------------------------------------------------------------
@@ -986,6 +988,8 @@ def _score_ticks(
             int(window_end[j]),
             offered,
             ctx.policy,
+            ctx.plant,
+            ctx.labels,
         )
 
 
@@ -1078,7 +1082,7 @@ def _frames(
         out.add("features", row, i)
         emit = Emit(out, i, d.messages[i].received_us)
         scorer = state.assets[a].scorer
-        score_vibration(scorer, emit, row, model, ctx.policy)
+        score_vibration(scorer, emit, row, model, ctx.policy, ctx.plant, ctx.labels)
         record_frame(
             scorer,
             ctx.policy,
