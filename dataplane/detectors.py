@@ -47,7 +47,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import chi2
 
 from physics.detectors import Tails, alarm_threshold, cauchy_combine, mcd, robust_scale
 
@@ -375,6 +374,8 @@ class Ensemble:
         return max(apart, heading)
 
     def _fit(self, x: NDArray[np.float64], ends: NDArray[np.int64]) -> None:
+        from scipy.stats import chi2  # at a fit only: importing the stream's core stays light
+
         self.buffer, self.ends = None, []
         z = self._standardise(x)
         n, p = z.shape

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from river import drift
 
 from dataplane.alerts import (
     ALERTS_PER_DAY,
@@ -38,6 +37,7 @@ from dataplane.alerts import (
 )
 from dataplane.detectors import MEMBERS, Ensemble
 from dataplane.rows import Out
+from physics.detectors import PageHinkley
 from physics.registry import FEATURE_VERSION, feature_names
 
 __all__ = [
@@ -95,7 +95,7 @@ DETECTOR_NAME = _ENSEMBLE
 PROCESS_DETECTOR_NAME = _ENSEMBLE + "|process"
 DRIFT_FEATURES = ("vib_rms", "vib_kurtosis", "env_bpfo_1", "env_bpfi_1")
 """Features watched one by one for a sustained rise (Page-Hinkley on their deviation from the
-learnt normal): a slow mean shift, which ADWIN on the combined score may average away."""
+learnt normal): a slow mean shift of one, which the channel's combined surprise may average away."""
 SCORED_FEATURES = [
     n for n in feature_names("vibration") if n not in ("demod_centre_hz", "vib_speed_ok")
 ]
@@ -150,10 +150,11 @@ class Channel(AlertState):
     detector: Ensemble = field(
         default_factory=lambda: Ensemble(VIBRATION_WARMUP, VIBRATION_WARMUP * 3 // 2)
     )
-    drift_detector: drift.ADWIN = field(
-        default_factory=lambda: drift.ADWIN(delta=0.001, grace_period=60)
+    # Page-Hinkley on the channel's surprise: a lasting rise of how unusual it is
+    drift_detector: PageHinkley = field(
+        default_factory=lambda: PageHinkley(min_instances=60, delta=0.5, threshold=50.0)
     )
-    feature_drift: dict[str, drift.PageHinkley] = field(default_factory=dict)
+    feature_drift: dict[str, PageHinkley] = field(default_factory=dict)
 
 
 def _process_channel() -> Channel:
@@ -299,11 +300,11 @@ def score_window(
     if ch.alert is None and verdict.raw < LEARN_BELOW:
         det.learn()
     _feature_drift(ch, emit, asset_id, window_end)
-    # ADWIN on the unsmoothed surprise: the smoothed one is autocorrelated by construction,
-    # which ADWIN's bound (for independent values) would read as change
-    ch.drift_detector.update(min(verdict.raw, 50.0))
-    if ch.drift_detector.drift_detected:
-        est = float(ch.drift_detector.estimation)
+    # on the unsmoothed surprise (the smoothed one is autocorrelated by construction), capped
+    # so that one extreme window cannot make a drift on its own
+    ph = ch.drift_detector
+    ph.update(min(verdict.raw, 10.0))
+    if ph.drift_detected:
         subject = "anomaly_score" if ch.name == "vibration" else f"{ch.name}_anomaly_score"
         emit.add(
             "drift_events",
@@ -312,10 +313,10 @@ def score_window(
                 window_end,
                 "residual",
                 subject,
-                "ADWIN",
-                est,
-                f"mean {ch.name} anomaly score changed; now {est:.3f} over the last "
-                f"{int(ch.drift_detector.width)} windows",
+                "PageHinkley",
+                verdict.raw,
+                f"the {ch.name} channel's surprise rose and stayed up (now {verdict.raw:.1f}, "
+                f"mean {ph.mean:.2f} over {ph.n} windows)",
             ),
         )
 
@@ -346,7 +347,7 @@ def _feature_drift(ch: Channel, emit: Emit, asset_id: str, window_end: int) -> N
     z = ch.detector.deviations(DRIFT_FEATURES)
     for name, value in z.items():
         ph = ch.feature_drift.setdefault(
-            name, drift.PageHinkley(min_instances=30, delta=0.5, threshold=25.0, mode="up")
+            name, PageHinkley(min_instances=30, delta=0.5, threshold=25.0)
         )
         ph.update(value)
         if ph.drift_detected:

@@ -19,6 +19,8 @@ Pure NumPy/SciPy, no state: ``dataplane.detectors`` keeps the per-asset state an
 - ``alarm_threshold``: the level that a warm-up's alarm statistic crosses, as declustered
   peaks over a threshold, at a given rate per day (extreme-value extrapolation from the
   warm-up's clusters of high values to a rate an operator accepts).
+- ``PageHinkley``: Page's test for a sustained rise of a series' mean (River's
+  ``drift.PageHinkley`` in mode ``up``, here because importing River pulls in scikit-learn).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import stats
 
 __all__ = [
     "robust_scale",
@@ -39,6 +40,7 @@ __all__ = [
     "cauchy_combine",
     "alarm_threshold",
     "extremal_index",
+    "PageHinkley",
 ]
 
 SHAPE_BOUNDS = (0.0, 0.5)
@@ -115,6 +117,8 @@ def mcd(
     >>> bool(np.all(np.abs(fit.location) < 0.3)), int(fit.support[:90].sum())
     (True, 0)
     """
+    from scipy import stats  # at a fit only: importing the stream's core stays light
+
     x = np.asarray(x, np.float64)
     n, p = x.shape
     floor = np.zeros(p) if floor is None else np.asarray(floor, np.float64)
@@ -163,6 +167,7 @@ def gpd_fit(excess: NDArray[np.float64]) -> tuple[float, float]:
     probability-weighted moments, the shape kept within ``SHAPE_BOUNDS`` (and the scale refitted
     to the excesses' mean for a clipped shape).  Exponential (shape 0) for fewer than 5.
 
+    >>> from scipy import stats
     >>> y = stats.genpareto.rvs(0.2, scale=2.0, size=4000, random_state=1)
     >>> shape, scale = gpd_fit(y)
     >>> round(shape, 1), round(scale, 1)
@@ -346,3 +351,68 @@ def alarm_threshold(
     # excesses would swing the extrapolation to a rate hundreds of times rarer
     scale = float(np.mean(a[above] - t0))
     return t0 + _gpd_isf(per_day / rate0, 0.0, max(scale, 1e-9))
+
+
+class PageHinkley:
+    """Page-Hinkley test for a rise in the mean: the cumulative excess of each value over the
+    running mean plus ``delta`` (faded by ``alpha``), against its minimum so far; a drift when
+    it exceeds ``threshold`` after ``min_instances`` values, after which the test starts afresh
+    (as River's ``drift.PageHinkley(mode="up")``).
+
+    >>> ph, found = PageHinkley(min_instances=30, delta=0.5, threshold=25.0), []
+    >>> for i in range(200):
+    ...     ph.update(0.0 if i < 100 else 3.0)
+    ...     found += [i] if ph.drift_detected else []
+    >>> found[0]  # 100 + 25 / (3 - mean - 0.5), within a dozen values of the rise
+    110
+    """
+
+    __slots__ = (
+        "min_instances",
+        "delta",
+        "threshold",
+        "alpha",
+        "n",
+        "mean",
+        "total",
+        "lowest",
+        "drift_detected",
+    )
+
+    def __init__(
+        self,
+        min_instances: int = 30,
+        delta: float = 0.005,
+        threshold: float = 50.0,
+        alpha: float = 1 - 0.0001,
+    ):
+        self.min_instances, self.delta, self.threshold, self.alpha = (
+            min_instances,
+            delta,
+            threshold,
+            alpha,
+        )
+        self.drift_detected = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n, self.mean, self.total, self.lowest = 0, 0.0, 0.0, math.inf
+
+    def __getstate__(self) -> dict[str, float | int | bool]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state: dict[str, float | int | bool]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def update(self, x: float) -> None:
+        if self.drift_detected:
+            self.drift_detected = False
+            self._reset()
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        self.total = self.alpha * self.total + x - self.mean - self.delta
+        self.lowest = min(self.lowest, self.total)
+        self.drift_detected = (
+            self.n >= self.min_instances and self.total - self.lowest > self.threshold
+        )

@@ -1,7 +1,7 @@
 """The stream's label feed: each asset's ``maintenance_events`` rows, re-read when the table
 changes (checked every ``refresh_s``), so a technician's label reaches the running stream
-without a restart (``dataplane.scoring.LabelFeed``; the Bytewax shell injects it the way it
-injects the calibration and the champion).  A table that cannot be read keeps the last good
+without a restart (``dataplane.scoring.LabelFeed``; ``telemetry.get_flow`` injects it the way it
+injects the calibration cache and the champion).  A table that cannot be read keeps the last good
 labels and never stops the stream."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 import pandas as pd
 
-from lake.store import Lake, LakeError
+from lake import Lake, LakeError
 
 __all__ = ["MaintenanceFeed", "FEED_KINDS"]
 
