@@ -48,7 +48,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from physics.detectors import Tails, alarm_threshold, cauchy_combine, mcd, robust_scale
+from physics.detectors import (
+    Tails,
+    alarm_threshold,
+    cauchy_combine,
+    cauchy_terms,
+    mcd,
+    robust_scale,
+)
 
 __all__ = ["Ensemble", "Verdict", "MEMBERS", "METADATA", "MOVING"]
 
@@ -245,31 +252,33 @@ class Ensemble:
 
     def _p_values(self, d: NDArray[np.float64], e: NDArray[np.float64]) -> NDArray[np.float64]:
         r = d - self._basis @ (self._basis.T @ d)
-        t_d, t_s, t_shift, t_cusum = self.tails
-        return np.concatenate(
-            [
-                t_d.p_values(np.array([d @ self._precision @ d])),
-                t_s.p_values(np.array([r @ r])),
-                t_shift.p_values(np.abs(e)),
-                t_cusum.p_values(np.maximum(self.cusum[0], self.cusum[1])),
-            ]
-        )
+        scores = self._scores
+        scores[0] = d @ self._precision @ d
+        scores[1] = r @ r
+        n = len(self.keys)
+        np.abs(e, out=scores[2 : 2 + n])
+        np.maximum(self.cusum[0], self.cusum[1], out=scores[2 + n :])
+        return self._all.p_values(scores)
 
     def _score(self, z: NDArray[np.float64]) -> Verdict:
         if self._stale:
             self._refresh()
         d = z - self.mean
         e = d * self._inv_sd
-        np.clip(self.cusum[0] + e - self.allowance, 0.0, self.cap, out=self.cusum[0])
-        np.clip(self.cusum[1] - e - self.allowance, 0.0, self.cap, out=self.cusum[1])
+        up, down = self.cusum
+        up += e - self.allowance
+        down -= e + self.allowance
+        np.minimum(np.maximum(self.cusum, 0.0, out=self.cusum), self.cap, out=self.cusum)
         p = self._p_values(d, e)
-        raw = _surprise(float(cauchy_combine(p, self.weights)))
-        now = _surprise(float(cauchy_combine(p[: self._n_state], self._state_weights)))
+        t = cauchy_terms(p)  # the fused and the state p-value share the terms
+        raw = _surprise(math.atan2(1.0, float(t @ self.weights)) / math.pi)
+        now = _surprise(math.atan2(1.0, float(t[: self._n_state] @ self._state_weights)) / math.pi)
         # the median of the last three windows, then an EWMA: one window alone (a frame's
         # spike) moves neither score; two in three do
-        self.recent = (*self.recent[1:], (raw, now))
-        self.smoothed += self.smoothing * (sorted(r[0] for r in self.recent)[1] - self.smoothed)
-        self.state += self.smoothing * (sorted(r[1] for r in self.recent)[1] - self.state)
+        (r1, n1), (r2, n2) = self.recent[1:]
+        self.recent = ((r1, n1), (r2, n2), (raw, now))
+        self.smoothed += self.smoothing * (_median3(r1, r2, raw) - self.smoothed)
+        self.state += self.smoothing * (_median3(n1, n2, now) - self.state)
         self._last, self._p = (d, e), p
         top = float(self.cusum.max())
         self.trail = (*self.trail[1:], top)
@@ -404,6 +413,8 @@ class Ensemble:
             Tails.fit(np.abs(e[keep])),
             Tails.fit(cus[keep]),
         )
+        self._all = Tails.stack(list(self.tails))  # one call per window scores every member
+        self._scores = np.zeros(2 + 2 * p)
         # a CUSUM holds at most the evidence of a one-in-10^12 window (so that it forgets a long
         # change within a bounded time); it restarts when an alert closes
         self.cap = np.maximum(self.tails[3].score_at(1e-12), self.allowance)
@@ -415,15 +426,7 @@ class Ensemble:
         self._state_weights = np.concatenate(
             [[state_share, state_share], np.full(p, state_share / p)]
         )
-        pv = np.concatenate(
-            [
-                self.tails[0].p_values(d2[:, None]),
-                self.tails[1].p_values(spe[:, None]),
-                self.tails[2].p_values(np.abs(e)),
-                self.tails[3].p_values(cus),
-            ],
-            axis=1,
-        )
+        pv = self._all.p_values(np.concatenate([d2[:, None], spe[:, None], np.abs(e), cus], axis=1))
         # the alarm statistic as the stream would have computed it on the windows kept as
         # normal (a gross outlier's surprise must not leak into its neighbours' smoothing)
         pv = pv[keep]
@@ -488,6 +491,10 @@ class Ensemble:
             floors.append(noise * math.sqrt(12.0) / window_s if view == "slope" else noise)
         self.floor = np.array(floors)
         self.purge = max((int(last.get(f"{s}:overlap", 1)) for s in self.views), default=1)
+
+
+def _median3(a: float, b: float, c: float) -> float:
+    return max(min(a, b), min(max(a, b), c))
 
 
 def _surprise(p: float) -> float:

@@ -38,6 +38,7 @@ __all__ = [
     "gpd_fit",
     "Tails",
     "cauchy_combine",
+    "cauchy_terms",
     "alarm_threshold",
     "extremal_index",
     "PageHinkley",
@@ -201,41 +202,52 @@ def _gpd_isf(q: float, shape: float, scale: float) -> float:
     return scale / shape * (q ** (-shape) - 1.0)
 
 
+GRID = np.linspace(0.5, 0.9, 41)
+"""Levels at which a calibration's bulk is kept (its quantiles): below the median a p-value is
+at least 1/2, where the fusion caps it anyway; above ``GRID[-1]`` the GPD tail takes over."""
+
+
 @dataclass(frozen=True)
 class Tails:
     """Tail probabilities of one score per channel, each against its own warm-up scores.
 
-    Conformal: ``p = (1 + #{calibration >= s}) / (n + 1)``, never less for a score within the
-    calibration's range (the empirical tail is what the warm-up saw; a fitted tail may not claim
-    a warm-up score rarer than that).  Above the ``tail_from`` quantile ``u`` of a channel's
-    calibration, a GPD fitted to its excesses over ``u`` refines it: ``p = (1 + #{calibration >
-    u}) / (n + 1) * S_gpd(s - u)``, so a score beyond every warm-up score still gets a
-    probability, ordered by how far out it is (SPOT's tail).  Vectorised over channels (and over
-    rows of scores).
+    Conformal: ``p = (1 + #{calibration >= s}) / (n + 1)`` in the bulk (read off the
+    calibration's quantiles at ``GRID``, to a hundredth), and never less than ``1 / (n + 1)``
+    for a score within the calibration's range (the warm-up saw one that high; a fitted tail
+    may not call it rarer).  Above the ``GRID[-1]`` quantile ``u`` of a channel's calibration, a
+    GPD fitted to its excesses over ``u`` continues it: ``p = (1 + #{calibration > u}) / (n + 1)
+    * S_gpd(s - u)``, so a score beyond every warm-up score still gets a probability, ordered by
+    how far out it is (SPOT's tail).  Vectorised over channels (and over rows of scores).
 
     >>> rng = np.random.default_rng(0)
     >>> tails = Tails.fit(rng.exponential(size=(400, 2)))
     >>> p = tails.p_values(np.array([0.0, 6.0]))
-    >>> round(float(p[0]), 3), 1e-4 < float(p[1]) < 0.01
-    (1.0, True)
+    >>> float(p[0]) >= 0.5, 1e-4 < float(p[1]) < 0.01  # below the median: at least 1/2
+    (True, True)
     """
 
-    calibration: NDArray[np.float64]  # (channels, n), sorted per channel
-    u: NDArray[np.float64]
+    grid: NDArray[np.float64]  # (channels, len(GRID)): the calibration's quantiles
+    u: NDArray[np.float64]  # the GRID[-1] quantile, where the tail begins
     top: NDArray[np.float64]  # the tail probability at u
     shape: NDArray[np.float64]
     scale: NDArray[np.float64]
+    highest: NDArray[np.float64]  # the calibration's largest score
+    n: int
 
     @classmethod
-    def fit(cls, scores: NDArray[np.float64], tail_from: float = 0.9) -> Tails:
+    def fit(cls, scores: NDArray[np.float64]) -> Tails:
         """From warm-up ``scores`` (n rows x channels; a 1-D array is one channel)."""
         x = np.asarray(scores, np.float64)
         x = x[:, None] if x.ndim == 1 else x
         n, m = x.shape
-        cal = np.sort(x.T, axis=1)
         if not n:
-            return cls(cal, np.full(m, math.inf), np.ones(m), np.zeros(m), np.ones(m))
-        u = np.quantile(cal, tail_from, axis=1)
+            inf = np.full(m, np.inf)
+            return cls(
+                np.full((m, GRID.size), np.inf), inf, np.ones(m), np.zeros(m), np.ones(m), inf, 0
+            )
+        cal = np.sort(x.T, axis=1)
+        grid = np.quantile(cal, GRID, axis=1).T
+        u = grid[:, -1]
         shape, scale, top = np.zeros(m), np.ones(m), np.ones(m)
         for j in range(m):
             excess = cal[j][cal[j] > u[j]] - u[j]
@@ -245,33 +257,37 @@ class Tails:
             iqr = float(np.quantile(cal[j], 0.75) - np.quantile(cal[j], 0.25))
             scale[j] = max(scale[j], 1e-9, 0.1 * iqr)
             top[j] = (1 + excess.size) / (n + 1)
-        return cls(cal, u, top, shape, scale)
+        return cls(grid, u, top, shape, scale, cal[:, -1].copy(), n)
 
-    @property
-    def n(self) -> int:
-        return int(self.calibration.shape[1])
+    @classmethod
+    def stack(cls, parts: list[Tails]) -> Tails:
+        """Several calibrations of the same warm-up windows as one (their channels in turn)."""
+        return cls(
+            np.concatenate([t.grid for t in parts]),
+            *(
+                np.concatenate([getattr(t, f) for t in parts])
+                for f in ("u", "top", "shape", "scale", "highest")
+            ),
+            parts[0].n,
+        )
 
     def p_values(self, s: NDArray[np.float64]) -> NDArray[np.float64]:
         """The tail probability of each channel's score (``s``: channels, or rows x channels)."""
         s = np.asarray(s, np.float64)
         n = self.n
-        if s.ndim == 1:
-            count = (self.calibration >= s[:, None]).sum(axis=1)
-        else:
-            count = np.stack(
-                [n - np.searchsorted(c, s[:, j], "left") for j, c in enumerate(self.calibration)],
-                axis=1,
-            )
-        bulk = (1.0 + count) / (n + 1.0)
+        above = (self.grid >= s[..., None]).sum(axis=-1)  # quantiles of the bulk above s
+        frac = (1.0 - GRID[-1]) + above * ((GRID[-1] - GRID[0]) / (GRID.size - 1))
+        bulk = np.where(above > 0, (1.0 + n * frac) / (n + 1.0), self.top)
+        out = s > self.u
+        if not out.any():  # the common case: every score in its bulk
+            return bulk
         y = np.maximum(s - self.u, 0.0)
         flat = self.shape < 1e-9
         safe = np.where(flat, 1.0, self.shape)
-        with np.errstate(over="ignore", divide="ignore"):
-            sf = np.where(
-                flat, np.exp(-y / self.scale), (1.0 + safe * y / self.scale) ** (-1.0 / safe)
-            )
-        tail = np.where(count > 0, np.maximum(self.top * sf, bulk), self.top * sf)
-        return np.where(s > self.u, tail, bulk)
+        sf = np.where(flat, np.exp(-y / self.scale), (1.0 + safe * y / self.scale) ** (-1.0 / safe))
+        tail = self.top * sf
+        floor = np.where(s <= self.highest, 1.0 / (n + 1.0), 0.0)
+        return np.where(out, np.maximum(tail, floor), bulk)
 
     def score_at(self, p: float) -> NDArray[np.float64]:
         """Each channel's score whose tail probability is ``p`` (below its ``top``)."""
@@ -282,22 +298,27 @@ class Tails:
         return self.u + excess
 
 
+def cauchy_terms(p: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Each p-value's term of the Cauchy combination, ``tan((1/2 - p) pi)``, with p capped at
+    1/2: a member that sees nothing adds no evidence, instead of vetoing the others (an uncapped
+    p-value near 1 contributes an unbounded negative term)."""
+    q = np.clip(p, 1e-300, 0.5)
+    # tan((0.5 - q) pi) = 1 / tan(q pi): the second form keeps precision for tiny q
+    return np.where(
+        q < 1e-6, 1.0 / np.tan(np.maximum(q, 1e-300) * math.pi), np.tan((0.5 - q) * math.pi)
+    )
+
+
 def cauchy_combine(p: NDArray[np.float64], weights: NDArray[np.float64]) -> NDArray[np.float64]:
     """One p-value from several (the last axis of ``p``), by the Cauchy combination test with
     ``weights`` (summing to 1): valid whatever the dependence between them, and dominated by
-    the smallest when one is very small.  Each p-value is first capped at 1/2: a member that
-    sees nothing adds no evidence, instead of vetoing the others (an uncapped p-value near 1
-    contributes an unbounded negative term).
+    the smallest when one is very small (each capped at 1/2, ``cauchy_terms``).
 
     >>> w = np.array([0.5, 0.5])
     >>> float(cauchy_combine(np.array([0.5, 0.9]), w)), float(cauchy_combine(np.array([1e-6, 0.9]), w)) < 1e-5
     (0.5, True)
     """
-    q = np.clip(p, 1e-300, 0.5)
-    # tan((0.5 - q) pi) = 1 / tan(q pi): the second form keeps precision for tiny q
-    with np.errstate(divide="ignore"):
-        t = np.where(q < 1e-6, 1.0 / np.tan(q * math.pi), np.tan((0.5 - q) * math.pi))
-    return np.arctan2(1.0, t @ weights) / math.pi
+    return np.arctan2(1.0, cauchy_terms(p) @ weights) / math.pi
 
 
 def extremal_index(above: NDArray[np.bool_]) -> float:
