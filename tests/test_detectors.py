@@ -404,3 +404,67 @@ def test_settle_leaves_an_asset_without_an_alert_as_it_is():
     assert settle(ch, "pump-01", T0_US, "failure", "bearing_outer_race", "").rows == []
     assert settle(ch, "pump-01", T0_US, "inspection", "", "").rebaseline is False
     assert settle(ch, "pump-01", T0_US, "operating_change", "", "").rebaseline is True
+
+
+# -- in the running stream: a label written to the lake re-baselines the asset ---------------
+def test_a_label_in_the_lake_rebaselines_the_running_stream(tmp_path):
+    """The whole stream without an engine (``run_batch`` per micro-batch, the shard state kept
+    between them), the label feed reading the real ``maintenance_events`` table: a SKAB-like rig
+    steps to a new operating point, its alert becomes a persisting change, a technician labels
+    it ``normal_operation`` with the CLI's own code while the stream runs, and the next batches
+    close the alert and learn the new normal, without a restart."""
+    import pandas as pd
+
+    from bytewax_flows.labels import MaintenanceFeed
+    from bytewax_flows.replay import readings_messages
+    from dataplane.context import Context
+    from dataplane.formats import Batch, Message
+    from dataplane.step import run_batch
+    from lake import Lake, Settings, current_alerts
+    from plantpulse_cli.label import record_label
+
+    lake = Lake(tmp_path / "lake")
+    rng = np.random.default_rng(11)
+    n = PROCESS_WARMUP * 3 // 2 + 1800
+    t = pd.date_range("2026-03-01", periods=n, freq="s", tz="UTC")
+    flow = 32.0 + rng.normal(0, 0.4, n)
+    flow[PROCESS_WARMUP * 3 // 2 + 100 :] -= 3.0  # a valve left half closed: a new state
+    sensors = {"skab_volume_flow_rate_rms": flow, "skab_current": 1.0 + rng.normal(0, 0.05, n)}
+    readings = pd.concat(
+        pd.DataFrame({"asset_id": "skab-rig", "sensor_id": s, "ts": t, "value": v})
+        for s, v in sensors.items()
+    )
+    timeline = readings_messages(readings, batch_s=10.0)["skab-rig"]
+    ctx = Context(labels=MaintenanceFeed(lake.uri, refresh_s=0.0))
+    state = None
+
+    def run(messages: list) -> None:
+        nonlocal state
+        batch = Batch([Message("test", i, ts, body) for i, (ts, body) in enumerate(messages)])
+        state, rows = run_batch(state, batch, ctx)
+        for r in rows:
+            if r.table == "alerts" and r.rows.num_rows:
+                lake.append("alerts", r.rows)
+
+    half = (PROCESS_WARMUP * 3 // 2 + 700) * len(sensors) // 10  # messages: 10 s per sensor
+    for k in range(0, half, 20):
+        run(timeline[k : min(k + 20, half)])
+    alerts = current_alerts(lake)
+    assert len(alerts) == 1 and "persisting change" in alerts.iloc[0]["summary"]
+    alert_id = alerts.iloc[0]["alert_id"]
+    labelled_at = pd.Timestamp(timeline[half][0], unit="us", tz="UTC")
+    row = record_label(
+        Settings.from_env({"PLANTPULSE_HOME": str(tmp_path), "PLANTPULSE_LAKE": lake.uri}),
+        alert_id,
+        kind="normal_operation",
+        component=None,
+        ts=labelled_at.isoformat(),
+    )
+    assert row["kind"] == "normal_operation" and row["asset_id"] == "skab-rig"
+    for k in range(half, len(timeline), 20):
+        run(timeline[k : k + 20])
+    alerts = current_alerts(lake)
+    mine = alerts[alerts["alert_id"] == alert_id].iloc[0]
+    assert mine["status"] == "closed" and "re-baselined" in mine["summary"]
+    assert abs((mine["closed_ts"] - labelled_at).total_seconds()) <= 20
+    assert len(alerts) == 1  # the new level is the asset's normal now: no new alert on it
