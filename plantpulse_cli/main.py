@@ -21,6 +21,7 @@ BENCHES = (
     "stream",
     "skab",
     "nab",
+    "detectors",
     "retrain_loop",
     "plant_model",
     "plant",
