@@ -48,13 +48,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from dataplane.views import METADATA, choose_views
 from physics.detectors import (
     Tails,
     alarm_threshold,
     cauchy_combine,
     cauchy_terms,
+    cusum_path,
     mcd,
+    median3,
+    principal_directions,
     robust_scale,
+    smooth,
 )
 
 __all__ = ["Ensemble", "Verdict", "MEMBERS", "METADATA", "MOVING"]
@@ -63,8 +68,6 @@ MEMBERS = ("distance", "spe", "shift", "cusum")
 """The member families; all but the last say where the asset is now."""
 TRAIL = 10
 """Windows over which a CUSUM that has not grown counts as no longer accumulating."""
-METADATA = frozenset({"resolution", "window_s", "rate_hz", "overlap"})
-"""Entries of a process vector that describe the sensor rather than measure it."""
 RIDGE = 1e-2
 """Variance added to every standardised direction: no combination of channels is trusted to be
 tighter than this (a tenth of a spread).  Without it, features that are exact functions of
@@ -246,7 +249,7 @@ class Ensemble:
     # -- scoring -----------------------------------------------------------------------------
     def _refresh(self) -> None:
         self._precision = np.linalg.inv(self.cov + RIDGE * np.eye(len(self.cov)))
-        self._basis = _principal(self.cov)
+        self._basis = principal_directions(self.cov, PCA_VARIANCE)
         self._inv_sd = 1.0 / np.sqrt(np.maximum(np.diag(self.cov), 1e-12))
         self._stale = False
 
@@ -277,8 +280,8 @@ class Ensemble:
         # spike) moves neither score; two in three do
         (r1, n1), (r2, n2) = self.recent[1:]
         self.recent = ((r1, n1), (r2, n2), (raw, now))
-        self.smoothed += self.smoothing * (_median3(r1, r2, raw) - self.smoothed)
-        self.state += self.smoothing * (_median3(n1, n2, now) - self.state)
+        self.smoothed += self.smoothing * (median3(r1, r2, raw) - self.smoothed)
+        self.state += self.smoothing * (median3(n1, n2, now) - self.state)
         self._last, self._p = (d, e), p
         top = float(self.cusum.max())
         self.trail = (*self.trail[1:], top)
@@ -300,7 +303,7 @@ class Ensemble:
         assert self.buffer is not None
         rows = self.buffer
         if not self.keys:
-            self._choose_views(rows)
+            self.views, self.keys, self.floor, self.purge = choose_views(rows)
         x = np.array([[r.get(k, math.nan) for k in self.keys] for r in rows], np.float64)
         usable = np.isfinite(x).all(axis=1) if x.size else np.zeros(len(rows), bool)
         if usable.sum() < max(4, 2 * self.folds) or not self.keys:
@@ -399,14 +402,14 @@ class Ensemble:
             loc, cov = _mean_cov(z[fit_on & keep], least)
             dz = z[held] - loc
             d2[held] = np.einsum("ij,ij->i", dz @ np.linalg.pinv(cov, hermitian=True), dz)
-            basis = _principal(cov)
+            basis = principal_directions(cov, PCA_VARIANCE)
             res = dz - (dz @ basis) @ basis.T
             spe[held] = np.einsum("ij,ij->i", res, res)
             e[held] = dz / np.sqrt(np.maximum(np.diag(cov), 1e-12))
         # each channel's CUSUM allowance: what its normal deviation reaches one window in 20,
         # so it accumulates what is unusual for this channel, not its ordinary wandering
         self.allowance = np.maximum(np.quantile(np.abs(e[keep]), 0.95, axis=0), 0.5)
-        cus = _cusum_path(e, self.allowance)
+        cus = cusum_path(e, self.allowance)
         self.tails = (
             Tails.fit(d2[keep]),
             Tails.fit(spe[keep]),
@@ -430,8 +433,8 @@ class Ensemble:
         # the alarm statistic as the stream would have computed it on the windows kept as
         # normal (a gross outlier's surprise must not leak into its neighbours' smoothing)
         pv = pv[keep]
-        series = _smooth(_surprises(cauchy_combine(pv, self.weights)), self.smoothing)
-        state = _smooth(
+        series = smooth(_surprises(cauchy_combine(pv, self.weights)), self.smoothing)
+        state = smooth(
             _surprises(cauchy_combine(pv[:, : self._n_state], self._state_weights)),
             self.smoothing,
         )
@@ -449,53 +452,6 @@ class Ensemble:
         self.state = float(np.median(state)) if state.size else 0.0
         self._stale = True
 
-    def _choose_views(self, rows: list[dict[str, float]]) -> None:
-        """Which view of each sensor to watch, and the variance floor of each watched entry.
-
-        A sensor offered as ``<sensor>:level``, ``:slope`` and ``:std`` (its window's level,
-        slope and within-window scatter) is a *slow state*, watched by its slope, when its
-        level wanders over the warm-up by more than its readings scatter within a window
-        (averaging a window shrinks a stationary channel's scatter, so a level that still moves
-        more than one reading's scatter follows something slow, like a housing following its
-        cooling); otherwise by its level.  A sensor offered with one view only (declared in the
-        plant) keeps it; bare names (vibration features) are watched as they are."""
-        offered: dict[str, set[str]] = {}
-        for r in rows:
-            for k in r:
-                sensor, _, view = k.rpartition(":") if ":" in k else (k, "", "")
-                offered.setdefault(sensor, set()).add(view)
-        for sensor, views in sorted(offered.items()):
-            if {"level", "slope"} <= views:
-                level = np.array([r.get(f"{sensor}:level", math.nan) for r in rows])
-                within = np.array([r.get(f"{sensor}:std", math.nan) for r in rows])
-                level, within = level[np.isfinite(level)], within[np.isfinite(within)]
-                wanders = (
-                    level.size > 3
-                    and within.size > 0
-                    and float(robust_scale(level[:, None])[0]) > np.median(within)
-                )
-                self.views[sensor] = "slope" if wanders else "level"
-            else:
-                self.views[sensor] = next(iter(sorted(views - {"std"} - METADATA)), "")
-        self.keys = sorted(f"{s}:{v}" if v else s for s, v in self.views.items() if s)
-        last = rows[-1]
-        floors = []
-        for key in self.keys:
-            # the quantisation noise of a window's level (readings' rounding error, q / sqrt(12)
-            # each, averaged over the window's readings) and of its least-squares slope: no
-            # warm-up, however still, makes the detector believe in finer changes
-            sensor, _, view = key.rpartition(":")
-            window_s = max(last.get(f"{sensor}:window_s", 1.0), 1e-9)
-            n = max(window_s * last.get(f"{sensor}:rate_hz", 1.0), 1.0)
-            noise = last.get(f"{sensor}:resolution", 0.0) / math.sqrt(12.0 * n)
-            floors.append(noise * math.sqrt(12.0) / window_s if view == "slope" else noise)
-        self.floor = np.array(floors)
-        self.purge = max((int(last.get(f"{s}:overlap", 1)) for s in self.views), default=1)
-
-
-def _median3(a: float, b: float, c: float) -> float:
-    return max(min(a, b), min(max(a, b), c))
-
 
 def _surprise(p: float) -> float:
     return -math.log10(max(p, 1e-300))
@@ -503,23 +459,6 @@ def _surprise(p: float) -> float:
 
 def _surprises(p: NDArray[np.float64]) -> NDArray[np.float64]:
     return -np.log10(np.maximum(p, 1e-300))
-
-
-def _ewma(v: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
-    """The EWMA of ``v`` along its first axis, from zero."""
-    out = np.empty_like(v)
-    level = np.zeros(v.shape[1:])
-    for i, x in enumerate(v):
-        level = level + alpha * (x - level)
-        out[i] = level
-    return out
-
-
-def _smooth(v: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
-    """The running median of three, then an EWMA (what ``Ensemble._score`` does per window)."""
-    padded = np.concatenate([np.zeros(2), v])
-    med3 = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
-    return _ewma(med3, alpha)
 
 
 def _mean_cov(
@@ -537,25 +476,3 @@ def _sq_distance(
 ) -> NDArray[np.float64]:
     d = z - loc
     return np.einsum("ij,ij->i", d @ np.linalg.pinv(cov, hermitian=True), d)
-
-
-def _principal(cov: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The eigenvectors of ``cov`` that hold ``PCA_VARIANCE`` of its variance (p x k); when
-    every direction is needed, none is left out and the residual is empty."""
-    values, vectors = np.linalg.eigh(cov)
-    values, vectors = values[::-1], vectors[:, ::-1]
-    share = np.cumsum(values) / max(float(values.sum()), 1e-300)
-    k = int(np.searchsorted(share, PCA_VARIANCE) + 1)
-    return vectors[:, : min(k, len(values))]
-
-
-def _cusum_path(e: NDArray[np.float64], k: NDArray[np.float64]) -> NDArray[np.float64]:
-    """The two-sided CUSUM of each column of ``e`` (allowance ``k`` per column), per row the
-    larger side of each column."""
-    up, down = np.zeros(e.shape[1]), np.zeros(e.shape[1])
-    out = np.empty_like(e)
-    for i, row in enumerate(e):
-        up = np.maximum(up + row - k, 0.0)
-        down = np.maximum(down - row - k, 0.0)
-        out[i] = np.maximum(up, down)
-    return out

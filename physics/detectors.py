@@ -42,6 +42,11 @@ __all__ = [
     "alarm_threshold",
     "extremal_index",
     "PageHinkley",
+    "principal_directions",
+    "cusum_path",
+    "ewma",
+    "smooth",
+    "median3",
 ]
 
 SHAPE_BOUNDS = (0.0, 0.5)
@@ -372,6 +377,58 @@ def alarm_threshold(
     # excesses would swing the extrapolation to a rate hundreds of times rarer
     scale = float(np.mean(a[above] - t0))
     return t0 + _gpd_isf(per_day / rate0, 0.0, max(scale, 1e-9))
+
+
+def principal_directions(cov: NDArray[np.float64], share: float) -> NDArray[np.float64]:
+    """The eigenvectors of ``cov`` that hold ``share`` of its variance (p x k), the largest
+    first; when every direction is needed, none is left out (the PCA residual is empty)."""
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    held = np.cumsum(values) / max(float(values.sum()), 1e-300)
+    k = int(np.searchsorted(held, share) + 1)
+    return vectors[:, : min(k, len(values))]
+
+
+def cusum_path(e: NDArray[np.float64], k: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The two-sided CUSUM of each column of ``e`` (allowance ``k`` per column), per row the
+    larger side of each column.
+
+    >>> cusum_path(np.array([[0.0], [2.0], [2.0], [-3.0]]), np.array([1.0])).ravel().tolist()
+    [0.0, 1.0, 2.0, 2.0]
+    """
+    up, down = np.zeros(e.shape[1]), np.zeros(e.shape[1])
+    out = np.empty_like(e)
+    for i, row in enumerate(e):
+        up = np.maximum(up + row - k, 0.0)
+        down = np.maximum(down - row - k, 0.0)
+        out[i] = np.maximum(up, down)
+    return out
+
+
+def median3(a: float, b: float, c: float) -> float:
+    return max(min(a, b), min(max(a, b), c))
+
+
+def ewma(v: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
+    """The EWMA of ``v`` along its first axis, from zero."""
+    out = np.empty_like(v)
+    level = np.zeros(v.shape[1:])
+    for i, x in enumerate(v):
+        level = level + alpha * (x - level)
+        out[i] = level
+    return out
+
+
+def smooth(v: NDArray[np.float64], alpha: float) -> NDArray[np.float64]:
+    """The running median of three, then an EWMA: a window's score as
+    ``dataplane.detectors.Ensemble`` smooths it, over a whole series.
+
+    >>> smooth(np.array([0.0, 9.0, 0.0, 0.0]), 0.5).tolist()  # one spike alone moves nothing
+    [0.0, 0.0, 0.0, 0.0]
+    """
+    padded = np.concatenate([np.zeros(2), v])
+    med3 = np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
+    return ewma(med3, alpha)
 
 
 class PageHinkley:
