@@ -53,11 +53,12 @@ class MLflowResource(dg.ConfigurableResource):
     tracking_uri: str | None = None
     artifact_root: str | None = None
 
-    def _tracking_uri(self) -> str:
+    def uri(self) -> str:
+        """The tracking URI in use (``tracking_uri``, else the state directory's store)."""
         return self.tracking_uri or Settings.from_env().mlflow_tracking_uri
 
     def client(self) -> MlflowClient:
-        return registry_client(self._tracking_uri())
+        return registry_client(self.uri())
 
     def experiment_id(self, name: str) -> str:
         """Id of experiment ``name``, created with its artifacts under ``artifact_root`` if new."""
@@ -66,7 +67,7 @@ class MLflowResource(dg.ConfigurableResource):
         if found is not None:
             return found.experiment_id
         root = self.artifact_root
-        if root is None and self._tracking_uri().startswith(("http://", "https://")):
+        if root is None and self.uri().startswith(("http://", "https://")):
             return client.create_experiment(name)  # the tracking server's artifact store
         location = Path(root or Settings.from_env().mlflow_artifact_root) / name
         location.mkdir(parents=True, exist_ok=True)

@@ -241,7 +241,7 @@ def fault_candidate(
     }
     keep = ["asset_id", "sensor_id", "window_end", "condition", *used]
     mv = log_candidate(
-        mlflow.tracking_uri,
+        mlflow.uri(),
         mlflow.experiment_id(EXPERIMENT),
         FAULT_MODEL,
         model,
@@ -306,9 +306,7 @@ def _decision_result(d: Decision) -> dg.MaterializeResult:
 
 
 def _gate(name: str, version: str, config: GateConfig, lake, mlflow) -> dg.MaterializeResult:
-    return _decision_result(
-        run_gate(mlflow.tracking_uri, lake.lake(), name, version, config.policy())
-    )
+    return _decision_result(run_gate(mlflow.uri(), lake.lake(), name, version, config.policy()))
 
 
 @dg.asset(
@@ -452,7 +450,7 @@ def rul_candidate(
         "rul_band",
     ]
     mv = log_candidate(
-        mlflow.tracking_uri,
+        mlflow.uri(),
         mlflow.experiment_id(EXPERIMENT),
         RUL_MODEL,
         served.model,
