@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     }
     targets["anomaly_free_alerts"] = "<= 1"
+    targets = {k: v for k, v in targets.items() if k in metrics}  # a quick run has no held out
     return report(
         "skab",
         metrics,
