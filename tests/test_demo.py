@@ -2,8 +2,8 @@
 the simulated fleet's two bearing faults are alerted within five minutes of their onset, the
 simulated technician labels both alerts, a fault classifier is trained, promoted by the gate
 and scoring in the stream within fifteen minutes of the first label, and the healthy pump never
-alerts.  Nothing is shortened or configured: the real launcher, the Dagster daemon and UI, the
-stream and the technician, at real time (about half an hour: marked ``long``)."""
+alerts in 45 minutes.  Nothing is shortened or configured: the real launcher, the Dagster daemon
+and UI, the stream and the technician, at real time (marked ``long``)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ PLANTPULSE = str(Path(sys.executable).parent / "plantpulse")
 ALERT_WITHIN_S = 300.0
 SERVING_WITHIN_S = 900.0
 HEALTHY = "pump-01"
+WATCH_S = 2700.0
+"""How long the healthy pump is watched (45 minutes: the classifier serves for most of them)."""
 
 
 def _free_port() -> int:
@@ -99,7 +101,7 @@ def test_the_demo_alerts_both_faults_labels_them_and_serves_a_classifier(tmp_pat
     env = {**os.environ, "PLANTPULSE_HOME": str(tmp_path)}
     with open(log, "w") as sink:
         up = subprocess.Popen(
-            [PLANTPULSE, "up", "--port", str(port), "--duration", "3000"],
+            [PLANTPULSE, "up", "--port", str(port), "--duration", str(int(WATCH_S + 600))],
             cwd=REPO,
             env=env,
             stdout=sink,
@@ -112,7 +114,7 @@ def test_the_demo_alerts_both_faults_labels_them_and_serves_a_classifier(tmp_pat
     fleet = default_fleet()
     onsets: dict[str, pd.Timestamp] = {}
     try:
-        deadline = started + 2700
+        deadline = started + WATCH_S + 300
         while time.monotonic() < deadline:
             time.sleep(15)
             assert up.poll() is None, log.read_text()[-3000:]
@@ -128,7 +130,8 @@ def test_the_demo_alerts_both_faults_labels_them_and_serves_a_classifier(tmp_pat
                         }
                 _poll(lake, seen, started)
             done = all(f"label:{a}" in seen for a in onsets) and "serving" in seen
-            if onsets and done:
+            watched = time.monotonic() - started >= WATCH_S
+            if (onsets and done and watched) or f"alert:{HEALTHY}" in seen:
                 break
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -139,6 +142,7 @@ def test_the_demo_alerts_both_faults_labels_them_and_serves_a_classifier(tmp_pat
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
     out = {
+        "watched_s": time.monotonic() - started,
         "onsets": {a: str(t) for a, t in onsets.items()},
         "seen": json.loads(json.dumps(seen, default=str)),
     }
