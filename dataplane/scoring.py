@@ -10,8 +10,8 @@ so an engine's recovery snapshots it with everything else.  Rows go to an ``Out`
 (``dataplane.rows``), stamped with the message that produced them.
 
 What the shell injects (the way it injects the plant, calibration and champion): a
-``LabelFeed`` of each asset's ``maintenance_events`` (``lake.labels.MaintenanceFeed`` reads the
-table), and a plant that may declare each asset's false-alarm budget (``alerts_per_day``).
+``LabelFeed`` of each asset's ``maintenance_events`` (``bytewax_flows.labels.MaintenanceFeed`` reads
+the table), and a plant that may declare each asset's false-alarm budget (``alerts_per_day``).
 """
 
 from __future__ import annotations
@@ -78,16 +78,10 @@ class Emit:
 
 class LabelFeed(Protocol):
     """Each asset's maintenance labels, oldest first, as ``(ts_us, kind, component, detail)``;
-    an implementation refreshes itself (``lake.labels.MaintenanceFeed``) and returns the same
-    object while nothing changed, so the per-window check is an identity test."""
+    an implementation refreshes itself (``bytewax_flows.labels.MaintenanceFeed``) and returns
+    the same object while nothing changed, so the per-window check is an identity test."""
 
     def notes(self, asset_id: str) -> Sequence[tuple[int, str, str, str]]: ...
-
-
-class BudgetPlant(Protocol):
-    """A plant that declares each asset's false-alarm budget (``plant.Plant`` is one)."""
-
-    def alerts_per_day(self, asset_id: str) -> float | None: ...
 
 
 _ENSEMBLE = "ensemble:" + "+".join(MEMBERS)
@@ -367,7 +361,8 @@ def _feature_drift(ch: Channel, emit: Emit, asset_id: str, window_end: int) -> N
 
 
 def _per_day(state: AssetScorer, plant: object | None, asset_id: str) -> float | None:
-    """The asset's declared false-alarm budget (followed when the plant file changes)."""
+    """The asset's declared false-alarm budget: ``plant.alerts_per_day(asset_id)`` where the
+    plant has it (``plant.Plant`` does), looked up again when the plant file changes."""
     lookup = getattr(plant, "alerts_per_day", None)
     if lookup is None:
         return None
