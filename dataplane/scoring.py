@@ -10,8 +10,9 @@ so an engine's recovery snapshots it with everything else.  Rows go to an ``Out`
 (``dataplane.rows``), stamped with the message that produced them.
 
 What the shell injects (the way it injects the plant, calibration and champion): a
-``LabelFeed`` of each asset's ``maintenance_events`` (``bytewax_flows.labels.MaintenanceFeed`` reads
-the table), and a plant that may declare each asset's false-alarm budget (``alerts_per_day``).
+``LabelFeed`` of each asset's ``maintenance_events`` (``bytewax_flows.labels.MaintenanceFeed``
+reads the table), and a plant that may declare each asset's false-alarm budget
+(``alerts_per_day``).
 """
 
 from __future__ import annotations
