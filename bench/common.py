@@ -103,9 +103,10 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def replay_into_lake(timelines: dict, lake_dir: str | None = None):
+def replay_into_lake(timelines: dict, lake_dir: str | None = None, plant: Any = None):
     """Replay per-asset message timelines through the real telemetry flow (as fast as
-    possible) into a fresh lake; returns the ``Lake``."""
+    possible) into a fresh lake, with ``plant`` (default: the default plant); returns the
+    ``Lake``."""
     import tempfile
 
     from bytewax.testing import run_main
@@ -115,7 +116,7 @@ def replay_into_lake(timelines: dict, lake_dir: str | None = None):
     from lake import Lake
 
     lake = Lake(lake_dir or tempfile.mkdtemp(prefix="plantpulse-bench-lake-"))
-    run_main(get_flow(ReplaySource(timelines), lake.uri))
+    run_main(get_flow(ReplaySource(timelines), lake.uri, plant=plant))
     return lake
 
 

@@ -69,6 +69,7 @@ def get_flow(
 
     def context() -> Context:
         from bytewax_flows.calibration import CalibrationCache
+        from bytewax_flows.labels import MaintenanceFeed
         from models.registry import FAULT_MODEL, RUL_MODEL, ChampionWatcher
         from plant.model import Plant as PlantModel
         from plant.watch import PlantWatcher
@@ -77,6 +78,7 @@ def get_flow(
             calibration=CalibrationCache(lake_uri),
             champion=champion or ChampionWatcher(tracking, FAULT_MODEL),
             rul_champion=ChampionWatcher(tracking, RUL_MODEL, refresh_s),
+            labels=MaintenanceFeed(lake_uri),  # re-baselines and confirmations, no restart
         )
         if plant is not None:  # a loaded plant file is followed like the default one
             ctx.plant = PlantWatcher.following(plant) if isinstance(plant, PlantModel) else plant

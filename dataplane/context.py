@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from dataplane.scoring import AlertPolicy
+from dataplane.scoring import AlertPolicy, LabelFeed
 from expectations.contracts import SensorContract
 from physics.bearing import BearingGeometry
 from plant import default_plant
@@ -78,6 +78,7 @@ class Context:
     policy: AlertPolicy = field(default_factory=AlertPolicy)
     max_series: int = MAX_SERIES
     rul_champion: ModelSource | None = None  # the RUL model (dataplane.prognostics)
+    labels: LabelFeed | None = None  # maintenance labels: re-baseline or confirm (scoring)
 
     def fault_model(self) -> LoadedModel | None:
         return self.champion.get() if self.champion is not None else None

@@ -113,7 +113,7 @@ def frames(
         out.add("features", row, i)
         emit = Emit(out, i, d.messages[i].received_us)
         scorer = state.assets[a].scorer
-        score_vibration(scorer, emit, row, model, ctx.policy)
+        score_vibration(scorer, emit, row, model, ctx.policy, ctx.plant, ctx.labels)
         record_frame(
             scorer,
             ctx.policy,

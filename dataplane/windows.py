@@ -279,5 +279,14 @@ def _score_ticks(
         offered["rate_hz"] = contract.sample_rate_hz
         offered["overlap"] = k  # consecutive windows share readings
         score_process(
-            a.scorer, emit, a.asset_id, state.names[s][1], o_tick[j], o_end[j], offered, policy
+            a.scorer,
+            emit,
+            a.asset_id,
+            state.names[s][1],
+            o_tick[j],
+            o_end[j],
+            offered,
+            policy,
+            ctx.plant,
+            ctx.labels,
         )

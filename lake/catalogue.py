@@ -366,7 +366,12 @@ _TABLES: tuple[TableSpec, ...] = (
             [
                 _f("asset_id", pa.string()),
                 _f("ts", TS),
-                _f("kind", pa.string(), doc="failure, repair, inspection or fault_injected"),
+                _f(
+                    "kind",
+                    pa.string(),
+                    doc="failure, repair, inspection, fault_injected, or normal_operation / "
+                    "operating_change (the stream re-baselines the asset's normal)",
+                ),
                 _f("component", pa.string(), doc="e.g. bearing_outer_race, temperature_sensor"),
                 _f("detail", pa.string(), True),
                 _f("source", pa.string(), doc="who recorded it: simulator, cmms, dataset name"),

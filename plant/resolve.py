@@ -307,6 +307,7 @@ def _resolve_asset(
         match=spec.match,
         description=spec.description or template.description,
         health_indicator=health,
+        alerts_per_day=spec.alerts_per_day or template.alerts_per_day or doc.alerts_per_day,
     )
 
 

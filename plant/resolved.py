@@ -73,6 +73,7 @@ class Asset:
     match: str | None = None
     description: str = ""
     health_indicator: HealthIndicator | None = None
+    alerts_per_day: float | None = None  # the false-alarm budget of its detector
 
     def bearing(self, sensor_id: str | None = None) -> BearingGeometry | None:
         """The bearing ``sensor_id`` is mounted on, else the asset's first bearing."""
@@ -145,6 +146,11 @@ class Plant:
     def relationships(self, asset_id: str) -> tuple[Relationship, ...]:
         a = self.asset(asset_id)
         return () if a is None else a.relationships
+
+    def alerts_per_day(self, asset_id: str) -> float | None:
+        """The false-alarm budget of ``asset_id``'s detector, alerts per day (None: undeclared)."""
+        a = self.asset(asset_id)
+        return None if a is None else a.alerts_per_day
 
     def health_indicator(self, asset_id: str) -> HealthIndicator | None:
         """The declared health indicator of ``asset_id`` (None: no remaining life for it)."""

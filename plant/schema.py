@@ -170,7 +170,8 @@ class HealthIndicatorSpec(_Node):
 
 
 class AssetKindSpec(_Node):
-    """Defaults for every asset of a kind: its parts, sensors and relationships."""
+    """Defaults for every asset of a kind: its parts, sensors and relationships.
+    ``alerts_per_day`` overrides the plant file's false-alarm budget for these assets."""
 
     description: str = ""
     nominal_speed_rpm: float | None = Field(None, gt=0)
@@ -179,6 +180,7 @@ class AssetKindSpec(_Node):
     sensors: list[SensorSpec] = []
     relationships: list[RelationshipSpec] = []
     health_indicator: HealthIndicatorSpec | None = None
+    alerts_per_day: float | None = Field(default=None, gt=0)
 
 
 class AssetSpec(AssetKindSpec):
@@ -481,11 +483,20 @@ class OutboundSpec(_Node):
     webhook: OutboundWebhookSpec | None = None
 
 
+ALERTS_PER_DAY = 1.0
+"""The default false-alarm budget: alerts per asset and day an operator accepts on a healthy
+machine (``PlantFile.alerts_per_day``)."""
+
+
 class PlantFile(_Node):
-    """A whole plant file."""
+    """A whole plant file.  ``alerts_per_day`` is the false-alarm budget of its assets (an asset
+    kind or an asset may declare its own): how many alerts a day an operator accepts from a
+    healthy asset; each asset's detector sets its alarm level from its own warm-up so that its
+    normal would cross it that often (``dataplane.detectors``)."""
 
     plant: Id
     description: str = ""
+    alerts_per_day: float = Field(default=ALERTS_PER_DAY, gt=0)
     include: list[str] = []
     bearings: dict[Id, BearingSpec] = {}
     sensor_kinds: dict[Id, SensorSpec] = {}

@@ -5,6 +5,12 @@ not) what failed, late, or never.  The label names an alert (it then applies to 
 asset, from the alert's opening unless ``--ts`` says otherwise) or an asset directly.  Unknown
 alerts and assets, unknown kinds and components, and unreadable times are refused before
 anything is written.
+
+``normal_operation`` says an alert's state (typically a *persisting change*) is the machine's
+new normal, and ``operating_change`` declares a change of operating point (a new setpoint, a
+different product): the running stream closes the asset's alert and learns its normal again
+from then on (``dataplane.scoring.apply_labels``).  They need no component and date from now
+unless ``--ts`` says otherwise (the new normal holds from when it is declared).
 """
 
 from __future__ import annotations
@@ -16,9 +22,18 @@ import pandas as pd
 from lake import Lake, Settings, current_alerts
 from plantpulse_cli.checks import UsageError, check_readable_lake
 
-__all__ = ["BEARING_COMPONENTS", "KINDS", "normalise_component", "record_label", "label_row"]
+__all__ = [
+    "BEARING_COMPONENTS",
+    "KINDS",
+    "REBASELINE_KINDS",
+    "normalise_component",
+    "record_label",
+    "label_row",
+]
 
-KINDS = ("failure", "repair", "inspection")
+KINDS = ("failure", "repair", "inspection", "normal_operation", "operating_change")
+REBASELINE_KINDS = ("normal_operation", "operating_change")
+"""Kinds that re-baseline the asset's normal in the running stream (no component needed)."""
 BEARING_COMPONENTS = ("outer_race", "inner_race", "ball")
 """The bearing conditions the fault classifier knows (``models.training.FAULT_CLASSES`` without
 ``normal``; kept here so the CLI starts without importing XGBoost; a test keeps them equal)."""
@@ -67,7 +82,7 @@ def label_row(
     target: str,
     *,
     kind: str,
-    component: str,
+    component: str | None,
     ts: str | pd.Timestamp | None = None,
     detail: str | None = None,
     source: str = "cli",
@@ -75,15 +90,22 @@ def label_row(
     """The validated ``maintenance_events`` row for a label on ``target`` (alert or asset)."""
     if kind not in KINDS:
         raise UsageError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-    comp = normalise_component(component)
+    rebaseline = kind in REBASELINE_KINDS
+    if component is None and not rebaseline:
+        raise UsageError(f"--kind {kind} needs --component (what failed, was repaired or seen)")
+    comp = "operation" if rebaseline and component is None else normalise_component(component or "")
     alerts = current_alerts(lake)
     hit = alerts[alerts["alert_id"] == target] if len(alerts) else alerts
     if len(hit):
         alert = hit.iloc[0]
         asset_id = str(alert["asset_id"])
         when = _parse_ts(ts) if isinstance(ts, str) else ts
-        when = pd.Timestamp(alert["opened_ts"]) if when is None else when
-        note = f"confirms alert {target}" + (f"; {detail}" if detail else "")
+        if when is None:  # a finding dates from the alert; a new normal from now
+            when = pd.Timestamp.now(tz="UTC") if rebaseline else pd.Timestamp(alert["opened_ts"])
+        note: str | None = (
+            "normal operation, alert " if rebaseline else "confirms alert "
+        ) + target
+        note = f"{note}; {detail}" if detail else note
     elif _has_asset(lake, target):
         asset_id = target
         when = _parse_ts(ts) if isinstance(ts, str) else ts
@@ -106,7 +128,7 @@ def record_label(
     target: str,
     *,
     kind: str,
-    component: str,
+    component: str | None,
     ts: str | None = None,
     detail: str | None = None,
     source: str = "cli",

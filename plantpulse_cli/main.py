@@ -21,6 +21,7 @@ BENCHES = (
     "stream",
     "skab",
     "nab",
+    "detectors",
     "retrain_loop",
     "plant_model",
     "plant",
@@ -29,7 +30,7 @@ BENCHES = (
     "adapters",
     "outbound",
 )
-LABEL_KINDS = ("failure", "repair", "inspection")
+LABEL_KINDS = ("failure", "repair", "inspection", "normal_operation", "operating_change")
 EXIT_USER_ERROR, EXIT_REFUSED, EXIT_UNHEALTHY = 2, 3, 4
 
 USER_ERRORS = (
@@ -157,14 +158,16 @@ def _parser() -> argparse.ArgumentParser:
     rb.add_argument("--json", action="store_true")
     lb = sub.add_parser(
         "label",
-        help="record a technician's finding (failure, repair, inspection) in maintenance_events",
+        help="record a technician's finding (failure, repair, inspection) or a new normal "
+        "(normal_operation, operating_change: the stream re-baselines) in maintenance_events",
     )
     lb.add_argument("target", help="an alert_id (the label confirms that alert) or an asset_id")
     lb.add_argument("--kind", required=True, choices=LABEL_KINDS)
     lb.add_argument(
         "--component",
-        required=True,
-        help="outer_race, inner_race, ball (bearing_ prefix optional) or <sensor_id>_sensor",
+        default=None,
+        help="outer_race, inner_race, ball (bearing_ prefix optional) or <sensor_id>_sensor "
+        "(not needed for normal_operation and operating_change)",
     )
     lb.add_argument(
         "--ts",

@@ -6,8 +6,10 @@ fleet: when an alert opens on a machine the simulator has actually faulted (the 
 or after the fault's onset), it waits ``--delay`` seconds (the walk to the machine) and records
 the simulator's ground truth for it, as ``plantpulse label <alert_id> --kind failure
 --component <bearing>`` would.  A fixed share of alerts (``--never``, chosen by a hash of the
-alert id, so the same alerts on every run) is never confirmed, and alerts on healthy machines
-get no label (nothing to confirm).  Retraining then uses what has been labelled.
+alert id, so the same alerts on every run) is not inspected when it comes in; of those, an
+alert still open after ``--remind`` seconds (default ten minutes) is inspected then (an alarm
+that stays on is not ignored for ever), the others are never confirmed.  Alerts on healthy
+machines get no label (nothing to confirm).  Retraining then uses what has been labelled.
 
 The fleet is ``physics.simulator.default_fleet()``, the one ``bytewax_flows.telemetry:flow``
 streams.  Its clock starts when the stream first starts on a fresh recovery store; each
@@ -67,21 +69,30 @@ def confirmations(
     now: pd.Timestamp,
     delay_s: float,
     never_share: float = 0.0,
+    remind_s: float | None = None,
 ) -> list[dict]:
     """The ``maintenance_events`` rows the technician writes at ``now``.
 
     ``alerts`` is the current state of each alert (``lake.current_alerts``); an alert gets a
     label when its machine has a fault whose onset is at or before the alert's opening, the
     alert opened at least ``delay_s`` ago, its id is not in ``labelled`` (already confirmed) and
-    it is not one of the ``never_share`` that are never confirmed.  The label's time is the
-    alert's opening: what the technician can vouch for is that the fault was there then.
+    it is not one of the ``never_share`` the technician does not get to, unless it is still
+    open ``remind_s`` after it opened.  The label's time is the alert's opening: what the
+    technician can vouch for is that the fault was there then.
     """
     rows = []
     for a in alerts.itertuples():
-        if a.alert_id in labelled or never_confirmed(a.alert_id, never_share):
+        if a.alert_id in labelled:
             continue
         opened = pd.Timestamp(a.opened_ts)
         if now - opened < pd.Timedelta(seconds=delay_s):
+            continue
+        reminded = (
+            remind_s is not None
+            and a.status == "open"
+            and now - opened >= pd.Timedelta(seconds=remind_s)
+        )
+        if never_confirmed(a.alert_id, never_share) and not reminded:
             continue
         found = [f for f in faults if f.asset_id == a.asset_id and f.onset <= opened]
         if not found:
@@ -137,7 +148,15 @@ def simulation_starts(lake: Lake, asset_ids: list[str], epoch_us: int) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m plantpulse_cli.technician", description=__doc__)
     p.add_argument("--delay", type=float, default=120.0, help="seconds from alert to label")
-    p.add_argument("--never", type=float, default=0.25, help="share of alerts never labelled")
+    p.add_argument(
+        "--never", type=float, default=0.25, help="share of alerts not inspected when they open"
+    )
+    p.add_argument(
+        "--remind",
+        type=float,
+        default=600.0,
+        help="seconds after which an alert still open is inspected anyway",
+    )
     p.add_argument("--every", type=float, default=10.0, help="seconds between rounds")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -155,9 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.update(now=True))
     log.info(
-        "technician: confirms alerts %g s after they open; %.0f %% never",
+        "technician: confirms alerts %g s after they open; %.0f %% only if still open after %g s",
         args.delay,
         100 * args.never,
+        args.remind,
     )
     while not stop["now"]:
         missing = [a for a in fleet.asset_ids if a not in starts]
@@ -178,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 pd.Timestamp.now(tz="UTC"),
                 args.delay,
                 args.never,
+                args.remind,
             )
             if rows:
                 lake.append("maintenance_events", pd.DataFrame(rows))

@@ -16,7 +16,8 @@ from tests.test_process_and_data import needs_data
 
 @needs_data
 @pytest.mark.parametrize(
-    "name", ["cwru", "rul", "features", "validation", "stream", "skab", "nab", "cwru_stream"]
+    "name",
+    ["cwru", "rul", "features", "validation", "stream", "skab", "nab", "cwru_stream", "detectors"],
 )
 def test_bench_quick_writes_the_contract_json(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
