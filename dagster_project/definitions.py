@@ -133,7 +133,7 @@ defs = dg.Definitions(
     sensors=[
         build_new_readings_sensor(validation_job, DAILY),
         build_drift_sensor(retrain_fault_job),
-        build_label_sensor(retrain_fault_job),
+        build_label_sensor(retrain_fault_job, retrain_rul_job),
         build_unknown_sensors_sensor(onboarding_job),
         # evaluates the assets' AutomationConditions (off unless a sensor like this one runs)
         dg.AutomationConditionSensorDefinition(

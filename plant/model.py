@@ -153,6 +153,7 @@ class Plant:
     # the protocol adapters (plant.schema.OpcuaAdapter, ModbusAdapter, SparkplugAdapter)
     adapters: tuple[Any, ...] = ()
     outbound: Any = None  # the file's outbound section (plant.schema.OutboundSpec), if any
+    serving: Any = None  # the file's serving limits (plant.schema.ServingSpec), if any
     _resolved: dict[str, Asset | None] = field(default_factory=dict, repr=False)
 
     # -- look-ups --------------------------------------------------------------------------
@@ -598,6 +599,7 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
         files=(str(path),),
         adapters=tuple(doc.adapters),
         outbound=doc.outbound,
+        serving=doc.serving,
     )
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}

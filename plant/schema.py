@@ -19,6 +19,7 @@ __all__ = [
     "SensorSpec",
     "RelationshipSpec",
     "HealthIndicatorSpec",
+    "ServingSpec",
     "AssetKindSpec",
     "AssetSpec",
     "SiteSpec",
@@ -430,6 +431,16 @@ class OutboundSpec(_Node):
     webhook: OutboundWebhookSpec | None = None
 
 
+class ServingSpec(_Node):
+    """Limits the plant puts on the models the stream serves (``models.gate``): a candidate
+    whose prediction of 1,000 rows takes longer than ``latency_ceiling_ms`` is never promoted,
+    whatever the champion does (without one, the gate judges latency only relative to the
+    champion's, measured together).  ``reason`` says where the limit comes from."""
+
+    latency_ceiling_ms: float | None = Field(None, gt=0)
+    reason: str = Field(min_length=1)
+
+
 class PlantFile(_Node):
     """A whole plant file."""
 
@@ -444,6 +455,7 @@ class PlantFile(_Node):
     replay: ReplaySpec | None = None
     adapters: list[AdapterSpec] = []
     outbound: OutboundSpec | None = None
+    serving: ServingSpec | None = None
 
     @field_validator("sensor_kinds")
     @classmethod

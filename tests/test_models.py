@@ -81,7 +81,7 @@ def _evaluation(overall: float, slices: dict[str, float], latency: float = 1.0) 
 
 
 def test_gate_rules_each_can_refuse():
-    policy = GatePolicy(min_improvement=0.01, slice_tolerance=0.05, latency_budget_ms=10)
+    policy = GatePolicy(min_improvement=0.01, slice_tolerance=0.05, max_latency_ratio=1.5)
     champ = _evaluation(0.80, {"asset=a": 0.8, "asset=b": 0.8})
     ok_sig = (True, "signature ok")
     good = _evaluation(0.90, {"asset=a": 0.9, "asset=b": 0.79})
@@ -97,7 +97,7 @@ def test_gate_rules_each_can_refuse():
     cases = {
         "slice": (_evaluation(0.90, {"asset=a": 0.99, "asset=b": 0.70}), True, FV, ok_sig),
         "improvement": (_evaluation(0.805, {"asset=a": 0.8, "asset=b": 0.8}), True, FV, ok_sig),
-        "latency": (_evaluation(0.9, {}, latency=11.0), True, FV, ok_sig),
+        "latency": (_evaluation(0.9, {}, latency=1.6), True, FV, ok_sig),  # x1.6 the champion
         "validated": (good, False, FV, ok_sig),
         "feature_version": (good, True, FV - 1, ok_sig),
         "signature": (good, True, FV, (False, "signature inputs missing")),
@@ -282,7 +282,7 @@ def _retrain(ops: dict, **training) -> dict:
         run_config={
             "ops": {
                 "fault_candidate": {"config": training},
-                "fault_promotion": {"config": {"latency_budget_ms": 60_000.0}},
+                "fault_promotion": {"config": {"max_latency_ratio": 1000.0}},
             }
         },
     )

@@ -78,7 +78,7 @@ def rul_served(mlops: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
             "ops": {
                 "rul_candidate": {"config": {"n_estimators": 150}},
                 # latency is measured by the benches, not here (a busy machine)
-                "rul_promotion": {"config": {"latency_budget_ms": 60_000.0}},
+                "rul_promotion": {"config": {"max_latency_ratio": 1000.0}},
             }
         },
     )

@@ -23,7 +23,7 @@ from dagster_project.assets.validation import (
 from dagster_project.plots import png_markdown, rul_figure
 from dagster_project.resources import LakeResource, MLflowResource
 from expectations.contracts import SENSORS
-from models.gate import Decision, GatePolicy, run_gate
+from models.gate import Decision, GatePolicy, plant_latency_ceiling_ms, run_gate
 from models.prognostics import fit_served_rul, lake_rul_rows, served_inputs
 from models.registry import FAULT_MODEL, RUL_MODEL, log_candidate
 from models.training import (
@@ -72,15 +72,16 @@ class TrainingConfig(dg.Config):
 
 
 class GateConfig(dg.Config):
-    """The promotion policy (see ``models.gate.GatePolicy``)."""
+    """The promotion policy (see ``models.gate.GatePolicy``); the absolute latency ceiling is
+    the plant's (``serving.latency_ceiling_ms`` of the plant file), not run config."""
 
     min_improvement: float = 0.01
     slice_tolerance: float = 0.10
-    latency_budget_ms: float = 100.0
+    max_latency_ratio: float = 1.5
     require_validated_training: bool = True
 
     def policy(self) -> GatePolicy:
-        return GatePolicy(**self.model_dump())
+        return GatePolicy(**self.model_dump(), latency_ceiling_ms=plant_latency_ceiling_ms(default_plant()))
 
 
 def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
