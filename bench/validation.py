@@ -11,6 +11,8 @@ rows/s of the GX suite and of the whole validation over one machine-day of readi
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 from rich.console import Console
@@ -20,13 +22,14 @@ from bench.common import Timer, data_dir, parser, report
 from expectations.checks import scalar_reasons
 from expectations.contracts import SENSORS
 from expectations.suites import readings_expectations, run_suite
-from expectations.validation import validate_readings
+from expectations.validation import ValidationReport, validate_readings
 from physics.datasets import read_skab, skab_readings
-from physics.simulator import Fault, FleetSimulator, MachineSpec
+from physics.simulator import Fault, FleetSimulator, MachineSpec, SensorFaultKind
 
 DAY = 86_400.0
 WINDOWS_S = [300, 900, 1800, 3600, 7200, 14_400, 28_800, 86_400]
-FAULTS = [  # (name, sensor, kind, magnitude, check named for it)
+FAULTS: list[tuple[str, str, SensorFaultKind, float, str]] = [
+    # (name, sensor, kind, magnitude, check named for it)
     ("gain drift +2 %/day", "bearing_temp", "sensor_gain_drift", 0.02, "calibration"),
     ("gain drift +5 %/day", "bearing_temp", "sensor_gain_drift", 0.05, "calibration"),
     ("offset step +2 degC", "bearing_temp", "sensor_offset", 2.0, "calibration"),
@@ -77,7 +80,7 @@ def failed_checks(
     end: pd.Timestamp,
     sensor: str | None = None,
     gx: bool = False,
-) -> tuple[set[str], object]:
+) -> tuple[set[str], ValidationReport]:
     rep = validate_readings(readings, dead_letter=dead, reference=reference, end=end, run_gx=gx)
     return {o.check for o in rep.failed if sensor is None or o.sensor_id == sensor}, rep
 
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         table.add_column(col)
     metrics: dict[str, float] = {}
-    matrix = []
+    matrix: list[dict[str, Any]] = []
     caught_all, worst_cal = True, 0.0
     for name, sensor, kind, magnitude, expected in FAULTS:
         sim = FleetSimulator(

@@ -46,7 +46,7 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.dataflow import Dataflow
-from bytewax.inputs import StatefulSourcePartition
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from bytewax_flows.payloads import Batch, Message
 from bytewax_flows.sources import now_us
@@ -168,7 +168,7 @@ def source_name(topic: str, partition: int) -> str:
     return f"kafka:{topic}:{partition}"
 
 
-class _TelemetryPartition(StatefulSourcePartition[Message, Any]):
+class _TelemetryPartition(StatefulSourcePartition[Batch, Any]):
     """Bytewax's Kafka partition, its messages handed on as the stream's ``Message``."""
 
     def __init__(self, inner: StatefulSourcePartition, topic: str, partition: int):
@@ -178,10 +178,11 @@ class _TelemetryPartition(StatefulSourcePartition[Message, Any]):
         received = now_us()
         out = []
         for msg in self._inner.next_batch():
-            if isinstance(msg, KafkaSourceMessage):
-                out.append(Message(self._source, msg.offset, received, msg.value or b""))
-            else:  # only with raise_on_errors=False, which this source does not set
-                raise RuntimeError(f"Kafka error on {self._source}: {msg.err}")
+            if not isinstance(msg, KafkaSourceMessage):  # only with raise_on_errors=False,
+                raise RuntimeError(f"Kafka error on {self._source}: {msg.err}")  # not set here
+            if msg.offset is None:  # a consumed message always has one
+                raise RuntimeError(f"Kafka message without an offset on {self._source}")
+            out.append(Message(self._source, msg.offset, received, msg.value or b""))
         return [Batch(out)] if out else []  # one micro-batch: the flow's unit of work
 
     def next_awake(self):
@@ -194,18 +195,23 @@ class _TelemetryPartition(StatefulSourcePartition[Message, Any]):
         self._inner.close()
 
 
-class TelemetryKafkaSource(KafkaSource):
-    """``bytewax.connectors.kafka.KafkaSource`` on the telemetry topic, emitting ``Message``s
-    whose (source, offset) are (``kafka:<topic>:<partition>``, the Kafka offset)."""
+class TelemetryKafkaSource(FixedPartitionedSource[Batch, Any]):
+    """``bytewax.connectors.kafka.KafkaSource`` on the telemetry topic, each partition's
+    messages emitted as one micro-batch of ``Message``s whose (source, offset) are
+    (``kafka:<topic>:<partition>``, the Kafka offset).  Bytewax's source does the consuming,
+    resuming and partition listing; this one only wraps its partitions."""
 
     def __init__(self, settings: KafkaSettings, *, tail: bool = True):
-        super().__init__(
+        self._kafka = KafkaSource(
             list(settings.brokers),
             [settings.topic],
             tail=tail,
             add_config=dict(settings.config),
             batch_size=settings.batch_size,
         )
+
+    def list_parts(self) -> list[str]:
+        return self._kafka.list_parts()
 
     @classmethod
     def from_env(cls, *, tail: bool = True) -> TelemetryKafkaSource:
@@ -214,7 +220,7 @@ class TelemetryKafkaSource(KafkaSource):
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _TelemetryPartition:
         idx, topic = for_part.split("-", 1)
         return _TelemetryPartition(
-            super().build_part(step_id, for_part, resume_state), topic, int(idx)
+            self._kafka.build_part(step_id, for_part, resume_state), topic, int(idx)
         )
 
 

@@ -53,6 +53,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bytewax_flows.payloads import Message, Progress
+from bytewax_flows.routing import SHARDS
 from bytewax_flows.sinks import durable_offsets
 from bytewax_flows.sources import chunk_payloads, now_us
 from dataplane.wire import Batch, as_batch
@@ -177,7 +178,7 @@ class _Received:
     dropped: int = 0  # a report of this many messages the broker dropped (no payload of theirs)
 
 
-class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
+class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
     def __init__(self, source: MQTTSource, worker_index: int, resume: dict | None = None):
         self.cfg = source
         self.worker = worker_index
@@ -435,7 +436,11 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
 
     def _high(self, source: str) -> int:
         if source not in self.high:  # first sight in this run: what the lake already has
-            done = durable_offsets(self.lake, [source])[source] if self.lake else None
+            done = (
+                durable_offsets(self.lake, [source], writers=self.cfg.writers)[source]
+                if self.lake
+                else None
+            )
             self.high[source] = -1 if done is None else done
         return self.high[source]
 
@@ -446,10 +451,16 @@ class _MQTTPartition(StatefulSourcePartition[Message | Progress, dict]):
     def _acknowledge_durable(self) -> None:
         """Acknowledge, in the order received, the messages whose rows are durable in every
         stream table; the broker keeps the rest for a restarted worker."""
-        if not self.unacked or time.monotonic() - self.last_ack_check < self.cfg.ack_check_s:
+        if (
+            self.lake is None
+            or not self.unacked
+            or time.monotonic() - self.last_ack_check < self.cfg.ack_check_s
+        ):
             return
         self.last_ack_check = time.monotonic()
-        durable = durable_offsets(self.lake, {source for source, *_ in self.unacked})
+        durable = durable_offsets(
+            self.lake, {source for source, *_ in self.unacked}, writers=self.cfg.writers
+        )
         while self.unacked:
             source, offset, mid, qos = self.unacked[0]
             done = durable[source]
@@ -490,7 +501,7 @@ def _asset_of(topic: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
+class MQTTSource(FixedPartitionedSource[Batch, dict]):
     """``partitions`` clients (``w0``, ``w1``, ...: one per worker is the usual) subscribe to
     ``topic`` in the shared group ``group`` on the broker, each under a stable client id.
 
@@ -498,7 +509,8 @@ class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
     are durable there (checked every ``ack_check_s``), in a persistent session the broker keeps
     for ``session_expiry_s`` after a crash; without it, paho acknowledges on receipt.  The
     broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control).
-    ``username``/``password`` default to ``credentials("worker")``."""
+    ``username``/``password`` default to ``credentials("worker")``; ``writers`` is the Delta
+    sink's writers per table (``DeltaSink(writers=)``), whose durability marks it waits for."""
 
     def __init__(
         self,
@@ -522,6 +534,7 @@ class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
         username: str | None = None,
         password: str | None = None,
         partitions: int = 1,
+        writers: int = SHARDS,
     ):
         if not 1 <= receive_maximum <= 65_535:
             raise ValueError(f"receive_maximum must be in 1..65535, not {receive_maximum}")
@@ -536,7 +549,7 @@ class MQTTSource(FixedPartitionedSource[Message | Progress, dict]):
         self.keep_every, self.receive_maximum = keep_every, receive_maximum
         self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
         self.username, self.password = username, password
-        self.partitions = partitions
+        self.partitions, self.writers = partitions, writers
 
     def list_parts(self) -> list[str]:
         return [f"w{i}" for i in range(self.partitions)]

@@ -3,7 +3,14 @@ so a probe of the routing starts in a second)."""
 
 from __future__ import annotations
 
-__all__ = ["WORKER_KEYS", "worker_key"]
+import os
+
+__all__ = ["SHARDS", "WORKER_KEYS", "worker_key"]
+
+SHARDS = int(os.environ.get("PLANTPULSE_SHARDS", "4"))
+"""Keyed pieces each micro-batch is split into by asset: the unit Bytewax spreads over workers
+(more shards than workers balance better; each costs a little per batch).  The Delta sink has
+as many writers per table (``bytewax_flows.sinks``)."""
 
 WORKER_KEYS = (
     "13",

@@ -13,13 +13,22 @@ committed is new, not a replay.
 Rows are buffered and committed when a table's buffer reaches ``max_rows`` or ``max_age_s``,
 and at every epoch snapshot (so nothing buffered is lost to a crash).
 
+Writers: each table has ``writers`` partitions (``<table>#<k>``, default one per shard of the
+flow), and the rows of shard ``s`` go to writer ``s % writers`` (``sink_key``).  Bytewax puts
+partition ``i`` of the sorted names on worker ``i % workers``, and shard ``s``'s state lives on
+worker ``s % workers`` (``bytewax_flows.routing``), so with as many writers as shards every
+table is written by every worker, each writing the rows it made itself: no table is funnelled
+through one worker, and no rows cross between processes.  Delta takes the concurrent appends
+(optimistic concurrency); the exactly-once key stays per writer, since a shard's rows
+(``<source>#<shard>``) reach only its own writer.
+
 Durability marks: a source that must acknowledge its input (MQTT) sends a ``Progress`` item to
-every table the stream writes (``STREAM_OUTPUTS``).  At each snapshot - when Bytewax has
-delivered every item of the epoch, along every path, to this partition - the sink commits the
-newest mark per source as the application transaction ``"<flow>:<source>:durable"`` (at most
-every ``MARK_EVERY_S``, in the snapshot's commit of rows when there is one).  Once that version
-reaches an offset in every stream table, everything derived from the inputs up to it is in the
-lake (``durable_offsets``).
+every writer of every table the stream writes (``STREAM_OUTPUTS``).  At each snapshot - when
+Bytewax has delivered every item of the epoch, along every path, to this partition - the writer
+commits the newest mark per source as the application transaction
+``"<flow>:<source>:durable#<k>"`` (at most every ``mark_every_s``, in the snapshot's commit of
+rows when there is one).  Once those versions reach an offset for every writer of every stream
+table, everything derived from the inputs up to it is in the lake (``durable_offsets``).
 """
 
 from __future__ import annotations
@@ -33,41 +42,67 @@ import numpy as np
 import pyarrow as pa
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from bytewax_flows.routing import SHARDS
 from dataplane.rows import STREAM_OUTPUTS, SinkRows, empty_rows
 from lake import Lake, table_names
 
-__all__ = ["SinkRows", "DeltaSink", "STREAM_OUTPUTS", "durable_offsets", "progress_rows"]
+__all__ = [
+    "SinkRows",
+    "DeltaSink",
+    "STREAM_OUTPUTS",
+    "durable_offsets",
+    "progress_rows",
+    "sink_key",
+]
 
 log = logging.getLogger(__name__)
 
 
-def progress_rows(source: str, offset: int) -> list[tuple[str, SinkRows]]:
-    """The durability mark of ``source`` at ``offset`` for every stream table."""
-    return [(t, SinkRows(t, source, offset, empty_rows(t), progress=True)) for t in STREAM_OUTPUTS]
+def progress_rows(source: str, offset: int, writers: int = SHARDS) -> list[tuple[str, SinkRows]]:
+    """The durability mark of ``source`` at ``offset`` for every writer of every stream table."""
+    return [
+        (sink_key(t, k, writers), SinkRows(t, source, offset, empty_rows(t), progress=True))
+        for t in STREAM_OUTPUTS
+        for k in range(writers)
+    ]
 
 
 MARK_EVERY_S = 5.0
-"""How often a sink partition records durability marks (each may need a commit of its own: the
-trade is between acknowledgement delay and the number of commits in quiet tables)."""
+"""How often a sink partition records durability marks by default (each may need a commit of
+its own: the trade is between acknowledgement delay and the number of commits in quiet tables).
+An MQTT source acknowledges after the marks, so its throughput is at most ``receive_maximum``
+messages per client per acknowledgement delay: a fast stream sets ``DeltaSink(mark_every_s=)``
+lower (``bench.soak``)."""
 
 
-def durable_app_id(flow_id: str, source: str) -> str:
-    return f"{flow_id}:{source}:durable"
+def durable_app_id(flow_id: str, source: str, writer: int = 0) -> str:
+    return f"{flow_id}:{source}:durable#{writer}"
+
+
+def sink_key(table: str, shard: int, writers: int = SHARDS) -> str:
+    """The sink partition of ``table`` that writes shard ``shard``'s rows."""
+    return f"{table}#{shard % writers:03d}"
 
 
 def durable_offsets(
-    lake: Lake, sources: Iterable[str], flow_id: str = "telemetry"
+    lake: Lake, sources: Iterable[str], flow_id: str = "telemetry", writers: int = SHARDS
 ) -> dict[str, int | None]:
-    """Per source, the newest offset whose rows are committed in every stream table, or None
-    while some table has no mark of it yet (each table is read once for all sources)."""
+    """Per source, the newest offset whose rows are committed by every writer of every stream
+    table, or None while some writer has no mark of it yet (each table is read once)."""
     marks: dict[str, list[int | None]] = {s: [] for s in sources}
     for table in STREAM_OUTPUTS:
         if not lake.exists(table):
             return dict.fromkeys(marks)
         dt = lake.table(table)
         for source, versions in marks.items():
-            versions.append(dt.transaction_version(durable_app_id(flow_id, source)))
-    return {s: None if None in v else min(v) for s, v in marks.items()}
+            versions += [
+                dt.transaction_version(durable_app_id(flow_id, source, k)) for k in range(writers)
+            ]
+    durable: dict[str, int | None] = {}
+    for source, versions in marks.items():
+        known = [v for v in versions if v is not None]
+        durable[source] = min(known) if len(known) == len(versions) else None
+    return durable
 
 
 @dataclass
@@ -78,9 +113,17 @@ class _Buffer:
 
 
 class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
-    def __init__(self, lake: Lake, flow_id: str, max_rows: int, max_age_s: float):
-        self.lake, self.flow_id = lake, flow_id
-        self.max_rows, self.max_age_s = max_rows, max_age_s
+    def __init__(
+        self,
+        lake: Lake,
+        flow_id: str,
+        max_rows: int,
+        max_age_s: float,
+        mark_every_s: float,
+        writer: int = 0,
+    ):
+        self.lake, self.flow_id, self.writer = lake, flow_id, writer
+        self.max_rows, self.max_age_s, self.mark_every_s = max_rows, max_age_s, mark_every_s
         self.buffers: dict[str, _Buffer] = {}
         # (table, source) -> offset recorded in Delta when first seen: replays are at or below it
         self.resume: dict[tuple[str, str], int] = {}
@@ -93,8 +136,9 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         now = time.monotonic()
         for item in values:
             if item.progress:
-                key = (item.table, item.source)
-                self.marks[key] = max(self.marks.get(key, -1), item.offset)
+                if isinstance(item.source, str):  # a mark: one source, one offset
+                    key = (item.table, item.source)
+                    self.marks[key] = max(self.marks.get(key, -1), int(item.offset))
                 continue
             buf = self.buffers.setdefault(item.table, _Buffer(since=now))
             if not buf.items:
@@ -108,9 +152,10 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
     def snapshot(self) -> None:
         """Commit everything buffered (and, when due, the durability marks with it)."""
         durable: dict[str, dict[str, int]] = {}
-        if self.marks and time.monotonic() - self.marked_at >= MARK_EVERY_S:
+        if self.marks and time.monotonic() - self.marked_at >= self.mark_every_s:
             for (table, source), offset in self.marks.items():
-                durable.setdefault(table, {})[durable_app_id(self.flow_id, source)] = offset
+                app_id = durable_app_id(self.flow_id, source, self.writer)
+                durable.setdefault(table, {})[app_id] = offset
             self.marks.clear()
             self.marked_at = time.monotonic()
         for table in set(self.buffers) | set(durable):
@@ -166,7 +211,8 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
 
 
 class DeltaSink(FixedPartitionedSink[SinkRows, None]):
-    """Writes ``(table, SinkRows)`` items to the lake; one partition per table."""
+    """Writes ``(<table>#<writer>, SinkRows)`` items (``sink_key``) to the lake; ``writers``
+    partitions per table (default: the flow's shards, ``PLANTPULSE_SHARDS``)."""
 
     def __init__(
         self,
@@ -175,15 +221,30 @@ class DeltaSink(FixedPartitionedSink[SinkRows, None]):
         flow_id: str = "telemetry",
         max_rows: int = 200_000,
         max_age_s: float = 1.0,
+        mark_every_s: float = MARK_EVERY_S,
+        writers: int = SHARDS,
     ):
         self.lake_uri, self.flow_id = lake_uri, flow_id
-        self.max_rows, self.max_age_s = max_rows, max_age_s
+        self.max_rows, self.max_age_s, self.mark_every_s = max_rows, max_age_s, mark_every_s
+        self.writers = writers
+        # Bytewax puts partition i of the sorted names on worker i % workers: writer k of each
+        # table on worker k % workers (when writers is a multiple of the workers)
+        self._parts = sorted(f"{t}#{k:03d}" for t in table_names() for k in range(writers))
+        self._index = {p: i for i, p in enumerate(self._parts)}
 
     def list_parts(self) -> list[str]:
-        return sorted(table_names())  # Bytewax indexes into the sorted partition names
+        return self._parts
 
     def part_fn(self, item_key: str) -> int:
-        return self.list_parts().index(item_key)
+        return self._index[item_key]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _DeltaSinkPartition:
-        return _DeltaSinkPartition(Lake(self.lake_uri), self.flow_id, self.max_rows, self.max_age_s)
+        writer = for_part.partition("#")[2]
+        return _DeltaSinkPartition(
+            Lake(self.lake_uri),
+            self.flow_id,
+            self.max_rows,
+            self.max_age_s,
+            self.mark_every_s,
+            int(writer) if writer else 0,
+        )

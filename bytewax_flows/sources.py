@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataplane.wire import Batch, Message, encode_frame, encode_scalars
-from physics.simulator import Chunk, FleetSimulator
+from physics.simulator import Chunk, FleetSimulator, default_fleet
 
 __all__ = ["SimulatorSource", "SimPosition", "now_us", "chunk_payloads", "MESSAGES_PER_CHUNK"]
 
@@ -94,12 +95,13 @@ class SimulatorSource(FixedPartitionedSource[Batch, SimPosition]):
     ``live=True`` runs in real time with event time = wall-clock time from the first start (kept
     across restarts by the resume state, so a restart catches up rather than skipping).
     Otherwise ``speed=N`` replays N times faster than real time and ``speed=None`` as fast as
-    possible.  ``n_chunks`` bounds the run (None: forever).
+    possible.  ``n_chunks`` bounds the run (None: forever).  Without ``sim``, the demo fleet
+    (``physics.simulator.default_fleet``), built when the flow first asks for its partitions.
     """
 
     def __init__(
         self,
-        sim: FleetSimulator,
+        sim: FleetSimulator | None = None,
         *,
         live: bool = False,
         speed: float | None = None,
@@ -107,7 +109,11 @@ class SimulatorSource(FixedPartitionedSource[Batch, SimPosition]):
     ):
         if speed is not None and speed <= 0:
             raise ValueError(f"speed must be positive, got {speed}")
-        self.sim, self.live, self.speed, self.n_chunks = sim, live, speed, n_chunks
+        self._given, self.live, self.speed, self.n_chunks = sim, live, speed, n_chunks
+
+    @cached_property
+    def sim(self) -> FleetSimulator:
+        return self._given if self._given is not None else default_fleet()
 
     def list_parts(self) -> list[str]:
         return [f"sim:{a}" for a in self.sim.asset_ids]

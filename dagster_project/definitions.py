@@ -1,5 +1,7 @@
 """Everything the Dagster control plane knows, assembled in one place."""
 
+import os
+
 import dagster as dg
 
 from dagster_project.assets.maintenance import (
@@ -32,7 +34,7 @@ from dagster_project.assets.validation import (
     readings_validation,
     sensor_calibration,
 )
-from dagster_project.resources import default_resources
+from dagster_project.resources import DEPLOYMENT_VARIABLE, resources_for
 from dagster_project.sensors import (
     build_drift_sensor,
     build_label_sensor,
@@ -145,5 +147,6 @@ defs = dg.Definitions(
             "(e.g. the promotion gate after a new candidate).",
         ),
     ],
-    resources=default_resources(),
+    # the deployment picks its dictionary; the values resolve where they are used
+    resources=resources_for(os.environ.get(DEPLOYMENT_VARIABLE)),
 )

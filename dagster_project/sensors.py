@@ -13,8 +13,10 @@ from dagster_project.resources import LakeResource, MLflowResource
 from models.registry import FAULT_MODEL, RUL_MODEL, champion_version
 from plant import default_plant
 
-DEBOUNCE_S = 15 * 60
+DEBOUNCE_S = float(os.environ.get("PLANTPULSE_VALIDATION_DEBOUNCE_S", "900"))
 """A day with fresh data is revalidated at most this often (the stream commits every second)."""
+VALIDATION_TICK_S = int(os.environ.get("PLANTPULSE_VALIDATION_TICK_S", "60"))
+"""How often ``new_readings_sensor`` looks for days with new readings."""
 MAX_DAYS_PER_TICK = 3
 """Validation runs requested per sensor tick at most: a replay of a year of history queues its
 days a few at a time (newest first), not one run per day at once; the rest stay pending in the
@@ -56,10 +58,10 @@ def new_readings_requests(
 def build_new_readings_sensor(job: Any, partitions: dg.PartitionsDefinition) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=VALIDATION_TICK_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Validates a day of readings when the stream has written new data to it "
-        f"(at most once per {DEBOUNCE_S // 60} minutes per day, at most {MAX_DAYS_PER_TICK} days"
+        f"(at most once per {DEBOUNCE_S / 60:g} minutes per day, at most {MAX_DAYS_PER_TICK} days"
         " per tick, newest first).",
     )
     def new_readings_sensor(

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from dataplane.rows import Out
-from models.prognostics import ServedRUL
-from models.registry import LoadedModel
 from physics.prognostics import ConformalBands, DegradationTracker
 from plant import HealthIndicator
+
+if TYPE_CHECKING:  # the served model's type only: the shell injects it (dataplane.context)
+    from models.registry import LoadedModel
 
 __all__ = ["Prognoses", "observe_windows", "observe_rows"]
 
@@ -57,6 +58,8 @@ def _served(model: LoadedModel | None) -> tuple[float, ConformalBands] | None:
         return None
     cached = getattr(model, "_served_rul", False)
     if cached is False:
+        from models.prognostics import ServedRUL  # once per served version (it imports sklearn)
+
         cached = ServedRUL.bands_from_tags(model.tags)
         if cached is None:
             log.warning(

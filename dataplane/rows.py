@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import NDArray
 
-from dataplane.wire import Message
-from lake import table_spec
+from dataplane.formats import Message
+from lake.catalogue import table_spec
 
 __all__ = ["SinkRows", "STREAM_OUTPUTS", "Out", "empty_rows"]
 

@@ -14,15 +14,16 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from river import base, drift, preprocessing
-from sklearn.covariance import MinCovDet
 
 from dataplane.rows import Out
-from models.registry import LoadedModel
 from physics.registry import FEATURE_VERSION, feature_names
+
+if TYPE_CHECKING:  # the served model's type only: the shell injects it (dataplane.context)
+    from models.registry import LoadedModel
 
 __all__ = [
     "AssetScorer",
@@ -123,6 +124,8 @@ def _robust_fit(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     coordinate-wise median and a diagonal scatter of the robust scales."""
     n, p = z.shape
     if n >= 5 * p:
+        from sklearn.covariance import MinCovDet  # on first fit only: a light core's import
+
         mcd = MinCovDet(random_state=0).fit(z)
         cov = mcd.covariance_ + 1e-6 * np.eye(p)
         return mcd.location_, cov, mcd.support_

@@ -20,11 +20,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from dataplane.rows import Out
 
-__all__ = ["TopologyBoard", "annotate_alerts", "shard_groups", "DRIFT_LOOKBACK_S"]
+__all__ = [
+    "TopologyBoard",
+    "Topology",
+    "as_topology",
+    "annotate_alerts",
+    "shard_groups",
+    "DRIFT_LOOKBACK_S",
+]
 
 DRIFT_LOOKBACK_S = float(os.environ.get("PLANTPULSE_TOPOLOGY_DRIFT_LOOKBACK_S", "900"))
 """An upstream drift event at most this long (event time) before a downstream alert opens is
@@ -36,12 +43,28 @@ class _Edge(Protocol):
     target: str
 
 
+@runtime_checkable
 class Topology(Protocol):
     """What the annotation needs of the plant: its edges and the edges into an asset."""
 
     topology: tuple[Any, ...]
 
     def upstream(self, asset_id: str) -> list[Any]: ...
+
+
+class _NoTopology:
+    """A plant that declares no topology (a test's or a benchmark's): no edges, no causes."""
+
+    topology: tuple[Any, ...] = ()
+
+    def upstream(self, asset_id: str) -> list[Any]:
+        return []
+
+
+def as_topology(plant: object) -> Topology:
+    """``plant`` itself if it has a topology (``topology`` and ``upstream``), else one without
+    edges."""
+    return plant if isinstance(plant, Topology) else _NoTopology()
 
 
 @dataclass
@@ -132,16 +155,20 @@ def _cause(
     return ("; ".join(words) or None), upstream_open
 
 
-def annotate_alerts(board: TopologyBoard, plant: Topology, out: Out) -> None:
+def annotate_alerts(board: TopologyBoard, plant: object, out: Out) -> None:
     """Fill ``suspected_cause`` and ``downstream_effects`` into the batch's alert rows (every
     row of an alert carries its current ones), and add a revision row to each upstream alert
-    that gains a downstream effect.  Drift events of the batch are noted first."""
+    that gains a downstream effect.  Drift events of the batch are noted first.  A plant that
+    declares no topology (``as_topology``) names no causes."""
     for row in out.dicts.get("drift_events", ()):
         ts = _us(row["ts"])
         if ts >= board.drift.get(row["asset_id"], (-1 << 62,))[0]:
             board.drift[row["asset_id"]] = (ts, str(row["subject"]), str(row["detector"]))
     rows = out.dicts.get("alerts")
-    if not rows or (not getattr(plant, "topology", ()) and not board.open):
+    if not rows:
+        return
+    topology = as_topology(plant)  # (a protocol check: only for a batch with alerts)
+    if not topology.topology and not board.open:
         return
     msgs = out.dict_msg["alerts"]
     revisions: list[tuple[dict[str, Any], int]] = []
@@ -150,7 +177,7 @@ def annotate_alerts(board: TopologyBoard, plant: Topology, out: Out) -> None:
         entry = board.open.get(aid)
         if entry is None:
             opened = _us(row["opened_ts"])
-            cause, upstream_open = _cause(board, plant, asset, opened)
+            cause, upstream_open = _cause(board, topology, asset, opened)
             entry = _Open(asset, opened, row, cause)
             if row["status"] == "open":
                 board.open[aid] = entry

@@ -12,7 +12,7 @@ import logging
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import pandas as pd
 import pyarrow as pa
@@ -38,7 +38,7 @@ __all__ = ["Lake", "LakeError", "SchemaMismatchError", "Filters"]
 
 log = logging.getLogger(__name__)
 
-Filters = pads.Expression | Sequence[tuple[str, str, Any]] | None
+Filters: TypeAlias = pads.Expression | Sequence[tuple[str, str, Any]] | None
 """A pyarrow expression, or DNF tuples such as ``[("asset_id", "=", "pump-01")]``."""
 
 
@@ -281,7 +281,7 @@ class Lake:
         spec: TableSpec,
         table: pa.Table,
         *,
-        mode: str,
+        mode: Literal["append", "overwrite"],
         transactions: Mapping[str, int] | None = None,
         predicate: str | None = None,
     ) -> None:
@@ -296,15 +296,24 @@ class Lake:
         have = {f.name for f in dt.schema().fields}
         evolve = mode == "append" and any(f.name not in have for f in spec.schema)
         try:
-            write_deltalake(
-                dt,
-                table,
-                mode=mode,  # type: ignore[arg-type]
-                predicate=predicate,
-                commit_properties=commit,
-                writer_properties=writer_properties(spec),
-                schema_mode="merge" if evolve else None,
-            )
+            if mode == "overwrite":  # only an overwrite takes a predicate (its own overload)
+                write_deltalake(
+                    dt,
+                    table,
+                    mode="overwrite",
+                    predicate=predicate,
+                    commit_properties=commit,
+                    writer_properties=writer_properties(spec),
+                )
+            else:
+                write_deltalake(
+                    dt,
+                    table,
+                    mode="append",
+                    commit_properties=commit,
+                    writer_properties=writer_properties(spec),
+                    schema_mode="merge" if evolve else None,
+                )
         except (DeltaError, OSError) as exc:
             raise LakeError(f"writing table {spec.name!r} at {self.uri} failed: {exc}") from None
 

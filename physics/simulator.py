@@ -34,6 +34,7 @@ SensorFaultKind = Literal[
     "sensor_dropout",
     "sensor_spikes",
     "sensor_clock_skew",
+    "sensor_nan_bursts",
 ]
 
 SCALAR_RATES_HZ: dict[str, float] = {
@@ -384,16 +385,16 @@ def default_fleet(
         )
         for i in range(n_machines)
     ]
-    kinds = {1: ("outer_race", outer_race_at_s), 2: ("inner_race", inner_race_at_s)}
+    kinds: dict[int, tuple[BearingFaultKind, float | None]] = {
+        1: ("outer_race", outer_race_at_s),
+        2: ("inner_race", inner_race_at_s),
+    }
     faults = [
-        Fault(
-            m.asset_id,
-            kinds[i % 3][0],
-            start_s=kinds[i % 3][1],
-            time_to_failure_s=time_to_failure_s,
-        )
+        Fault(m.asset_id, kind, start_s=at_s, time_to_failure_s=time_to_failure_s)
         for i, m in enumerate(machines)
-        if i % 3 in kinds and kinds[i % 3][1] is not None
+        if i % 3 in kinds
+        for kind, at_s in [kinds[i % 3]]
+        if at_s is not None
     ]
     kwargs = {} if start_us is None else {"start_us": start_us}
     return FleetSimulator(machines, faults, seed=seed, **kwargs)

@@ -59,101 +59,38 @@ def _validate(path: str) -> int:
     return 0
 
 
-def _fmt(x: float | None) -> str:
-    return "" if x is None else f"{x:g}"
-
-
 def _show(args: argparse.Namespace) -> int:
     import fnmatch
 
     from rich.console import Console
     from rich.table import Table
 
+    from plant.tables import plant_tables
+
     plant = _load(args.file)
-    data = plant.to_dict()
-    if args.asset:
-        data["assets"] = [
-            a for a in data["assets"] if fnmatch.fnmatchcase(a["asset_id"], args.asset)
-        ]
     if args.json:
+        data = plant.to_dict()
+        if args.asset:
+            data["assets"] = [
+                a for a in data["assets"] if fnmatch.fnmatchcase(a["asset_id"], args.asset)
+            ]
         print(json.dumps(data, indent=2, default=str))
         return 0
+    tables = plant_tables(plant, args.asset or None)
     con = Console(width=200)
     con.print(f"[bold]plant {plant.name}[/bold] ({plant.path}): {plant.description}")
-    assets = Table(title="assets", title_justify="left")
-    for col in (
-        "asset",
-        "site",
-        "kind",
-        "matches",
-        "nominal rpm",
-        "bearings",
-        "sensors",
-        "relationships",
-    ):
-        assets.add_column(col)
-    for a in data["assets"]:
-        assets.add_row(
-            a["asset_id"],
-            a["site"],
-            a["kind"] or "",
-            a["match"] or "",
-            _fmt(a["nominal_speed_rpm"]),
-            ", ".join(
-                f"{c['component_id']}: {c['bearing_name']}"
-                for c in a["components"]
-                if c["bearing_name"]
-            ),
-            str(len(a["sensors"])),
-            "; ".join(f"{r['target']} ~ {' + '.join(r['inputs'])}" for r in a["relationships"]),
-        )
-    con.print(assets)
-    sensors = Table(title="sensors and contracts", title_justify="left")
-    for col in (
-        "asset",
-        "sensor",
-        "tag",
-        "kind",
-        "unit",
-        "range",
-        "rate Hz",
-        "frames",
-        "resolution",
-        "lateness s",
-        "max gap s",
-        "stuck after s",
-        "watched as",
-    ):
-        sensors.add_column(col)
-    for a in data["assets"]:
-        for s in a["sensors"]:
-            sensors.add_row(
-                a["asset_id"],
-                s["sensor_id"],
-                s["tag"] or "",
-                s["kind"],
-                s["unit"],
-                f"{s['low']:g} .. {s['high']:g}",
-                f"{s['sample_rate_hz']:.4g}",
-                "yes" if s["frames"] else "",
-                _fmt(s["resolution"] or None),
-                _fmt(s["allowed_lateness_s"]),
-                _fmt(s["max_gap_s"]),
-                _fmt(s["stuck_after_s"]),
-                s["watched_as"],
-            )
-    con.print(sensors)
-    for a in data["assets"]:
-        for s in a["sensors"]:
-            if s["watched_as_reason"]:
-                con.print(
-                    f"{a['asset_id']}/{s['sensor_id']} watched as {s['watched_as']}: "
-                    f"{s['watched_as_reason']}"
-                )
-    topology = Table(title="topology", title_justify="left")
-    for col in ("from", "to", "kind", "description"):
-        topology.add_column(col)
-    for e in data["topology"]:
-        topology.add_row(e["source"], e["target"], e["kind"], e["description"])
-    con.print(topology)
+    titles = {"assets": "assets", "sensors": "sensors and contracts", "topology": "topology"}
+    for name, (header, rows) in tables.items():
+        # a sensor's reason for its declared view is a sentence: printed below its table
+        shown = header[:-1] if name == "sensors" else header
+        table = Table(title=titles[name], title_justify="left")
+        for col in shown:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row[: len(shown)])
+        con.print(table)
+        if name == "sensors":
+            for row in rows:
+                if row[-1]:
+                    con.print(f"{row[0]}/{row[1]} watched as {row[-2]}: {row[-1]}")
     return 0

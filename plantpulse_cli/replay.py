@@ -41,8 +41,8 @@ def replay(
     console = Console(stderr=True)
     what = dataset or plant_file
     with console.status(f"reading {what} from {data} ..."):
-        if plant_file is not None:
-            timelines = plant_messages(use_plant(plant_file), data)
+        if dataset is None:
+            timelines = plant_messages(use_plant(str(plant_file)), data)
         else:  # the stream keeps the default plant, which includes every data set's rig
             timelines = dataset_messages(dataset, data)
     from bytewax_flows.telemetry import get_flow  # after the plant is chosen

@@ -229,6 +229,40 @@ def prepare(settings: Settings, mqtt: bool = False) -> None:
     client(settings.mlflow_tracking_uri).search_experiments(max_results=1)
 
 
+CANCEL_WAIT_S = 30.0
+"""How long ``plantpulse up`` waits, when it stops, for the Dagster runs it canceled to end."""
+
+
+def cancel_runs(dagster_home: str, wait_s: float = CANCEL_WAIT_S) -> list[str]:
+    """Cancel the Dagster runs still queued or in progress, before the services stop, and wait up
+    to ``wait_s`` for them to end: stopping the daemon would otherwise kill their workers, and
+    the UI would show a user's Ctrl-C as failed runs.  Returns the ids of the canceled runs."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    active = [
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+    ]
+    with DagsterInstance.from_config(dagster_home) as instance:
+        runs = instance.get_runs(RunsFilter(statuses=active))
+        for run in runs:
+            try:
+                instance.run_coordinator.cancel_run(run.run_id)
+            except Exception as exc:  # a run that ended meanwhile, or a code server gone
+                log.warning("could not cancel run %s: %s", run.run_id, exc)
+        ending = RunsFilter(
+            run_ids=[r.run_id for r in runs], statuses=[*active, DagsterRunStatus.CANCELING]
+        )
+        deadline = time.monotonic() + wait_s
+        while runs and instance.get_runs_count(ending) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    if runs:
+        log.info("canceled %d Dagster run(s) before stopping", len(runs))
+    return [r.run_id for r in runs]
+
+
 def services(
     host: str,
     port: int,
@@ -430,8 +464,13 @@ def _run(
             time.sleep(0.5)
     finally:
         print("stopping ...")
+        if ui:
+            try:
+                cancel_runs(settings.dagster_home)
+            except Exception as exc:  # the services stop whatever happens here
+                log.warning("could not cancel the Dagster runs: %s", exc)
         for svc in reversed(running):
             svc.stop()
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
     return code

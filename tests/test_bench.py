@@ -70,3 +70,20 @@ def test_retrain_loop_closes_on_real_services(tmp_path: Path):
     for decision, reasons in zip(details["decisions"], details["reasons"], strict=True):
         failed = [r for r in reasons if r.startswith("FAIL")]
         assert bool(failed) == (decision["decision"] == "refuse"), (decision, reasons)
+
+
+@pytest.mark.timeout(600)
+def test_bench_soak_quick_accounts_for_every_reading(tmp_path: Path):
+    """``bench.soak --quick``: generators in their own processes, through Mosquitto (with its
+    logins) and librdkafka's mock cluster, into a real lake; every offered reading lands."""
+    out = tmp_path / "soak.json"
+    importlib.import_module("bench.soak").main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    m = result["metrics"]
+    for via in ("", "kafka_"):
+        assert m[f"{via}offered_readings"] > 0
+        assert m[f"{via}landed_readings"] + m[f"{via}dead_lettered_readings"] == pytest.approx(
+            m[f"{via}offered_readings"]
+        )
+        assert m[f"{via}lost"] == 0
+    assert result["details"]["runs"]["mqtt"]["timeline"]  # the 10 s (quick: 5 s) records

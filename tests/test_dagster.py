@@ -8,10 +8,11 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+import pytest
 
 from dagster_project.assets.readings import sensor_daily_stats
 from dagster_project.definitions import defs
-from dagster_project.resources import LakeResource, MLflowResource
+from dagster_project.resources import RESOURCES, LakeResource, MLflowResource, resources_for
 from lake import Lake
 from tests.conftest import REPO, T0_US, readings_rows
 
@@ -109,3 +110,41 @@ def test_mlflow_resource_uses_a_real_local_store(tmp_path: Path):
     assert (tmp_path / "art" / "plantpulse-test").is_dir()
     assert list((tmp_path / "art").rglob("note.txt"))
     assert pd.notna(exp)
+
+
+# -- resources per deployment ------------------------------------------------------------------
+
+
+def test_local_resources_need_no_configuration_and_follow_the_state_directory(
+    tmp_path: Path, monkeypatch
+):
+    local = resources_for(None)
+    assert local is RESOURCES["local"] and defs.resources == local  # nothing filled at import
+    monkeypatch.setenv("PLANTPULSE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PLANTPULSE_LAKE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "home" / "mlflow").mkdir(parents=True)
+    lake = Lake(tmp_path / "home" / "lake")
+    lake.append("readings", readings_rows(4))
+    # resolved where the run executes, from the same variables the stream reads
+    result = dg.materialize([sensor_daily_stats], partition_key="2026-01-01", resources=local)
+    assert result.success and len(lake.read("sensor_daily_stats")) == 1
+    exp = local["mlflow"].experiment_id("plantpulse-local")
+    assert (tmp_path / "home" / "mlflow" / "mlflow.db").is_file()
+    assert (tmp_path / "home" / "mlflow" / "artifacts" / "plantpulse-local").is_dir() and exp
+
+
+def test_container_resources_bind_env_vars_and_fail_at_launch_without_them(
+    tmp_path: Path, monkeypatch
+):
+    container = resources_for("container")
+    monkeypatch.delenv("PLANTPULSE_LAKE", raising=False)
+    with pytest.raises(Exception, match="PLANTPULSE_LAKE"):
+        dg.materialize([sensor_daily_stats], partition_key="2026-01-01", resources=container)
+    lake = Lake(tmp_path / "deployed")
+    lake.append("readings", readings_rows(3))
+    monkeypatch.setenv("PLANTPULSE_LAKE", lake.uri)
+    result = dg.materialize([sensor_daily_stats], partition_key="2026-01-01", resources=container)
+    assert result.success and lake.read("sensor_daily_stats")["n_readings"].tolist() == [3]
+    with pytest.raises(ValueError, match="known: local, container"):
+        resources_for("prod")

@@ -14,7 +14,15 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSource, run_main
 
 from bytewax_flows.payloads import Message, encode_frame
-from bytewax_flows.sinks import STREAM_OUTPUTS, DeltaSink, SinkRows, durable_offsets, progress_rows
+from bytewax_flows.routing import SHARDS
+from bytewax_flows.sinks import (
+    STREAM_OUTPUTS,
+    DeltaSink,
+    SinkRows,
+    durable_offsets,
+    progress_rows,
+    sink_key,
+)
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import build_flow, get_flow
 from lake import Lake, table_spec
@@ -251,18 +259,25 @@ def test_sink_writes_late_items_of_a_source_and_drops_only_replays(lake: Lake):
 
 
 def test_a_source_is_durable_up_to_the_smallest_mark_over_every_stream_table(lake: Lake):
-    sink = DeltaSink(lake.uri)
-    parts = {t: sink.build_part("lake", t, None) for t in STREAM_OUTPUTS}
-    assert durable_offsets(lake, ["a"]) == {"a": None}  # no table yet
+    sink = DeltaSink(lake.uri, writers=2)
+    parts = {
+        key: sink.build_part("lake", key, None)
+        for key in sink.list_parts()
+        if key.partition("#")[0] in STREAM_OUTPUTS
+    }
+    assert len(parts) == 2 * len(STREAM_OUTPUTS)  # every table has two writers
+    assert durable_offsets(lake, ["a"], writers=2) == {"a": None}  # no table yet
     for offset in (3, 7):
-        for table, item in progress_rows("a", offset):
-            parts[table].write_batch([item])
-    for table, item in progress_rows("b", 9):
-        if table != "alerts":  # b's mark has not reached one table
-            parts[table].write_batch([item])
+        for key, item in progress_rows("a", offset, writers=2):
+            parts[key].write_batch([item])
+    for key, item in progress_rows("b", 9, writers=2):
+        if key != "alerts#001":  # b's mark has not reached one writer of one table
+            parts[key].write_batch([item])
     for part in parts.values():
         part.snapshot()
-    assert durable_offsets(lake, ["a", "b", "c"]) == {"a": 7, "b": None, "c": None}
+    assert durable_offsets(lake, ["a", "b", "c"], writers=2) == {"a": 7, "b": None, "c": None}
+    # a reader counting one writer less would take b for durable: each writer's mark counts
+    assert durable_offsets(lake, ["b"], writers=1) == {"b": 9}
 
 
 def _readings_item(source: str, offsets: list[int]) -> SinkRows:
@@ -344,3 +359,16 @@ def test_shards_crash_and_resume_match_an_uninterrupted_run(tmp_path: Path):
     b = crashed.read("readings", columns=cols).sort_values(cols).reset_index(drop=True)
     assert len(a) == 120
     pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_each_shard_writes_its_rows_on_its_own_worker(lake: Lake, workers: int):
+    """Bytewax puts sink partition i (of the sorted names) on worker i % workers, and shard s's
+    state on worker s % workers (``bytewax_flows.routing``): every table's rows of shard s go
+    to a writer on that same worker, so no table is written by one worker for all."""
+    sink = DeltaSink(lake.uri)
+    for table in STREAM_OUTPUTS:
+        placed = {sink.part_fn(sink_key(table, s)) % workers for s in range(SHARDS)}
+        assert placed == set(range(min(workers, SHARDS)))
+        for s in range(SHARDS):
+            assert sink.part_fn(sink_key(table, s)) % workers == s % workers

@@ -39,8 +39,8 @@ def test_settings_from_the_environment():
     conf = producer_config(s)
     assert conf["bootstrap.servers"] == "k1:9092,k2:9092"
     assert conf["partitioner"] == "murmur2_random" and conf["security.protocol"] == "SSL"
-    source = TelemetryKafkaSource(s)
-    assert source._add_config == {"security.protocol": "SSL"} and source._batch_size == 500
+    kafka = TelemetryKafkaSource(s)._kafka  # Bytewax's own source, which the wrapper configures
+    assert kafka._add_config == {"security.protocol": "SSL"} and kafka._batch_size == 500
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,10 @@ from bench.validation import FAULTS, sim_frames
 from bytewax_flows.payloads import Message, encode_scalars
 from bytewax_flows.telemetry import get_flow
 from dagster_project.assets.validation import (
+    day_period,
     readings_validation,
     sensor_calibration,
+    validate_readings_day,
     validated_dates,
 )
 from dagster_project.definitions import defs
@@ -24,7 +26,7 @@ from dagster_project.sensors import DEBOUNCE_S, new_readings_requests
 from expectations.checks import scalar_reasons
 from expectations.contracts import SENSORS
 from expectations.suites import readings_expectations, run_suite
-from expectations.validation import validate_readings
+from expectations.validation import Period, validate_readings
 from lake import Lake
 from physics.simulator import Fault, FleetSimulator, MachineSpec
 
@@ -157,6 +159,98 @@ def test_a_faulty_input_is_blamed_rather_than_the_sensor_that_depends_on_it(
     assert by_sensor["motor_current"].severity == "error"
     assert by_sensor["bearing_temp"].severity == "warning"
     assert "probably caused by motor_current" in by_sensor["bearing_temp"].message
+
+
+# -- the span a period is judged on -----------------------------------------------------------
+
+DAY0 = pd.Timestamp("2026-01-01", tz="UTC")
+
+
+def _outcomes(report, check: str) -> dict[str, object]:
+    return {o.sensor_id: o for o in report.outcomes if o.check == check}
+
+
+def test_a_day_in_progress_is_judged_on_its_elapsed_part():
+    """The first minute of a fresh stream: a 1 Hz sensor beside 10 Hz ones is complete when
+    every second so far has its reading (the failure a fresh `plantpulse up` showed: 29 of an
+    expected 30.9, because the expected count ran to the 10 Hz sensors' newest reading)."""
+    readings, dead = sim_frames(FleetSimulator(MACHINE, seed=7), 0.0, 25.0)
+    period = Period(DAY0, DAY0 + pd.Timedelta(days=1))
+    report = validate_readings(readings, dead_letter=dead, period=period, run_gx=False)
+    completeness = _outcomes(report, "completeness")
+    assert completeness["bearing_temp"].observed["expected"] == 25  # not 25.9
+    assert all(o.success for o in completeness.values()), [o.describe() for o in report.failed]
+    assert all(o.success for o in _outcomes(report, "max_gap").values())
+    # one reading lost in those 25 s is 4 % of them: still caught on the elapsed part
+    temp = readings[readings["sensor_id"] == "bearing_temp"]
+    lossy = readings.drop(temp.index[10])
+    lost = _outcomes(validate_readings(lossy, period=period, run_gx=False), "completeness")
+    assert not lost["bearing_temp"].success and lost["bearing_temp"].observed["received"] == 24
+
+
+def test_a_series_that_reported_before_the_period_is_judged_from_its_start():
+    readings, _ = sim_frames(FleetSimulator(MACHINE, seed=7), 86_400.0, 1800.0)  # 00:00-00:30
+    late = readings[
+        (readings["sensor_id"] != "bearing_temp")
+        | (readings["ts"] >= DAY0 + pd.Timedelta(days=1, minutes=10))
+    ]
+    day = DAY0 + pd.Timedelta(days=1)
+    alone = Period(day, day + pd.Timedelta(days=1))
+    assert validate_readings(late, period=alone, run_gx=False).passed  # it began at 00:10
+    seen = Period(
+        day,
+        day + pd.Timedelta(days=1),
+        first_seen={("pump-01", "bearing_temp"): DAY0 + pd.Timedelta(hours=23)},
+    )
+    report = validate_readings(late, period=seen, run_gx=False)
+    gap = _outcomes(report, "max_gap")["bearing_temp"]
+    assert not gap.success and gap.since == day and gap.observed["max_gap_s"] == pytest.approx(600)
+    assert "since 2026-01-02 00:00:00Z" in gap.describe()
+    assert not _outcomes(report, "completeness")["bearing_temp"].success
+    # a series seen the day before with no reading at all today, on an asset that reports
+    gone = late[late["sensor_id"] != "bearing_temp"]
+    silent = _outcomes(validate_readings(gone, period=seen, run_gx=False), "max_gap")
+    assert not silent["bearing_temp"].success and silent["bearing_temp"].since == day
+
+
+def test_a_past_day_whose_asset_reports_the_next_day_is_judged_to_its_end():
+    """The asset went quiet at 23:50 and is back the next day: its last ten minutes are lost."""
+    readings, _ = sim_frames(FleetSimulator(MACHINE, seed=7), 86_400.0 - 1800.0, 1800.0)
+    early = readings[readings["ts"] < DAY0 + pd.Timedelta(hours=23, minutes=50)]
+    day = Period(DAY0, DAY0 + pd.Timedelta(days=1))
+    assert validate_readings(early, period=day, run_gx=False).passed  # to its newest reading
+    later = Period(day.start, day.end, newest={"pump-01": day.end + pd.Timedelta(hours=1)})
+    gaps = _outcomes(validate_readings(early, period=later, run_gx=False), "max_gap")
+    assert len(gaps) == 4 and not any(o.success for o in gaps.values())
+    assert all(o.observed["max_gap_s"] == pytest.approx(600, abs=1) for o in gaps.values())
+    # the asset reported to its last second: nothing lost
+    assert validate_readings(readings, period=later, run_gx=False).passed
+
+
+def test_day_period_reads_the_series_around_a_day_from_the_lake(lake: Lake):
+    sim = FleetSimulator(MACHINE, seed=7)
+    cols = ["asset_id", "sensor_id", "ts", "value", "raw_value", "quality", "ingest_ts"]
+    for start_s in (86_400.0 - 60, 86_400.0 + 3600, 2 * 86_400.0 + 60):  # three days
+        lake.append("readings", sim_frames(sim, start_s, 30.0)[0][cols])
+    period = day_period(lake, "2026-01-02")
+    assert period.start == DAY0 + pd.Timedelta(days=1) and period.end == DAY0 + pd.Timedelta(days=2)
+    assert set(period.first_seen) == {
+        ("pump-01", s)
+        for s in ("bearing_temp", "motor_current", "discharge_pressure", "shaft_speed")
+    }
+    assert period.first_seen[("pump-01", "bearing_temp")] == DAY0 + pd.Timedelta(
+        hours=23, minutes=59
+    )
+    assert period.newest["pump-01"] > period.end
+    assert day_period(lake, "2026-01-01").first_seen == {}  # nothing before the first day
+    # the day has 30 s of readings from 01:00 and its asset reports the next day: the whole
+    # day is judged, so the stream missed all but those 30 s
+    _, report = validate_readings_day(lake, "2026-01-02", "run-1")
+    temp = _outcomes(report, "completeness")["bearing_temp"].observed
+    assert (temp["received"], temp["expected"]) == (30, 86_400)
+    assert temp["judged_from"].startswith("2026-01-02T00:00:00")
+    assert temp["judged_to"].startswith("2026-01-02T23:59:59")
+    assert not report.passed
 
 
 # -- Dagster ----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ as markdown tables in the UI, from the same plant file both planes read."""
 import dagster as dg
 
 from plant import Plant, PlantError, default_plant, load_plant
+from plant.tables import plant_tables as tables_of
 
 __all__ = ["plant_model", "PlantConfig", "plant_tables"]
 
@@ -24,74 +25,10 @@ def _md(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def _g(x: float | None) -> str:
-    return "" if x is None else f"{x:g}"
-
-
 def plant_tables(plant: Plant) -> dict[str, str]:
     """The plant as three markdown tables: ``assets``, ``sensors`` (with contracts),
     ``topology``."""
-    assets = _md(
-        ["asset", "site", "kind", "matches", "nominal rpm", "bearings", "sensors", "relationships"],
-        [
-            [
-                a.asset_id,
-                a.site,
-                a.kind,
-                a.match,
-                _g(a.nominal_speed_rpm),
-                ", ".join(
-                    f"{c.component_id}: {c.bearing_name}" for c in a.components if c.bearing_name
-                ),
-                len(a.sensors),
-                "; ".join(f"{r.target} ~ {' + '.join(r.inputs)}" for r in a.relationships),
-            ]
-            for a in plant.assets.values()
-        ],
-    )
-    sensors = _md(
-        [
-            "asset",
-            "sensor",
-            "tag",
-            "kind",
-            "unit",
-            "range",
-            "rate Hz",
-            "frames",
-            "resolution",
-            "lateness s",
-            "max gap s",
-            "stuck after s",
-            "watched as",
-            "why",
-        ],
-        [
-            [
-                a.asset_id,
-                s.sensor_id,
-                s.tag,
-                c.kind,
-                c.unit,
-                f"{c.low:g} .. {c.high:g}",
-                f"{c.sample_rate_hz:.4g}",
-                "yes" if c.frames else "",
-                _g(c.resolution or None),
-                _g(c.allowed_lateness_s),
-                _g(c.max_gap_s),
-                _g(c.stuck_after_s),
-                c.watched_as,
-                s.watched_as_reason,
-            ]
-            for a, s in plant.iter_sensors()
-            for c in (s.contract,)
-        ],
-    )
-    topology = _md(
-        ["from", "to", "kind", "description"],
-        [[e.source, e.target, e.kind, e.description] for e in plant.topology],
-    )
-    return {"assets": assets, "sensors": sensors, "topology": topology}
+    return {name: _md(*table) for name, table in tables_of(plant).items()}
 
 
 @dg.asset(

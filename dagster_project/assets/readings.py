@@ -3,15 +3,12 @@
 import dagster as dg
 import pandas as pd
 
+from dagster_project.assets.daily import DAILY, Check, daily_validation_asset
 from dagster_project.resources import LakeResource
 from expectations.contracts import SENSORS
 from lake.sql import query
 
 __all__ = ["readings", "sensor_daily_stats", "DAILY", "contract_violations"]
-
-DAILY = dg.DailyPartitionsDefinition(start_date="2013-01-01", timezone="UTC", end_offset=1)
-"""Daily partitions (UTC), including today's so live data can be validated as it grows; they
-reach back to 2013 so replays of the reference data sets (NAB starts in 2013-12) fit."""
 
 readings = dg.AssetSpec(
     "readings",
@@ -31,25 +28,17 @@ def contract_violations(daily: pd.DataFrame) -> pd.DataFrame:
     return daily[bad]
 
 
-@dg.asset(
-    deps=[readings],
-    partitions_def=DAILY,
-    group_name="validation",
-    kinds={"delta", "duckdb"},
-    owners=["team:data-engineering"],
-    check_specs=[
-        dg.AssetCheckSpec(
+@daily_validation_asset(
+    readings,
+    {"delta", "duckdb"},
+    [
+        Check(
             "readings_within_contract",
-            asset="sensor_daily_stats",
+            "Every sensor in the day's readings is declared and stays inside its physical range "
+            "(the stream should have rejected the rest).",
             blocking=True,
-            description="Every sensor in the day's readings is declared and stays "
-            "inside its physical range (the stream should have rejected the rest).",
         ),
-        dg.AssetCheckSpec(
-            "every_asset_reports",
-            asset="sensor_daily_stats",
-            description="The day has readings at all.",
-        ),
+        Check("every_asset_reports", "The day has readings at all."),
     ],
 )
 def sensor_daily_stats(

@@ -5,13 +5,15 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import pandas as pd
+import pyarrow as pa
 
-from dagster_project.assets.readings import DAILY, readings
+from dagster_project.assets.daily import Check, daily_validation_asset
+from dagster_project.assets.readings import readings
 from dagster_project.plots import png_markdown, sensor_trend
 from dagster_project.resources import LakeResource
 from expectations.contracts import SENSORS
 from expectations.suites import features_expectations, process_expectations, run_suite
-from expectations.validation import ValidationReport, gx_outcomes, validate_readings
+from expectations.validation import Period, ValidationReport, gx_outcomes, validate_readings
 from lake import Lake
 from physics.registry import FEATURE_VERSION, feature_names
 
@@ -25,6 +27,7 @@ __all__ = [
     "validate_readings_day",
     "reference_window",
     "load_partition",
+    "day_period",
 ]
 
 features = dg.AssetSpec(
@@ -46,6 +49,39 @@ class ValidationConfig(dg.Config):
 
 def load_partition(store: Lake, table: str, day: str) -> pd.DataFrame:
     return store.read(table, filters=[("date", "=", datetime.fromisoformat(day).date())])
+
+
+def day_period(store: Lake, day: str) -> Period:
+    """Day ``day`` as the validation ``Period`` its readings are judged on: the series that
+    reported on the day before (with their first reading there) count as reporting since
+    midnight, and the assets that report on the day after (with their newest reading there)
+    as covered to the day's end.  Only those two partitions are read (three columns): a series
+    silent for a whole day before counts as starting anew, which that day's own validation
+    reported."""
+    start = pd.Timestamp(day, tz="UTC")
+    end = start + pd.Timedelta(days=1)
+    if not store.exists("readings"):
+        return Period(start, end)
+
+    def edge(when: pd.Timestamp, keys: list[str], how: str) -> pa.Table:
+        return (
+            store.read_arrow(
+                "readings",
+                columns=[*keys, "ts"],
+                filters=[("date", "=", when.date())],
+            )
+            .group_by(keys)
+            .aggregate([("ts", how)])
+        )
+
+    before = edge(start - pd.Timedelta(days=1), ["asset_id", "sensor_id"], "min").to_pylist()
+    after = edge(end, ["asset_id"], "max").to_pylist()
+    return Period(
+        start,
+        end,
+        first_seen={(r["asset_id"], r["sensor_id"]): pd.Timestamp(r["ts_min"]) for r in before},
+        newest={r["asset_id"]: pd.Timestamp(r["ts_max"]) for r in after},
+    )
 
 
 def reference_window(store: Lake, day: str, config: ValidationConfig) -> pd.DataFrame | None:
@@ -127,25 +163,21 @@ def _worst_sensor_plot(data: pd.DataFrame, report: ValidationReport) -> str:
     return png_markdown(sensor_trend(rows, title, marks), "worst sensor")
 
 
-@dg.asset(
-    deps=[readings],
-    partitions_def=DAILY,
-    group_name="validation",
-    kinds={"delta", "great_expectations"},
-    owners=["team:data-engineering"],
-    check_specs=[
-        dg.AssetCheckSpec(
+@daily_validation_asset(
+    readings,
+    {"delta", "great_expectations"},
+    [
+        Check(
             "readings_pass_contracts",
-            asset="readings_validation",
+            "No error-level failure: contracts (GX), completeness, gaps, NaN rate, stuck, spikes, "
+            "clock rate and calibration of every sensor, over the part of the day the stream has "
+            "covered. Blocks training on this day.",
             blocking=True,
-            description="No error-level failure: contracts (GX), completeness, gaps, NaN rate, "
-            "stuck, spikes, clock rate and calibration of every sensor. Blocks training on this day.",
         ),
-        dg.AssetCheckSpec(
+        Check(
             "readings_no_warnings",
-            asset="readings_validation",
-            description="No warning-level finding (distribution shift; a sensor only suspected "
-            "because one of its physical inputs disagrees).",
+            "No warning-level finding (distribution shift; a sensor only suspected because one "
+            "of its physical inputs disagrees).",
         ),
     ],
 )
@@ -196,19 +228,15 @@ def readings_validation(
     )
 
 
-@dg.asset(
-    deps=[features],
-    partitions_def=DAILY,
-    group_name="validation",
-    kinds={"delta", "great_expectations"},
-    owners=["team:data-engineering"],
-    check_specs=[
-        dg.AssetCheckSpec(
+@daily_validation_asset(
+    features,
+    {"delta", "great_expectations"},
+    [
+        Check(
             "features_pass_expectations",
-            asset="features_validation",
+            "Current feature version only, all feature columns, non-negative amplitudes, shaft "
+            "speed known for >= 90 % of frames.",
             blocking=True,
-            description="Current feature version only, all feature columns, "
-            "non-negative amplitudes, shaft speed known for >= 90 % of frames.",
         )
     ],
 )
@@ -241,12 +269,15 @@ def validate_readings_day(
     store: Lake, day: str, run_id: str, config: ValidationConfig | None = None
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Validate one day of readings and record the results in ``validation_results`` (nothing
-    is recorded for a day without readings)."""
+    is recorded for a day without readings).  Completeness and gaps are judged over the part of
+    the day the stream has covered (``day_period``): today's partition on its elapsed part."""
     data = load_partition(store, "readings", day)
     dead = load_partition(store, "dead_letter", day)
     reference = reference_window(store, day, config or ValidationConfig())
     report = (
-        validate_readings(data, dead_letter=dead, reference=reference)
+        validate_readings(
+            data, dead_letter=dead, reference=reference, period=day_period(store, day)
+        )
         if len(data)
         else ValidationReport()
     )
@@ -284,13 +315,7 @@ def validate_features_day(
     return data, results, report
 
 
-@dg.asset(
-    deps=[readings_validation],
-    partitions_def=DAILY,
-    group_name="validation",
-    kinds={"delta"},
-    owners=["team:data-engineering"],
-)
+@daily_validation_asset(readings_validation, {"delta"})
 def sensor_calibration(
     context: dg.AssetExecutionContext, config: ValidationConfig, lake: LakeResource
 ) -> dg.MaterializeResult:
