@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lake import Lake, LakeError
-from models.prognostics import ServedRUL, served_inputs
+from models.prognostics import ServedRUL
 from models.registry import (
     CHAMPION,
     LoadedModel,
@@ -35,7 +35,13 @@ from models.registry import (
     load_holdout,
     load_version,
 )
-from models.training import Evaluation, evaluate_classifier, evaluate_regressor
+from models.training import (
+    Evaluation,
+    evaluate_classifier,
+    evaluate_regressor,
+    latency_ms_per_1000,
+    score_rul,
+)
 from physics.registry import FEATURE_VERSION
 
 __all__ = [
@@ -90,7 +96,7 @@ class Decision:
     candidate_version: str
     champion_version: str | None
     reasons: list[str]
-    evidence: dict[str, object] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
 
     @property
     def promoted(self) -> bool:
@@ -231,16 +237,12 @@ def batch_predictor(model: LoadedModel, rows: pd.DataFrame) -> Callable[[], obje
     """One prediction of a 1,000-row batch of ``rows`` (sampled with replacement) by
     ``model``, as the stream calls it: what ``paired_latency`` times."""
     batch = rows.sample(n=1000, replace=True, random_state=0) if len(rows) else rows
-    if model.task == "regressor":
-        inputs = regressor_inputs(model, batch)
-        return lambda: model.model.predict(inputs)
+    served = ServedRUL.of(model)
+    if served is not None:
+        snap = served.snapshot(batch)
+        return lambda: served.predict(snap)
     x = batch[model.features].astype(np.float64).to_numpy()
     return lambda: model.model.predict(x)
-
-
-def regressor_inputs(model: LoadedModel, rows: pd.DataFrame) -> pd.DataFrame:
-    """The input columns a registered regressor predicts from, for ``rows``."""
-    return rows[model.features]
 
 
 def _latency_rules(
@@ -289,17 +291,32 @@ def _latency_rules(
     return rules
 
 
+def needed_columns(model: LoadedModel) -> list[str]:
+    """The holdout columns ``model`` predicts from: a served RUL model's history snapshot of
+    its indicator's sensors, else the regressor's or classifier's inputs."""
+    served = ServedRUL.of(model)
+    if served is not None:
+        return served.columns()
+    return list(model.features)
+
+
 def evaluate(model: LoadedModel, holdout: pd.DataFrame) -> Evaluation:
-    """``model`` on ``holdout`` with the metric and slices its task declares."""
+    """``model`` on ``holdout`` with the metric and slices its task declares (a served RUL
+    model: its whole estimate - prior, residual, shift - and its interval's coverage)."""
     slice_by = [c for c in json.loads(model.tags.get("slice_by", "[]")) if c in holdout]
     if model.task == "regressor":
-        served = ServedRUL.bands_from_tags(model.tags)
-        if served is not None and {"a", "b", "c", "rul_cap"} <= set(holdout):
-            # a served hybrid: its own prior (failure level) on the holdout's tracker states,
-            # plus its residual correction
-            holdout = holdout.assign(**served_inputs(holdout, served[0]))
-            return evaluate_regressor(model.model, holdout, slice_by, residual_of="prior_rul")
-        return evaluate_regressor(model.model, holdout, slice_by)
+        served = ServedRUL.of(model)
+        if served is None:
+            return evaluate_regressor(model.model, holdout, slice_by)
+        rul, low, high = served.predict(served.snapshot(holdout))
+        truth = holdout["rul"].to_numpy()
+        return score_rul(
+            rul,
+            holdout,
+            slice_by,
+            latency_ms_per_1000(lambda b: served.predict(served.snapshot(b)), holdout),
+            {"interval_coverage": float(np.mean((truth >= low) & (truth <= high)))},
+        )
     return evaluate_classifier(model.model, model.classes or [], holdout, slice_by)
 
 
@@ -405,7 +422,7 @@ def run_gate(
         )
     if current is not None:
         champ = load_version(tracking_uri, name, str(current.version))
-        missing = [f for f in champ.features if f not in holdout]
+        missing = [f for f in needed_columns(champ) if f not in holdout]
         champ_rows = holdout
         if missing:
             source = json.loads(cand.tags.get("holdout_source", "null"))
@@ -416,10 +433,11 @@ def run_gate(
                 completed_from_lake = account
         if champ_rows is not None:
             champ_eval = evaluate(champ, champ_rows)
-    missing_inputs = [f for f in cand.features if f not in holdout]
+    needed = needed_columns(cand)
+    missing_inputs = [f for f in needed if f not in holdout]
     signature_ok = (
-        (True, f"signature: {len(cand.features)} inputs, all present in the holdout")
-        if cand.features and not missing_inputs
+        (True, f"signature: {len(needed)} inputs, all present in the holdout")
+        if needed and not missing_inputs
         else (False, f"signature inputs missing from the data: {missing_inputs}")
     )
     latency = paired_latency(
