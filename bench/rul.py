@@ -306,7 +306,7 @@ def served(
             RUL_MODEL,
             model.model,
             task="regressor",
-            x_example=pd.DataFrame(model.health.inputs(model.snapshot(test.head(20)))),
+            x_example=model.input_frame(test.head(20)),
             holdout=test.head(20)[["asset_id", "rul"]],
             params={"fold": fold},
             metrics={"train_rows": len(train_idx)},

@@ -285,6 +285,12 @@ class ServedRUL:
     def snapshot(self, rows: pd.DataFrame) -> HealthSnapshot:
         return HealthSnapshot.from_columns(rows, self.health.sensors, self.health.window)
 
+    def input_frame(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The residual regressor's inputs for ``rows``, in its column order (a signature's
+        example)."""
+        inputs = self.health.inputs(self.snapshot(rows))
+        return pd.DataFrame({name: inputs[name] for name in self.health.input_names})
+
     def columns(self) -> list[str]:
         """The training-set columns ``snapshot`` reads."""
         return HealthSnapshot.column_names(self.health.sensors, self.health.window)

@@ -354,3 +354,21 @@ def test_a_failure_or_repair_on_a_health_indicator_asset_requests_the_rul_retrai
     ) as ctx:
         result = sensor(ctx)
     assert [r.job_name for r in result.run_requests] == ["retrain_fault_classifier"]
+
+
+def test_outbound_state_carries_the_newest_rul_with_its_interval(rul_served: dict):
+    from outbound.state import StateBook
+
+    prog = rul_served["lake"].read("prognostics")
+    book = StateBook()
+    changed = book.fold_prognostics(prog.sort_values("ts", ascending=False).to_dict("records"))
+    assert changed == {"pump-01", "pump-02", "pump-03"}
+    newest = prog.sort_values("ts").groupby("asset_id").last()
+    for asset, state in book.assets.items():
+        doc = state.to_json()
+        assert doc["rul"] == pytest.approx(newest.loc[asset, "rul"])  # older rows changed nothing
+        assert doc["rul_interval"] == pytest.approx(
+            [newest.loc[asset, "rul_low"], newest.loc[asset, "rul_high"]]
+        )
+        assert doc["health_indicator"] == pytest.approx(newest.loc[asset, "health_indicator"])
+    assert book.fold_prognostics(prog.to_dict("records")) == set()  # folding again: no change

@@ -476,7 +476,7 @@ def rul_candidate(
         RUL_MODEL,
         served.model,
         task="regressor",
-        x_example=pd.DataFrame(served.health.inputs(served.snapshot(train.head(50)))),
+        x_example=served.input_frame(train.head(50)),
         holdout=holdout[keep + served.columns()].reset_index(drop=True),
         params={
             "n_estimators": config.n_estimators,
