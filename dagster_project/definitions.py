@@ -68,8 +68,10 @@ retrain_fault_job = dg.define_asset_job(
 retrain_rul_job = dg.define_asset_job(
     "retrain_rul",
     selection=[rul_training_set, rul_candidate, rul_promotion],
-    description="Train the RUL regressor on C-MAPSS and gate it against the champion.",
-    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "10"},
+    description="Train the RUL model on the lake's run-to-failure histories and gate it "
+    "against the champion.",
+    # behind a queued fault-classifier retrain: a new fault's label is the loop operators wait on
+    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "5"},
     executor_def=dg.in_process_executor,
 )
 

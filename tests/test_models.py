@@ -152,6 +152,11 @@ def test_latency_is_judged_against_the_champion_measured_together_and_the_plants
     passed, reasons = decide(good, champ, policy=ceiling, latency=even, **common)
     assert not passed and any("FAIL" in r and "ceiling 100 ms" in r for r in reasons)
     assert plant_latency_ceiling_ms(default_plant()) is None  # the demo plant declares none
+    # a classifier that names a third condition grows three trees a round where a binary
+    # champion grew one: that much of the ratio is allowed for
+    wider = PairedLatency(3.3, 1.0, 5, None, outputs=(3, 1))
+    passed, reasons = decide(good, champ, policy=GatePolicy(), latency=wider, **common)
+    assert passed and any("x 3/1 outputs = x4.50" in r for r in reasons)
 
 
 def test_first_candidate_is_registered_in_xgboost_format_and_promoted(mlops: dict):
