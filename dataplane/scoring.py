@@ -62,7 +62,9 @@ DRIFT_FEATURES = ("vib_rms", "vib_kurtosis", "env_bpfo_1", "env_bpfi_1")
 """Features watched one by one for a sustained rise (Page-Hinkley on their z-score against the
 learnt normal): a slow mean shift, which ADWIN on the combined score may average away."""
 SCORED_FEATURES = [
-    n for n in feature_names("vibration") if n not in ("demod_centre_hz", "vib_speed_ok")
+    n
+    for n in feature_names("vibration", role="symptom")
+    if n not in ("demod_centre_hz", "vib_speed_ok")
 ]
 """Features the online detector sees (where the band sits and whether speed was known are
 context, not symptoms)."""
