@@ -141,7 +141,9 @@ def spectral_kurtosis(x: F64, fs: float, segment: int = SK_SEGMENT) -> tuple[F64
     m4 = (spec**2).mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         sk = np.where(m2 > 0, m4 / m2**2 - 2.0, 0.0)
-    return np.fft.rfftfreq(segment, 1.0 / fs).astype(np.float64), sk.astype(np.float64)
+    return np.fft.rfftfreq(segment, 1.0 / fs).astype(np.float64, copy=False), sk.astype(
+        np.float64, copy=False
+    )
 
 
 def demodulation_band(
@@ -185,7 +187,9 @@ def _envelope(
     envelope = np.abs(np.fft.ifft(np.where(keep, 2.0 * spectrum, 0.0), axis=1))
     envelope -= envelope.mean(axis=1, keepdims=True)
     amp = np.abs(np.fft.rfft(envelope * np.hanning(n), axis=1)) * (4.0 / n)
-    return np.fft.rfftfreq(n, 1.0 / fs).astype(np.float64), amp.astype(np.float64)
+    return np.fft.rfftfreq(n, 1.0 / fs).astype(np.float64, copy=False), amp.astype(
+        np.float64, copy=False
+    )
 
 
 def _level(freqs: F64, amp: F64, top_hz: F64) -> F64:
