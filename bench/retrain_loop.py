@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="share of alerts the technician never confirms (default 0.25)",
     )
     args = p.parse_args(argv)
+    load_start = os.getloadavg()
     if args.quick:
         args.history, args.change, args.speed, args.timeout = 150, 60.0, 3.0, 200.0
         args.label_delay = 5.0
@@ -259,6 +260,12 @@ def main(argv: list[str] | None = None) -> dict:
         "labelled_alerts": float(len(labels)),
         "alerts_never_labelled": float(len(never)),
         "stream_speed_x_real_time": args.speed,
+        # the default length (300 s of history, the change after 90 live s, real time), not
+        # the --quick rehearsal (150 s, 60 s, three times real time)
+        "full_length": float(not args.quick),
+        "load_avg_1m_start": load_start[0],
+        "load_avg_1m_end": os.getloadavg()[0],
+        "load_avg_5m_end": os.getloadavg()[1],
     }
     decisions = (
         lake.read("model_decisions").sort_values("ts")

@@ -15,6 +15,7 @@ from dagster_project.assets.models import (
     fault_promotion,
     fault_training_set,
     maintenance_events,
+    remaining_useful_life,
     rul_candidate,
     rul_promotion,
     rul_training_set,
@@ -67,8 +68,10 @@ retrain_fault_job = dg.define_asset_job(
 retrain_rul_job = dg.define_asset_job(
     "retrain_rul",
     selection=[rul_training_set, rul_candidate, rul_promotion],
-    description="Train the RUL regressor on C-MAPSS and gate it against the champion.",
-    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "10"},
+    description="Train the RUL model on the lake's run-to-failure histories and gate it "
+    "against the champion.",
+    # behind a queued fault-classifier retrain: a new fault's label is the loop operators wait on
+    run_tags={QUEUE_TAG: "retrain", "dagster/priority": "5"},
     executor_def=dg.in_process_executor,
 )
 
@@ -93,6 +96,7 @@ defs = dg.Definitions(
         rul_training_set,
         rul_candidate,
         rul_promotion,
+        remaining_useful_life,
         operations_overview,
         plant_model,
         sensor_proposals,
@@ -135,7 +139,7 @@ defs = dg.Definitions(
     sensors=[
         build_new_readings_sensor(validation_job, DAILY),
         build_drift_sensor(retrain_fault_job),
-        build_label_sensor(retrain_fault_job),
+        build_label_sensor(retrain_fault_job, retrain_rul_job),
         build_unknown_sensors_sensor(onboarding_job),
         # evaluates the assets' AutomationConditions (off unless a sensor like this one runs)
         dg.AutomationConditionSensorDefinition(

@@ -127,3 +127,33 @@ def rul_figure(df: pd.DataFrame, title: str, max_assets: int = 6) -> plt.Figure:
     axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.autofmt_xdate()
     return fig
+
+
+def health_figure(prog: pd.DataFrame, title: str, max_assets: int = 8) -> plt.Figure:
+    """Per asset (a row each): its remaining life over time with the interval shaded (hours
+    when the horizon is longer than ten, else seconds), and beside it the health indicator's
+    trend - each window's value and its rolling mean over the last ten."""
+    assets = sorted(prog["asset_id"].astype(str).unique())[:max_assets]
+    scale, unit = (3600.0, "h") if prog["rul_high"].max() > 36_000 else (1.0, "s")
+    fig, axes = plt.subplots(
+        len(assets), 2, figsize=(11, 1.9 * len(assets) + 0.7), squeeze=False, sharex="row"
+    )
+    for (left, right), asset in zip(axes, assets, strict=True):
+        d = prog[prog["asset_id"].astype(str) == asset].sort_values("ts")
+        left.fill_between(
+            d["ts"], d["rul_low"] / scale, d["rul_high"] / scale, alpha=0.25, label="interval"
+        )
+        left.plot(d["ts"], d["rul"] / scale, lw=1, label="RUL")
+        left.set_ylabel(f"{asset}\nRUL ({unit})", fontsize=8)
+        right.plot(d["ts"], d["health_indicator"], lw=0.6, alpha=0.5, label="indicator")
+        right.plot(
+            d["ts"], d["health_indicator"].rolling(10, min_periods=1).mean(), lw=1.2, label="trend"
+        )
+        right.set_ylabel("health indicator", fontsize=8)
+        for ax in (left, right):
+            ax.tick_params(labelsize=7)
+    axes[0, 0].set_title(title, fontsize=10, loc="left")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 1].legend(fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    return fig

@@ -3,6 +3,7 @@
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -10,8 +11,9 @@ import pandas as pd
 
 from dagster_project.resources import LakeResource, MLflowResource
 from lake import Lake
-from models.registry import FAULT_MODEL, champion_version
+from models.registry import FAULT_MODEL, RUL_MODEL, champion_version
 from models.training import label_faults
+from plant import default_plant
 
 DEBOUNCE_S = float(os.environ.get("PLANTPULSE_VALIDATION_DEBOUNCE_S", "900"))
 """A day with fresh data is revalidated at most this often (the stream commits every second)."""
@@ -171,17 +173,9 @@ def build_drift_sensor(job: Any) -> dg.SensorDefinition:
                 f"{len(events)} drift event(s), but maintenance_events labels no fault yet: "
                 "a retrain waits for the first label"
             )
-        assets = sorted(events["asset_id"].unique()) if len(events) else []
+        assets = set(events["asset_id"].unique()) if len(events) else set()
         return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"drift:{newest}",
-                    tags={
-                        "plantpulse/trigger": "drift_events",
-                        "plantpulse/assets": ",".join(assets)[:200],
-                    },
-                )
-            ],
+            run_requests=[retrain_request(job.name, f"drift:{newest}", "drift_events", assets)],
             cursor=json.dumps(new_cursor),
         )
 
@@ -190,89 +184,145 @@ def build_drift_sensor(job: Any) -> dg.SensorDefinition:
 
 LABEL_KINDS = ("failure", "fault_injected", "repair")
 """``maintenance_events`` kinds that change what a window is labelled (inspections do not)."""
+RUL_LABEL_KINDS = ("failure", "repair")
+"""Kinds that end an asset's history (``models.prognostics.lake_rul_rows``): a failure closes
+a run to failure, a repair starts a new life; on an asset with a health indicator either
+changes the RUL model's training set (a technician's confirmation of an alert does not: it
+says the fault was there, not that the life ended)."""
 
 
-def label_requests(events: pd.DataFrame, cursor: dict) -> tuple[list[str], dict]:
-    """New labels: the keys (``asset_id@ts@kind``) of the rows of ``events`` (with ``asset_id``,
-    ``ts``, ``kind``) that are not in ``cursor['seen']``, and the cursor with them added.  Only
-    kinds that change a window's label count; labels are few (people write them), so the
-    cursor keeps them all."""
-    seen = set(cursor.get("seen", []))
-    keys = [
+def _label_keys(events: pd.DataFrame, kinds: tuple[str, ...]) -> list[str]:
+    return [
         f"{a}@{int(t.value // 1000)}@{k}"
         for a, t, k in zip(events["asset_id"], events["ts"], events["kind"], strict=True)
-        if k in LABEL_KINDS
+        if k in kinds
     ]
+
+
+def label_requests(
+    events: pd.DataFrame, cursor: dict, kinds: tuple[str, ...] = LABEL_KINDS, key: str = "seen"
+) -> tuple[list[str], dict]:
+    """New labels: the keys (``asset_id@ts@kind``) of the rows of ``events`` (with ``asset_id``,
+    ``ts``, ``kind``) of ``kinds`` that are not in ``cursor[key]``, and the cursor with them
+    added (its other entries kept).  Labels are few (people write them), so the cursor keeps
+    them all."""
+    seen = set(cursor.get(key, []))
+    keys = _label_keys(events, kinds)
     new = sorted(set(keys) - seen)
-    return new, {"seen": sorted(seen | set(keys))}
+    return new, {**cursor, key: sorted(seen | set(keys))}
 
 
-def build_label_sensor(job: Any) -> dg.SensorDefinition:
+def rul_label_rows(events: pd.DataFrame, has_indicator: Callable[[str], bool]) -> pd.DataFrame:
+    """The rows of ``events`` that end a history of an asset with a health indicator: a
+    ``failure`` or ``repair`` that is not a technician's confirmation of an alert."""
+    detail = events["detail"] if "detail" in events else pd.Series("", index=events.index)
+    confirmation = detail.fillna("").astype(str).str.startswith("confirms alert")
+    return events[
+        events["kind"].isin(RUL_LABEL_KINDS)
+        & ~confirmation
+        & events["asset_id"].astype(str).map(has_indicator)
+    ]
+
+
+def retrain_request(
+    job_name: str, run_key: str, trigger: str, assets: list[str] | set[str]
+) -> dg.RunRequest:
+    """A retrain run of ``job_name``, tagged with what triggered it and the assets concerned."""
+    return dg.RunRequest(
+        job_name=job_name,
+        run_key=run_key,
+        tags={
+            "plantpulse/trigger": trigger,
+            "plantpulse/assets": ",".join(sorted(assets))[:200],
+        },
+    )
+
+
+def _not_started(context: dg.SensorEvaluationContext, job_name: str) -> int:
+    """Runs of ``job_name`` queued or starting: they have not read the lake yet."""
+    return context.instance.get_runs_count(
+        dg.RunsFilter(
+            job_name=job_name,
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+            ],
+        )
+    )
+
+
+def _known_labels(store: Any, client: Any, model: str, columns: list[str]) -> pd.DataFrame:
+    """``maintenance_events`` as it was when ``model``'s champion was registered (empty
+    without a champion): the labels that champion was trained with."""
+    champ = champion_version(client, model)
+    trained_ms = int(champ.creation_timestamp) if champ is not None else -1
+    before = [
+        h["version"] for h in store.history("maintenance_events") if h["timestamp"] <= trained_ms
+    ]
+    if not before:
+        return pd.DataFrame(columns=columns)
+    return store.read("maintenance_events", columns=columns, version=max(before))
+
+
+def build_label_sensor(fault_job: Any, rul_job: Any) -> dg.SensorDefinition:
     @dg.sensor(
-        job=job,
+        jobs=[fault_job, rul_job],
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Retrains the fault classifier when new labels arrive in maintenance_events "
-        "(a technician's confirmation through `plantpulse label`, a CMMS import): retraining "
-        "uses what is labelled, whenever it is labelled.",
+        "(a technician's confirmation through `plantpulse label`, a CMMS import), and the RUL "
+        "model when a failure or repair ends the history of an asset with a health indicator: "
+        "retraining uses what is labelled, whenever it is labelled.",
     )
     def new_labels_sensor(
         context: dg.SensorEvaluationContext, lake: LakeResource, mlflow: MLflowResource
     ) -> dg.SensorResult | dg.SkipReason:
-        """Labels the serving champion was not trained with count as new: on the first
-        evaluation, those committed after the champion was registered; then, those not in the
-        cursor."""
+        """Labels a serving champion was not trained with count as new: on the first
+        evaluation, those committed after that champion was registered; then, those not in the
+        cursor.  A model whose retrain is queued but not started gets no second run (it will
+        read these labels too)."""
         store = lake.lake()
         if not store.exists("maintenance_events"):
             return dg.SkipReason("no maintenance_events table yet")
-        columns = ["asset_id", "ts", "kind"]
-        cursor = json.loads(context.cursor) if context.cursor else None
-        if cursor is None:
-            champ = champion_version(mlflow.client(), FAULT_MODEL)
-            trained_ms = int(champ.creation_timestamp) if champ is not None else -1
-            before = [
-                h["version"]
-                for h in store.history("maintenance_events")
-                if h["timestamp"] <= trained_ms
-            ]
-            known = (
-                store.read("maintenance_events", columns=columns, version=max(before))
-                if before
-                else pd.DataFrame(columns=columns)
-            )
-            _, cursor = label_requests(known, {})
+        columns = ["asset_id", "ts", "kind", "detail"]
+        plant = default_plant()
+
+        def has_indicator(asset: str) -> bool:
+            return plant.health_indicator(asset) is not None
+
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        if "seen" not in cursor:
+            known = _known_labels(store, mlflow.client(), FAULT_MODEL, columns)
+            _, cursor = label_requests(known, cursor)
+        if "seen_rul" not in cursor:
+            known = _known_labels(store, mlflow.client(), RUL_MODEL, columns)
+            _, cursor = label_requests(rul_label_rows(known, has_indicator), cursor, key="seen_rul")
         events = store.read("maintenance_events", columns=columns)
-        new, new_cursor = label_requests(events, cursor)
-        if not new:
-            context.update_cursor(json.dumps(new_cursor))
-            return dg.SkipReason("no new labels")
-        waiting = context.instance.get_runs_count(
-            dg.RunsFilter(
-                job_name=job.name,
-                statuses=[
-                    dg.DagsterRunStatus.QUEUED,
-                    dg.DagsterRunStatus.NOT_STARTED,
-                    dg.DagsterRunStatus.STARTING,
-                ],
-            )
+        new, cursor = label_requests(events, cursor)
+        new_rul, cursor = label_requests(
+            rul_label_rows(events, has_indicator), cursor, RUL_LABEL_KINDS, "seen_rul"
         )
-        if waiting:  # it has not read the lake yet: it will train with these labels too
-            context.update_cursor(json.dumps(new_cursor))
-            return dg.SkipReason(
-                f"{len(new)} new label(s); a {job.name} run that has not started yet will use them"
-            )
-        assets = sorted({k.split("@")[0] for k in new})
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"labels:{new[-1]}:{len(new_cursor['seen'])}",
-                    tags={
-                        "plantpulse/trigger": "maintenance_events",
-                        "plantpulse/assets": ",".join(assets)[:200],
-                    },
+        requests, waiting = [], []
+        for job, labels, key in ((fault_job, new, "seen"), (rul_job, new_rul, "seen_rul")):
+            if not labels:
+                continue
+            if _not_started(context, job.name):
+                waiting.append(
+                    f"{len(labels)} new label(s); a {job.name} run that has not started yet will use them"
                 )
-            ],
-            cursor=json.dumps(new_cursor),
-        )
+                continue
+            requests.append(
+                retrain_request(
+                    job.name,
+                    f"labels:{labels[-1]}:{len(cursor[key])}",
+                    "maintenance_events",
+                    {k.split("@")[0] for k in labels},
+                )
+            )
+        if not requests:
+            context.update_cursor(json.dumps(cursor))
+            return dg.SkipReason("; ".join(waiting) or "no new labels")
+        return dg.SensorResult(run_requests=requests, cursor=json.dumps(cursor))
 
     return new_labels_sensor

@@ -92,7 +92,9 @@ DRIFT_FEATURES = ("vib_rms", "vib_kurtosis", "env_bpfo_1", "env_bpfi_1")
 """Features watched one by one for a sustained rise (Page-Hinkley on their deviation from the
 learnt normal): a slow mean shift of one, which the channel's combined surprise may average away."""
 SCORED_FEATURES = [
-    n for n in feature_names("vibration") if n not in ("demod_centre_hz", "vib_speed_ok")
+    n
+    for n in feature_names("vibration", role="symptom")
+    if n not in ("demod_centre_hz", "vib_speed_ok")
 ]
 """Features the vibration detector sees (where the band sits and whether speed was known are
 context, not symptoms)."""

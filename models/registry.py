@@ -5,7 +5,8 @@ A registered version carries everything a consumer needs, as version tags: ``tas
 (``classifier`` or ``regressor``), ``feature_version``, ``classes`` (JSON, classifiers),
 ``slice_by`` (JSON) and ``training_validated``.  The model file is XGBoost's own UBJSON format
 (``mlflow.xgboost``), never a pickle; its input names are in the MLflow signature and in the
-booster.  The run also keeps the holdout it was evaluated on (``holdout/holdout.parquet``), so
+booster.  What a served model needs besides the booster (the RUL model's health indicator,
+prior and interval) is JSON under ``served/``.  The run also keeps the holdout it was evaluated on (``holdout/holdout.parquet``), so
 the gate can compare any two versions on the same rows.
 """
 
@@ -17,7 +18,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,12 @@ def log_candidate(
     metrics: dict[str, float],
     tags: dict[str, str],
     figures: dict[str, Any] | None = None,
+    served: dict[str, dict[str, Any]] | None = None,
 ) -> ModelVersion:
     """Log ``model`` with its signature, input example, parameters, metrics, figures and holdout
     to a new run of ``experiment_id``, and register it as a new version of ``name``.
+    ``served`` are JSON documents the served model needs besides the regressor (file name:
+    content, logged under ``served/``; ``LoadedModel.extras`` has them back).
 
     Only the explicit client is used (MLflow's fluent API would set ``MLFLOW_TRACKING_URI`` for
     the whole process as a side effect)."""
@@ -109,6 +113,11 @@ def log_candidate(
         with tempfile.TemporaryDirectory() as tmp:
             holdout.to_parquet(Path(tmp) / "holdout.parquet")
             c.log_artifact(run_id, str(Path(tmp) / "holdout.parquet"), "holdout")
+            if served:
+                (Path(tmp) / "served").mkdir()
+                for filename, doc in served.items():
+                    (Path(tmp) / "served" / filename).write_text(json.dumps(doc))
+                c.log_artifacts(run_id, str(Path(tmp) / "served"), "served")
             example = x_example.head(5)
             mlflow.xgboost.save_model(
                 model,
@@ -141,13 +150,14 @@ class LoadedModel:
     feature_version: int
     classes: list[str] | None
     tags: dict[str, str]
+    extras: dict[str, Any] = field(default_factory=dict)  # served/*.json, by stem
 
     def fault_probability(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For a classifier: P(not ``normal``) per row of the feature matrix ``x`` (columns in
         ``self.features`` order) and the class probabilities (rows x classes)."""
         proba = self.model.predict_proba(x)
         classes = self.classes or []
-        normal = proba[:, classes.index("normal")] if "normal" in classes else 0.0
+        normal = proba[:, classes.index("normal")] if "normal" in classes else np.zeros(len(x))
         return 1.0 - normal, proba
 
     def contributions(self, x: np.ndarray, klass: int | None = None) -> np.ndarray:
@@ -181,9 +191,14 @@ def load_version(tracking_uri: str, name: str, version: str | None = None) -> Lo
             mv = c.get_model_version(name, str(version))
         except MlflowException:
             raise _not_found(name, f"version {version}") from None
+    run_id = _run_of(mv, name)
+    extras: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        local = c.download_artifacts(mv.run_id, "model", tmp)
+        local = c.download_artifacts(run_id, "model", tmp)
         model = mlflow.xgboost.load_model(local)
+        if any(a.path == "served" for a in c.list_artifacts(run_id)):
+            for path in Path(c.download_artifacts(run_id, "served", tmp)).glob("*.json"):
+                extras[path.stem] = json.loads(path.read_text())
     tags = dict(mv.tags)
     return LoadedModel(
         name=name,
@@ -194,15 +209,23 @@ def load_version(tracking_uri: str, name: str, version: str | None = None) -> Lo
         feature_version=int(tags.get("feature_version", -1)),
         classes=json.loads(tags["classes"]) if "classes" in tags else None,
         tags=tags,
+        extras=extras,
     )
 
 
 def load_holdout(tracking_uri: str, name: str, version: str) -> pd.DataFrame:
     """The holdout version ``version`` of ``name`` was logged with."""
     c = client(tracking_uri)
-    mv = c.get_model_version(name, str(version))
+    run_id = _run_of(c.get_model_version(name, str(version)), name)
     with tempfile.TemporaryDirectory() as tmp:
-        return pd.read_parquet(c.download_artifacts(mv.run_id, "holdout/holdout.parquet", tmp))
+        return pd.read_parquet(c.download_artifacts(run_id, "holdout/holdout.parquet", tmp))
+
+
+def _run_of(mv: ModelVersion, name: str) -> str:
+    """The run that logged version ``mv`` (every version ``log_candidate`` registers has one)."""
+    if not mv.run_id:
+        raise ModelNotFoundError(f"version {mv.version} of {name!r} was not logged by a run")
+    return str(mv.run_id)
 
 
 class ChampionWatcher:

@@ -15,11 +15,12 @@ the holdout, so the holdout measures how the model does on a machine it has neve
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, log_loss
 from xgboost import XGBClassifier, XGBRegressor
 
 from physics.process import ProcessFeatureBuilder
@@ -35,10 +36,15 @@ __all__ = [
     "split_by_machine",
     "holdout_split",
     "fit_fault_classifier",
+    "CLASSIFIER_GRID",
+    "classifier",
+    "choose_classifier",
     "fit_rul_regressor",
     "rul_frame",
     "evaluate_classifier",
     "evaluate_regressor",
+    "score_rul",
+    "latency_ms_per_1000",
     "phm08",
     "rmse",
 ]
@@ -164,6 +170,57 @@ def fit_fault_classifier(
     return model, classes
 
 
+CLASSIFIER_GRID: dict[str, dict[str, float | int]] = {
+    "depth2_node0.3": {"max_depth": 2, "colsample_bynode": 0.3},
+    "depth4_node0.3": {"max_depth": 4, "colsample_bynode": 0.3},
+    "depth2_node0.8": {"max_depth": 2, "colsample_bynode": 0.8},
+    "depth4_node0.8": {"max_depth": 4, "colsample_bynode": 0.8},
+}
+"""Classifier settings ``choose_classifier`` picks among: tree depth, and how many features
+each split may choose from (few: every class is told apart by many features, not by the one
+that happens to separate the training machine best, which may be the one a change of load
+moves)."""
+
+
+def classifier(params: dict[str, float | int], n_estimators: int, n_jobs: int = 1) -> XGBClassifier:
+    """An XGBoost classifier with ``params`` over fixed learning settings."""
+    return XGBClassifier(
+        n_estimators=n_estimators,
+        learning_rate=0.05,
+        subsample=0.8,
+        n_jobs=n_jobs,
+        random_state=0,
+        **params,
+    )
+
+
+def choose_classifier(
+    x: pd.DataFrame,
+    y: np.ndarray,
+    groups: np.ndarray,
+    n_estimators: int,
+    grid: dict[str, dict[str, float | int]] | None = None,
+) -> tuple[str, dict[str, float]]:
+    """The setting of ``grid`` (default ``CLASSIFIER_GRID``) with the lowest mean log loss
+    over leave-one-group-out folds of the training data (``groups``: contiguous stretches of
+    each recording or machine, so a fold tests on windows its training never overlapped), and
+    every setting's score.  Log loss, not accuracy: a training load's own recordings are told
+    apart almost perfectly by any setting; how confidently is what separates them."""
+    grid = grid or CLASSIFIER_GRID
+    classes = np.unique(y)
+    scores: dict[str, float] = {}
+    for name, params in grid.items():
+        losses = []
+        for g in np.unique(groups):
+            held = groups == g
+            if len(np.unique(y[~held])) < len(classes):
+                continue  # a fold without every class in training says nothing
+            m = classifier(params, n_estimators).fit(x[~held], y[~held])
+            losses.append(log_loss(y[held], m.predict_proba(x[held]), labels=classes))
+        scores[name] = float(np.mean(losses)) if losses else float("inf")
+    return min(scores, key=scores.__getitem__), scores
+
+
 def rul_frame(trajectories: pd.DataFrame, builder: ProcessFeatureBuilder) -> pd.DataFrame:
     """Process features of run-to-failure ``trajectories`` with ``unit`` and ``rul`` kept."""
     x = builder.transform(trajectories)
@@ -223,7 +280,9 @@ class Evaluation:
         }
 
 
-def _latency_ms_per_1000(predict, x: pd.DataFrame) -> float:
+def latency_ms_per_1000(predict: Callable[[pd.DataFrame], object], x: pd.DataFrame) -> float:
+    """Median of 5 timings of ``predict`` on 1,000 rows of ``x`` (sampled with replacement);
+    one model alone: the gate compares two with ``models.gate.paired_latency``."""
     batch = x.sample(n=1000, replace=True, random_state=0) if len(x) else x
     times = []
     for _ in range(5):
@@ -269,7 +328,7 @@ def evaluate_classifier(
         higher_is_better=True,
         overall=f1(scored),
         slices=_slice_metric(scored, slice_by, f1),
-        latency_ms_per_1000=_latency_ms_per_1000(model.predict, x),
+        latency_ms_per_1000=latency_ms_per_1000(model.predict, x),
         extra={
             "accuracy": float((scored["predicted"] == scored["condition"]).mean()),
             "holdout_rows": float(len(scored)),
@@ -286,11 +345,25 @@ def evaluate_regressor(
     """RMSE of capped RUL over the holdout (lower is better), per slice, with the PHM08 score.
     ``residual_of``: the model predicts the residual of that holdout column (a prior), so the
     RUL is the two summed; the cap is the holdout's ``rul_cap`` column when it has one."""
-    features = list(model.get_booster().feature_names)
+    features = list(model.get_booster().feature_names or [])
     x = holdout[features]
     predicted = model.predict(x) + (holdout[residual_of].to_numpy() if residual_of else 0.0)
     cap = holdout["rul_cap"].to_numpy() if "rul_cap" in holdout else RUL_CAP
-    scored = holdout.assign(predicted=np.clip(predicted, 0.0, cap))
+    return score_rul(
+        np.clip(predicted, 0.0, cap), holdout, slice_by, latency_ms_per_1000(model.predict, x)
+    )
+
+
+def score_rul(
+    predicted: np.ndarray,
+    holdout: pd.DataFrame,
+    slice_by: list[str],
+    latency_ms_per_1000: float,
+    extra: dict[str, float] | None = None,
+) -> Evaluation:
+    """The gate's evaluation of RUL estimates ``predicted`` for the rows of ``holdout`` (its
+    ``rul`` the truth): RMSE overall and per slice, the PHM08 score and the holdout's size."""
+    scored = holdout.assign(predicted=predicted)
 
     def err(part: pd.DataFrame) -> float:
         return rmse(part["predicted"].to_numpy(), part["rul"].to_numpy())
@@ -300,9 +373,10 @@ def evaluate_regressor(
         higher_is_better=False,
         overall=err(scored),
         slices=_slice_metric(scored, slice_by, err),
-        latency_ms_per_1000=_latency_ms_per_1000(model.predict, x),
+        latency_ms_per_1000=latency_ms_per_1000,
         extra={
             "phm08": phm08(scored["predicted"].to_numpy(), scored["rul"].to_numpy()),
             "holdout_rows": float(len(scored)),
+            **(extra or {}),
         },
     )

@@ -40,6 +40,7 @@ SCORE_COLUMNS = [
     "model_name",
     "model_version",
 ]
+PROGNOSTICS_COLUMNS = ["asset_id", "ts", "rul", "rul_low", "rul_high", "health_indicator"]
 ALERT_COLUMNS = [
     "alert_id",
     "asset_id",
@@ -124,6 +125,7 @@ class Outbound:
 
         self.book = StateBook(site_of=site_of)
         self.scores = TableTail(lake, "scores", SCORE_COLUMNS, first_days=2)
+        self.prognostics = TableTail(lake, "prognostics", PROGNOSTICS_COLUMNS, first_days=2)
         self.alerts = TableTail(lake, "alerts", ALERT_COLUMNS)
         self.mqtt = self.opcua = self.webhook = None
         if self.spec.mqtt is not None:
@@ -192,6 +194,9 @@ class Outbound:
         rows = self.scores.poll()
         if rows is not None:
             scored = self.book.fold_scores(rows.to_pylist())
+        rows = self.prognostics.poll()
+        if rows is not None:
+            scored |= self.book.fold_prognostics(rows.to_pylist())
         rows = self.alerts.poll()
         if rows is not None:
             alerted, events = self.book.fold_alerts(rows.to_pylist())

@@ -69,6 +69,11 @@ class AssetState:
     summary: str = ""
     opened_us: int | None = None
     alert_updated_us: int | None = None
+    # the newest ``prognostics`` row (assets with a health indicator, while an RUL model serves)
+    rul_low: float | None = None
+    rul_high: float | None = None
+    health_indicator: float | None = None
+    rul_us: int | None = None
 
     @property
     def alert_active(self) -> bool:
@@ -84,6 +89,9 @@ class AssetState:
             "model": self.model,
             "model_version": self.model_version,
             "scored_ts_us": self.scored_us,
+            "rul_interval": None if self.rul_low is None else [self.rul_low, self.rul_high],
+            "health_indicator": self.health_indicator,
+            "rul_ts_us": self.rul_us,
             "alert": {
                 "state": self.alert_status,
                 "active": self.alert_active,
@@ -153,6 +161,26 @@ class StateBook:
                 model_version=r.get("model_version"),
                 scored_us=end,
                 health=health_from(score, prediction, model, self.policy),
+            )
+            changed.add(asset)
+        return changed
+
+    def fold_prognostics(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Take ``prognostics`` rows (remaining life with its interval and the health
+        indicator); returns the assets whose state changed (an older row changes nothing)."""
+        changed: set[str] = set()
+        for r in rows:
+            asset, ts = r["asset_id"], _us(r["ts"])
+            old = self._asset(asset)
+            if old.rul_us is not None and ts <= old.rul_us:
+                continue
+            self.assets[asset] = replace(
+                old,
+                rul=float(r["rul"]),
+                rul_low=float(r["rul_low"]),
+                rul_high=float(r["rul_high"]),
+                health_indicator=float(r["health_indicator"]),
+                rul_us=ts,
             )
             changed.add(asset)
         return changed

@@ -8,9 +8,18 @@ the signal is most impulsive (spectral kurtosis, Antoni 2006), demodulate that b
 envelope), and read the envelope spectrum at the bearing's defect frequencies and harmonics.
 Amplitudes are divided by the envelope spectrum's median level and frequencies are taken as
 multiples of shaft speed, so the features transfer across speeds and loads.
+
+The band that spectral kurtosis picks can change with the load (another resonance rings
+loudest), and with it every envelope line.  So the same lines are also read in ``DEFECT_BANDS``
+fixed bands spread over the spectrum (fractions of Nyquist): in each, the envelope spectrum in
+shaft orders (the frame's own speed), each defect line over that band's envelope level (log),
+the band's share of the frame's energy (log) and its mean spectral kurtosis: a defect's
+signature across the structure's resonances rather than in the one that happened to win.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -29,6 +38,9 @@ __all__ = [
     "N_SPECTRAL_BANDS",
     "ENVELOPE_ORDERS",
     "HARMONICS",
+    "DEFECT_BANDS",
+    "defect_band_edges",
+    "envelope_line_names",
 ]
 
 F64 = NDArray[np.float64]
@@ -39,6 +51,10 @@ ENVELOPE_ORDERS = ("bpfo", "bpfi", "bsf2", "ftf", "shaft")
 """Envelope lines read per frame: the defect frequencies (a ball defect strikes both races once
 per spin, hence ``2*BSF``), the cage frequency and the shaft speed itself (inner-race and ball
 defects are modulated by it)."""
+
+DEFECT_BANDS = 3
+"""Fixed demodulation bands, equal parts of 1/12..11/12 of Nyquist (0.5-2.2, 2.2-3.8 and
+3.8-5.5 kHz at 12 kHz): below, shaft harmonics and misalignment; above, the anti-alias filter."""
 
 SK_SEGMENT = 64  # STFT segment for spectral kurtosis: 187.5 Hz bins at 12 kHz
 DEMOD_HALF_WIDTH_HZ = 600.0  # wide enough for 3 harmonics of BPFI's sidebands at ~30 Hz shaft
@@ -125,7 +141,9 @@ def spectral_kurtosis(x: F64, fs: float, segment: int = SK_SEGMENT) -> tuple[F64
     m4 = (spec**2).mean(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         sk = np.where(m2 > 0, m4 / m2**2 - 2.0, 0.0)
-    return np.fft.rfftfreq(segment, 1.0 / fs), sk
+    return np.fft.rfftfreq(segment, 1.0 / fs).astype(np.float64, copy=False), sk.astype(
+        np.float64, copy=False
+    )
 
 
 def demodulation_band(
@@ -137,6 +155,10 @@ def demodulation_band(
     there) and the Nyquist bin are not candidates.
     """
     freqs, sk = spectral_kurtosis(x, fs)
+    return _best_band(freqs, sk, fs, half_width_hz)
+
+
+def _best_band(freqs: F64, sk: F64, fs: float, half_width_hz: float) -> tuple[F64, F64, F64]:
     smooth = sk.copy()
     smooth[:, 1:-1] = (sk[:, :-2] + sk[:, 1:-1] + sk[:, 2:]) / 3.0
     candidate = (freqs >= half_width_hz) & (freqs <= fs / 2 - half_width_hz)
@@ -152,14 +174,50 @@ def envelope_spectrum(x: F64, fs: float, low_hz: F64, high_hz: F64) -> tuple[F64
     Band-pass and Hilbert transform are one step: keep the positive-frequency bins of the band,
     double them and invert, which gives the analytic signal of the band-passed frame.
     """
-    n = x.shape[1]
-    spectrum = np.fft.fft(x, axis=1)
+    return _envelope(np.fft.fft(x, axis=1), fs, low_hz, high_hz)
+
+
+def _envelope(
+    spectrum: NDArray[np.complex128], fs: float, low_hz: F64, high_hz: F64
+) -> tuple[F64, F64]:
+    """``envelope_spectrum`` from the frames' full FFT (computed once for several bands)."""
+    n = spectrum.shape[1]
     freqs = np.fft.fftfreq(n, 1.0 / fs)
     keep = (freqs[None, :] >= low_hz[:, None]) & (freqs[None, :] <= high_hz[:, None])
     envelope = np.abs(np.fft.ifft(np.where(keep, 2.0 * spectrum, 0.0), axis=1))
     envelope -= envelope.mean(axis=1, keepdims=True)
     amp = np.abs(np.fft.rfft(envelope * np.hanning(n), axis=1)) * (4.0 / n)
-    return np.fft.rfftfreq(n, 1.0 / fs), amp
+    return np.fft.rfftfreq(n, 1.0 / fs).astype(np.float64, copy=False), amp.astype(
+        np.float64, copy=False
+    )
+
+
+def _level(freqs: F64, amp: F64, top_hz: F64) -> F64:
+    """Each row's median envelope amplitude between 5 Hz and its ``top_hz`` (NaN if none)."""
+    inside = (freqs[None, :] > 5.0) & (freqs[None, :] <= top_hz[:, None])
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with no bin at all: NaN
+        level = np.nanmedian(np.where(inside, amp, np.nan), axis=1)
+    return np.where(level > 0, level, np.nan)
+
+
+def defect_band_edges(fs: float) -> F64:
+    """Edges (Hz) of the ``DEFECT_BANDS`` fixed demodulation bands at sample rate ``fs``.
+
+    >>> defect_band_edges(12_000.0).round().tolist()
+    [500.0, 2167.0, 3833.0, 5500.0]
+    """
+    nyquist = fs / 2.0
+    return np.linspace(nyquist / 12.0, nyquist * 11.0 / 12.0, DEFECT_BANDS + 1)
+
+
+def envelope_line_names() -> list[tuple[str, int]]:
+    """(order, harmonic) of every envelope line read: 1-3x the defect orders, 1x the others."""
+    return [
+        (name, h)
+        for name in ENVELOPE_ORDERS
+        for h in range(1, (1 if name in ("ftf", "shaft") else HARMONICS) + 1)
+    ]
 
 
 def order_amplitudes(freqs: F64, amp: F64, line_hz: F64, tolerance: float = 0.02) -> F64:
@@ -203,10 +261,12 @@ def vibration_features(
     bands = spectral_bands(power)
     for b in range(N_SPECTRAL_BANDS):
         out[f"vib_band_{b}"] = bands[:, b]
-    low, high, sk_max = demodulation_band(centred, fs)
+    sk_freqs, sk = spectral_kurtosis(centred, fs)
+    low, high, sk_max = _best_band(sk_freqs, sk, fs, DEMOD_HALF_WIDTH_HZ)
     out["sk_max"] = sk_max
     out["demod_centre_hz"] = (low + high) / 2.0
-    freqs, amp = envelope_spectrum(centred, fs, low, high)
+    spectrum = np.fft.fft(centred, axis=1)
+    freqs, amp = _envelope(spectrum, fs, low, high)
     shaft_hz = np.where(speed_ok, rpm, np.nan) / 60.0
     orders = defect_orders(bearing)
     per_order = {
@@ -216,14 +276,32 @@ def vibration_features(
         "ftf": orders.ftf,
         "shaft": 1.0,
     }
-    top_hz = HARMONICS * max(per_order.values()) * np.nanmax(np.append(shaft_hz, 1.0))
-    floor = np.median(amp[:, (freqs > 5.0) & (freqs <= max(top_hz * 1.2, 50.0))], axis=1)
-    floor = np.where(floor > 0, floor, np.nan)
     safe_shaft = np.where(speed_ok, shaft_hz, 1.0)
-    for name, order in per_order.items():
-        harmonics = 1 if name in ("ftf", "shaft") else HARMONICS
-        for h in range(1, harmonics + 1):
-            line = order_amplitudes(freqs, amp, h * order * safe_shaft)
-            out[f"env_{name}_{h}"] = np.where(speed_ok, line / floor, np.nan)
+    # each frame's envelope level up to its own highest line (+20 %): never another frame's
+    top_hz = np.maximum(HARMONICS * max(per_order.values()) * safe_shaft * 1.2, 50.0)
+    floor = _level(freqs, amp, top_hz)
+    lines = envelope_line_names()
+    for name, h in lines:
+        line = order_amplitudes(freqs, amp, h * per_order[name] * safe_shaft)
+        out[f"env_{name}_{h}"] = np.where(speed_ok, line / floor, np.nan)
     out["vib_speed_ok"] = speed_ok.astype(np.float64)
+    # the same lines in each fixed band, as logs of their ratio to the band's envelope level
+    edges = defect_band_edges(fs)
+    total = power[:, 1:].sum(axis=1)
+    power_hz = np.fft.rfftfreq(x.shape[1], 1.0 / fs)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for b in range(DEFECT_BANDS):
+            lo, hi = np.full(len(x), edges[b]), np.full(len(x), edges[b + 1])
+            bf, ba = _envelope(spectrum, fs, lo, hi)
+            level = _level(bf, ba, top_hz)
+            for name, h in lines:
+                line = order_amplitudes(bf, ba, h * per_order[name] * safe_shaft)
+                ratio = np.log(np.maximum(line, 1e-300) / level)
+                out[f"band{b}_env_{name}_{h}"] = np.where(speed_ok, ratio, np.nan)
+            inside = (power_hz >= edges[b]) & (power_hz <= edges[b + 1])
+            share = power[:, inside].sum(axis=1) / total
+            out[f"band{b}_share"] = np.where(total > 0, np.log(np.maximum(share, 1e-300)), np.nan)
+            out[f"band{b}_sk"] = sk[:, (sk_freqs >= edges[b]) & (sk_freqs <= edges[b + 1])].mean(
+                axis=1
+            )
     return out

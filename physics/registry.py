@@ -11,7 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from physics.features import ENVELOPE_ORDERS, HARMONICS, N_SPECTRAL_BANDS
+from physics.features import (
+    DEFECT_BANDS,
+    ENVELOPE_ORDERS,
+    HARMONICS,
+    N_SPECTRAL_BANDS,
+    envelope_line_names,
+)
 
 __all__ = [
     "FEATURE_VERSION",
@@ -23,8 +29,10 @@ __all__ = [
     "FeatureVersionError",
 ]
 
-FEATURE_VERSION = 3
-"""2: vibration features; 3: adds the process-window features of scalar sensors."""
+FEATURE_VERSION = 4
+"""2: vibration features; 3: adds the process-window features of scalar sensors; 4: adds the
+defect lines, energy share and spectral kurtosis of fixed demodulation bands (``band<k>_*``),
+and each frame's envelope level is taken up to its own highest line (not the batch's)."""
 
 PROCESS_WINDOW_S = 30.0
 """Process features of a scalar sensor summarise its last 30 s of readings."""
@@ -38,6 +46,10 @@ class FeatureSpec:
     unit: str
     source: str  # "vibration" (per frame) or "process" (per scalar sensor window)
     description: str
+    role: str = "symptom"
+    """``symptom``: a sign that something changed, watched by the online detector;
+    ``diagnosis``: read by the fault classifier to tell which fault and how large, not by the
+    detector (whose score, and the thresholds set for it, stay what they were)."""
 
 
 class FeatureVersionError(ValueError):
@@ -56,6 +68,38 @@ def _envelope_specs() -> list[FeatureSpec]:
                     f"envelope spectrum at {h}x {order.upper()} (shaft orders), over the median level",
                 )
             )
+    return out
+
+
+def _defect_band_specs() -> list[FeatureSpec]:
+    out = []
+    for b in range(DEFECT_BANDS):
+        where = f"fixed band {b} of {DEFECT_BANDS}"
+        for order, h in envelope_line_names():
+            out.append(
+                FeatureSpec(
+                    f"band{b}_env_{order}_{h}",
+                    "1",
+                    "vibration",
+                    f"log of the envelope spectrum at {h}x {order.upper()} (shaft orders) over "
+                    f"the median level, demodulating {where}",
+                    "diagnosis",
+                )
+            )
+        out.append(
+            FeatureSpec(
+                f"band{b}_share",
+                "1",
+                "vibration",
+                f"log share of the frame's energy in {where}",
+                "diagnosis",
+            )
+        )
+        out.append(
+            FeatureSpec(
+                f"band{b}_sk", "1", "vibration", f"mean spectral kurtosis in {where}", "diagnosis"
+            )
+        )
     return out
 
 
@@ -90,6 +134,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
         "vibration",
         "1 if shaft speed was known, else 0 (envelope features NaN)",
     ),
+    *_defect_band_specs(),
     FeatureSpec("proc_level", "sensor unit", "process", "mean of the sensor's last 30 s"),
     FeatureSpec("proc_slope", "sensor unit/reading", "process", "least-squares slope over 30 s"),
     FeatureSpec("proc_std", "sensor unit", "process", "standard deviation over the last 30 s"),
@@ -98,9 +143,14 @@ FEATURES: tuple[FeatureSpec, ...] = (
 _BY_NAME = {f.name: f for f in FEATURES}
 
 
-def feature_names(source: str | None = None) -> list[str]:
-    """Names of the current feature columns, in table order (optionally of one source)."""
-    return [f.name for f in FEATURES if source is None or f.source == source]
+def feature_names(source: str | None = None, role: str | None = None) -> list[str]:
+    """Names of the current feature columns, in table order (optionally of one source, one
+    role: ``symptom`` or ``diagnosis``)."""
+    return [
+        f.name
+        for f in FEATURES
+        if (source is None or f.source == source) and (role is None or f.role == role)
+    ]
 
 
 def feature_spec(name: str) -> FeatureSpec:

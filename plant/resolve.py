@@ -287,6 +287,14 @@ def _resolve_asset(
                 f"{hi_spec.feature!r} is not a {source} feature; known: "
                 f"{', '.join(feature_names(source))}",
             )
+        for i, other in enumerate(hi_spec.sensors):
+            if other not in sensors or sensors[other].contract.frames != (source == "vibration"):
+                raise PlantError(
+                    path,
+                    hi_spec.line("sensors"),
+                    f"{hi_where}.sensors[{i}]",
+                    f"sensor {other!r} is not a {source} sensor of asset {spec.id!r}",
+                )
         health = HealthIndicator(
             hi_spec.sensor,
             hi_spec.feature,
@@ -294,6 +302,10 @@ def _resolve_asset(
             1.0 if hi_spec.direction == "rising" else -1.0,
             hi_spec.rul_cap_s,
             hi_spec.baseline_windows,
+            tuple(dict.fromkeys([hi_spec.sensor, *hi_spec.sensors])),
+            hi_spec.age_is_wear,
+            hi_spec.early_cost_s,
+            hi_spec.late_cost_s,
         )
     return Asset(
         asset_id=spec.id,
@@ -329,6 +341,7 @@ def _build(path: Path, doc: PlantFile, seen: tuple[Path, ...]) -> Plant:
         files=(str(path),),
         adapters=tuple(doc.adapters),
         outbound=doc.outbound,
+        serving=doc.serving,
     )
     asset_lines: dict[str, int] = {}
     cache: dict[tuple[int, ...], tuple[SensorContract, dict[str, Any]]] = {}

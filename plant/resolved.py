@@ -50,7 +50,7 @@ class Sensor:
 class HealthIndicator:
     """The feature that tracks an asset's degradation (``plant.schema.HealthIndicatorSpec``):
     ``feature`` of the windows of ``sensor``; ``sign`` is +1 when it rises with wear, -1 when
-    it falls."""
+    it falls.  ``sensors``: every sensor that may feed the indicator, ``sensor_id`` first."""
 
     sensor_id: str
     feature: str
@@ -58,6 +58,15 @@ class HealthIndicator:
     sign: float
     rul_cap_s: float
     baseline_windows: int
+    sensors: tuple[str, ...] = ()
+    age_is_wear: bool = False
+    early_cost_s: float | None = None
+    late_cost_s: float | None = None
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The sensors feeding the indicator, ``sensor_id`` first (itself alone by default)."""
+        return self.sensors or (self.sensor_id,)
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ class Plant:
     # the protocol adapters (plant.schema.OpcuaAdapter, ModbusAdapter, SparkplugAdapter)
     adapters: tuple[Any, ...] = ()
     outbound: Any = None  # the file's outbound section (plant.schema.OutboundSpec), if any
+    serving: Any = None  # the file's serving limits (plant.schema.ServingSpec), if any
     _resolved: dict[str, Asset | None] = field(default_factory=dict, repr=False)
 
     # -- look-ups --------------------------------------------------------------------------

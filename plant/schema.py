@@ -20,6 +20,7 @@ __all__ = [
     "SensorSpec",
     "RelationshipSpec",
     "HealthIndicatorSpec",
+    "ServingSpec",
     "AssetKindSpec",
     "AssetSpec",
     "SiteSpec",
@@ -159,7 +160,16 @@ class HealthIndicatorSpec(_Node):
     (``vib_rms``, ``proc_level``, ...), ``direction`` whether it rises or falls as the asset
     wears, ``rul_cap_s`` the horizon beyond which it says nothing (RUL targets are capped
     there), ``baseline_windows`` how many of an asset's first windows define its healthy level.
-    ``reason`` (required) says why this feature is the asset's health indicator."""
+    ``reason`` (required) says why this feature is the asset's health indicator.
+
+    ``sensors``: further sensors whose same ``feature`` may feed the indicator (the RUL model
+    learns from the run-to-failure histories how much each one follows wear; ``sensor`` is
+    always one and sets the indicator's cadence).  ``age_is_wear``: the asset's first window
+    is the start of its life (a fleet of new engines, not pumps that ran long before the stream
+    saw them), so its age is an input of the model.  ``early_cost_s`` / ``late_cost_s``: the
+    cost of an estimate ``d`` seconds too low or too high, ``exp(-d/early)-1`` and
+    ``exp(d/late)-1`` (PHM08's shape): when set, the served estimate is shifted to the one of
+    least expected cost over its out-of-fold errors."""
 
     sensor: Id
     feature: str
@@ -167,6 +177,10 @@ class HealthIndicatorSpec(_Node):
     direction: Literal["rising", "falling"] = "rising"
     rul_cap_s: float = Field(gt=0)
     baseline_windows: int = Field(30, ge=3)
+    sensors: list[Id] = []
+    age_is_wear: bool = False
+    early_cost_s: float | None = Field(None, gt=0)
+    late_cost_s: float | None = Field(None, gt=0)
 
 
 class AssetKindSpec(_Node):
@@ -488,6 +502,16 @@ ALERTS_PER_DAY = 1.0
 machine (``PlantFile.alerts_per_day``)."""
 
 
+class ServingSpec(_Node):
+    """Limits the plant puts on the models the stream serves (``models.gate``): a candidate
+    whose prediction of 1,000 rows takes longer than ``latency_ceiling_ms`` is never promoted,
+    whatever the champion does (without one, the gate judges latency only relative to the
+    champion's, measured together).  ``reason`` says where the limit comes from."""
+
+    latency_ceiling_ms: float | None = Field(None, gt=0)
+    reason: str = Field(min_length=1)
+
+
 class PlantFile(_Node):
     """A whole plant file.  ``alerts_per_day`` is the false-alarm budget of its assets (an asset
     kind or an asset may declare its own): how many alerts a day an operator accepts from a
@@ -506,6 +530,7 @@ class PlantFile(_Node):
     replay: ReplaySpec | None = None
     adapters: list[AdapterSpec] = []
     outbound: OutboundSpec | None = None
+    serving: ServingSpec | None = None
 
     @field_validator("sensor_kinds")
     @classmethod

@@ -150,7 +150,12 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("version", help="the registered version to consider")
     pr.add_argument("--min-improvement", type=float, default=0.01)
     pr.add_argument("--slice-tolerance", type=float, default=0.10)
-    pr.add_argument("--latency-budget-ms", type=float, default=100.0)
+    pr.add_argument(
+        "--max-latency-ratio",
+        type=float,
+        default=1.5,
+        help="candidate / champion prediction time, measured together (default 1.5)",
+    )
     pr.add_argument("--json", action="store_true")
     rb = sub.add_parser("rollback", help="move champion back to the version it replaced")
     rb.add_argument("model", help="fault, rul or a registered model name")
@@ -249,7 +254,7 @@ def _ops(args: argparse.Namespace) -> int:
     if args.command == "promote":
         from models.gate import GatePolicy
 
-        policy = GatePolicy(args.min_improvement, args.slice_tolerance, args.latency_budget_ms)
+        policy = GatePolicy(args.min_improvement, args.slice_tolerance, args.max_latency_ratio)
         d = ops.promote(settings, args.model, args.version, policy)
         _show(args, d, _render_decision)
         return 0 if d["decision"] == "promote" else EXIT_REFUSED

@@ -50,11 +50,11 @@ def model_name(name: str) -> str:
 
 
 def _iso(ts: pd.Timestamp | float | None) -> str | None:
+    """A timestamp, or epoch milliseconds, as ISO 8601 to the second (None for a missing one)."""
     if ts is None or (isinstance(ts, float) and ts != ts) or pd.isna(ts):
         return None
-    if not isinstance(ts, pd.Timestamp):
-        ts = pd.Timestamp(ts, unit="ms", tz="UTC")
-    return ts.isoformat(timespec="seconds")
+    when = ts if isinstance(ts, pd.Timestamp) else pd.Timestamp(ts, unit="ms", tz="UTC")
+    return when.isoformat(timespec="seconds")
 
 
 NEWEST_COLUMN = {
@@ -173,8 +173,16 @@ def alerts(settings: Settings, days: float = 7.0, only_open: bool = False) -> li
 
 
 def promote(settings: Settings, name: str, version: str, policy: GatePolicy) -> dict[str, Any]:
-    from models.gate import run_gate
+    """``version`` of ``name`` through the gate; the plant's latency ceiling (if it declares
+    one) applies whatever ``policy`` says."""
+    from dataclasses import replace
 
+    from models.gate import plant_latency_ceiling_ms, run_gate
+    from plant import default_plant
+
+    ceiling = plant_latency_ceiling_ms(default_plant())
+    if ceiling is not None:
+        policy = replace(policy, latency_ceiling_ms=ceiling)
     d = run_gate(
         settings.mlflow_tracking_uri, Lake(settings.lake_uri), model_name(name), version, policy
     )
@@ -184,6 +192,7 @@ def promote(settings: Settings, name: str, version: str, policy: GatePolicy) -> 
         "candidate": d.candidate_version,
         "champion_before": d.champion_version,
         "reasons": d.reasons,
+        "latency": d.evidence.get("latency"),
     }
 
 

@@ -71,7 +71,13 @@ def readings_rows(
 
 
 # -- a trained plant: shared by the model and serving tests ----------------------------------
-ENVELOPE = [f"env_{k}_{i}" for k in ("bpfo", "bpfi", "bsf2") for i in (1, 2, 3)]
+ENVELOPE = [
+    f"{band}env_{k}_{i}"
+    for band in ("", "band0_", "band1_", "band2_")
+    for k in ("bpfo", "bpfi", "bsf2")
+    for i in (1, 2, 3)
+]
+"""The defect lines, in the SK band and the fixed bands: a classifier without them is weak."""
 
 
 @pytest.fixture(scope="session")

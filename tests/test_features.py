@@ -11,7 +11,13 @@ from bytewax_flows.telemetry import get_flow
 from lake import Lake, table_spec
 from physics.bearing import SKF_6205
 from physics.features import demodulation_band, vibration_features
-from physics.registry import FEATURE_VERSION, FeatureVersionError, check_compatible, feature_names
+from physics.registry import (
+    FEATURE_VERSION,
+    FeatureVersionError,
+    check_compatible,
+    feature_names,
+    feature_spec,
+)
 from physics.simulator import Fault, FleetSimulator, MachineSpec, default_fleet
 
 
@@ -45,6 +51,37 @@ def test_defect_lines_are_found_at_any_speed(rpm: float):
     fi = vibration_features(frames_of(inner, "m", range(800, 803)), 12_000.0, shaft, SKF_6205)
     assert np.all(fo["env_bpfo_1"] > 3 * fo["env_bpfi_1"])
     assert np.all(fi["env_bpfi_1"] > 3 * fi["env_bpfo_1"])
+
+
+@pytest.mark.parametrize("rpm", [1200.0, 2400.0])
+def test_fixed_bands_read_the_defect_in_shaft_orders_at_any_speed(rpm: float):
+    """The fixed bands read the same orders whatever the speed: an inner-race defect's BPFI
+    line stands out in the band holding the resonance it rings, its BPFO line does not."""
+    inner = FleetSimulator(
+        [MachineSpec("m", rpm=rpm, resonance_hz=3200.0)], [Fault("m", "inner_race", 0, 1000)]
+    )
+    shaft = rpm * (1 - 0.015 * (inner.load(0, np.array([800.5]))[0] - 0.4))
+    f = vibration_features(frames_of(inner, "m", range(800, 803)), 12_000.0, shaft, SKF_6205)
+    resonant = 1  # 2.2-3.8 kHz at 12 kHz: the 3.2 kHz resonance
+    assert np.all(f[f"band{resonant}_env_bpfi_1"] > f[f"band{resonant}_env_bpfo_1"] + 1.0)
+    assert np.all(f[f"band{resonant}_share"] > f["band0_share"])  # its energy is there
+    assert all(feature_spec(n).role == "diagnosis" for n in f if n.startswith("band"))
+
+
+def test_a_frames_features_do_not_depend_on_the_frames_batched_with_it():
+    """The stream featurises frames of several machines, at several speeds, in one call; a
+    frame's numbers must be those it has alone (its own envelope level, its own speed)."""
+    sim = FleetSimulator(
+        [MachineSpec("a", rpm=1200.0), MachineSpec("b", rpm=2400.0)],
+        [Fault("a", "outer_race", 0, 1000)],
+    )
+    a, b = frames_of(sim, "a", range(800, 802)), frames_of(sim, "b", range(800, 802))
+    alone = vibration_features(a, 12_000.0, 1200.0, SKF_6205)
+    mixed = vibration_features(
+        np.vstack([a, b]), 12_000.0, [1200.0, 1200.0, 2400.0, 2400.0], SKF_6205
+    )
+    for name, values in alone.items():
+        np.testing.assert_allclose(mixed[name][:2], values, rtol=1e-12, err_msg=name)
 
 
 def test_healthy_machine_has_no_dominant_defect_line():

@@ -20,7 +20,15 @@ from dagster_project.definitions import defs
 from dagster_project.resources import DatasetsResource, LakeResource, MLflowResource
 from dagster_project.sensors import DRIFT_DEBOUNCE_S, drift_requests
 from lake import Lake
-from models.gate import GatePolicy, champion_holdout, decide, rollback
+from models.gate import (
+    GatePolicy,
+    PairedLatency,
+    champion_holdout,
+    decide,
+    paired_latency,
+    plant_latency_ceiling_ms,
+    rollback,
+)
 from models.registry import (
     FAULT_MODEL,
     ModelNotFoundError,
@@ -30,6 +38,7 @@ from models.registry import (
 from models.training import Evaluation, holdout_split, label_faults, split_by_machine
 from physics.registry import FEATURE_VERSION
 from physics.simulator import default_fleet
+from plant import default_plant
 from tests.conftest import ENVELOPE, T0_US, retrain
 
 FV = FEATURE_VERSION
@@ -81,7 +90,7 @@ def _evaluation(overall: float, slices: dict[str, float], latency: float = 1.0) 
 
 
 def test_gate_rules_each_can_refuse():
-    policy = GatePolicy(min_improvement=0.01, slice_tolerance=0.05, latency_budget_ms=10)
+    policy = GatePolicy(min_improvement=0.01, slice_tolerance=0.05, max_latency_ratio=1.5)
     champ = _evaluation(0.80, {"asset=a": 0.8, "asset=b": 0.8})
     ok_sig = (True, "signature ok")
     good = _evaluation(0.90, {"asset=a": 0.9, "asset=b": 0.79})
@@ -97,7 +106,7 @@ def test_gate_rules_each_can_refuse():
     cases = {
         "slice": (_evaluation(0.90, {"asset=a": 0.99, "asset=b": 0.70}), True, FV, ok_sig),
         "improvement": (_evaluation(0.805, {"asset=a": 0.8, "asset=b": 0.8}), True, FV, ok_sig),
-        "latency": (_evaluation(0.9, {}, latency=11.0), True, FV, ok_sig),
+        "latency": (_evaluation(0.9, {}, latency=1.6), True, FV, ok_sig),  # x1.6 the champion
         "validated": (good, False, FV, ok_sig),
         "feature_version": (good, True, FV - 1, ok_sig),
         "signature": (good, True, FV, (False, "signature inputs missing")),
@@ -113,6 +122,41 @@ def test_gate_rules_each_can_refuse():
         )
         assert not passed, name
         assert sum(r.startswith("FAIL") for r in reasons) == 1, (name, reasons)
+
+
+def test_latency_is_judged_against_the_champion_measured_together_and_the_plants_ceiling():
+    """A busy machine slows candidate and champion alike: the ratio of their paired timings
+    decides, and an absolute limit applies only where the plant declares one."""
+    import time as _time
+
+    def slow(ms: float):
+        return lambda: _time.sleep(ms / 1000.0)
+
+    paired = paired_latency(slow(6.0), slow(2.0), rounds=5)
+    assert paired.candidate_ms >= 6.0 and paired.champion_ms >= 2.0
+    assert 1.5 < paired.ratio < 4.0 and paired.rounds == 5
+    champ = _evaluation(0.80, {})
+    good = _evaluation(0.90, {})
+    common = dict(training_validated=True, feature_version=FV, signature_ok=(True, "ok"))
+    passed, reasons = decide(good, champ, policy=GatePolicy(), latency=paired, **common)
+    assert not passed
+    (line,) = [r for r in reasons if r.startswith("FAIL")]
+    assert "measured together" in line and "at most x1.5" in line
+    # the same two at 50 times the load (each 50 times slower) are still x3: still refused
+    loaded = PairedLatency(paired.candidate_ms * 50, paired.champion_ms * 50, 5, 9.9)
+    assert loaded.ratio == pytest.approx(paired.ratio)
+    # as fast as the champion: promoted, however slow both are, unless the plant has a ceiling
+    even = PairedLatency(300.0, 290.0, 5, 9.9)
+    assert decide(good, champ, policy=GatePolicy(), latency=even, **common)[0]
+    ceiling = GatePolicy(latency_ceiling_ms=100.0)
+    passed, reasons = decide(good, champ, policy=ceiling, latency=even, **common)
+    assert not passed and any("FAIL" in r and "ceiling 100 ms" in r for r in reasons)
+    assert plant_latency_ceiling_ms(default_plant()) is None  # the demo plant declares none
+    # a classifier that names a third condition grows three trees a round where a binary
+    # champion grew one: that much of the ratio is allowed for
+    wider = PairedLatency(3.3, 1.0, 5, None, outputs=(3, 1))
+    passed, reasons = decide(good, champ, policy=GatePolicy(), latency=wider, **common)
+    assert passed and any("x 3/1 outputs = x4.50" in r for r in reasons)
 
 
 def test_first_candidate_is_registered_in_xgboost_format_and_promoted(mlops: dict):
@@ -155,7 +199,9 @@ def test_gate_refuses_worse_promotes_better_and_rollback_restores(mlops: dict):
     assert "FAIL: macro_f1" in worse["rules"]
     assert str(champion_version(c, FAULT_MODEL).version) == first
 
-    better = retrain(mlops, n_estimators=150)["fault_promotion"]
+    # as many trees as the champion (a model four times its size would be refused as slower:
+    # the gate compares latency with the champion's), but every feature
+    better = retrain(mlops, n_estimators=40)["fault_promotion"]
     assert better["decision"] == "promote", better["rules"]
     assert better["candidate_overall"] > better["champion_overall"]
     new = str(champion_version(c, FAULT_MODEL).version)
@@ -314,7 +360,7 @@ def _retrain(ops: dict, **training) -> dict:
         run_config={
             "ops": {
                 "fault_candidate": {"config": training},
-                "fault_promotion": {"config": {"latency_budget_ms": 60_000.0}},
+                "fault_promotion": {"config": {"max_latency_ratio": 1000.0}},
             }
         },
     )

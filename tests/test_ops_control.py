@@ -274,9 +274,11 @@ def test_a_new_label_requests_a_retrain(tmp_path: Path):
         resources=resources, instance=instance, cursor=first.cursor
     ) as ctx:
         result = sensor(ctx)
-    assert len(result.run_requests) == 1
-    assert result.run_requests[0].tags["plantpulse/assets"] == "pump-03"
-    assert result.run_requests[0].run_key != first.run_requests[0].run_key
+    # a failure on pump-03 (a health indicator's asset) also ends its history: the RUL retrain
+    jobs = {r.job_name: r for r in result.run_requests}
+    assert set(jobs) == {"retrain_fault_classifier", "retrain_rul"}
+    assert jobs["retrain_fault_classifier"].tags["plantpulse/assets"] == "pump-03"
+    assert jobs["retrain_fault_classifier"].run_key != first.run_requests[0].run_key
     inspection = dict(old, ts=t + pd.Timedelta(hours=1), kind="inspection")
     lake.append("maintenance_events", pd.DataFrame([inspection]))  # changes no window's label
     with dg.build_sensor_context(
@@ -361,8 +363,9 @@ def test_labels_wait_for_a_retrain_that_has_not_started(tmp_path: Path):
         ),
     }
     with dg.instance_for_test() as instance:
-        job = defs.resolve_job_def("retrain_fault_classifier")
-        instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED)
+        for name in ("retrain_fault_classifier", "retrain_rul"):  # the failure concerns both
+            job = defs.resolve_job_def(name)
+            instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED)
         with dg.build_sensor_context(resources=resources, instance=instance) as ctx:
             result = sensor(ctx)
         assert isinstance(result, dg.SkipReason) and "has not started" in str(result.skip_message)

@@ -4,9 +4,13 @@ fault classifier:  features + maintenance_events → fault_training_set → faul
                    fault_promotion (gate; moves the `champion` alias the stream follows)
 RUL regressor:     features + maintenance_events (run-to-failure histories of every asset with
                    a health indicator) → rul_training_set → rul_candidate → rul_promotion
+prognostics:       the stream's prognostics → remaining_useful_life (per asset: RUL, interval
+                   and the health indicator's trend)
 """
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 import numpy as np
@@ -20,11 +24,11 @@ from dagster_project.assets.validation import (
     validate_readings_day,
     validated_dates,
 )
-from dagster_project.plots import png_markdown, rul_figure
+from dagster_project.plots import health_figure, png_markdown, rul_figure
 from dagster_project.resources import LakeResource, MLflowResource
 from expectations.contracts import SENSORS
-from models.gate import Decision, GatePolicy, run_gate
-from models.prognostics import fit_served_rul, lake_rul_rows, served_inputs
+from models.gate import Decision, GatePolicy, plant_latency_ceiling_ms, run_gate
+from models.prognostics import fit_served_rul, lake_rul_rows
 from models.registry import FAULT_MODEL, RUL_MODEL, log_candidate
 from models.training import (
     FAULT_FEATURES,
@@ -33,7 +37,7 @@ from models.training import (
     label_faults,
     rmse,
 )
-from physics.prognostics import TRACKER_FEATURES
+from physics.prognostics import HealthSnapshot
 from plant import default_plant
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "rul_training_set",
     "rul_candidate",
     "rul_promotion",
+    "remaining_useful_life",
     "GateConfig",
     "TrainingConfig",
 ]
@@ -72,15 +77,18 @@ class TrainingConfig(dg.Config):
 
 
 class GateConfig(dg.Config):
-    """The promotion policy (see ``models.gate.GatePolicy``)."""
+    """The promotion policy (see ``models.gate.GatePolicy``); the absolute latency ceiling is
+    the plant's (``serving.latency_ceiling_ms`` of the plant file), not run config."""
 
     min_improvement: float = 0.01
     slice_tolerance: float = 0.10
-    latency_budget_ms: float = 100.0
+    max_latency_ratio: float = 1.5
     require_validated_training: bool = True
 
     def policy(self) -> GatePolicy:
-        return GatePolicy(**self.model_dump())
+        return GatePolicy(
+            **self.model_dump(), latency_ceiling_ms=plant_latency_ceiling_ms(default_plant())
+        )
 
 
 def _table_md(df: pd.DataFrame) -> dg.MetadataValue:
@@ -209,12 +217,18 @@ def _prepare(train: pd.DataFrame, config: TrainingConfig, label: str) -> pd.Data
     return train
 
 
-@dg.asset(
-    group_name="models",
-    kinds={"xgboost", "mlflow"},
-    owners=["team:ml"],
-    automation_condition=FOLLOW_UPSTREAM,
-)
+def _model_asset(*kinds: str) -> Callable[..., Any]:
+    """The decorator of a candidate or gate asset: the models group, its kinds, re-run after
+    its upstream (``FOLLOW_UPSTREAM``)."""
+    return dg.asset(
+        group_name="models",
+        kinds=set(kinds),
+        owners=["team:ml"],
+        automation_condition=FOLLOW_UPSTREAM,
+    )
+
+
+@_model_asset("xgboost", "mlflow")
 def fault_candidate(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
@@ -271,16 +285,25 @@ def fault_candidate(
         },
         figures=figures,
     )
+    return _registered(
+        mv,
+        FAULT_MODEL,
+        classes=dg.MetadataValue.json(classes),
+        confusion_matrix=dg.MetadataValue.md(
+            png_markdown(figures["confusion_matrix.png"], "confusion matrix")
+        ),
+    )
+
+
+def _registered(mv, name: str, **metadata: Any) -> dg.Output[str]:
+    """A candidate asset's value (the version number) and what the UI shows of it."""
     return dg.Output(
         str(mv.version),
         metadata={
-            "model": FAULT_MODEL,
+            "model": name,
             "version": str(mv.version),
             "mlflow_run_id": mv.run_id,
-            "classes": dg.MetadataValue.json(classes),
-            "confusion_matrix": dg.MetadataValue.md(
-                png_markdown(figures["confusion_matrix.png"], "confusion matrix")
-            ),
+            **metadata,
         },
     )
 
@@ -309,12 +332,7 @@ def _gate(name: str, version: str, config: GateConfig, lake, mlflow) -> dg.Mater
     return _decision_result(run_gate(mlflow.uri(), lake.lake(), name, version, config.policy()))
 
 
-@dg.asset(
-    group_name="models",
-    kinds={"mlflow", "delta"},
-    owners=["team:ml"],
-    automation_condition=FOLLOW_UPSTREAM,
-)
+@_model_asset("mlflow", "delta")
 def fault_promotion(
     config: GateConfig, fault_candidate: str, lake: LakeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
@@ -334,24 +352,24 @@ def fault_promotion(
 def rul_training_set(
     context: dg.AssetExecutionContext, lake: LakeResource
 ) -> dg.Output[pd.DataFrame]:
-    """Run-to-failure histories from the lake, for every asset kind with a health indicator
-    in the plant: the indicator's windows in ``features`` (validated days only, as for the
-    fault classifier) up to each ``failure`` in ``maintenance_events``, replayed through the
-    stream's own degradation tracker (``models.prognostics.lake_rul_rows``); 20 % of the runs
-    held out (by run: a life is all in training or all in the holdout)."""
+    """Run-to-failure histories from the lake, for the health indicators of the plant: the
+    windows in ``features`` (validated days only, as for the fault classifier) of the sensors
+    that feed each asset's indicator, up to each ``failure`` in ``maintenance_events``, aligned
+    and kept by the objects the stream keeps per asset (``models.prognostics.lake_rul_rows``);
+    one model serves one indicator, so the indicator with the most runs is trained (the others
+    are listed); 20 % of the runs held out (by run: a life is all in training or all in the
+    holdout)."""
     store = lake.lake()
     good, skipped, readings_failed, unvalidated = _validated_days(store, context.run.run_id)
     plant = default_plant()
-    his = {
-        (a.health_indicator.sensor_id)
-        for a in plant.assets.values()
-        if a.health_indicator is not None
+    sensors = {
+        s for a in plant.assets.values() if a.health_indicator for s in a.health_indicator.inputs
     }
     feats = store.read(
         "features",
         filters=[
             ("date", "in", [pd.Timestamp(d).date() for d in good]),
-            ("sensor_id", "in", sorted(his)),
+            ("sensor_id", "in", sorted(sensors)),
         ],
     )
     events = (
@@ -360,13 +378,19 @@ def rul_training_set(
         else (pd.DataFrame(columns=["asset_id", "ts", "kind", "component"]))
     )
     df = lake_rul_rows(feats, events, plant)
-    runs = sorted(df["run"].unique())
-    if not runs:
+    if df.empty:
         raise dg.Failure(
             "no run-to-failure history in the lake: an RUL model needs a `failure` in "
             "maintenance_events of an asset whose plant declaration names a health indicator, "
             "with its features before it"
         )
+    runs_per = df.groupby("indicator")["run"].nunique().sort_values(ascending=False)
+    indicator = str(runs_per.index[0])
+    df = df[df["indicator"] == indicator].reset_index(drop=True)
+    meta = ["asset_id", "run", "window_end", "indicator", "rul", "rul_true", "rul_cap"]
+    own = HealthSnapshot.column_names(indicator.split(":", 1)[1].split(","))
+    df = df[meta + own]  # without the columns of the other indicators' sensors
+    runs = sorted(df["run"].unique())
     rng = np.random.default_rng(0)
     n_hold = int(round(0.2 * len(runs))) if len(runs) >= 3 else 0
     held = set(rng.choice(runs, size=n_hold, replace=False).tolist()) if n_hold else set()
@@ -381,6 +405,10 @@ def rul_training_set(
         df,
         metadata={
             "rows": dg.MetadataValue.int(len(df)),
+            "indicator": indicator,
+            "indicators_not_trained": dg.MetadataValue.json(
+                {str(k): int(v) for k, v in runs_per.iloc[1:].items()}
+            ),
             "runs_train": dg.MetadataValue.int(int(df.loc[~df["holdout"], "run"].nunique())),
             "runs_holdout": dg.MetadataValue.int(len(held)),
             "holdout": "by run" if held else "last 25 % of each run (fewer than 3 runs)",
@@ -394,80 +422,66 @@ def rul_training_set(
     )
 
 
-@dg.asset(
-    group_name="models",
-    kinds={"xgboost", "mlflow"},
-    owners=["team:ml"],
-    automation_condition=FOLLOW_UPSTREAM,
-)
+@_model_asset("xgboost", "mlflow")
 def rul_candidate(
     context: dg.AssetExecutionContext,
     config: TrainingConfig,
     rul_training_set: pd.DataFrame,
     mlflow: MLflowResource,
 ) -> dg.Output[str]:
-    """The served hybrid RUL model (``models.prognostics.fit_served_rul``: the degradation
-    prior's failure level, an XGBoost regressor of its residual, a conformal interval), logged
-    with the RUL-over-time plot of the holdout runs and registered as a new version."""
+    """The served hybrid RUL model (``models.prognostics.fit_served_rul``: the multi-sensor
+    health indicator, its similarity prior, an XGBoost regressor of the prior's residual, the
+    least-cost shift and the conformal interval, with the plant's declarations for the
+    indicator), logged with the RUL-over-time plot of the holdout runs and registered as a new
+    version (the health model as ``served/health.json``)."""
     df = rul_training_set
     train = _prepare(df[~df["holdout"]], config, "rul")
     holdout = df[df["holdout"]]
+    hi = default_plant().health_indicator(str(df["asset_id"].iloc[0]))
     try:
-        served = fit_served_rul(train, config.n_estimators)
+        served = fit_served_rul(
+            train,
+            config.n_estimators,
+            use_age=bool(hi and hi.age_is_wear),
+            early_cost_s=hi.early_cost_s if hi else None,
+            late_cost_s=hi.late_cost_s if hi else None,
+        )
     except ValueError as exc:
         raise dg.Failure(str(exc)) from None
-    x_train = served_inputs(train, served.z_fail)
-    x_hold = served_inputs(holdout, served.z_fail)
-    predicted = served.predict(x_hold, holdout["rul_cap"].to_numpy())
-    low, high = served.bands.interval(predicted)
+    snap = served.snapshot(holdout)
+    predicted, low, high = served.predict(snap)
+    inputs = served.health.inputs(snap)
     truth = holdout["rul"].to_numpy()
     figures = {
         "rul_over_time.png": rul_figure(
             holdout.assign(
-                ts=holdout["window_end"],
-                rul=predicted,
-                rul_low=low,
-                rul_high=high,
-                truth=holdout["rul"],
+                ts=holdout["window_end"], rul=predicted, rul_low=low, rul_high=high, truth=truth
             ),
             "RUL of the holdout runs: predicted, interval and truth (capped)",
         ),
         "feature_importance.png": _importance_figure(served.model, "RUL residual: top inputs"),
     }
-    state_cols = [
-        "asset_id",
-        "run",
-        "window_end",
-        "t_s",
-        "hi_z",
-        "a",
-        "b",
-        "c",
-        "rmse",
-        "age_s",
-        "rul",
-        "rul_cap",
-        "rul_band",
-    ]
+    keep = ["asset_id", "run", "window_end", "rul", "rul_true", "rul_cap", "rul_band"]
     mv = log_candidate(
         mlflow.uri(),
         mlflow.experiment_id(EXPERIMENT),
         RUL_MODEL,
         served.model,
         task="regressor",
-        x_example=x_train,
-        holdout=holdout[state_cols].assign(**x_hold).reset_index(drop=True),
+        x_example=served.input_frame(train.head(50)),
+        holdout=holdout[keep + served.columns()].reset_index(drop=True),
         params={
             "n_estimators": config.n_estimators,
-            "inputs": len(TRACKER_FEATURES),
+            "inputs": len(served.health.input_names),
             "shuffled_labels": config.shuffle_labels,
-            "z_fail": served.z_fail,
+            "indicator_sensors": len(served.health.sensors),
         },
         metrics={
             "train_rows": len(train),
             "holdout_rows": len(holdout),
             "holdout_rmse_s": rmse(predicted, truth),
             "holdout_interval_coverage": float(np.mean((truth >= low) & (truth <= high))),
+            "holdout_prior_rmse_s": rmse(inputs["prior_rul"], truth),
         },
         tags={
             "slice_by": json.dumps(["rul_band"]),
@@ -476,30 +490,79 @@ def rul_candidate(
             **served.tags(),
         },
         figures=figures,
+        served=served.artifacts(),
     )
-    return dg.Output(
-        str(mv.version),
-        metadata={
-            "model": RUL_MODEL,
-            "version": str(mv.version),
-            "mlflow_run_id": mv.run_id,
-            "z_fail": served.z_fail,
-            "conformal_calibration": served.calibration,
-            "rul_over_time": dg.MetadataValue.md(
-                png_markdown(figures["rul_over_time.png"], "RUL over time, holdout runs")
-            ),
-        },
+    weights = dict(zip(served.health.sensors, served.health.weights.tolist(), strict=True))
+    return _registered(
+        mv,
+        RUL_MODEL,
+        indicator_weights=dg.MetadataValue.json(weights),
+        shift_s=dg.MetadataValue.json(served.health.shift),
+        conformal_calibration=served.calibration,
+        rul_over_time=dg.MetadataValue.md(
+            png_markdown(figures["rul_over_time.png"], "RUL over time, holdout runs")
+        ),
     )
 
 
-@dg.asset(
-    group_name="models",
-    kinds={"mlflow", "delta"},
-    owners=["team:ml"],
-    automation_condition=FOLLOW_UPSTREAM,
-)
+@_model_asset("mlflow", "delta")
 def rul_promotion(
     config: GateConfig, rul_candidate: str, lake: LakeResource, mlflow: MLflowResource
 ) -> dg.MaterializeResult:
-    """The gate for the RUL model: RMSE on the holdout engines overall and per RUL band."""
+    """The gate for the RUL model: RMSE of the whole served estimate on the holdout runs,
+    overall and per RUL band, and latency against the champion's measured together."""
     return _gate(RUL_MODEL, rul_candidate, config, lake, mlflow)
+
+
+# -- what operators read: each asset's remaining life ----------------------------------------
+RUL_HOURS = 24.0
+
+
+@dg.asset(
+    deps=[dg.AssetKey("prognostics")],
+    group_name="models",
+    kinds={"delta", "pandas"},
+    owners=["team:reliability"],
+    automation_condition=dg.AutomationCondition.on_cron("*/10 * * * *"),
+)
+def remaining_useful_life(lake: LakeResource) -> dg.MaterializeResult:
+    """Each asset's remaining useful life as the stream serves it (``prognostics``, the last
+    24 h of event time): the newest estimate with its interval and model version, and a
+    picture per asset of the estimate with its interval over time beside the health
+    indicator's trend (its value and rolling level, in training-fleet spreads)."""
+    store = lake.lake()
+    if not store.exists("prognostics"):
+        return dg.MaterializeResult(metadata={"assets": 0, "note": "no prognostics yet"})
+    newest = store.table("prognostics").to_pyarrow_dataset().to_table(columns=["ts"])
+    if newest.num_rows == 0:
+        return dg.MaterializeResult(metadata={"assets": 0, "note": "no prognostics yet"})
+    end = pd.Timestamp(max(newest.column("ts").to_pylist()))
+    prog = store.read("prognostics", filters=[("ts", ">=", end - pd.Timedelta(hours=RUL_HOURS))])
+    now = prog.sort_values("ts").groupby("asset_id").last()
+    table = pd.DataFrame(
+        {
+            "as of": now["ts"].dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "RUL (h)": (now["rul"] / 3600).round(2),
+            f"interval ({now['coverage'].iloc[-1]:.0%}, h)": [
+                f"{lo / 3600:.2f} - {hi / 3600:.2f}"
+                for lo, hi in zip(now["rul_low"], now["rul_high"], strict=True)
+            ],
+            "health indicator": now["health_indicator"].round(3),
+            "rise above own baseline": now["hi_z"].round(3),
+            "model": now["model_name"] + " v" + now["model_version"],
+        }
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "assets": dg.MetadataValue.int(len(now)),
+            "rul_now": dg.MetadataValue.md(table.to_markdown()),
+            "rul_and_health": dg.MetadataValue.md(
+                png_markdown(
+                    health_figure(
+                        prog, f"remaining life and health indicator, last {RUL_HOURS:g} h"
+                    ),
+                    "RUL and health indicator per asset",
+                )
+            ),
+        }
+    )
