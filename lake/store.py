@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -217,6 +217,15 @@ class Lake:
         if not self.exists(name):
             return None
         return self.table(name).transaction_version(app_id)
+
+    def committed_versions(self, name: str, app_ids: Iterable[str]) -> dict[str, int | None]:
+        """``committed_version`` of each of ``app_ids``, the table read once (each look-up
+        costs ~0.5 ms in deltalake 1.6, a table refresh as much again)."""
+        ids = list(app_ids)
+        if not ids or not self.exists(name):
+            return dict.fromkeys(ids)
+        dt = self.table(name)
+        return {app_id: dt.transaction_version(app_id) for app_id in ids}
 
     def append(
         self,
