@@ -45,6 +45,7 @@ import logging
 import os
 import ssl
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -148,16 +149,16 @@ def _marks(pairs: list[tuple[str, str]] | None) -> tuple[str | None, int | None,
             continue
         key, value = pair
         if key == PUBLISHER:
-            if isinstance(value, str) and value and value.isprintable() and len(value) <= 128:
+            if value in _GOOD_NAMES or _good_name(value):
                 publisher = value
             else:
                 problem = f"pp-publisher {value!r:.80} is not a printable name of 1..128 chars"
         elif key == SEQ:
             if (
                 isinstance(value, str)
+                and len(value) <= _SEQ_DIGITS
                 and value.isascii()
                 and value.isdigit()
-                and len(value) <= _SEQ_DIGITS
             ):
                 seq = int(value)
             else:
@@ -165,6 +166,17 @@ def _marks(pairs: list[tuple[str, str]] | None) -> tuple[str | None, int | None,
     if problem is not None:
         return None, None, problem
     return publisher, seq, None
+
+
+_GOOD_NAMES: set[str] = set()  # publisher names already found usable (a plant has few)
+
+
+def _good_name(value: object) -> bool:
+    if isinstance(value, str) and value and value.isprintable() and len(value) <= 128:
+        if len(_GOOD_NAMES) < 10_000:
+            _GOOD_NAMES.add(value)
+        return True
+    return False
 
 
 @dataclass(slots=True)
@@ -221,8 +233,10 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         # snapshot starts unknown: its redeliveries are processed again and their rows, already
         # in the lake, dropped by the sink as replays)
         self.high: dict[str, int] = dict((resume or {}).get("high", {}))
-        # acknowledgements wait per batch: (the batch's position, its QoS 1 packet ids)
-        self.unacked: deque[tuple[int, list[int]]] = deque()
+        self._sources: dict[tuple[str, str], tuple[str, str]] = {}  # (publisher, topic) -> ...
+        # acknowledgements wait per batch: (the batch's position, its QoS 1 packet ids), two
+        # bytes an id (a fast stream holds a million of them for an epoch or two)
+        self.unacked: deque[tuple[int, array[int]]] = deque()
         self.breaker = CircuitBreaker(
             source.high_watermark,
             source.low_watermark,
@@ -312,10 +326,14 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                 time.sleep(0.5)
 
     def _receive(self) -> None:
-        """What the socket holds now, into the buffer, each message judged by the breaker."""
+        """What the socket holds now (up to ``read_bytes``), into the buffer, each message
+        judged by the breaker.  Read only when less than a batch waits: the rest waits in the
+        socket and the broker (which holds it within its queue limits), not in this worker."""
         try:
-            packets = self.conn.read()
             self.conn.keep_alive()
+            if self.admitted >= self.cfg.batch:
+                return
+            packets = self.conn.read(self.cfg.read_bytes)
         except OSError as exc:
             self._reconnect(exc)
             return
@@ -428,8 +446,17 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                 # the publisher's numbers are its own per asset topic: the broker's ACLs let a
                 # client write only its assets' topics, so a forged pp-publisher cannot reach
                 # the numbers of a genuine publisher's assets
-                asset = _asset_of(m.topic)
-                source, offset = f"mqtt:{m.publisher}:{asset}:w{self.worker}", m.seq
+                named = self._sources.get((m.publisher, m.topic))
+                if named is None:
+                    asset = _asset_of(m.topic)
+                    named = self._sources[(m.publisher, m.topic)] = (
+                        f"mqtt:{m.publisher}:{asset}:w{self.worker}",
+                        asset,
+                    )
+                    if len(self._sources) > 100_000:  # bounded: a cache, not state
+                        self._sources.clear()
+                source, asset = named
+                offset = m.seq
                 done = high.get(source, -1)
                 if offset <= done and m.dup:
                     # the broker delivering again what this worker (or the one that crashed)
@@ -487,7 +514,7 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         # the batch's position: one durability mark for all of it, whatever its sources
         self.last_offset = mark = max(taken[-1].received_us, self.last_offset + 1)
         if mids:
-            self.unacked.append((mark, mids))
+            self.unacked.append((mark, array("H", mids)))
         out.append(Progress(self.name, mark))
         return out
 
@@ -509,12 +536,12 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         ):
             return
         self.last_ack_check = time.monotonic()
-        durable = durable_offsets(self.lake, [self.name], writers=self.cfg.writers)[self.name]
+        durable = self.cfg.durable(self.lake, self.name)
         if durable is None:
             return
         mids: list[int] = []
         while self.unacked and self.unacked[0][0] <= durable:
-            mids += self.unacked.popleft()[1]
+            mids += self.unacked.popleft()[1].tolist()
         self._ack(mids)
 
     def snapshot(self) -> dict:
@@ -576,6 +603,7 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         idle_stop_s: float | None = None,
         session_expiry_s: int = 3600,
         ack_check_s: float = 0.5,
+        read_bytes: int = 256 * 1024,
         keepalive_s: int = 60,
         reconnect_s: float = 60.0,
         username: str | None = None,
@@ -596,11 +624,30 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         self.keep_every, self.receive_maximum = keep_every, receive_maximum
         self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
         self.keepalive_s, self.reconnect_s = keepalive_s, reconnect_s
+        self.read_bytes = read_bytes
+        self._durable: dict[str, int | None] = {}  # partition -> durable mark (``durable``)
+        self._durable_at = 0.0
         self.username, self.password = username, password
         self.partitions, self.writers = partitions, writers
 
     def list_parts(self) -> list[str]:
         return [f"w{i}" for i in range(self.partitions)]
+
+    def durable(self, lake: Lake, name: str) -> int | None:
+        """``durable_offsets`` of partition ``name``, looked up at most every ``ack_check_s``.
+        Each look-up is some 40 Delta reads (one per table and writer, ~0.5 ms each), so the
+        other partitions of this process are read only when ``name``'s mark moved: the sink
+        records the marks of every partition at the same snapshots (sixteen partitions each
+        reading their own marks spent a second a second on it)."""
+        now = time.monotonic()
+        if name in self._durable and now - self._durable_at < self.ack_check_s:
+            return self._durable[name]
+        self._durable_at = now
+        probe = durable_offsets(lake, [name], writers=self.writers)[name]
+        if self._durable.get(name, -1) != probe:
+            others = self._durable.keys() - {name}
+            self._durable = {**durable_offsets(lake, others, writers=self.writers), name: probe}
+        return probe
 
     def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _MQTTPartition:
         return _MQTTPartition(self, int(for_part[1:]), resume_state)

@@ -274,7 +274,7 @@ class Subscriber:
         got = 0
         while got < max_bytes and self._readable(wait_s if not got else 0.0):
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(min(1 << 20, max_bytes - got))
             except (BlockingIOError, ssl.SSLWantReadError):
                 break
             if not chunk:
@@ -377,7 +377,20 @@ class Subscriber:
         problem: str | None = None
         if plen:
             try:
-                user = _properties(data, k, start, _PUBLISH_PROPS)[0] or None
+                # user properties inline (what the stream's publishers send, per message);
+                # anything else through the general reader
+                user = []
+                while k < start and data[k] == 0x26:
+                    n = (data[k + 1] << 8) | data[k + 2]
+                    key = data[k + 3 : k + 3 + n].decode()
+                    k += 3 + n
+                    n = (data[k] << 8) | data[k + 1]
+                    user.append((key, data[k + 2 : k + 2 + n].decode()))
+                    k += 2 + n
+                if k < start:
+                    user += _properties(data, k, start, _PUBLISH_PROPS)[0]
+                if k > start:
+                    raise MQTTProtocolError("properties overrun their length")
             except (MQTTProtocolError, UnicodeDecodeError, IndexError) as exc:
-                problem = f"unreadable properties ({exc})"
+                user, problem = None, f"unreadable properties ({exc})"
         return Publish(topic, data[start:end], mid, qos, bool(head & 0x08), user, problem)

@@ -173,7 +173,10 @@ class Lake:
             ) from None
 
     def exists(self, name: str) -> bool:
-        return DeltaTable.is_deltatable(self.table_uri(name), self.storage_options)
+        # a table once opened stays (the probe lists the table's log: ~0.3 ms a call)
+        return name in self._tables or DeltaTable.is_deltatable(
+            self.table_uri(name), self.storage_options
+        )
 
     def table(self, name: str) -> DeltaTable:
         """The newest version of table ``name``; ``LakeError`` if it has never been written."""
