@@ -192,6 +192,7 @@ class _Received:
     publisher: str | None
     seq: int | None
     shed: bool  # the breaker was open when it arrived
+    client: int = 0  # which of the partition's connections it came by
     dropped: int = 0  # a report of this many messages the broker dropped (no payload of theirs)
 
 
@@ -233,10 +234,11 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         # snapshot starts unknown: its redeliveries are processed again and their rows, already
         # in the lake, dropped by the sink as replays)
         self.high: dict[str, int] = dict((resume or {}).get("high", {}))
-        self._sources: dict[tuple[str, str], tuple[str, str]] = {}  # (publisher, topic) -> ...
-        # acknowledgements wait per batch: (the batch's position, its QoS 1 packet ids), two
-        # bytes an id (a fast stream holds a million of them for an epoch or two)
-        self.unacked: deque[tuple[int, array[int]]] = deque()
+        # (publisher, topic, connection) -> (source, asset)
+        self._sources: dict[tuple[str, str, int], tuple[str, str]] = {}
+        # acknowledgements wait per batch: (the batch's position, its QoS 1 packet ids per
+        # connection), two bytes an id (a fast stream holds a million of them for an epoch)
+        self.unacked: deque[tuple[int, list[tuple[int, array[int]]]]] = deque()
         self.breaker = CircuitBreaker(
             source.high_watermark,
             source.low_watermark,
@@ -252,13 +254,18 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             done = durable_offsets(self.lake, [self.name], writers=source.writers)[self.name]
             self.last_offset = max(self.last_offset, done or 0)
         self.last_message = self.last_ack_check = time.monotonic()
-        self.client_id = f"plantpulse-{source.group}-w{worker_index}"
         self.auth = (
             (source.username, source.password or "") if source.username else credentials("worker")
         )
-        self.conn = self._connect()
+        # ``clients`` connections, each with its own receive window, read into one buffer: one
+        # batch of all of them (per-connection partitions made batches of a few dozen messages,
+        # and the stream's cost is per batch as much as per message)
+        self.conns = [self._connect(j) for j in range(source.clients)]
 
-    def _connect(self) -> Subscriber:
+    def client_id(self, j: int = 0) -> str:
+        return f"plantpulse-{self.cfg.group}-w{self.worker}" + (f"c{j}" if j else "")
+
+    def _connect(self, j: int) -> Subscriber:
         """Log in (persistent session: what was delivered and not acknowledged is delivered
         again after a crash) and subscribe; a one-line ``ConnectionError`` when refused."""
         cfg = self.cfg
@@ -266,7 +273,7 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             conn = Subscriber(
                 cfg.host,
                 cfg.port,
-                self.client_id,
+                self.client_id(j),
                 auth=self.auth,
                 clean_start=False,
                 session_expiry_s=cfg.session_expiry_s,
@@ -289,7 +296,7 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                 f"credentials.json)"
             )
         filters = [(f"$share/{cfg.group}/{cfg.topic}", cfg.qos)]
-        if self.worker == 0:  # one worker records what the broker drops (a broker-wide count)
+        if self.worker == 0 and j == 0:  # one client records what the broker drops
             filters.append((DROPPED_TOPIC, 0))
         codes = conn.subscribe(filters)
         if codes[0] >= 0x80:
@@ -301,24 +308,27 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             log.warning("cannot read %s: what the broker drops goes unrecorded", DROPPED_TOPIC)
         return conn
 
-    def _reconnect(self, exc: Exception) -> None:
-        """The connection is gone: log in again under the same session.  The broker delivers
-        again what was not acknowledged, so the packet ids held and the messages not yet
-        taken are let go (reports of the broker's drops are kept: they come once)."""
+    def _reconnect(self, j: int, exc: Exception) -> None:
+        """Connection ``j`` is gone: log in again under the same session.  The broker delivers
+        again what was not acknowledged, so the packet ids held for it and its messages not
+        yet taken are let go (reports of the broker's drops are kept: they come once)."""
         log.warning(
-            "MQTT connection of %s lost (%s): reconnecting; %d unacknowledged batches come again",
-            self.client_id,
+            "MQTT connection of %s lost (%s): reconnecting; what it had not acknowledged "
+            "comes again",
+            self.client_id(j),
             exc,
-            len(self.unacked),
         )
-        self.conn.close()
-        self.unacked.clear()
-        self.buffer = deque(m for m in self.buffer if m.dropped)
-        self.admitted = self.buffered_bytes = 0
+        self.conns[j].close()
+        self.unacked = deque(
+            (mark, [(k, mids) for k, mids in held if k != j]) for mark, held in self.unacked
+        )
+        self.buffer = deque(m for m in self.buffer if m.dropped or m.client != j)
+        kept = [m for m in self.buffer if not m.shed]
+        self.admitted, self.buffered_bytes = len(kept), sum(len(m.payload) for m in kept)
         deadline = time.monotonic() + self.cfg.reconnect_s
         while True:
             try:
-                self.conn = self._connect()
+                self.conns[j] = self._connect(j)
                 return
             except ConnectionError as again:
                 if "refused" in str(again) or time.monotonic() > deadline:
@@ -326,20 +336,21 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                 time.sleep(0.5)
 
     def _receive(self) -> None:
-        """What the socket holds now (up to ``read_bytes``), into the buffer, each message
+        """What the sockets hold now (up to ``read_bytes`` each), into the buffer, each message
         judged by the breaker.  Read only when less than a batch waits: the rest waits in the
-        socket and the broker (which holds it within its queue limits), not in this worker."""
-        try:
-            self.conn.keep_alive()
-            if self.admitted >= self.cfg.batch:
-                return
-            packets = self.conn.read(self.cfg.read_bytes)
-        except OSError as exc:
-            self._reconnect(exc)
-            return
-        received = now_us()
-        for msg in packets:
-            self._on_publish(msg, received)
+        sockets and the broker (which holds it within its queue limits), not in this worker."""
+        for j, conn in enumerate(self.conns):
+            try:
+                conn.keep_alive()
+                if self.admitted >= self.cfg.batch:
+                    continue
+                packets = conn.read(self.cfg.read_bytes)
+            except OSError as exc:
+                self._reconnect(j, exc)
+                continue
+            received = now_us()
+            for msg in packets:
+                self._on_publish(msg, received, j)
 
     def _on_dropped(self, payload: bytes, received: int) -> None:
         """The broker's count of QoS 1 messages it dropped (queue limits) went up: one
@@ -364,11 +375,11 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             )
         )
 
-    def _on_publish(self, msg: Publish, received: int) -> None:
+    def _on_publish(self, msg: Publish, received: int, client: int = 0) -> None:
         """Take one message in; never raises (a message that cannot be taken in stays
         unacknowledged in the broker's session, and reception goes on)."""
         try:
-            self._admit(msg, received)
+            self._admit(msg, received, client)
         except Exception:  # noqa: BLE001 (contained: reception goes on)
             self.callback_errors += 1
             log.exception(
@@ -378,7 +389,7 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                 self.callback_errors,
             )
 
-    def _admit(self, msg: Publish, received: int) -> None:
+    def _admit(self, msg: Publish, received: int, client: int = 0) -> None:
         """Into the buffer, read for its marks and judged by the breaker."""
         if msg.topic == DROPPED_TOPIC:
             self._on_dropped(msg.payload, received)
@@ -402,7 +413,18 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         payload = msg.payload
         shed = not self.breaker.admit(self.admitted, self.buffered_bytes)
         self.buffer.append(
-            _Received(received, msg.topic, payload, msg.mid, msg.qos, msg.dup, publisher, seq, shed)
+            _Received(
+                received,
+                msg.topic,
+                payload,
+                msg.mid,
+                msg.qos,
+                msg.dup,
+                publisher,
+                seq,
+                shed,
+                client,
+            )
         )
         if not shed:
             self.admitted += 1
@@ -436,21 +458,23 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             return []
         self.last_message = time.monotonic()
         out: list[Message | Progress] = []
-        mids: list[int] = []
+        mids: list[list[int]] = [[] for _ in self.conns]
         high = self.high
         for m in taken:
             if m.qos:
-                mids.append(m.mid)
+                mids[m.client].append(m.mid)
             set_aside = None
             if m.publisher is not None and m.seq is not None:
                 # the publisher's numbers are its own per asset topic: the broker's ACLs let a
                 # client write only its assets' topics, so a forged pp-publisher cannot reach
                 # the numbers of a genuine publisher's assets
-                named = self._sources.get((m.publisher, m.topic))
+                # (and per connection: each sees its own share of them, in order)
+                named = self._sources.get((m.publisher, m.topic, m.client))
                 if named is None:
                     asset = _asset_of(m.topic)
-                    named = self._sources[(m.publisher, m.topic)] = (
-                        f"mqtt:{m.publisher}:{asset}:w{self.worker}",
+                    via = f"w{self.worker}" + (f"c{m.client}" if m.client else "")
+                    named = self._sources[(m.publisher, m.topic, m.client)] = (
+                        f"mqtt:{m.publisher}:{asset}:{via}",
                         asset,
                     )
                     if len(self._sources) > 100_000:  # bounded: a cache, not state
@@ -508,22 +532,24 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                     None if m.dropped else (asset or _asset_of(m.topic)),
                 )
             )
+        held = [(j, array("H", ids)) for j, ids in enumerate(mids) if ids]
         if self.lake is None:  # nothing to wait for: acknowledged as handed to the flow
-            self._ack(mids)
+            self._ack(held)
             return out
         # the batch's position: one durability mark for all of it, whatever its sources
         self.last_offset = mark = max(taken[-1].received_us, self.last_offset + 1)
-        if mids:
-            self.unacked.append((mark, array("H", mids)))
+        if held:
+            self.unacked.append((mark, held))
         out.append(Progress(self.name, mark))
         return out
 
-    def _ack(self, mids: list[int]) -> None:
-        if mids:
+    def _ack(self, held: list[tuple[int, array[int]]]) -> None:
+        """PUBACK packet ids, per connection: ``(connection, ids)`` pairs."""
+        for j, ids in held:
             try:
-                self.conn.ack(mids)
+                self.conns[j].ack(ids.tolist())
             except OSError as exc:
-                self._reconnect(exc)
+                self._reconnect(j, exc)
 
     def _acknowledge_durable(self) -> None:
         """Acknowledge, in the order received, the batches whose rows are durable in every
@@ -539,10 +565,10 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         durable = self.cfg.durable(self.lake, self.name)
         if durable is None:
             return
-        mids: list[int] = []
+        held: list[tuple[int, array[int]]] = []
         while self.unacked and self.unacked[0][0] <= durable:
-            mids += self.unacked.popleft()[1].tolist()
-        self._ack(mids)
+            held += self.unacked.popleft()[1]
+        self._ack(held)
 
     def snapshot(self) -> dict:
         return {"high": dict(self.high), "last_offset": self.last_offset}
@@ -556,15 +582,17 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         other end - an error in the flow, Ctrl-C - keeps the session for ``session_expiry_s``:
         what was not yet acknowledged is delivered again to the restarted worker."""
         if self.finished:
-            self.conn.disconnect(session_expiry_s=0)
+            for conn in self.conns:
+                conn.disconnect(session_expiry_s=0)
             return
         if self.unacked:
             log.warning(
                 "closing with %d unacknowledged messages: the broker keeps them for "
                 "the restarted worker",
-                sum(len(mids) for _, mids in self.unacked),
+                sum(len(ids) for _, held in self.unacked for _, ids in held),
             )
-        self.conn.disconnect()
+        for conn in self.conns:
+            conn.disconnect()
 
 
 def _asset_of(topic: str) -> str:
@@ -582,7 +610,10 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
     for ``session_expiry_s`` after a crash; without it, as they are handed to the flow.  The
     broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control).
     ``username``/``password`` default to ``credentials("worker")``; ``writers`` is the Delta
-    sink's writers per table (``DeltaSink(writers=)``), whose durability marks it waits for."""
+    sink's writers per table (``DeltaSink(writers=)``), whose durability marks it waits for.
+    ``clients`` connections per partition (client ids ``...-w<i>``, ``...-w<i>c1``, ...) each
+    bring their own receive window into one batch: the stream acknowledges after the epoch's
+    snapshot, so a partition takes at most ``clients x receive_maximum`` messages per epoch."""
 
     def __init__(
         self,
@@ -609,6 +640,7 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         username: str | None = None,
         password: str | None = None,
         partitions: int = 1,
+        clients: int = 1,
         writers: int = SHARDS,
     ):
         if not 1 <= receive_maximum <= 65_535:
@@ -628,7 +660,7 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         self._durable: dict[str, int | None] = {}  # partition -> durable mark (``durable``)
         self._durable_at = 0.0
         self.username, self.password = username, password
-        self.partitions, self.writers = partitions, writers
+        self.partitions, self.clients, self.writers = partitions, max(1, clients), writers
 
     def list_parts(self) -> list[str]:
         return [f"w{i}" for i in range(self.partitions)]

@@ -454,13 +454,13 @@ def test_a_callback_that_raises_is_logged_and_reception_goes_on(
     part = MQTTSource(port=broker, group="raising").build_part("in", "w0", None)
     original, calls = part._admit, []
 
-    def flaky(msg, received) -> None:
+    def flaky(msg, received, client=0) -> None:
         if msg.topic.startswith("$SYS"):  # the broker's drop count, read by worker 0
-            return original(msg, received)
+            return original(msg, received, client)
         calls.append(msg.topic)
         if len(calls) == 1:
             raise RuntimeError("boom in a callback")
-        original(msg, received)
+        original(msg, received, client)
 
     part._admit = flaky
     try:
