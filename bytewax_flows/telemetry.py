@@ -18,6 +18,7 @@ no registry, lake or fleet.
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import sys
@@ -118,6 +119,20 @@ def build_flow(
     return flow
 
 
+GC_THRESHOLD = (100_000, 50, 100)
+"""The worker's cyclic garbage collector runs after this many allocations (CPython's default
+is (700, 10, 10)).  A worker keeps a large, slowly growing state (per series and per asset)
+and allocates many short-lived objects per batch, so the default made a full collection every
+second or so: the core took 190-196 k one-reading messages per CPU second with it and 231-252 k
+with this (500 assets x 20 sensors, 12 s of event time); what it costs is cyclic garbage
+living up to 100,000 allocations longer."""
+
+
+def tune_gc() -> None:
+    """Set ``GC_THRESHOLD`` for this process (the worker's, when it builds a shard's step)."""
+    gc.set_threshold(*GC_THRESHOLD)
+
+
 class _Shell:
     """The two data-plane calls with what they need, built once per worker process on the
     first batch: the context, and the shard groups of the plant's topology."""
@@ -153,6 +168,7 @@ class _Shell:
         ]
 
     def shard_logic(self, resume: bytes | ShardState | None) -> _ShardLogic:
+        tune_gc()  # in the process that holds the shards' state
         return _ShardLogic(self, resume)
 
 
