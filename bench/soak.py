@@ -53,6 +53,7 @@ import orjson
 import pyarrow.parquet as pq
 
 from bench.common import free_ports, parser, report
+from bytewax_flows.mqtt_wire import encode_string, encode_varint, receive_maximum_of
 from dataplane.wire import encode_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,20 +122,6 @@ class Load:
 
 
 # -- a small MQTT 5 publisher ------------------------------------------------------------------
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def _str(s: str | bytes) -> bytes:
-    b = s.encode() if isinstance(s, str) else s
-    return len(b).to_bytes(2, "big") + b
-
-
 class RawPublisher:
     """MQTT 5, QoS 1, over one TCP connection: publishes without waiting, keeping at most the
     broker's Receive Maximum unacknowledged, reading PUBACKs as they come.  Each message
@@ -146,42 +133,16 @@ class RawPublisher:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         flags = 0x80 | 0x40 | 0x02  # user name, password, clean start
         var = b"\x00\x04MQTT\x05" + bytes([flags]) + (30).to_bytes(2, "big") + b"\x00"
-        body = var + _str(client_id) + _str(user) + _str(password)
-        self.sock.sendall(b"\x10" + _varint(len(body)) + body)
+        body = var + encode_string(client_id) + encode_string(user) + encode_string(password)
+        self.sock.sendall(b"\x10" + encode_varint(len(body)) + body)
         self.buf = b""
         kind, packet = self._packet(blocking=True)
         if kind != 0x20 or packet[1] != 0:
             raise ConnectionError(f"MQTT connect refused (reason code {packet[1]:#x})")
-        self.window = self._receive_maximum(packet)
+        self.window = receive_maximum_of(packet)
         self.inflight, self.next_id, self.acked, self.refused = 0, 1, 0, 0
         self.user, self.seq = user.encode(), 0
         self.sock.setblocking(False)
-
-    @staticmethod
-    def _receive_maximum(connack: bytes) -> int:
-        """Receive Maximum (property 0x21) of a CONNACK; 65,535 when absent."""
-        n, i, shift = 0, 2, 0
-        while True:
-            b = connack[i]
-            n |= (b & 0x7F) << shift
-            i, shift = i + 1, shift + 7
-            if not b & 0x80:
-                break
-        end, sizes = i + n, {0x11: 4, 0x21: 2, 0x24: 1, 0x25: 1, 0x27: 4, 0x22: 2, 0x13: 2}
-        sizes |= {0x28: 1, 0x29: 1, 0x2A: 1}
-        while i < end:
-            prop = connack[i]
-            i += 1
-            if prop == 0x21:
-                return int.from_bytes(connack[i : i + 2], "big")
-            if prop in sizes:
-                i += sizes[prop]
-            elif prop == 0x26:  # user property: two strings
-                for _ in range(2):
-                    i += 2 + int.from_bytes(connack[i : i + 2], "big")
-            else:  # a string or binary
-                i += 2 + int.from_bytes(connack[i : i + 2], "big")
-        return 65_535
 
     def _packet(self, blocking: bool = False) -> tuple[int, bytes]:
         """The next whole packet from the socket (type nibble, body), or (0, b"")."""
@@ -237,10 +198,15 @@ class RawPublisher:
                     out = []
                 self._read_acks(0.05)
             self.seq = max(time.time_ns() // 1000, self.seq + 1)
-            props = b"\x26" + _str(b"pp-publisher") + _str(self.user)
-            props += b"\x26" + _str(b"pp-seq") + _str(str(self.seq))
-            var = _str(topic) + self.next_id.to_bytes(2, "big") + _varint(len(props)) + props
-            out.append(b"\x32" + _varint(len(var) + len(payload)) + var + payload)
+            props = b"\x26" + encode_string(b"pp-publisher") + encode_string(self.user)
+            props += b"\x26" + encode_string(b"pp-seq") + encode_string(str(self.seq))
+            var = (
+                encode_string(topic)
+                + self.next_id.to_bytes(2, "big")
+                + encode_varint(len(props))
+                + props
+            )
+            out.append(b"\x32" + encode_varint(len(var) + len(payload)) + var + payload)
             self.next_id = self.next_id % 65_535 + 1
             self.inflight += 1
         if out:
@@ -284,8 +250,8 @@ def generate(cfg: dict[str, Any]) -> None:
             time.sleep(due - now)
         elif now - due > counts["behind_s"]:
             counts["behind_s"] = now - due  # how far the generator fell behind its schedule
-        if due - t0 >= cfg["seconds"]:
-            break
+        if due - t0 >= cfg["seconds"] or now - t0 >= cfg["seconds"]:
+            break  # the schedule's end, or its time (a generator behind offers less, said)
         batch = load.step(k, round(due * 1e6), hz)
         counts["refused"] = send(batch)
         counts["messages"] += len(batch)
@@ -369,7 +335,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 # -- the worker -------------------------------------------------------------------------------
 def worker_flow(
-    via: str, lake_uri: str, endpoint: str, partitions: int = 4, idle_stop_s: float = 30.0
+    via: str,
+    lake_uri: str,
+    endpoint: str,
+    partitions: int = 1,
+    idle_stop_s: float = 30.0,
+    clients: int = 16,
 ) -> Any:
     """The real telemetry flow (``bytewax.run`` target) over MQTT (``endpoint``: the broker's
     port; ``partitions`` clients, each with the largest receive window, acknowledging after
@@ -388,8 +359,10 @@ def worker_flow(
             lake_uri=lake_uri,
             receive_maximum=65_535,
             partitions=partitions,
+            clients=clients,
             idle_stop_s=idle_stop_s,
-            ack_check_s=0.2,
+            writers=1,
+            ack_check_s=0.5,
         )
     else:
         from bytewax_flows.kafka import KafkaSettings, TelemetryKafkaSource
@@ -397,11 +370,25 @@ def worker_flow(
         source = TelemetryKafkaSource(KafkaSettings((endpoint,), batch_size=4096))
     # commits by size or age (1 s: score -> visible within the 2 s target) and at every epoch;
     # the MQTT source's acknowledgements wait for the durability marks of a snapshot
-    sink = DeltaSink(lake_uri, max_age_s=1.0, mark_every_s=1.0)
+    # one writer per table: one process (a writer per shard, the default, is for spreading the
+    # tables over processes; here it made four commits per table per epoch)
+    sink = DeltaSink(lake_uri, max_age_s=1.0, mark_every_s=1.0, writers=1)
     return build_flow(source, sink, Context(plant=BenchPlant()))
 
 
 # -- measuring --------------------------------------------------------------------------------
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (the figure that the machine's other
+    load changes least)."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _rss_mb(pid: int | None) -> float:
     if pid is None:
         return float("nan")
@@ -546,7 +533,7 @@ def run(args: Any, via: str, tmp: Path) -> dict[str, Any]:
             "-m",
             "bytewax.run",
             f"bench.soak:worker_flow({via!r}, {str(lake_dir)!r}, {ep!r}, {args.partitions}, "
-            f"{args.idle_stop_s})",
+            f"{args.idle_stop_s}, {args.clients})",
             "-s",
             str(args.epoch_s),
         ]
@@ -655,6 +642,8 @@ def _measure(
             "ingested_readings": ingested,
             "lag_readings": offered["readings"] - ingested,
             "worker_rss_mb": _rss_mb(worker.pid),
+            "worker_cpu_s": _cpu_s(worker.pid),
+            "load_average_1m": os.getloadavg()[0],
             "broker_rss_mb": _rss_mb(broker_pid),
             "ingest_to_score_p50_ms": _pct(latency, 50),
             "ingest_to_score_p99_ms": _pct(latency, 99),
@@ -694,6 +683,11 @@ def _measure(
         "offered_readings_per_s": offered["readings"] / max(offered["t"], args.seconds),
         "ingested_readings_per_s": acct["landed"] / max(offered["t"], args.seconds),
         "ingested_share_of_offered": acct["landed"] / max(offered["readings"], 1.0),
+        # what the worker did with the CPU it got (the machine is shared)
+        "worker_cpu_s": max((r["worker_cpu_s"] for r in timeline), default=float("nan")),
+        "ingested_readings_per_worker_cpu_s": acct["landed"]
+        / max((r["worker_cpu_s"] for r in timeline), default=float("nan")),
+        "load_average_max": max((r["load_average_1m"] for r in timeline), default=float("nan")),
         "worker_rss_mb_max": max(rss) if rss else float("nan"),
         "worker_rss_growth_ratio": float(np.mean(rss[-third:]) / np.mean(rss[:third]))
         if rss
@@ -751,10 +745,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shape", default="one", choices=("one", "ten", "multi"))
     p.add_argument("--via", default="mqtt", help="mqtt, kafka, or both (mqtt,kafka)")
     p.add_argument("--generators", type=int, default=2, help="MQTT generator processes")
-    p.add_argument("--partitions", type=int, default=4, help="MQTT clients of the worker")
+    # a client holds at most 65,535 unacknowledged messages (MQTT 5 Receive Maximum) and the
+    # stream acknowledges after the epoch's snapshot: one client with 1 s epochs takes some
+    # 40,000 messages/s, more than one worker processes here.  More clients (their messages
+    # in one batch) lift that bound, but the broker deals a sensor's messages round the
+    # shared subscription's clients, so every series then arrives out of order in a batch,
+    # which the event-time checks take one series at a time
+    p.add_argument("--partitions", type=int, default=1, help="MQTT source partitions")
+    p.add_argument("--clients", type=int, default=1, help="MQTT connections per partition")
     p.add_argument("--every-s", type=float, default=10.0, help="measurement interval")
     p.add_argument("--drain-timeout-s", type=float, default=300.0, help="wait to drain, s")
-    p.add_argument("--epoch-s", type=int, default=10, help="the worker's epoch, s (bytewax -s)")
+    p.add_argument("--epoch-s", type=int, default=1, help="the worker's epoch, s (bytewax -s)")
     a = p.parse_args(argv)
     a.assets, a.sensors, a.vib = (20, 5, 2) if a.quick else (500, 20, 50)
     a.worker_start_s, a.idle_stop_s = 8.0, 30.0  # the MQTT worker: subscribed; idle -> stops

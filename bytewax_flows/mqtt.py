@@ -8,17 +8,21 @@ Several workers share the load through an MQTT *shared subscription*
 (``$share/plantpulse/plantpulse/#``): the source has one partition per worker (``w0``, ``w1``,
 ...), each a client under a stable id, and the broker hands each message to one of them.  The
 broker sends each at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control) and
-holds the rest within its queue limits.  Messages arrive on paho's network thread into a buffer
-bounded in messages and bytes; when it backs up past the breaker's high watermarks (input
+holds the rest within its queue limits.  Each partition reads its socket in the flow's own
+thread when the flow asks for a batch (``bytewax_flows.mqtt_wire``: PUBLISH packets parsed in
+bulk; paho's receive path cost hundreds of µs a message), into a buffer bounded in messages and
+bytes; when it backs up past the breaker's high watermarks (input
 outrunning processing), the breaker opens and keeps one message in ``keep_every`` (none at or
 above the marks), sending the rest to ``dead_letter`` with reason ``shed`` (payload kept, so they
 can be replayed); it closes again below the low watermarks.  What the broker itself drops under
 its queue limits is counted from its ``$SYS`` tree into ``dead_letter`` (``dropped_by_broker``).
-Nothing is dropped silently, and no exception escapes paho's callbacks (it would end reception).
+Nothing is dropped silently, and a message that cannot be taken in does not end reception.
 
 Delivery across a crash: QoS 1 from publisher to broker to worker, and the worker acknowledges a
 message only when its rows are durable in every stream table (the sink's durability marks,
-``bytewax_flows.sinks``).  Each partition keeps a persistent session, so the broker delivers
+``bytewax_flows.sinks``: one mark per partition and batch, ``Progress(<partition>, position)``,
+so checking what to acknowledge is one read per table and writer, whatever the number of
+publishers and asset topics).  Each partition keeps a persistent session, so the broker delivers
 again, to the restarted worker, whatever was not acknowledged; only an input that went idle ends
 the session on close.  Publishers that name themselves and number their messages (user
 properties ``pp-publisher`` and ``pp-seq``, as ``Publisher`` does) get exactly-once rows: the
@@ -38,8 +42,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
+import ssl
 import time
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,6 +56,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from bytewax_flows.mqtt_wire import Publish, Subscriber, tls_context
 from bytewax_flows.payloads import Message, Progress
 from bytewax_flows.routing import SHARDS
 from bytewax_flows.sinks import durable_offsets
@@ -127,29 +133,29 @@ forgery or a broken device, and adopting it would make the publisher's genuine m
 _SEQ_DIGITS = 19  # below 2**63: an int64 offset
 
 
-def _marks(properties: Properties | None) -> tuple[str | None, int | None, str | None]:
+def _marks(pairs: list[tuple[str, str]] | None) -> tuple[str | None, int | None, str | None]:
     """``(publisher, seq, problem)`` from a message's user properties.  Never raises: a mark
     that is not a plain decimal number (``'²'`` passes ``str.isdigit``), too long for an int64
     or not text leaves the message unnumbered, with the problem said."""
     publisher: str | None = None
     seq: int | None = None
     problem: str | None = None
-    for pair in getattr(properties, "UserProperty", None) or ():
+    for pair in pairs or ():
         if not (isinstance(pair, tuple) and len(pair) == 2):
             problem = f"unreadable user property {pair!r:.80}"
             continue
         key, value = pair
         if key == PUBLISHER:
-            if isinstance(value, str) and value and value.isprintable() and len(value) <= 128:
+            if value in _GOOD_NAMES or _good_name(value):
                 publisher = value
             else:
                 problem = f"pp-publisher {value!r:.80} is not a printable name of 1..128 chars"
         elif key == SEQ:
             if (
                 isinstance(value, str)
+                and len(value) <= _SEQ_DIGITS
                 and value.isascii()
                 and value.isdigit()
-                and len(value) <= _SEQ_DIGITS
             ):
                 seq = int(value)
             else:
@@ -159,9 +165,20 @@ def _marks(properties: Properties | None) -> tuple[str | None, int | None, str |
     return publisher, seq, None
 
 
-@dataclass(frozen=True)
+_GOOD_NAMES: set[str] = set()  # publisher names already found usable (a plant has few)
+
+
+def _good_name(value: object) -> bool:
+    if isinstance(value, str) and value and value.isprintable() and len(value) <= 128:
+        if len(_GOOD_NAMES) < 10_000:
+            _GOOD_NAMES.add(value)
+        return True
+    return False
+
+
+@dataclass(slots=True)
 class _Received:
-    """One message as paho's network thread hands it over."""
+    """One message as read from the broker, waiting to be taken into a batch."""
 
     received_us: int
     topic: str
@@ -172,18 +189,35 @@ class _Received:
     publisher: str | None
     seq: int | None
     shed: bool  # the breaker was open when it arrived
+    client: int = 0  # which of the partition's connections it came by
     dropped: int = 0  # a report of this many messages the broker dropped (no payload of theirs)
 
 
+_REFUSALS = {
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x8A: "banned",
+}
+
+
 class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
+    """One client of the shared subscription, read in the flow's own thread: each
+    ``next_batch`` takes what its socket holds (``bytewax_flows.mqtt_wire``), at most
+    ``receive_maximum`` unacknowledged messages, and hands the oldest on as one batch."""
+
     def __init__(self, source: MQTTSource, worker_index: int, resume: dict | None = None):
         self.cfg = source
         self.worker = worker_index
+        # the partition's name: the source of its unnumbered messages' rows, and the key of
+        # its durability marks (one per partition, whatever the number of publishers/assets)
         self.name = f"mqtt:{source.host}:{source.port}:w{worker_index}"
         self.lake = Lake(source.lake_uri) if source.lake_uri else None
-        # filled by paho's network thread, in the order received (a publisher's numbers must
-        # be seen rising): admitted messages, and those the breaker set aside on arrival, which
-        # do not count against its bounds and go out with the admitted ones around them
+        # in the order received (a publisher's numbers must be seen rising): admitted
+        # messages, and those the breaker set aside on arrival, which do not count against its
+        # bounds and go out with the admitted ones around them
         self.buffer: deque[_Received] = deque()
         self.admitted = 0  # admitted messages in the buffer
         self.buffered_bytes = 0  # their payload bytes
@@ -191,13 +225,17 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         self.callback_errors = 0
         self.dropped: int | None = None  # the broker's count of dropped messages, last seen
         self.finished = False  # the input ended (idle): the session may go with the worker
-        self.subscription: int | None = None
-        # numbered source -> the highest number it has emitted (or found durable in the lake);
-        # snapshotted with the flow's state, so after a crash it matches the recovered state:
-        # a redelivery at or below it was processed before the snapshot, one above it was not
+        # numbered source -> the highest number it has emitted; snapshotted with the flow's
+        # state, so after a crash it matches the recovered state: a redelivery at or below it
+        # was processed before the snapshot, one above it was not (and a source not in the
+        # snapshot starts unknown: its redeliveries are processed again and their rows, already
+        # in the lake, dropped by the sink as replays)
         self.high: dict[str, int] = dict((resume or {}).get("high", {}))
-        self.unacked: deque[tuple[str, int, int, int]] = deque()  # (source, offset, mid, qos)
-        self.lock = threading.Lock()
+        # (publisher, topic, connection) -> (source, asset)
+        self._sources: dict[tuple[str, str, int], tuple[str, str]] = {}
+        # acknowledgements wait per batch: (the batch's position, its QoS 1 packet ids per
+        # connection), two bytes an id (a fast stream holds a million of them for an epoch)
+        self.unacked: deque[tuple[int, list[tuple[int, array[int]]]]] = deque()
         self.breaker = CircuitBreaker(
             source.high_watermark,
             source.low_watermark,
@@ -205,69 +243,111 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             source.high_watermark_bytes,
             source.low_watermark_bytes,
         )
+        # positions (µs of receive time, strictly increasing): every batch's durability mark,
+        # and the offsets of unnumbered messages; never below a mark already in the lake, so a
+        # restart from an older snapshot cannot take new messages for durable ones
         self.last_offset = int((resume or {}).get("last_offset", 0))
+        if self.lake is not None:
+            done = durable_offsets(self.lake, [self.name], writers=source.writers)[self.name]
+            self.last_offset = max(self.last_offset, done or 0)
         self.last_message = self.last_ack_check = time.monotonic()
-        # a stable client id and a persistent session: what was delivered and not acknowledged
-        # is delivered again after a crash
-        self.client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"plantpulse-{source.group}-w{worker_index}",
-            protocol=mqtt.MQTTv5,
-            manual_ack=self.lake is not None,
+        self.auth = (
+            (source.username, source.password or "") if source.username else credentials("worker")
         )
-        # an exception in a callback would end paho's network thread (the worker would stay up
-        # and receive nothing more): paho logs it instead, and ours catch their own
-        self.client.suppress_exceptions = True
-        self.client.enable_logger(logging.getLogger("paho.mqtt"))
-        auth = (source.username, source.password) if source.username else credentials("worker")
-        if auth is not None:
-            self.client.username_pw_set(*auth)
-        use_tls(self.client)
-        self.subscribed = threading.Event()
-        self.refused: str | None = None
-        self.client.on_message = self._on_message
-        self.client.on_connect = self._on_connect
-        self.client.on_subscribe = self._on_subscribe
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = source.session_expiry_s
-        # MQTT 5 flow control: the broker sends at most this many unacknowledged QoS 1
-        # messages; the rest wait in the broker (within its queue limits), not in this worker
-        props.ReceiveMaximum = source.receive_maximum
-        self.client.connect(
-            source.host, source.port, keepalive=30, clean_start=False, properties=props
-        )
-        self.client.loop_start()
-        if not self.subscribed.wait(10) or self.refused:
-            self.client.loop_stop()
+        # ``clients`` connections, each with its own receive window, read into one buffer: one
+        # batch of all of them (per-connection partitions made batches of a few dozen messages,
+        # and the stream's cost is per batch as much as per message)
+        self.conns = [self._connect(j) for j in range(source.clients)]
+
+    def client_id(self, j: int = 0) -> str:
+        return f"plantpulse-{self.cfg.group}-w{self.worker}" + (f"c{j}" if j else "")
+
+    def _connect(self, j: int) -> Subscriber:
+        """Log in (persistent session: what was delivered and not acknowledged is delivered
+        again after a crash) and subscribe; a one-line ``ConnectionError`` when refused."""
+        cfg = self.cfg
+        try:
+            conn = Subscriber(
+                cfg.host,
+                cfg.port,
+                self.client_id(j),
+                auth=self.auth,
+                clean_start=False,
+                session_expiry_s=cfg.session_expiry_s,
+                # MQTT 5 flow control: the broker sends at most this many unacknowledged QoS 1
+                # messages; the rest wait in the broker (within its queue limits)
+                receive_maximum=cfg.receive_maximum,
+                keepalive_s=cfg.keepalive_s,
+                tls=tls_context(),
+            )
+        except (OSError, ssl.SSLError) as exc:
             raise ConnectionError(
-                self.refused
-                or f"no subscription to {source.topic} on {source.host}:{source.port} within 10 s"
+                f"cannot reach the MQTT broker at {cfg.host}:{cfg.port}: {exc}"
+            ) from None
+        if conn.reason >= 0x80:
+            conn.close()
+            raise ConnectionError(
+                f"the broker on {cfg.host}:{cfg.port} refused the connection: "
+                f"{_REFUSALS.get(conn.reason, f'reason code {conn.reason:#x}')} (credentials: "
+                f"PLANTPULSE_MQTT_USERNAME/PLANTPULSE_MQTT_PASSWORD or the set-up's "
+                f"credentials.json)"
             )
+        filters = [(f"$share/{cfg.group}/{cfg.topic}", cfg.qos)]
+        if self.worker == 0 and j == 0:  # one client records what the broker drops
+            filters.append((DROPPED_TOPIC, 0))
+        codes = conn.subscribe(filters)
+        if codes[0] >= 0x80:
+            conn.close()
+            raise ConnectionError(
+                f"the broker refused the subscription to {cfg.topic}: reason {codes[0]:#x}"
+            )
+        if len(codes) > 1 and codes[1] >= 0x80:
+            log.warning("cannot read %s: what the broker drops goes unrecorded", DROPPED_TOPIC)
+        return conn
 
-    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
-        if reason.is_failure:
-            self.refused = (
-                f"the broker on {self.cfg.host}:{self.cfg.port} refused the "
-                f"connection: {reason} (credentials: PLANTPULSE_MQTT_USERNAME/"
-                f"PLANTPULSE_MQTT_PASSWORD or the set-up's credentials.json)"
-            )
-            self.subscribed.set()
-            return
-        _, self.subscription = client.subscribe(
-            f"$share/{self.cfg.group}/{self.cfg.topic}", qos=self.cfg.qos
+    def _reconnect(self, j: int, exc: Exception) -> None:
+        """Connection ``j`` is gone: log in again under the same session.  The broker delivers
+        again what was not acknowledged, so the packet ids held for it and its messages not
+        yet taken are let go (reports of the broker's drops are kept: they come once)."""
+        log.warning(
+            "MQTT connection of %s lost (%s): reconnecting; what it had not acknowledged "
+            "comes again",
+            self.client_id(j),
+            exc,
         )
-        if self.worker == 0:  # one worker records what the broker drops (a broker-wide count)
-            client.subscribe(DROPPED_TOPIC, qos=0)
+        self.conns[j].close()
+        self.unacked = deque(
+            (mark, [(k, mids) for k, mids in held if k != j]) for mark, held in self.unacked
+        )
+        self.buffer = deque(m for m in self.buffer if m.dropped or m.client != j)
+        kept = [m for m in self.buffer if not m.shed]
+        self.admitted, self.buffered_bytes = len(kept), sum(len(m.payload) for m in kept)
+        deadline = time.monotonic() + self.cfg.reconnect_s
+        while True:
+            try:
+                self.conns[j] = self._connect(j)
+                return
+            except ConnectionError as again:
+                if "refused" in str(again) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
-    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if mid != self.subscription:
-            if any(r.is_failure for r in reason_codes):
-                log.warning("cannot read %s: what the broker drops goes unrecorded", DROPPED_TOPIC)
-            return
-        failed = [str(r) for r in reason_codes if r.is_failure]
-        if failed:
-            self.refused = f"the broker refused the subscription to {self.cfg.topic}: {failed}"
-        self.subscribed.set()
+    def _receive(self) -> None:
+        """What the sockets hold now (up to ``read_bytes`` each), into the buffer, each message
+        judged by the breaker.  Read only when less than a batch waits: the rest waits in the
+        sockets and the broker (which holds it within its queue limits), not in this worker."""
+        for j, conn in enumerate(self.conns):
+            try:
+                conn.keep_alive()
+                if self.admitted >= self.cfg.batch:
+                    continue
+                packets = conn.read(self.cfg.read_bytes)
+            except OSError as exc:
+                self._reconnect(j, exc)
+                continue
+            received = now_us()
+            for msg in packets:
+                self._on_publish(msg, received, j)
 
     def _on_dropped(self, payload: bytes, received: int) -> None:
         """The broker's count of QoS 1 messages it dropped (queue limits) went up: one
@@ -286,50 +366,17 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             return
         n, self.dropped = total - self.dropped, total
         log.warning("the broker dropped %d messages (its queue limits); %d in all", n, total)
-        with self.lock:
-            self.buffer.append(
-                _Received(
-                    received, DROPPED_TOPIC, payload, 0, 0, False, None, None, shed=True, dropped=n
-                )
+        self.buffer.append(
+            _Received(
+                received, DROPPED_TOPIC, payload, 0, 0, False, None, None, shed=True, dropped=n
             )
+        )
 
-    def _on_message(self, client, userdata, msg) -> None:
-        """On paho's network thread: must not raise (it would end reception)."""
+    def _on_publish(self, msg: Publish, received: int, client: int = 0) -> None:
+        """Take one message in; never raises (a message that cannot be taken in stays
+        unacknowledged in the broker's session, and reception goes on)."""
         try:
-            received = now_us()
-            if msg.topic == DROPPED_TOPIC:
-                self._on_dropped(msg.payload, received)
-                return
-            publisher, seq, problem = _marks(msg.properties)
-            if problem is not None:
-                self.bad_marks += 1
-                if self.bad_marks == 1 or self.bad_marks % 1000 == 0:
-                    log.warning(
-                        "%d message(s) with unusable sequence marks, taken as "
-                        "unnumbered (newest on %s: %s)",
-                        self.bad_marks,
-                        msg.topic,
-                        problem,
-                    )
-            payload = bytes(msg.payload)
-            with self.lock:
-                shed = not self.breaker.admit(self.admitted, self.buffered_bytes)
-                self.buffer.append(
-                    _Received(
-                        received,
-                        msg.topic,
-                        payload,
-                        msg.mid,
-                        msg.qos,
-                        bool(msg.dup),
-                        publisher,
-                        seq,
-                        shed,
-                    )
-                )
-                if not shed:
-                    self.admitted += 1
-                    self.buffered_bytes += len(payload)
+            self._admit(msg, received, client)
         except Exception:  # noqa: BLE001 (contained: reception goes on)
             self.callback_errors += 1
             log.exception(
@@ -339,25 +386,67 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                 self.callback_errors,
             )
 
+    def _admit(self, msg: Publish, received: int, client: int = 0) -> None:
+        """Into the buffer, read for its marks and judged by the breaker."""
+        if msg.topic == DROPPED_TOPIC:
+            self._on_dropped(msg.payload, received)
+            return
+        if msg.problem is not None:
+            publisher, seq, problem = None, None, msg.problem
+        elif msg.user is None:
+            publisher, seq, problem = None, None, None
+        else:
+            publisher, seq, problem = _marks(msg.user)
+        if problem is not None:
+            self.bad_marks += 1
+            if self.bad_marks == 1 or self.bad_marks % 1000 == 0:
+                log.warning(
+                    "%d message(s) with unusable sequence marks, taken as "
+                    "unnumbered (newest on %s: %s)",
+                    self.bad_marks,
+                    msg.topic,
+                    problem,
+                )
+        payload = msg.payload
+        shed = not self.breaker.admit(self.admitted, self.buffered_bytes)
+        self.buffer.append(
+            _Received(
+                received,
+                msg.topic,
+                payload,
+                msg.mid,
+                msg.qos,
+                msg.dup,
+                publisher,
+                seq,
+                shed,
+                client,
+            )
+        )
+        if not shed:
+            self.admitted += 1
+            self.buffered_bytes += len(payload)
+
     def next_batch(self) -> list[Batch]:
         taken = self._take()
         return [as_batch(taken)] if taken else []  # one micro-batch: the flow's unit of work
 
     def _take(self) -> list[Message | Progress]:
         """The oldest messages received (up to ``batch`` admitted ones, with the shed ones
-        among them) as ``Message`` items, then one ``Progress`` mark per source."""
+        among them) as ``Message`` items, then the partition's durability mark."""
         self._acknowledge_durable()
+        self._receive()
         taken: list[_Received] = []
         n_admitted = 0
-        with self.lock:
-            while self.buffer and n_admitted < self.cfg.batch and len(taken) < 16 * self.cfg.batch:
-                item = self.buffer.popleft()
-                if not item.shed:
-                    n_admitted += 1
-                    self.buffered_bytes -= len(item.payload)
-                taken.append(item)
-            self.admitted -= n_admitted
-            backlog = self.admitted
+        buffer = self.buffer
+        while buffer and n_admitted < self.cfg.batch and len(taken) < 16 * self.cfg.batch:
+            item = buffer.popleft()
+            if not item.shed:
+                n_admitted += 1
+                self.buffered_bytes -= len(item.payload)
+            taken.append(item)
+        self.admitted -= n_admitted
+        backlog = self.admitted
         if not taken:
             idle = self.cfg.idle_stop_s
             if idle is not None and time.monotonic() - self.last_message > idle:
@@ -366,34 +455,39 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
             return []
         self.last_message = time.monotonic()
         out: list[Message | Progress] = []
-        newest: dict[str, int] = {}
-        self._learn_high(
-            {
-                f"mqtt:{m.publisher}:{_asset_of(m.topic)}:w{self.worker}"
-                for m in taken
-                if m.publisher is not None and m.seq is not None
-            }
-        )
+        mids: list[list[int]] = [[] for _ in self.conns]
+        high = self.high
         for m in taken:
+            if m.qos:
+                mids[m.client].append(m.mid)
             set_aside = None
             if m.publisher is not None and m.seq is not None:
                 # the publisher's numbers are its own per asset topic: the broker's ACLs let a
                 # client write only its assets' topics, so a forged pp-publisher cannot reach
                 # the numbers of a genuine publisher's assets
-                source, offset = f"mqtt:{m.publisher}:{_asset_of(m.topic)}:w{self.worker}", m.seq
-                high = self._high(source)
-                if offset <= high and m.dup:
+                # (and per connection: each sees its own share of them, in order)
+                named = self._sources.get((m.publisher, m.topic, m.client))
+                if named is None:
+                    asset = _asset_of(m.topic)
+                    via = f"w{self.worker}" + (f"c{m.client}" if m.client else "")
+                    named = self._sources[(m.publisher, m.topic, m.client)] = (
+                        f"mqtt:{m.publisher}:{asset}:{via}",
+                        asset,
+                    )
+                    if len(self._sources) > 100_000:  # bounded: a cache, not state
+                        self._sources.clear()
+                source, asset = named
+                offset = m.seq
+                done = high.get(source, -1)
+                if offset <= done and m.dup:
                     # the broker delivering again what this worker (or the one that crashed)
-                    # already had: acknowledged once durable, not processed twice (its mark
-                    # goes out again: the one sent before a crash may not have been recorded)
-                    self._hold_for_ack(source, offset, m.mid, m.qos)
-                    newest[source] = max(newest.get(source, -1), offset)
+                    # already had: acknowledged once durable, not processed twice
                     continue
-                if offset <= high:  # not a redelivery: numbering gone backwards or a repeat
+                if offset <= done:  # not a redelivery: numbering gone backwards or a repeat
                     set_aside = (
                         "out_of_sequence",
                         f"pp-seq {m.seq} of publisher {m.publisher!r} is not above "
-                        f"{high}, already received; a publisher must keep its numbers "
+                        f"{done}, already received; a publisher must keep its numbers "
                         f"rising, also across its restarts",
                     )
                 elif offset > m.received_us + MAX_SEQ_AHEAD_US:
@@ -404,8 +498,10 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                         f"({m.received_us} µs); refused, not adopted",
                     )
                 else:
-                    self.high[source] = offset
-            if m.publisher is None or m.seq is None or set_aside is not None:
+                    high[source] = offset
+            else:
+                asset = None
+            if asset is None or set_aside is not None:
                 # anonymous (or set aside): positions are receive times (at least once)
                 source, offset = self.name, max(m.received_us, self.last_offset + 1)
                 self.last_offset = offset
@@ -430,41 +526,32 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
                     m.received_us,
                     m.payload,
                     set_aside,
-                    None if m.dropped else _asset_of(m.topic),
+                    None if m.dropped else (asset or _asset_of(m.topic)),
                 )
             )
-            newest[source] = max(newest.get(source, -1), offset)
-            self._hold_for_ack(source, offset, m.mid, m.qos)
-        if self.lake is not None:
-            out += [Progress(s, o) for s, o in newest.items()]
+        held = [(j, array("H", ids)) for j, ids in enumerate(mids) if ids]
+        if self.lake is None:  # nothing to wait for: acknowledged as handed to the flow
+            self._ack(held)
+            return out
+        # the batch's position: one durability mark for all of it, whatever its sources
+        self.last_offset = mark = max(taken[-1].received_us, self.last_offset + 1)
+        if held:
+            self.unacked.append((mark, held))
+        out.append(Progress(self.name, mark))
         return out
 
-    def _learn_high(self, sources: set[str]) -> None:
-        """First sight of ``sources`` in this run: what the lake already has of each, in one
-        read of the stream tables for all of them (a plant has thousands of asset topics; one
-        read per source stalled the worker for minutes at start-up)."""
-        fresh = sources - self.high.keys()
-        if not fresh:
-            return
-        done = (
-            durable_offsets(self.lake, fresh, writers=self.cfg.writers)
-            if self.lake
-            else dict.fromkeys(fresh)
-        )
-        for source, offset in done.items():
-            self.high[source] = -1 if offset is None else offset
-
-    def _high(self, source: str) -> int:
-        self._learn_high({source})
-        return self.high[source]
-
-    def _hold_for_ack(self, source: str, offset: int, mid: int, qos: int) -> None:
-        if self.lake is not None and qos > 0:
-            self.unacked.append((source, offset, mid, qos))
+    def _ack(self, held: list[tuple[int, array[int]]]) -> None:
+        """PUBACK packet ids, per connection: ``(connection, ids)`` pairs."""
+        for j, ids in held:
+            try:
+                self.conns[j].ack(ids.tolist())
+            except OSError as exc:
+                self._reconnect(j, exc)
 
     def _acknowledge_durable(self) -> None:
-        """Acknowledge, in the order received, the messages whose rows are durable in every
-        stream table; the broker keeps the rest for a restarted worker."""
+        """Acknowledge, in the order received, the batches whose rows are durable in every
+        stream table (one read of the partition's marks, whatever the number of publishers
+        and assets); the broker keeps the rest for a restarted worker."""
         if (
             self.lake is None
             or not self.unacked
@@ -472,41 +559,37 @@ class _MQTTPartition(StatefulSourcePartition[Batch, dict]):
         ):
             return
         self.last_ack_check = time.monotonic()
-        durable = durable_offsets(
-            self.lake, {source for source, *_ in self.unacked}, writers=self.cfg.writers
-        )
-        while self.unacked:
-            source, offset, mid, qos = self.unacked[0]
-            done = durable[source]
-            if done is None or offset > done:
-                break
-            self.unacked.popleft()
-            self.client.ack(mid, qos)
+        durable = self.cfg.durable(self.lake, self.name)
+        if durable is None:
+            return
+        held: list[tuple[int, array[int]]] = []
+        while self.unacked and self.unacked[0][0] <= durable:
+            held += self.unacked.popleft()[1]
+        self._ack(held)
 
     def snapshot(self) -> dict:
         return {"high": dict(self.high), "last_offset": self.last_offset}
 
     def next_awake(self) -> datetime | None:
-        with self.lock:
-            empty = not self.buffer
-        return datetime.now(UTC) + timedelta(milliseconds=5) if empty else None
+        return datetime.now(UTC) + timedelta(milliseconds=5) if not self.buffer else None
 
     def close(self) -> None:
         """After the input ended (``idle_stop_s``) every message handed to the flow is being
         drained into the lake, so the session (and its unacknowledged deliveries) can go.  Any
         other end - an error in the flow, Ctrl-C - keeps the session for ``session_expiry_s``:
         what was not yet acknowledged is delivered again to the restarted worker."""
-        props = Properties(PacketTypes.DISCONNECT)
         if self.finished:
-            props.SessionExpiryInterval = 0
-        elif self.unacked:
+            for conn in self.conns:
+                conn.disconnect(session_expiry_s=0)
+            return
+        if self.unacked:
             log.warning(
                 "closing with %d unacknowledged messages: the broker keeps them for "
                 "the restarted worker",
-                len(self.unacked),
+                sum(len(ids) for _, held in self.unacked for _, ids in held),
             )
-        self.client.disconnect(properties=props)
-        self.client.loop_stop()
+        for conn in self.conns:
+            conn.disconnect()
 
 
 def _asset_of(topic: str) -> str:
@@ -521,10 +604,13 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
 
     With ``lake_uri`` (the lake the flow writes), messages are acknowledged only once their rows
     are durable there (checked every ``ack_check_s``), in a persistent session the broker keeps
-    for ``session_expiry_s`` after a crash; without it, paho acknowledges on receipt.  The
+    for ``session_expiry_s`` after a crash; without it, as they are handed to the flow.  The
     broker sends at most ``receive_maximum`` unacknowledged messages (MQTT 5 flow control).
     ``username``/``password`` default to ``credentials("worker")``; ``writers`` is the Delta
-    sink's writers per table (``DeltaSink(writers=)``), whose durability marks it waits for."""
+    sink's writers per table (``DeltaSink(writers=)``), whose durability marks it waits for.
+    ``clients`` connections per partition (client ids ``...-w<i>``, ``...-w<i>c1``, ...) each
+    bring their own receive window into one batch: the stream acknowledges after the epoch's
+    snapshot, so a partition takes at most ``clients x receive_maximum`` messages per epoch."""
 
     def __init__(
         self,
@@ -535,7 +621,7 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         topic: str = TOPIC,
         group: str = SHARE_GROUP,
         qos: int = 1,
-        batch: int = 1024,
+        batch: int = 4096,
         high_watermark: int = 50_000,
         low_watermark: int = 5_000,
         high_watermark_bytes: int = 64 * 1024 * 1024,
@@ -545,9 +631,13 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         idle_stop_s: float | None = None,
         session_expiry_s: int = 3600,
         ack_check_s: float = 0.5,
+        read_bytes: int = 1024 * 1024,
+        keepalive_s: int = 60,
+        reconnect_s: float = 60.0,
         username: str | None = None,
         password: str | None = None,
         partitions: int = 1,
+        clients: int = 1,
         writers: int = SHARDS,
     ):
         if not 1 <= receive_maximum <= 65_535:
@@ -562,11 +652,31 @@ class MQTTSource(FixedPartitionedSource[Batch, dict]):
         )
         self.keep_every, self.receive_maximum = keep_every, receive_maximum
         self.session_expiry_s, self.ack_check_s = session_expiry_s, ack_check_s
+        self.keepalive_s, self.reconnect_s = keepalive_s, reconnect_s
+        self.read_bytes = read_bytes
+        self._durable: dict[str, int | None] = {}  # partition -> durable mark (``durable``)
+        self._durable_at = 0.0
         self.username, self.password = username, password
-        self.partitions, self.writers = partitions, writers
+        self.partitions, self.clients, self.writers = partitions, max(1, clients), writers
 
     def list_parts(self) -> list[str]:
         return [f"w{i}" for i in range(self.partitions)]
+
+    def durable(self, lake: Lake, name: str) -> int | None:
+        """``durable_offsets`` of partition ``name``, looked up at most every ``ack_check_s``.
+        Each look-up is some 40 Delta reads (one per table and writer, ~0.5 ms each), so the
+        other partitions of this process are read only when ``name``'s mark moved: the sink
+        records the marks of every partition at the same snapshots (sixteen partitions each
+        reading their own marks spent a second a second on it)."""
+        now = time.monotonic()
+        if name in self._durable and now - self._durable_at < self.ack_check_s:
+            return self._durable[name]
+        self._durable_at = now
+        probe = durable_offsets(lake, [name], writers=self.writers)[name]
+        if self._durable.get(name, -1) != probe:
+            others = self._durable.keys() - {name}
+            self._durable = {**durable_offsets(lake, others, writers=self.writers), name: probe}
+        return probe
 
     def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _MQTTPartition:
         return _MQTTPartition(self, int(for_part[1:]), resume_state)
@@ -596,10 +706,10 @@ def credentials(role: str, env: dict[str, str] | None = None) -> tuple[str, str]
 def use_tls(client: mqtt.Client, env: dict[str, str] | None = None) -> bool:
     """TLS to the broker when ``PLANTPULSE_MQTT_CA`` names the CA certificate to verify it with
     (the set-up's is ``<state dir>/mosquitto/tls/ca.crt``: ``plantpulse up --mqtt-tls``)."""
-    ca = (os.environ if env is None else env).get("PLANTPULSE_MQTT_CA")
-    if ca:
-        client.tls_set(ca_certs=ca)
-    return bool(ca)
+    ctx = tls_context(env)
+    if ctx is not None:
+        client.tls_set_context(ctx)
+    return ctx is not None
 
 
 DEFAULT_PUBLISHER = "simulator"

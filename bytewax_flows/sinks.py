@@ -51,6 +51,7 @@ __all__ = [
     "DeltaSink",
     "STREAM_OUTPUTS",
     "durable_offsets",
+    "committed_offset",
     "progress_rows",
     "sink_key",
 ]
@@ -103,6 +104,19 @@ def durable_offsets(
         known = [v for v in versions if v is not None]
         durable[source] = min(known) if len(known) == len(versions) else None
     return durable
+
+
+def committed_offset(
+    lake: Lake, table: str, source: str, flow_id: str = "telemetry", shards: int = SHARDS
+) -> int | None:
+    """The newest offset of ``source`` whose rows ``table`` has committed, along any of the
+    flow's ``shards`` paths (``<source>#<shard>``, ``dataplane.rows.Out.sink_rows``); None
+    when it has none."""
+    if not lake.exists(table):
+        return None
+    versions = lake.committed_versions(table, [f"{flow_id}:{source}#{k}" for k in range(shards)])
+    known = [v for v in versions.values() if v is not None]
+    return max(known) if known else None
 
 
 @dataclass
@@ -177,25 +191,44 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         an item holds the rows of many messages), recording the newest offset per source;
         ``durable`` adds durability marks to the same commit."""
         buf = self.buffers.pop(table, None) or _Buffer()
+        # resume points of the sources met for the first time, the table read once for all
+        # (an MQTT plant has a source per publisher, asset topic and partition: thousands)
+        first = {
+            name for item in buf.items for name in _names(item) if (table, name) not in self.resume
+        }
+        if first:
+            done = self.lake.committed_versions(table, [self._app_id(n) for n in first])
+            for name in first:
+                v = done[self._app_id(name)]
+                self.resume[(table, name)] = self.committed[(table, name)] = -1 if v is None else v
         fresh: list[pa.Table] = []
         newest: dict[str, int] = {}
         for item in buf.items:
-            for source, offsets, take in item.parts():
-                key = (table, source)
-                if key not in self.resume:
-                    done = self.lake.committed_version(table, self._app_id(source))
-                    self.resume[key] = self.committed[key] = -1 if done is None else done
-                keep = offsets > self.resume[key]
-                if not keep.any():
-                    continue
-                if keep.all():
-                    rows = item.rows if take is None else item.rows.take(take)
-                else:
-                    idx = np.flatnonzero(keep) if take is None else take[keep]
-                    rows = item.rows.take(idx)
-                fresh.append(rows)
-                newest[source] = max(
-                    newest.get(source, -1), int(offsets[keep].max()), self.committed[key]
+            # every row against its source's resume point at once (an item holds the rows of
+            # many messages and sources)
+            names = _names(item)
+            n = item.rows.num_rows
+            offsets = (
+                np.full(n, item.offset, np.int64)
+                if np.ndim(item.offset) == 0
+                else np.asarray(item.offset, np.int64)
+            )
+            index = (
+                item.source_index
+                if item.source_index is not None and len(names) > 1
+                else np.zeros(n, np.intp)
+            )
+            resume = np.array([self.resume[(table, name)] for name in names], np.int64)
+            keep = offsets > resume[index]
+            if not keep.any():
+                continue
+            fresh.append(item.rows if keep.all() else item.rows.take(np.flatnonzero(keep)))
+            best = np.full(len(names), -1, np.int64)
+            np.maximum.at(best, index[keep], offsets[keep])
+            for k in np.flatnonzero(best >= 0).tolist():
+                name = names[k]
+                newest[name] = max(
+                    newest.get(name, -1), int(best[k]), self.committed[(table, name)]
                 )
         if not fresh and not durable:
             return
@@ -208,6 +241,10 @@ class _DeltaSinkPartition(StatefulSinkPartition[SinkRows, None]):
         for source, offset in newest.items():
             self.committed[(table, source)] = offset
         log.debug("committed %d rows to %s", data.num_rows, table)
+
+
+def _names(item: SinkRows) -> tuple[str, ...]:
+    return (item.source,) if isinstance(item.source, str) else item.source
 
 
 class DeltaSink(FixedPartitionedSink[SinkRows, None]):

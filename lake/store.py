@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeAlias
 
@@ -173,7 +173,10 @@ class Lake:
             ) from None
 
     def exists(self, name: str) -> bool:
-        return DeltaTable.is_deltatable(self.table_uri(name), self.storage_options)
+        # a table once opened stays (the probe lists the table's log: ~0.3 ms a call)
+        return name in self._tables or DeltaTable.is_deltatable(
+            self.table_uri(name), self.storage_options
+        )
 
     def table(self, name: str) -> DeltaTable:
         """The newest version of table ``name``; ``LakeError`` if it has never been written."""
@@ -217,6 +220,15 @@ class Lake:
         if not self.exists(name):
             return None
         return self.table(name).transaction_version(app_id)
+
+    def committed_versions(self, name: str, app_ids: Iterable[str]) -> dict[str, int | None]:
+        """``committed_version`` of each of ``app_ids``, the table read once (each look-up
+        costs ~0.5 ms in deltalake 1.6, a table refresh as much again)."""
+        ids = list(app_ids)
+        if not ids or not self.exists(name):
+            return dict.fromkeys(ids)
+        dt = self.table(name)
+        return {app_id: dt.transaction_version(app_id) for app_id in ids}
 
     def append(
         self,

@@ -372,3 +372,14 @@ def test_each_shard_writes_its_rows_on_its_own_worker(lake: Lake, workers: int):
         assert placed == set(range(min(workers, SHARDS)))
         for s in range(SHARDS):
             assert sink.part_fn(sink_key(table, s)) % workers == s % workers
+
+
+def test_snapshots_are_built_only_where_recovery_keeps_them():
+    """``python -m bytewax.run`` without ``-r`` throws every snapshot away: the shard's state
+    (1.4 CPU s to pickle at the plant's shape) is then not built; every other way keeps it."""
+    from bytewax_flows.telemetry import keeps_snapshots
+
+    assert not keeps_snapshots(["bytewax_flows.telemetry:flow", "-s", "10"], "bytewax.run")
+    assert keeps_snapshots(["flow", "-r", "/tmp/rec", "-s", "2", "-b", "0"], "bytewax.run")
+    assert keeps_snapshots(["flow", "--recovery-directory=/tmp/rec"], "bytewax.run")
+    assert keeps_snapshots(["flow"], "pytest")  # run_main / cluster_main in a test

@@ -39,8 +39,10 @@ def test_settings_from_the_environment():
     conf = producer_config(s)
     assert conf["bootstrap.servers"] == "k1:9092,k2:9092"
     assert conf["partitioner"] == "murmur2_random" and conf["security.protocol"] == "SSL"
-    kafka = TelemetryKafkaSource(s)._kafka  # Bytewax's own source, which the wrapper configures
-    assert kafka._add_config == {"security.protocol": "SSL"} and kafka._batch_size == 500
+    source = TelemetryKafkaSource(s)
+    kafka = source._kafka  # Bytewax's own source, which lists the partitions
+    assert kafka._add_config == {"security.protocol": "SSL"}
+    assert source._settings.batch_size == 500  # each consumer's poll
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from bytewax_flows.mqtt import (
     topic_for,
 )
 from bytewax_flows.payloads import Message, encode_frame, encode_scalars
-from bytewax_flows.sinks import DeltaSink, durable_offsets
+from bytewax_flows.sinks import DeltaSink, committed_offset
 from bytewax_flows.telemetry import build_flow
 from lake import Lake, Settings
 from physics.simulator import default_fleet
@@ -317,7 +317,7 @@ def test_sigkill_of_an_mqtt_worker_neither_loses_nor_duplicates(broker: int, tmp
         _wait_for(
             lambda: (
                 lake.count("readings") >= n_msgs * per_msg
-                and durable_offsets(lake, [src])[src] == pub.seq
+                and committed_offset(lake, "readings", src) == pub.seq
             ),
             90,
             "every message to be durable",
@@ -452,17 +452,17 @@ def test_a_callback_that_raises_is_logged_and_reception_goes_on(
     broker: int, caplog: pytest.LogCaptureFixture
 ):
     part = MQTTSource(port=broker, group="raising").build_part("in", "w0", None)
-    original, calls = part.client.on_message, []
+    original, calls = part._admit, []
 
-    def flaky(client, userdata, msg) -> None:
+    def flaky(msg, received, client=0) -> None:
         if msg.topic.startswith("$SYS"):  # the broker's drop count, read by worker 0
-            return original(client, userdata, msg)
+            return original(msg, received, client)
         calls.append(msg.topic)
         if len(calls) == 1:
             raise RuntimeError("boom in a callback")
-        original(client, userdata, msg)
+        original(msg, received, client)
 
-    part.client.on_message = flaky
+    part._admit = flaky
     try:
         with caplog.at_level(logging.ERROR):
             publish(
@@ -557,8 +557,8 @@ def test_the_broker_holds_messages_back_beyond_the_receive_maximum(broker: int, 
             [(topic_for("pump-01", "motor_current"), _reading(k)) for k in range(100)], port=broker
         )
         time.sleep(1.5)
-        with part.lock:
-            held = len(part.buffer)
+        part._receive()
+        held = len(part.buffer)
     finally:
         part.close()
     assert held == 20
@@ -657,7 +657,7 @@ def test_plantpulse_up_mqtt_stream_keeps_its_state_across_a_restart(broker: int,
             encode_scalars("pump-01", "motor_current", ts, 20.0 + np.arange(10) / 10),
         ).wait_for_publish(10)
         _wait_for(
-            lambda: durable_offsets(lake, [source])[source] == pub.seq,
+            lambda: committed_offset(lake, "readings", source) == pub.seq,
             150,
             "the first message to be durable",
         )
@@ -672,7 +672,7 @@ def test_plantpulse_up_mqtt_stream_keeps_its_state_across_a_restart(broker: int,
             encode_scalars("pump-01", "motor_current", ts, 21.0 + np.arange(10) / 10),
         ).wait_for_publish(10)
         _wait_for(
-            lambda: durable_offsets(lake, [source])[source] == pub.seq,
+            lambda: committed_offset(lake, "dead_letter", source) == pub.seq,
             150,
             "the second message to be durable",
         )
