@@ -117,7 +117,10 @@ class Rig:
                 client_id=f"plantpulse-{self.group}-w{i}",
                 protocol=mqtt.MQTTv5,
             )
-            c.username_pw_set(*credentials("worker", self.env))
+            auth = credentials("worker", self.env)
+            if auth is None:
+                raise RuntimeError(f"no worker login in {self.env['PLANTPULSE_MQTT_CREDENTIALS']}")
+            c.username_pw_set(*auth)
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
             c.connect("127.0.0.1", self.port, clean_start=True, properties=props)
@@ -206,8 +209,12 @@ def kill_matrix(
         sender.start()
         while kills < n_kills:
             before = _count(rig.lake, "readings")
+
             # a kill point: a random moment after the restarted cluster has written something
-            if not _wait(lambda b=before: _count(rig.lake, "readings") > b or rig.died(), 300):
+            def progressed(b: int = before) -> bool:
+                return _count(rig.lake, "readings") > b or rig.died()
+
+            if not _wait(progressed, 300):
                 raise RuntimeError("the cluster made no progress in 300 s")
             if rig.died():
                 crashes += 1

@@ -48,10 +48,14 @@ class RULChampion(Protocol):
     """The served RUL model as the stream needs it: its name and version (stamped on every
     row), the residual regressor and the ``health`` extra (``HealthModel.to_dict``)."""
 
-    name: str
-    version: str
-    model: Regressor
-    extras: Mapping[str, Any]
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def model(self) -> Regressor: ...
+    @property
+    def extras(self) -> Mapping[str, Any]: ...
 
 
 @dataclass

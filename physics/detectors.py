@@ -267,13 +267,12 @@ class Tails:
     @classmethod
     def stack(cls, parts: list[Tails]) -> Tails:
         """Several calibrations of the same warm-up windows as one (their channels in turn)."""
+        u, top, shape, scale, highest = (
+            np.concatenate([getattr(t, f) for t in parts])
+            for f in ("u", "top", "shape", "scale", "highest")
+        )
         return cls(
-            np.concatenate([t.grid for t in parts]),
-            *(
-                np.concatenate([getattr(t, f) for t in parts])
-                for f in ("u", "top", "shape", "scale", "highest")
-            ),
-            parts[0].n,
+            np.concatenate([t.grid for t in parts]), u, top, shape, scale, highest, parts[0].n
         )
 
     def p_values(self, s: NDArray[np.float64]) -> NDArray[np.float64]:
