@@ -42,6 +42,7 @@ declared the new state normal operation, or a repair).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -150,7 +151,10 @@ class Ensemble:
         self.warmup, self.folds, self.refresh, self.smoothing = warmup, folds, refresh, smoothing
         self.warmup_max = warmup_max if warmup_max is not None else warmup + warmup // 2
         self.memory = memory if memory is not None else 10 * warmup
-        self.buffer: list[dict[str, float]] | None = []
+        # the warm-up's windows, each as (its channel names, their values): a shared tuple and
+        # a packed array take a fifth of a dict of floats (3.0 against 0.66 KB for 60
+        # channels: 500 assets warming up held 2.6 GB as dicts)
+        self.buffer: list[tuple[tuple[str, ...], array[float]]] | None = []
         self.ends: list[int] = []
         self.target = warmup  # windows the warm-up takes (grows when extended)
         self.events: list[tuple[int, str, float, str]] = []  # (end_us, subject, statistic, words)
@@ -204,7 +208,11 @@ class Ensemble:
     # -- the stream's calls ------------------------------------------------------------------
     def observe(self, x: dict[str, float], end_us: int) -> Verdict | None:
         if self.buffer is not None:
-            self.buffer.append(x)
+            names = tuple(x)
+            last = self.buffer[-1] if self.buffer else None
+            if isinstance(last, tuple) and last[0] == names:
+                names = last[0]  # one tuple for the run of windows that share it
+            self.buffer.append((names, array("d", x.values())))
             self.ends.append(end_us)
             if len(self.buffer) >= self.target:
                 self._end_warmup()
@@ -301,7 +309,8 @@ class Ensemble:
     # -- the warm-up -------------------------------------------------------------------------
     def _end_warmup(self) -> None:
         assert self.buffer is not None
-        rows = self.buffer
+        # a snapshot from before the packed buffer holds dicts
+        rows = [w if isinstance(w, dict) else dict(zip(*w, strict=True)) for w in self.buffer]
         if not self.keys:
             self.views, self.keys, self.floor, self.purge = choose_views(rows)
         x = np.array([[r.get(k, math.nan) for k in self.keys] for r in rows], np.float64)

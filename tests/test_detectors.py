@@ -468,3 +468,26 @@ def test_a_label_in_the_lake_rebaselines_the_running_stream(tmp_path):
     assert mine["status"] == "closed" and "re-baselined" in mine["summary"]
     assert abs((mine["closed_ts"] - labelled_at).total_seconds()) <= 20
     assert len(alerts) == 1  # the new level is the asset's normal now: no new alert on it
+
+
+def test_a_warm_up_resumed_from_an_older_snapshot_sets_up_the_same_detector():
+    """The warm-up keeps its windows packed (names, values); a recovery snapshot written before
+    that holds dicts.  Either way, and mixed, the warm-up ends in the same fitted detector."""
+    rng = np.random.default_rng(5)
+    windows = [
+        {f"{s}:level": float(v) for s, v in zip(SENSORS, rng.normal(0, 1, 3), strict=True)}
+        for _ in range(60)
+    ]
+    packed, mixed = Ensemble(warmup=50), Ensemble(warmup=50)
+    for i, w in enumerate(windows[:49]):
+        packed.observe(w, T0_US + i * S)
+        mixed.observe(w, T0_US + i * S)
+    assert isinstance(packed.buffer, list) and all(isinstance(b, tuple) for b in packed.buffer)
+    mixed.buffer = [dict(zip(*b, strict=True)) for b in mixed.buffer or []]  # as unpickled
+    for i, w in enumerate(windows[49:], start=49):
+        a, b = packed.observe(w, T0_US + i * S), mixed.observe(w, T0_US + i * S)
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a == b
+    assert packed.fitted and mixed.fitted and packed.keys == mixed.keys
+    np.testing.assert_allclose(packed.center, mixed.center)
