@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     from dagster_project.definitions import defs  # after the environment is set
 
     lake = Lake(settings.lake_uri)
-    now_us = time.time_ns() // 1000
-    history = _fleet(now_us - 86_400_000_000, False, args.change)
+    # the history ends where the live stream begins: a day's readings are validated over the
+    # span the stream has covered, and a silent stretch between them would fail that day (and
+    # leave the retrain without a validated day to train on); the live stream's event time then
+    # trails the wall clock by the time the history and the first champion take
+    live_start_us = (time.time_ns() // 1000 // 1_000_000) * 1_000_000
+    history = _fleet(live_start_us - args.history * 1_000_000, False, args.change)
     run_main(get_flow(SimulatorSource(history, n_chunks=args.history), lake.uri))
     lake.append("maintenance_events", pd.DataFrame(history.ground_truth()))
     instance = dg.DagsterInstance.get()
@@ -123,12 +127,12 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit("error: the first champion was not trained and promoted")
     v1 = str(champion.version)
 
-    start_us = time.time_ns() // 1000 + 5_000_000
+    start_us = live_start_us
     live = _fleet(start_us, True, args.change)
     repairs = [
         dict(
             asset_id=a,
-            ts=start_us - 3_600_000_000,
+            ts=start_us - 1_000_000,
             kind="repair",
             component="bearing_outer_race",
             detail="bearing replaced",

@@ -26,6 +26,7 @@ from adapters.opcua import secure_client
 from adapters.proto import DataType
 from adapters.proto import sparkplug_b_pb2 as spb
 from adapters.security import opcua_dir, trust_certificate
+from dataplane.alerts import AlertPolicy
 from lake import Lake
 from outbound import probes
 from outbound.__main__ import main as outbound_main
@@ -36,6 +37,9 @@ from outbound.tail import TableTail
 from plant import PlantError, load_plant
 from plantpulse_cli.broker import OUTBOUND, ensure_mosquitto, wait_for_port, write_config
 from tests.conftest import T0_US
+
+OPEN_AT = AlertPolicy().anomaly_open_at
+"""The fused score at which a channel without its own alarm level opens (health 50 %)."""
 
 PLANT = """\
 plant: outbound-test
@@ -157,7 +161,7 @@ def test_alert_rows_fold_idempotently_into_one_event_per_state(lake: Lake):
             {
                 "asset_id": "pump-01",
                 "window_end": 3,
-                "anomaly_score": 9.0,
+                "anomaly_score": OPEN_AT,
                 "prediction": None,
                 "model_name": None,
                 "model_version": None,
@@ -367,7 +371,7 @@ def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path
         assert values["browsed"].Value.Value == "open"  # by browse path too
         assert values["pump-01.AlertSeverity"].Value.Value == "warning"
         assert values["pump-01.AlertId"].Value.Value == aid
-        assert values["pump-01.Health"].Value.Value == pytest.approx(100 * 9 / 39, abs=0.01)
+        assert values["pump-01.Health"].Value.Value == pytest.approx(100 * OPEN_AT / (OPEN_AT + 30), abs=0.01)
         for unknown in ("pump-02.Health", "pump-01.RUL"):  # never scored / no RUL model
             assert values[unknown].StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
         _alert(lake, "pump-01", T0_US + 1_000_000, status="closed", updated_us=T0_US + 20_000_000)
@@ -436,7 +440,7 @@ def test_the_outbound_opcua_server_refuses_anonymous_wrong_passwords_writes_and_
     assert len(got["writes"]) == len(VARIABLES)
     assert not any(w.accepted for w in got["writes"])
     assert {w.detail for w in got["writes"]} == {"BadUserAccessDenied"}
-    assert health == pytest.approx(100 * 9 / 39, abs=0.01)  # still the outbound's value
+    assert health == pytest.approx(100 * OPEN_AT / (OPEN_AT + 30), abs=0.01)  # still the outbound's value
 
 
 async def _read_value(endpoint: str, home: Path, auth: tuple[str, str], nid: str) -> Any:

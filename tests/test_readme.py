@@ -16,6 +16,7 @@ from bytewax.testing import run_main
 
 from bytewax_flows.sources import SimulatorSource
 from bytewax_flows.telemetry import get_flow
+from dataplane.scoring import VIBRATION_WARMUP
 from lake import Lake
 from physics.simulator import default_fleet
 from tests.conftest import REPO
@@ -39,12 +40,15 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     lake = Lake(root / ".plantpulse" / "lake")
     lake.create_tables()
     start = (time.time_ns() // 1000 - 3_600_000_000) // 1_000_000 * 1_000_000
+    # no classifier is trained here: the alerts come from the vibration detectors, which score
+    # once their warm-up of VIBRATION_WARMUP frames (one a second) is over
+    onset = VIBRATION_WARMUP + 30
     fleet = default_fleet(
-        3, start_us=start, outer_race_at_s=70, inner_race_at_s=90, time_to_failure_s=200
+        3, start_us=start, outer_race_at_s=onset, inner_race_at_s=onset + 30, time_to_failure_s=200
     )
     tracking = f"sqlite:///{root / '.plantpulse' / 'mlflow' / 'mlflow.db'}"
     (root / ".plantpulse" / "mlflow").mkdir(parents=True)
-    run_main(get_flow(SimulatorSource(fleet, n_chunks=300), lake.uri, tracking))
+    run_main(get_flow(SimulatorSource(fleet, n_chunks=onset + 210), lake.uri, tracking))
     assert lake.count("alerts") > 0
     return root
 
