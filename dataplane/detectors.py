@@ -33,10 +33,17 @@ restart when an alert closes.
 The warm-up is judged before it is used: if the normal is still moving at its end (its last
 block unlike the others, or a channel still heading away), it is extended one block at a
 time up to ``warmup_max`` windows, each extension reported in ``events`` (``drift_events``
-rows, by the caller).  After the warm-up the detector follows slow normal drift over the
-windows the caller lets it learn from (no open alert, fused p-value not small): its mean at a
-constant pace (a time constant of half a warm-up), its covariance over ``memory`` windows.  ``rebaseline`` learns the normal again (a technician
-declared the new state normal operation, or a repair).
+rows, by the caller).  The judgement and, once settled, the fit look at the latest ``warmup``
+windows only: a normal that moved and settled is the one the asset is in now, not a mixture of
+where it was and where it went (a robust fit of such a mixture keeps its majority, the old
+state, and every window after the warm-up would then lie outside it: an alert that opens as
+scoring starts and never closes).  A normal still moving at the bound is fitted on every
+window (their majority), and what departs from it asks for a decision.  After the warm-up the detector follows slow normal drift over the windows the
+caller lets it learn from (no open alert and a fused p-value not small, or, while an alert is
+open, a window whose state members find it as usual as most warm-up windows): its mean at a
+constant pace (a time constant of half a warm-up), its covariance over ``memory`` windows.
+``rebaseline`` learns the normal again (a technician declared the new state normal operation,
+or a repair).
 """
 
 from __future__ import annotations
@@ -84,13 +91,15 @@ MOVING = 2.0
 class Verdict:
     """One window's evidence: ``score`` (the smoothed fused surprise, ``-log10 p``), the
     unsmoothed ``raw`` one, ``state``, the smoothed surprise of the members that say where the
-    asset is now (all but the CUSUM), and whether a CUSUM is still ``accumulating`` (its largest
-    value grew over the last ``TRAIL`` windows: a small shift is still going on)."""
+    asset is now (all but the CUSUM), whether a CUSUM is still ``accumulating`` (its largest
+    value grew over the last ``TRAIL`` windows: a small shift is still going on), and ``now``,
+    the unsmoothed state surprise of this window alone."""
 
     score: float
     raw: float
     state: float
     accumulating: bool = False
+    now: float = 0.0
 
 
 @dataclass
@@ -293,7 +302,7 @@ class Ensemble:
         self._last, self._p = (d, e), p
         top = float(self.cusum.max())
         self.trail = (*self.trail[1:], top)
-        return Verdict(self.smoothed, raw, self.state, top > min(self.trail) + 1e-9)
+        return Verdict(self.smoothed, raw, self.state, top > min(self.trail) + 1e-9, now)
 
     def deviations(self, names: Sequence[str]) -> dict[str, float]:
         """The last window's deviation of each of ``names`` (watched keys) from the normal, in
@@ -319,7 +328,9 @@ class Ensemble:
             self.buffer, self.keys = None, []  # nothing to learn from: never scores
             return
         x, ends = x[usable], np.asarray(self.ends, np.int64)[usable]
-        moving = self._moving(x)
+        # judged on the latest ``warmup`` windows: once extended, the older ones are where the
+        # asset was
+        moving = self._moving(x[-self.warmup :])
         if moving > MOVING and self.target < self.warmup_max:
             self.target = min(self.target + max(self.warmup // self.folds, 1), self.warmup_max)
             self.events.append(
@@ -329,7 +340,7 @@ class Ensemble:
                     moving,
                     f"normal still moving at the end of the warm-up ({moving:.1f} times what a "
                     f"settled one shows): learning for {self.target} windows instead of "
-                    f"{len(rows)}",
+                    f"{len(rows)}, from the latest {self.warmup}",
                 )
             )
             return
@@ -340,10 +351,16 @@ class Ensemble:
                     "warmup_unsettled",
                     moving,
                     f"normal still moving after {len(rows)} windows, the declared bound "
-                    f"({moving:.1f} times what a settled one shows): scoring against it anyway",
+                    f"({moving:.1f} times what a settled one shows): scoring against all of "
+                    "them anyway",
                 )
             )
-        self._fit(x, ends)
+            # no settled stretch to learn: the robust fit of every window keeps their
+            # majority, and what departs from it is a change that asks for a decision
+            self._fit(x, ends)
+            return
+        # settled: the normal is the one it settled in (the latest ``warmup`` windows)
+        self._fit(x[-self.warmup :], ends[-self.warmup :])
 
     def _standardise(self, x: NDArray[np.float64]) -> NDArray[np.float64]:
         self.center = np.median(x, axis=0)

@@ -99,8 +99,9 @@ SCORED_FEATURES = [
 """Features the vibration detector sees (where the band sits and whether speed was known are
 context, not symptoms)."""
 LEARN_BELOW = 2.0
-"""A window whose fused surprise is below this (p > 1 %) may be learnt as normal (when no alert
-is open): the detector follows slow normal drift without absorbing what it finds unusual."""
+"""A window whose fused surprise is below this (p > 1 %) may be learnt as normal when no alert
+is open (while one is, a window whose state surprise is below the asset's calm level): the
+detector follows slow normal drift without absorbing what it finds unusual."""
 
 FRAME_KEEP_EVERY = int(os.environ.get("PLANTPULSE_FRAME_KEEP_EVERY", "60"))
 """Keep one accepted vibration frame in this many in ``frames`` (the rest live on as features)."""
@@ -294,7 +295,12 @@ def score_window(
         emit.add("alerts", r)
     if was_open and ch.alert is None:
         det.restart_changepoints()  # the change they found is over
-    if ch.alert is None and verdict.raw < LEARN_BELOW:
+    # the normal keeps following the machine while an alert is open, from the windows its
+    # state members find as usual as most warm-up windows (the change's own windows are not
+    # learnt, and the CUSUM keeps its memory of it): otherwise a normal that drifts on while an
+    # alert is open could never be caught up with, and the alert would never close
+    usual = verdict.raw < LEARN_BELOW if ch.alert is None else verdict.now < det.calm_level
+    if usual:
         det.learn()
     _feature_drift(ch, emit, asset_id, window_end)
     # on the unsmoothed surprise (the smoothed one is autocorrelated by construction), capped

@@ -491,3 +491,43 @@ def test_a_warm_up_resumed_from_an_older_snapshot_sets_up_the_same_detector():
             assert a == b
     assert packed.fitted and mixed.fitted and packed.keys == mixed.keys
     np.testing.assert_allclose(packed.center, mixed.center)
+
+
+def test_an_extended_warm_up_learns_the_normal_from_its_latest_windows():
+    """A warm-up extended because the operating point still ramped: once settled, the normal is
+    fitted on the latest ``warmup`` windows (where the asset is now), not on the ramp too."""
+    n = PROCESS_WARMUP * 2
+    settling = pump(n, seed=6)
+    ramp = np.clip((np.arange(n) - 280) / 200.0, 0, 1) * 0.3
+    settling["discharge_pressure"] += ramp
+    settling["motor_current"] += 2 * ramp
+    state, _ = stream("pump-01", settling)
+    det = state.proc.detector
+    assert det.fitted and det.target > PROCESS_WARMUP
+    assert det.normal <= PROCESS_WARMUP  # the windows it was fitted on: the latest warm-up's
+
+
+def test_windows_back_in_the_normal_are_learnt_while_an_alert_is_open():
+    """While an alert is open the detector still learns from windows its state members find
+    usual (so that a normal drifting on can be caught up with), never from the unusual ones."""
+    policy = AlertPolicy()
+    readings = pump(PROCESS_WARMUP + 400, seed=10)
+    readings["discharge_pressure"][PROCESS_WARMUP + 50 : PROCESS_WARMUP + 110] += 0.5
+    state, out, learnt = AssetScorer(), Out([]), []
+    window = int(PROCESS_WINDOW_S)
+    stats_ = {s: rolling_window_stats(np.array([]), v, window) for s, v in readings.items()}
+    for t in range(PROCESS_WARMUP + 400):  # as ``stream``, watching the detector each second
+        was_open, before = state.proc.alert is not None, state.proc.detector.learnt
+        for s in readings:
+            views = {k: float(stats_[s][k][t]) for k in ("level", "slope", "std")}
+            views.update(resolution=RESOLUTION[s], window_s=float(window), rate_hz=1.0)
+            views.update(overlap=float(window))
+            tick = T0_US + t * S
+            score_process(state, Emit(out, 0, 0), "pump-01", s, tick, tick, views, policy)
+        if was_open and state.proc.alert is not None:
+            learnt.append((t, state.proc.detector.learnt - before))
+    assert opened(out), "the transient fault is not alerted"
+    during = [d for t, d in learnt if t < PROCESS_WARMUP + 110]
+    after = [d for t, d in learnt if t >= PROCESS_WARMUP + 110 + PROCESS_WINDOW_S]
+    assert sum(during) == 0  # the change's own windows are not learnt
+    assert sum(after) > 0  # usual windows are, with the alert still open

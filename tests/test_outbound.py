@@ -371,7 +371,9 @@ def test_an_opcua_client_reads_the_alert_state_from_the_outbound_server(tmp_path
         assert values["browsed"].Value.Value == "open"  # by browse path too
         assert values["pump-01.AlertSeverity"].Value.Value == "warning"
         assert values["pump-01.AlertId"].Value.Value == aid
-        assert values["pump-01.Health"].Value.Value == pytest.approx(100 * OPEN_AT / (OPEN_AT + 30), abs=0.01)
+        assert values["pump-01.Health"].Value.Value == pytest.approx(
+            100 * OPEN_AT / (OPEN_AT + 30), abs=0.01
+        )
         for unknown in ("pump-02.Health", "pump-01.RUL"):  # never scored / no RUL model
             assert values[unknown].StatusCode.value == ua.StatusCodes.BadWaitingForInitialData
         _alert(lake, "pump-01", T0_US + 1_000_000, status="closed", updated_us=T0_US + 20_000_000)
@@ -440,7 +442,9 @@ def test_the_outbound_opcua_server_refuses_anonymous_wrong_passwords_writes_and_
     assert len(got["writes"]) == len(VARIABLES)
     assert not any(w.accepted for w in got["writes"])
     assert {w.detail for w in got["writes"]} == {"BadUserAccessDenied"}
-    assert health == pytest.approx(100 * OPEN_AT / (OPEN_AT + 30), abs=0.01)  # still the outbound's value
+    assert health == pytest.approx(
+        100 * OPEN_AT / (OPEN_AT + 30), abs=0.01
+    )  # still the outbound's value
 
 
 async def _read_value(endpoint: str, home: Path, auth: tuple[str, str], nid: str) -> Any:
